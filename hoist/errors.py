@@ -1,0 +1,90 @@
+"""The one exception hierarchy of hoist.
+
+Every error hoist raises derives from :class:`HoistError`. Store errors carry
+``retryable``: the upload task retries those with backoff and fails the others
+at once, so the split below is the retry policy, written down as types.
+
+Where a built-in exception already names the situation (``ValueError``,
+``FileNotFoundError``, ``PermissionError``, ``FileExistsError``), the hoist error
+also derives from it, so callers that catch the built-in keep working.
+"""
+
+from __future__ import annotations
+
+
+class HoistError(Exception):
+    """Base class of every error hoist raises."""
+
+
+class ConfigurationError(HoistError, ValueError):
+    """An argument or setting is wrong; the message says which and how to fix it."""
+
+
+class UnknownProviderError(ConfigurationError):
+    """A Libcloud provider name or store URI scheme that hoist does not know."""
+
+
+class InvalidObjectNameError(HoistError, ValueError):
+    """An object name that is empty, has ``..`` segments or characters a store rejects."""
+
+
+class SourceFileError(HoistError, OSError):
+    """The local file to upload is missing, not a regular file or unreadable."""
+
+
+class StoreError(HoistError):
+    """A store refused or failed an operation.
+
+    Parameters:
+        message: one sentence that says what happened and what to do.
+        retryable: whether the same request may succeed later unchanged.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class TransientStoreError(StoreError):
+    """Timeouts, 5xx answers, throttling, dropped connections: worth retrying."""
+
+    retryable = True
+
+
+class StoreConnectionError(TransientStoreError):
+    """The store could not be reached (refused, reset, timed out)."""
+
+
+class ChecksumMismatchError(TransientStoreError):
+    """What the store holds differs from the bytes that were sent."""
+
+
+class PermanentStoreError(StoreError):
+    """An error that retrying will not mend: the message says what to fix."""
+
+
+class StoreAuthError(PermanentStoreError, PermissionError):
+    """Credentials are missing or wrong, or they do not allow the operation."""
+
+
+class HostKeyError(PermanentStoreError):
+    """An SFTP server's host key is unknown or has changed."""
+
+
+class ContainerNotFoundError(PermanentStoreError):
+    """The bucket, container or remote directory does not exist."""
+
+
+class ObjectNotFoundError(PermanentStoreError, FileNotFoundError):
+    """The object does not exist in the store."""
+
+
+class ObjectExistsError(PermanentStoreError, FileExistsError):
+    """The object exists with other bytes and ``overwrite`` was not given."""
+
+
+class StoreFullError(PermanentStoreError):
+    """The store has no space left (for example a full SFTP disk)."""

@@ -1,0 +1,386 @@
+"""The one interface every object store implements.
+
+:class:`ObjectStore` holds the logic all stores share (name checks, the
+overwrite rule, verification, atomic downloads, error translation); a backend
+supplies a handful of primitives that each talk to its server once:
+
+==================  =========================================================
+``_put_file``       upload a local file, hashing it in the same pass, and
+                    make it visible only once complete and verified
+``_put_bytes``      write a small object in one request
+``_read_chunks``    stream an object's bytes
+``_stat``           size and, where the store reports one, its checksum
+``_delete``         remove an object
+``_translate``      turn a client library's exception into a hoist error
+==================  =========================================================
+
+Object names are ``/``-separated and relative to the store's prefix or
+working directory. Names are checked before any request is made.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_module
+import tempfile
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, TypeVar
+
+from hoist.errors import (
+    ChecksumMismatchError,
+    HoistError,
+    InvalidObjectNameError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    SourceFileError,
+)
+from hoist.stores.checksum import Checksum, Progress, StreamHasher, checksum_file
+
+T = TypeVar("T")
+
+
+class Verification(str, Enum):
+    """How an upload was shown to hold exactly the bytes that were sent."""
+
+    STORE_CHECKSUM = "store-checksum"
+    """The store reported a whole-object checksum equal to ours."""
+    READ_BACK = "read-back"
+    """hoist read the object back and hashed it."""
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    """What a store says about one object.
+
+    Parameters:
+        object_name: the name the object was asked for by.
+        size: its size in bytes.
+        checksum: the whole-object checksum the store reports, or None where
+            it reports none hoist can compare (a multipart ETag, a composite
+            checksum or an mtime-based hash is never taken as one).
+    """
+
+    object_name: str
+    size: int
+    checksum: Checksum | None = None
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """The outcome of one verified upload.
+
+    Parameters:
+        object_name: the object written.
+        uri: where it is, in the store's URI form.
+        size: bytes written.
+        checksum: CRC64NVME of the bytes, computed while sending them.
+        verified_by: how the store was shown to hold those bytes.
+        seconds: wall time of the whole call.
+        already_present: the object already held these bytes, so nothing
+            was sent (a redelivered upload, or ``overwrite=False`` on a retry).
+    """
+
+    object_name: str
+    uri: str
+    size: int
+    checksum: Checksum
+    verified_by: Verification
+    seconds: float = 0.0
+    already_present: bool = False
+
+
+def validate_object_name(name: str) -> str:
+    """Return ``name`` without leading ``/``, or raise :class:`InvalidObjectNameError`.
+
+    Example:
+        >>> validate_object_name("/run1/rank0/ep1.pt")
+        'run1/rank0/ep1.pt'
+    """
+    if not isinstance(name, str):
+        raise InvalidObjectNameError(f"object name must be a string, not {type(name).__name__}")
+    stripped = name.lstrip("/")
+    if not stripped:
+        raise InvalidObjectNameError(f"object name {name!r} is empty; give a non-empty name")
+    if "\x00" in stripped:
+        raise InvalidObjectNameError(f"object name {name!r} contains a NUL character")
+    if ".." in stripped.split("/"):
+        raise InvalidObjectNameError(
+            f"object name {name!r} contains a '..' segment; object names may not climb "
+            "out of the store's prefix"
+        )
+    return stripped
+
+
+def source_file_size(path: str | os.PathLike[str]) -> int:
+    """Return the size of the regular file at ``path``, or raise :class:`SourceFileError`."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise SourceFileError(f"cannot upload {os.fspath(path)!r}: no such file") from None
+    except OSError as exc:
+        raise SourceFileError(f"cannot upload {os.fspath(path)!r}: {exc.strerror}") from exc
+    if not stat_module.S_ISREG(info.st_mode):
+        raise SourceFileError(f"cannot upload {os.fspath(path)!r}: it is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise SourceFileError(f"cannot upload {os.fspath(path)!r}: it is not readable")
+    return info.st_size
+
+
+def temporary_name(object_name: str) -> str:
+    """A hidden sibling name for writing ``object_name`` before it is complete."""
+    head, _, base = object_name.rpartition("/")
+    tmp = f".hoist-tmp-{uuid.uuid4().hex[:12]}-{base}"
+    return f"{head}/{tmp}" if head else tmp
+
+
+class ObjectStore(ABC):
+    """An object store hoist can upload to, read from and verify.
+
+    Subclasses set ``scheme`` and implement the primitives listed in the module
+    docstring. The public methods here check names, translate errors and
+    verify; they are what the workers and the CLI call.
+
+    Example:
+        >>> store = LibcloudObjectStore("local", "artifacts", {"key": "/tmp/store"})
+        >>> result = store.upload_file("run1/ckpt.pt", "/tmp/ckpt.pt")
+        >>> result.verified_by
+        <Verification.READ_BACK: 'read-back'>
+    """
+
+    scheme: ClassVar[str]
+    trusts_reported_checksum: bool = False
+    """Whether a checksum the store reports proves the bytes it holds.
+
+    True only where the server computes or validates it; otherwise
+    verification reads the object back."""
+
+    # ----- public API -------------------------------------------------------
+
+    def upload_file(
+        self,
+        object_name: str,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> UploadResult:
+        """Upload the file at ``path`` as ``object_name`` and verify it.
+
+        Streams the file once, computing its checksum on the way. With
+        ``overwrite=False`` an existing object holding the same bytes is
+        accepted (``already_present=True``) and one holding other bytes raises
+        :class:`~hoist.errors.ObjectExistsError`.
+        """
+        started = time.monotonic()
+        name = validate_object_name(object_name)
+        size = source_file_size(path)
+        if not overwrite:
+            existing = self._call(self._stat_or_none, name, name=name)
+            if existing is not None:
+                return self._accept_existing(existing, os.fspath(path), started)
+        checksum, verified_by = self._call(
+            self._put_file, name, os.fspath(path), size, progress, name=name
+        )
+        return UploadResult(
+            name, self.get_uri(name), size, checksum, verified_by, time.monotonic() - started
+        )
+
+    def put_bytes(self, object_name: str, data: bytes, *, overwrite: bool = True) -> UploadResult:
+        """Write a small object (a ``.symlink`` pointer, a manifest) and verify it."""
+        started = time.monotonic()
+        name = validate_object_name(object_name)
+        if not overwrite and self._call(self._stat_or_none, name, name=name) is not None:
+            raise ObjectExistsError(f"{self.get_uri(name)} exists; pass overwrite=True to replace it")
+        checksum = Checksum.of(data)
+        self._call(self._put_bytes, name, data, name=name)
+        verified_by = self.verify(name, len(data), checksum)
+        return UploadResult(
+            name, self.get_uri(name), len(data), checksum, verified_by, time.monotonic() - started
+        )
+
+    def get_bytes(self, object_name: str) -> bytes:
+        """Return the whole content of a small object."""
+        name = validate_object_name(object_name)
+        return self._call(lambda: b"".join(self._read_chunks(name)), name=name)
+
+    def stat(self, object_name: str) -> ObjectStat:
+        """Return size and reported checksum, or raise :class:`~hoist.errors.ObjectNotFoundError`."""
+        name = validate_object_name(object_name)
+        return self._call(self._stat, name, name=name)
+
+    def exists(self, object_name: str) -> bool:
+        """Whether the object exists. A permission error is raised, never read as "absent"."""
+        name = validate_object_name(object_name)
+        return self._call(self._stat_or_none, name, name=name) is not None
+
+    def delete(self, object_name: str) -> None:
+        """Delete the object; deleting an absent object is not an error."""
+        name = validate_object_name(object_name)
+        try:
+            self._call(self._delete, name, name=name)
+        except ObjectNotFoundError:
+            pass
+
+    def download_file(
+        self,
+        object_name: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+    ) -> ObjectStat:
+        """Download to ``path`` atomically: a temporary sibling, then a rename.
+
+        Returns the size and the checksum of the bytes written, so a caller can
+        compare them with a recorded upload.
+        """
+        name = validate_object_name(object_name)
+        target = os.path.abspath(os.fspath(path))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".hoist-download-", dir=os.path.dirname(target))
+        try:
+            hasher = StreamHasher(progress)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self._call(self._read_chunks, name, name=name):
+                    out.write(chunk)
+                    hasher.update(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return ObjectStat(name, hasher.size, hasher.checksum)
+
+    def read_back(self, object_name: str) -> ObjectStat:
+        """Stream the object and return the size and checksum of what the store holds."""
+        name = validate_object_name(object_name)
+
+        def hash_object() -> ObjectStat:
+            hasher = StreamHasher()
+            for chunk in self._read_chunks(name):
+                hasher.update(chunk)
+            return ObjectStat(name, hasher.size, hasher.checksum)
+
+        return self._call(hash_object, name=name)
+
+    def verify(self, object_name: str, size: int, checksum: Checksum) -> Verification:
+        """Show that the store holds exactly ``size`` bytes with ``checksum``.
+
+        Uses the store's reported checksum where :attr:`trusts_reported_checksum`,
+        else reads the object back. Raises
+        :class:`~hoist.errors.ChecksumMismatchError` on any difference.
+        """
+        name = validate_object_name(object_name)
+        reported = self._call(self._stat, name, name=name)
+        self._compare(name, "size", size, reported.size)
+        if self.trusts_reported_checksum and reported.checksum is not None:
+            self._compare(name, "checksum", checksum, reported.checksum)
+            return Verification.STORE_CHECKSUM
+        held = self.read_back(name)
+        self._compare(name, "size", size, held.size)
+        self._compare(name, "checksum", checksum, held.checksum)
+        return Verification.READ_BACK
+
+    def check(self) -> None:
+        """Make one cheap request that fails with a clear error if the store is unusable.
+
+        Wrong credentials, a missing bucket or container and an unreachable
+        host raise here, before any upload is attempted.
+        """
+        self._call(self._check)
+
+    @abstractmethod
+    def get_uri(self, object_name: str) -> str:
+        """The URI of ``object_name`` (``s3://bucket/key``, ``sftp://user@host:port/path``, …)."""
+
+    def close(self) -> None:
+        """Release connections; the store can not be used afterwards."""
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----- primitives for backends ------------------------------------------
+
+    @abstractmethod
+    def _put_file(
+        self, name: str, path: str, size: int, progress: Progress | None
+    ) -> tuple[Checksum, Verification]:
+        """Upload ``path``, hashing it in the same pass; return the checksum and how it was verified.
+
+        The object must not be visible under ``name`` before it is complete."""
+
+    @abstractmethod
+    def _put_bytes(self, name: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _read_chunks(self, name: str) -> Iterator[bytes]: ...
+
+    @abstractmethod
+    def _stat(self, name: str) -> ObjectStat:
+        """Raise :class:`~hoist.errors.ObjectNotFoundError` when absent."""
+
+    @abstractmethod
+    def _delete(self, name: str) -> None: ...
+
+    @abstractmethod
+    def _check(self) -> None: ...
+
+    @abstractmethod
+    def _translate(self, exc: Exception, name: str | None) -> HoistError | None:
+        """Map a client library's exception to a hoist error, or None to let it pass."""
+
+    # ----- shared machinery -------------------------------------------------
+
+    def _call(self, fn: Callable[..., T], *args: Any, name: str | None = None) -> T:
+        """Run ``fn`` and raise any client-library error as a hoist error."""
+        try:
+            return fn(*args)
+        except HoistError:
+            raise
+        except Exception as exc:
+            translated = self._translate(exc, name)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    def _stat_or_none(self, name: str) -> ObjectStat | None:
+        try:
+            return self._stat(name)
+        except ObjectNotFoundError:
+            return None
+
+    def _accept_existing(self, existing: ObjectStat, path: str, started: float) -> UploadResult:
+        name = existing.object_name
+        size, checksum = checksum_file(path)
+        try:
+            verified_by = self.verify(name, size, checksum)
+        except ChecksumMismatchError:
+            raise ObjectExistsError(
+                f"{self.get_uri(name)} already exists with other bytes; pass overwrite=True "
+                "to replace it, or log the file under another name"
+            ) from None
+        return UploadResult(
+            name,
+            self.get_uri(name),
+            size,
+            checksum,
+            verified_by,
+            time.monotonic() - started,
+            already_present=True,
+        )
+
+    def _compare(self, name: str, what: str, expected: object, held: object) -> None:
+        if expected != held:
+            raise ChecksumMismatchError(
+                f"{self.get_uri(name)} holds other bytes than were sent: {what} is {held}, "
+                f"expected {expected}"
+            )

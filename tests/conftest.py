@@ -1,0 +1,83 @@
+"""Session fixtures: the real servers every test talks to.
+
+Each server starts once per session on 127.0.0.1 and a free port. When a test
+fails, the tail of every running server's log is attached to its report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services.redis import RedisServer
+from tests.services.s3 import MotoServer, RcloneServer, S3Server
+
+_running: list[Any] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for server in _running:
+            report.sections.append(
+                (f"log of {server.process.name} ({server.process.log_path})", server.process.log_tail())
+            )
+
+
+def _serve(server: Any) -> Iterator[Any]:
+    server.start()
+    _running.append(server)
+    try:
+        yield server
+    finally:
+        _running.remove(server)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def redis_server(services_dir: Path) -> Iterator[RedisServer]:
+    yield from _serve(RedisServer(services_dir / "redis"))
+
+
+@pytest.fixture(scope="session")
+def moto_server(services_dir: Path) -> Iterator[S3Server]:
+    yield from _serve(MotoServer(services_dir / "moto"))
+
+
+@pytest.fixture(scope="session")
+def rclone_server(services_dir: Path) -> Iterator[S3Server]:
+    yield from _serve(RcloneServer(services_dir / "rclone"))
+
+
+@pytest.fixture(scope="session", params=["moto", "rclone"])
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    """Each S3 test runs against both servers."""
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture
+def make_file(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Write a file of ``size`` random bytes and return its path."""
+
+    def make(size: int, name: str = "payload.bin") -> Path:
+        path = tmp_path / name
+        with open(path, "wb") as out:
+            remaining = size
+            while remaining:
+                chunk = os.urandom(min(remaining, 4 * 1024 * 1024))
+                out.write(chunk)
+                remaining -= len(chunk)
+        return path
+
+    return make
