@@ -180,7 +180,7 @@ class ObjectStore(ABC):
         name = validate_object_name(object_name)
         size = source_file_size(path)
         if not overwrite:
-            existing = self._call(self._stat_or_none, name, name=name)
+            existing = self._stat_or_none(name)
             if existing is not None:
                 return self._accept_existing(existing, os.fspath(path), started)
         checksum, verified_by = self._call(
@@ -194,7 +194,7 @@ class ObjectStore(ABC):
         """Write a small object (a ``.symlink`` pointer, a manifest) and verify it."""
         started = time.monotonic()
         name = validate_object_name(object_name)
-        if not overwrite and self._call(self._stat_or_none, name, name=name) is not None:
+        if not overwrite and self._stat_or_none(name) is not None:
             raise ObjectExistsError(f"{self.get_uri(name)} exists; pass overwrite=True to replace it")
         checksum = Checksum.of(data)
         self._call(self._put_bytes, name, data, name=name)
@@ -206,7 +206,7 @@ class ObjectStore(ABC):
     def get_bytes(self, object_name: str) -> bytes:
         """Return the whole content of a small object."""
         name = validate_object_name(object_name)
-        return self._call(lambda: b"".join(self._read_chunks(name)), name=name)
+        return b"".join(self._chunks(name))
 
     def stat(self, object_name: str) -> ObjectStat:
         """Return size and reported checksum, or raise :class:`~hoist.errors.ObjectNotFoundError`."""
@@ -216,7 +216,7 @@ class ObjectStore(ABC):
     def exists(self, object_name: str) -> bool:
         """Whether the object exists. A permission error is raised, never read as "absent"."""
         name = validate_object_name(object_name)
-        return self._call(self._stat_or_none, name, name=name) is not None
+        return self._stat_or_none(name) is not None
 
     def delete(self, object_name: str) -> None:
         """Delete the object; deleting an absent object is not an error."""
@@ -245,7 +245,7 @@ class ObjectStore(ABC):
         try:
             hasher = StreamHasher(progress)
             with os.fdopen(fd, "wb") as out:
-                for chunk in self._call(self._read_chunks, name, name=name):
+                for chunk in self._chunks(name):
                     out.write(chunk)
                     hasher.update(chunk)
                 out.flush()
@@ -261,13 +261,10 @@ class ObjectStore(ABC):
         """Stream the object and return the size and checksum of what the store holds."""
         name = validate_object_name(object_name)
 
-        def hash_object() -> ObjectStat:
-            hasher = StreamHasher()
-            for chunk in self._read_chunks(name):
-                hasher.update(chunk)
-            return ObjectStat(name, hasher.size, hasher.checksum)
-
-        return self._call(hash_object, name=name)
+        hasher = StreamHasher()
+        for chunk in self._chunks(name):
+            hasher.update(chunk)
+        return ObjectStat(name, hasher.size, hasher.checksum)
 
     def verify(self, object_name: str, size: int, checksum: Checksum) -> Verification:
         """Show that the store holds exactly ``size`` bytes with ``checksum``.
@@ -344,17 +341,24 @@ class ObjectStore(ABC):
         """Run ``fn`` and raise any client-library error as a hoist error."""
         try:
             return fn(*args)
-        except HoistError:
-            raise
         except Exception as exc:
-            translated = self._translate(exc, name)
-            if translated is None:
-                raise
-            raise translated from exc
+            raise self._as_hoist_error(exc, name) from exc
+
+    def _chunks(self, name: str) -> Iterator[bytes]:
+        """:meth:`_read_chunks` with errors translated, also those raised mid-stream."""
+        try:
+            yield from self._read_chunks(name)
+        except Exception as exc:
+            raise self._as_hoist_error(exc, name) from exc
+
+    def _as_hoist_error(self, exc: Exception, name: str | None) -> Exception:
+        if isinstance(exc, HoistError):
+            return exc
+        return self._translate(exc, name) or exc
 
     def _stat_or_none(self, name: str) -> ObjectStat | None:
         try:
-            return self._stat(name)
+            return self._call(self._stat, name, name=name)
         except ObjectNotFoundError:
             return None
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+
+def find_binary(name: str, install_hint: str) -> str:
+    """The path of ``name``: beside this Python first (the venv), then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is missing: {install_hint}")
+    return found
 
 
 def free_port() -> int:

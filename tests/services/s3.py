@@ -11,16 +11,16 @@ Two are used, because they differ where hoist's verification must be right
 
 from __future__ import annotations
 
-import shutil
 import urllib.request
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
 
-from tests.services.process import ServerProcess, free_port, port_open
+from tests.services.process import ServerProcess, find_binary, free_port, port_open
 
 BUCKET = "hoist-test"
+TEST_EXTRA_HINT = "run `bash deploy/bootstrap.sh test`, which installs the test extra"
 
 
 class S3Server:
@@ -71,9 +71,7 @@ class MotoServer(S3Server):
     name = "moto_server"
 
     def argv(self) -> list[str]:
-        binary = shutil.which("moto_server")
-        if binary is None:
-            raise RuntimeError("moto_server is missing: install the test extra (`pip install -e .[test]`)")
+        binary = find_binary("moto_server", TEST_EXTRA_HINT)
         return [binary, "-H", "127.0.0.1", "-p", str(self.port)]
 
     def _up(self) -> bool:
@@ -88,9 +86,7 @@ class RcloneServer(S3Server):
     name = "rclone"
 
     def argv(self) -> list[str]:
-        binary = shutil.which("rclone")
-        if binary is None:
-            raise RuntimeError("rclone is missing: install the test extra (`pip install -e .[test]`)")
+        binary = find_binary("rclone", TEST_EXTRA_HINT)
         root = self.workdir / "data"
         root.mkdir(exist_ok=True)
         return [

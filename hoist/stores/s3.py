@@ -1,0 +1,390 @@
+"""Amazon S3 and S3-compatible servers, through boto3.
+
+Uploads are hoist's own rather than boto3's ``upload_file``: s3transfer reads
+parts through separate file handles, in no fixed order, so it cannot hash the
+whole object in the same pass. Here the file is read once, in order; each part
+is hashed into the running whole-object CRC64NVME and handed to a thread pool,
+with at most ``max_concurrency`` parts in memory. The multipart upload is
+created with ``ChecksumType=FULL_OBJECT`` so S3 checks the whole-object
+checksum we send at completion and reports it back on ``HeadObject``.
+
+Verification: AWS S3 validates the checksum a client sends and computes the
+full-object CRC64NVME itself, so its reported checksum proves the bytes.
+S3-compatible servers often do not: moto and ``rclone serve s3`` echo a single
+PUT's checksum unchecked (../shared/FACTS.md). ``verify="auto"`` therefore
+trusts the reported checksum only on AWS endpoints and reads the object back
+elsewhere; ``verify="checksum"`` opts in for a server known to validate
+(MinIO, Ceph RGW recent releases).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.exceptions as boto_errors
+from awscrt.checksums import crc64nvme
+from botocore.config import Config
+
+from hoist.errors import (
+    ConfigurationError,
+    ContainerNotFoundError,
+    HoistError,
+    ObjectNotFoundError,
+    PermanentStoreError,
+    StoreAuthError,
+    StoreConnectionError,
+    TransientStoreError,
+)
+from hoist.stores.base import ObjectStat, ObjectStore, Verification
+from hoist.stores.checksum import Checksum, HashingReader, Progress
+
+MiB = 1024 * 1024
+MAX_PARTS = 10_000
+
+_AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AllAccessDisabled",
+}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "BadDigest",
+    "InvalidDigest",
+    "XAmzContentChecksumMismatch",
+}
+
+
+@dataclass(frozen=True)
+class S3TransferConfig:
+    """How large files are split.
+
+    Parameters:
+        multipart_threshold: files at least this large use multipart upload.
+        part_size: bytes per part (grown automatically past 10,000 parts).
+        max_concurrency: parts in flight at once; also the bound on memory,
+            which is about ``max_concurrency * part_size``.
+    """
+
+    multipart_threshold: int = 16 * MiB
+    part_size: int = 16 * MiB
+    max_concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        if self.part_size < 5 * MiB:
+            raise ConfigurationError("S3 part_size must be at least 5 MiB (an S3 limit)")
+        if self.max_concurrency < 1:
+            raise ConfigurationError("max_concurrency must be at least 1")
+
+
+class S3ObjectStore(ObjectStore):
+    """A bucket in Amazon S3 or an S3-compatible server.
+
+    Parameters:
+        bucket: the bucket name.
+        prefix: prepended to every object name (``"team/runs/"``).
+        endpoint_url: an S3-compatible server (MinIO, Ceph, R2, ...); None for AWS.
+        region_name: the bucket's region.
+        aws_access_key_id, aws_secret_access_key, aws_session_token, profile_name:
+            credentials; by default boto3's usual chain (environment, config
+            files, instance role).
+        transfer_config: part size and concurrency, see :class:`S3TransferConfig`.
+        request_checksum_calculation: boto3's own request checksum mode.
+            hoist sends its own checksum, so the default ``"when_required"``
+            avoids a second hash pass and the ``aws-chunked`` encoding that
+            many S3-compatible servers mishandle.
+        verify: ``"auto"``, ``"checksum"`` or ``"read-back"`` (see the module docs).
+        connect_timeout, read_timeout: seconds, per request.
+        max_attempts: boto3's retries of one request, before hoist's own.
+
+    Example:
+        >>> store = S3ObjectStore("my-bucket", prefix="runs/", region_name="us-west-2")
+        >>> store.upload_file("run1/ep1.pt", "/tmp/ep1.pt").uri
+        's3://my-bucket/runs/run1/ep1.pt'
+    """
+
+    scheme = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        profile_name: str | None = None,
+        transfer_config: S3TransferConfig | None = None,
+        request_checksum_calculation: Literal["when_required", "when_supported"] = "when_required",
+        verify: Literal["auto", "checksum", "read-back"] = "auto",
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 3,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ConfigurationError(f"bucket name {bucket!r} is invalid; give the bare bucket name")
+        if verify not in ("auto", "checksum", "read-back"):
+            raise ConfigurationError(f"verify={verify!r}; use 'auto', 'checksum' or 'read-back'")
+        self.bucket = bucket
+        self.prefix = prefix.lstrip("/")
+        self.endpoint_url = endpoint_url
+        self.transfer = transfer_config or S3TransferConfig()
+        self.trusts_reported_checksum = verify == "checksum" or (
+            verify == "auto" and _is_aws(endpoint_url)
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            profile_name=profile_name,
+            region_name=region_name or ("us-east-1" if endpoint_url else None),
+        )
+        config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            max_pool_connections=self.transfer.max_concurrency + 2,
+            request_checksum_calculation=request_checksum_calculation,
+            response_checksum_validation="when_required",
+            # IP and localhost endpoints cannot take virtual-hosted bucket names.
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+        )
+        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def get_uri(self, object_name: str) -> str:
+        return f"s3://{self.bucket}/{self._key(object_name)}"
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._client.close()
+
+    # ----- primitives -------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def _put_file(
+        self, name: str, path: str, size: int, progress: Progress | None
+    ) -> tuple[Checksum, Verification]:
+        with open(path, "rb") as raw:
+            if size < self.transfer.multipart_threshold:
+                reader = HashingReader(raw, progress)
+                data = reader.read()
+                checksum = reader.hasher.checksum
+                self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._key(name),
+                    Body=data,
+                    ChecksumCRC64NVME=checksum.to_base64(),
+                )
+            else:
+                checksum = _MultipartUpload(self, name, size, progress).run(raw)
+        try:
+            return checksum, self.verify(name, size, checksum)
+        except HoistError:
+            # A bad object must not stay under the name: a retry with
+            # overwrite=False would take it for someone else's object.
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+            raise
+
+    def _put_bytes(self, name: str, data: bytes) -> None:
+        self._client.put_object(
+            Bucket=self.bucket,
+            Key=self._key(name),
+            Body=data,
+            ChecksumCRC64NVME=Checksum.of(data).to_base64(),
+        )
+
+    def _read_chunks(self, name: str) -> Iterator[bytes]:
+        response = self._client.get_object(Bucket=self.bucket, Key=self._key(name))
+        yield from response["Body"].iter_chunks(chunk_size=MiB)
+
+    def _stat(self, name: str) -> ObjectStat:
+        head = self._client.head_object(
+            Bucket=self.bucket, Key=self._key(name), ChecksumMode="ENABLED"
+        )
+        reported = head.get("ChecksumCRC64NVME")
+        # CRC64NVME exists only as a full-object checksum; a COMPOSITE type
+        # would mean a checksum of part checksums, which proves nothing here.
+        usable = reported and head.get("ChecksumType") != "COMPOSITE"
+        return ObjectStat(
+            name, int(head["ContentLength"]), Checksum.from_base64(reported) if usable else None
+        )
+
+    def _delete(self, name: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    def _check(self) -> None:
+        self._client.head_bucket(Bucket=self.bucket)
+
+    def _translate(self, exc: Exception, name: str | None) -> HoistError | None:
+        where = self.get_uri(name) if name else f"s3://{self.bucket}"
+        endpoint = self.endpoint_url or "AWS S3"
+        if isinstance(exc, boto_errors.NoCredentialsError):
+            return StoreAuthError(
+                f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or pass them to the store"
+            )
+        if isinstance(exc, boto_errors.ClientError):
+            return self._translate_client_error(exc, name, where, endpoint)
+        if isinstance(
+            exc,
+            (
+                boto_errors.EndpointConnectionError,
+                boto_errors.ConnectTimeoutError,
+                boto_errors.ConnectionClosedError,
+                boto_errors.ReadTimeoutError,
+                boto_errors.ResponseStreamingError,
+                ConnectionError,
+                TimeoutError,
+            ),
+        ):
+            return StoreConnectionError(f"cannot reach {endpoint} for {where}: {exc}")
+        return None
+
+    def _translate_client_error(
+        self, exc: boto_errors.ClientError, name: str | None, where: str, endpoint: str
+    ) -> HoistError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        detail = error.get("Message") or code
+        if code == "NoSuchBucket" or (name is None and status == 404):
+            return ContainerNotFoundError(
+                f"bucket {self.bucket!r} does not exist at {endpoint}; create it or fix the name"
+            )
+        if code in _AUTH_CODES or status in (401, 403):
+            return StoreAuthError(
+                f"access to {where} was denied ({detail}); check the credentials and that "
+                "they may read and write this bucket"
+            )
+        if code in ("NoSuchKey", "NotFound") or status == 404:
+            return ObjectNotFoundError(f"{where} does not exist")
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return TransientStoreError(f"{endpoint} answered {status} {code} for {where}: {detail}")
+        return PermanentStoreError(f"{endpoint} refused {where}: {status} {code}: {detail}")
+
+    def _parts_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.transfer.max_concurrency, thread_name_prefix="hoist-s3-part"
+            )
+        return self._pool
+
+
+class _MultipartUpload:
+    """One multipart upload: read parts in order, send them in parallel, complete.
+
+    Parameters:
+        store: the store whose client and transfer settings to use.
+        name: the object name.
+        size: the file's size, to choose the part size.
+        progress: told of each part's bytes once the part is stored.
+    """
+
+    def __init__(self, store: S3ObjectStore, name: str, size: int, progress: Progress | None):
+        self.store = store
+        self.client = store._client
+        self.key = store._key(name)
+        self.part_size = max(store.transfer.part_size, math.ceil(size / MAX_PARTS))
+        self.progress = progress
+        self.in_flight = threading.BoundedSemaphore(store.transfer.max_concurrency)
+        self.failed = threading.Event()
+
+    def run(self, raw: Any) -> Checksum:
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.store.bucket,
+            Key=self.key,
+            ChecksumAlgorithm="CRC64NVME",
+            ChecksumType="FULL_OBJECT",
+        )["UploadId"]
+        futures: list[Future[dict[str, Any]]] = []
+        try:
+            whole = 0
+            number = 0
+            while True:
+                self.in_flight.acquire()  # bounds memory to max_concurrency parts
+                if self.failed.is_set():  # stop reading; the failed part's error is raised below
+                    self.in_flight.release()
+                    break
+                data = raw.read(self.part_size)
+                if not data and number > 0:
+                    self.in_flight.release()
+                    break
+                number += 1
+                whole = crc64nvme(data, whole)
+                futures.append(self.store._parts_pool().submit(self._send, upload_id, number, data))
+                if len(data) < self.part_size:
+                    break
+            parts = [future.result() for future in futures]
+            checksum = Checksum.from_int(whole)
+            self.client.complete_multipart_upload(
+                Bucket=self.store.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                ChecksumCRC64NVME=checksum.to_base64(),
+                ChecksumType="FULL_OBJECT",
+            )
+            return checksum
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            self._abort(upload_id)
+            raise
+
+    def _send(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        try:
+            part_checksum = Checksum.from_int(crc64nvme(data)).to_base64()
+            response = self.client.upload_part(
+                Bucket=self.store.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumCRC64NVME=part_checksum,
+            )
+            if self.progress is not None:
+                self.progress(len(data))
+            return {"ETag": response["ETag"], "PartNumber": number}
+        except BaseException:
+            self.failed.set()
+            raise
+        finally:
+            self.in_flight.release()
+
+    def _abort(self, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=upload_id
+            )
+        except (boto_errors.BotoCoreError, boto_errors.ClientError):
+            pass  # the original error matters more; a lifecycle rule reaps the rest
+
+
+def _is_aws(endpoint_url: str | None) -> bool:
+    if endpoint_url is None:
+        return True
+    host = urlsplit(endpoint_url).hostname or ""
+    return host.endswith(".amazonaws.com")

@@ -1,0 +1,212 @@
+"""S3ObjectStore against real S3 servers on loopback (moto and rclone)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from hoist.errors import (
+    ContainerNotFoundError,
+    InvalidObjectNameError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    SourceFileError,
+    StoreAuthError,
+    StoreConnectionError,
+)
+from hoist.stores.base import Verification
+from hoist.stores.checksum import Checksum, checksum_file
+from hoist.stores.s3 import S3ObjectStore, S3TransferConfig
+from tests.services.process import free_port
+from tests.services.s3 import S3Server
+
+MiB = 1024 * 1024
+
+
+def make_store(server: S3Server, **kwargs: object) -> S3ObjectStore:
+    options: dict[str, object] = {
+        "endpoint_url": server.endpoint_url,
+        "aws_access_key_id": server.access_key,
+        "aws_secret_access_key": server.secret_key,
+        "transfer_config": S3TransferConfig(multipart_threshold=8 * MiB, part_size=8 * MiB),
+    }
+    options.update(kwargs)
+    bucket = str(options.pop("bucket", server.bucket))
+    return S3ObjectStore(bucket, "tests/", **options)  # type: ignore[arg-type]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def store(s3_server: S3Server):  # type: ignore[no-untyped-def]
+    with make_store(s3_server) as s:
+        yield s
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB, 20 * MiB + 3])
+def test_round_trip(store: S3ObjectStore, make_file, tmp_path: Path, size: int) -> None:  # type: ignore[no-untyped-def]
+    source = make_file(size)
+    name = f"round-trip/{size}.bin"
+    result = store.upload_file(name, source)
+
+    local_size, local_checksum = checksum_file(str(source))
+    assert (result.size, result.checksum) == (local_size, local_checksum)
+    assert result.uri == f"s3://{store.bucket}/tests/{name}"
+    # The server-side view, through a raw client rather than hoist's own code.
+    assert store.stat(name).size == size
+    target = tmp_path / "out" / "copy.bin"
+    downloaded = store.download_file(name, target)
+    assert sha256(target) == sha256(source)
+    assert downloaded.checksum == local_checksum
+
+
+@pytest.mark.slow
+def test_200_mib_multipart_against_raw_client(s3_server: S3Server, make_file) -> None:  # type: ignore[no-untyped-def]
+    source = make_file(200 * MiB)
+    with make_store(s3_server, transfer_config=S3TransferConfig()) as store:
+        started = time.monotonic()
+        parts: list[int] = []
+        result = store.upload_file("big/200mib.bin", source, progress=parts.append)
+        seconds = time.monotonic() - started
+    print(f"\n{s3_server.name}: 200 MiB upload+verify {seconds:.2f} s, "
+          f"{200 * MiB / seconds / 1e6:.0f} MB/s ({result.verified_by.value})")
+    raw = s3_server.client()
+    head = raw.head_object(Bucket=s3_server.bucket, Key="tests/big/200mib.bin")
+    assert head["ContentLength"] == 200 * MiB
+    assert sorted(parts, reverse=True) == [16 * MiB] * 12 + [8 * MiB], "expected 13 parts"
+    digest = hashlib.sha256()
+    for chunk in raw.get_object(Bucket=s3_server.bucket, Key="tests/big/200mib.bin")[
+        "Body"
+    ].iter_chunks(MiB):
+        digest.update(chunk)
+    assert digest.hexdigest() == sha256(source)
+    assert result.checksum == checksum_file(str(source))[1]
+
+
+def test_moto_full_object_checksum_is_used_when_trusted(moto_server: S3Server, make_file) -> None:  # type: ignore[no-untyped-def]
+    """moto computes the multipart FULL_OBJECT CRC64NVME from the bytes it holds."""
+    source = make_file(20 * MiB)
+    with make_store(moto_server, verify="checksum") as store:
+        result = store.upload_file("trusted/obj.bin", source)
+        assert result.verified_by is Verification.STORE_CHECKSUM
+        assert store.stat("trusted/obj.bin").checksum == checksum_file(str(source))[1]
+
+
+def test_non_aws_endpoints_read_back_by_default(store: S3ObjectStore, make_file) -> None:  # type: ignore[no-untyped-def]
+    result = store.upload_file("auto/obj.bin", make_file(1000))
+    assert result.verified_by is Verification.READ_BACK
+
+
+def test_echoed_checksum_is_not_trusted_by_default(moto_server: S3Server) -> None:
+    """A server that stores a wrong checksum unchecked must not fool verification."""
+    raw = moto_server.client()
+    wrong = Checksum.from_int(12345).to_base64()
+    raw.put_object(Bucket=moto_server.bucket, Key="tests/lie.bin", Body=b"abc", ChecksumCRC64NVME=wrong)
+    with make_store(moto_server) as store:
+        assert store.verify("lie.bin", 3, Checksum.of(b"abc")) is Verification.READ_BACK
+
+
+def test_put_get_bytes(store: S3ObjectStore) -> None:
+    result = store.put_bytes("links/latest.pt.symlink", b"runs/r1/ep3.pt")
+    assert result.checksum == Checksum.of(b"runs/r1/ep3.pt")
+    assert store.get_bytes("links/latest.pt.symlink") == b"runs/r1/ep3.pt"
+    store.put_bytes("links/latest.pt.symlink", b"runs/r1/ep4.pt")
+    assert store.get_bytes("links/latest.pt.symlink") == b"runs/r1/ep4.pt"
+    with pytest.raises(ObjectExistsError):
+        store.put_bytes("links/latest.pt.symlink", b"x", overwrite=False)
+
+
+def test_overwrite_rules(store: S3ObjectStore, make_file) -> None:  # type: ignore[no-untyped-def]
+    first = make_file(100, "first.bin")
+    second = make_file(100, "second.bin")
+    store.upload_file("ow/obj.bin", first)
+    with pytest.raises(ObjectExistsError, match="overwrite=True"):
+        store.upload_file("ow/obj.bin", second)
+    assert store.get_bytes("ow/obj.bin") == first.read_bytes()
+    again = store.upload_file("ow/obj.bin", first)
+    assert again.already_present
+    store.upload_file("ow/obj.bin", second, overwrite=True)
+    assert store.get_bytes("ow/obj.bin") == second.read_bytes()
+
+
+def test_exists_delete_missing(store: S3ObjectStore, tmp_path: Path) -> None:
+    assert not store.exists("nothing/here")
+    with pytest.raises(ObjectNotFoundError):
+        store.stat("nothing/here")
+    with pytest.raises(ObjectNotFoundError):
+        store.get_bytes("nothing/here")
+    target = tmp_path / "never.bin"
+    with pytest.raises(ObjectNotFoundError):
+        store.download_file("nothing/here", target)
+    assert list(tmp_path.iterdir()) == []
+    store.put_bytes("gone.txt", b"x")
+    assert store.exists("gone.txt")
+    store.delete("gone.txt")
+    assert not store.exists("gone.txt")
+    store.delete("gone.txt")
+
+
+def test_progress_counts_every_byte(store: S3ObjectStore, make_file) -> None:  # type: ignore[no-untyped-def]
+    seen: list[int] = []
+    store.upload_file("progress.bin", make_file(20 * MiB), progress=seen.append)
+    assert sum(seen) == 20 * MiB
+
+
+@pytest.mark.parametrize("name", ["", "/", "a/../b", "..", "x\x00y"])
+def test_bad_object_names_fail_before_any_request(name: str, make_file) -> None:  # type: ignore[no-untyped-def]
+    dead = S3ObjectStore("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                         aws_access_key_id="a", aws_secret_access_key="b", max_attempts=1)
+    with pytest.raises(InvalidObjectNameError):
+        dead.upload_file(name, make_file(1))
+    with pytest.raises(ValueError):
+        dead.put_bytes(name, b"")
+
+
+def test_source_must_be_a_file(store: S3ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(SourceFileError, match="not a regular file"):
+        store.upload_file("dir.bin", tmp_path)
+    with pytest.raises(SourceFileError, match="no such file"):
+        store.upload_file("missing.bin", tmp_path / "missing")
+
+
+def test_missing_bucket(s3_server: S3Server, make_file) -> None:  # type: ignore[no-untyped-def]
+    with make_store(s3_server, bucket="no-such-bucket") as store:
+        with pytest.raises(ContainerNotFoundError, match="no-such-bucket"):
+            store.check()
+        with pytest.raises(ContainerNotFoundError):
+            store.upload_file("x.bin", make_file(10), overwrite=True)
+
+
+def test_wrong_credentials(rclone_server: S3Server, make_file) -> None:  # type: ignore[no-untyped-def]
+    with make_store(rclone_server, aws_secret_access_key="wrong-secret") as store:
+        with pytest.raises(StoreAuthError, match="credentials"):
+            store.check()
+        with pytest.raises(StoreAuthError):
+            store.upload_file("x.bin", make_file(10))
+        with pytest.raises(StoreAuthError):
+            store.exists("x.bin")  # a 403 is never "absent"
+
+
+def test_unreachable_endpoint(make_file) -> None:  # type: ignore[no-untyped-def]
+    store = S3ObjectStore("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                          aws_access_key_id="a", aws_secret_access_key="b", max_attempts=1)
+    with pytest.raises(StoreConnectionError, match="cannot reach"):
+        store.check()
+    with pytest.raises(StoreConnectionError):
+        store.upload_file("x.bin", make_file(10))
+
+
+def test_invalid_configuration() -> None:
+    with pytest.raises(ValueError, match="bucket"):
+        S3ObjectStore("bucket/with/slash")
+    with pytest.raises(ValueError, match="5 MiB"):
+        S3TransferConfig(part_size=MiB)
