@@ -77,8 +77,10 @@ def test_200_mib_multipart_against_raw_client(s3_server: S3Server, make_file) ->
         parts: list[int] = []
         result = store.upload_file("big/200mib.bin", source, progress=parts.append)
         seconds = time.monotonic() - started
-    print(f"\n{s3_server.name}: 200 MiB upload+verify {seconds:.2f} s, "
-          f"{200 * MiB / seconds / 1e6:.0f} MB/s ({result.verified_by.value})")
+    print(
+        f"\n{s3_server.name}: 200 MiB upload+verify {seconds:.2f} s, "
+        f"{200 * MiB / seconds / 1e6:.0f} MB/s ({result.verified_by.value})"
+    )
     raw = s3_server.client()
     head = raw.head_object(Bucket=s3_server.bucket, Key="tests/big/200mib.bin")
     assert head["ContentLength"] == 200 * MiB
@@ -110,7 +112,9 @@ def test_echoed_checksum_is_not_trusted_by_default(moto_server: S3Server) -> Non
     """A server that stores a wrong checksum unchecked must not fool verification."""
     raw = moto_server.client()
     wrong = Checksum.from_int(12345).to_base64()
-    raw.put_object(Bucket=moto_server.bucket, Key="tests/lie.bin", Body=b"abc", ChecksumCRC64NVME=wrong)
+    raw.put_object(
+        Bucket=moto_server.bucket, Key="tests/lie.bin", Body=b"abc", ChecksumCRC64NVME=wrong
+    )
     with make_store(moto_server) as store:
         assert store.verify("lie.bin", 3, Checksum.of(b"abc")) is Verification.READ_BACK
 
@@ -163,8 +167,13 @@ def test_progress_counts_every_byte(store: S3ObjectStore, make_file) -> None:  #
 
 @pytest.mark.parametrize("name", ["", "/", "a/../b", "..", "x\x00y"])
 def test_bad_object_names_fail_before_any_request(name: str, make_file) -> None:  # type: ignore[no-untyped-def]
-    dead = S3ObjectStore("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}",
-                         aws_access_key_id="a", aws_secret_access_key="b", max_attempts=1)
+    dead = S3ObjectStore(
+        "bucket",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        max_attempts=1,
+    )
     with pytest.raises(InvalidObjectNameError):
         dead.upload_file(name, make_file(1))
     with pytest.raises(ValueError):
@@ -197,8 +206,13 @@ def test_wrong_credentials(rclone_server: S3Server, make_file) -> None:  # type:
 
 
 def test_unreachable_endpoint(make_file) -> None:  # type: ignore[no-untyped-def]
-    store = S3ObjectStore("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}",
-                          aws_access_key_id="a", aws_secret_access_key="b", max_attempts=1)
+    store = S3ObjectStore(
+        "bucket",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        max_attempts=1,
+    )
     with pytest.raises(StoreConnectionError, match="cannot reach"):
         store.check()
     with pytest.raises(StoreConnectionError):

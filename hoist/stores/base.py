@@ -20,6 +20,7 @@ working directory. Names are checked before any request is made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat as stat_module
 import tempfile
@@ -195,7 +196,9 @@ class ObjectStore(ABC):
         started = time.monotonic()
         name = validate_object_name(object_name)
         if not overwrite and self._stat_or_none(name) is not None:
-            raise ObjectExistsError(f"{self.get_uri(name)} exists; pass overwrite=True to replace it")
+            raise ObjectExistsError(
+                f"{self.get_uri(name)} exists; pass overwrite=True to replace it"
+            )
         checksum = Checksum.of(data)
         self._call(self._put_bytes, name, data, name=name)
         verified_by = self.verify(name, len(data), checksum)
@@ -209,7 +212,7 @@ class ObjectStore(ABC):
         return b"".join(self._chunks(name))
 
     def stat(self, object_name: str) -> ObjectStat:
-        """Return size and reported checksum, or raise :class:`~hoist.errors.ObjectNotFoundError`."""
+        """Size and reported checksum; :class:`~hoist.errors.ObjectNotFoundError` if absent."""
         name = validate_object_name(object_name)
         return self._call(self._stat, name, name=name)
 
@@ -221,10 +224,8 @@ class ObjectStore(ABC):
     def delete(self, object_name: str) -> None:
         """Delete the object; deleting an absent object is not an error."""
         name = validate_object_name(object_name)
-        try:
+        with contextlib.suppress(ObjectNotFoundError):
             self._call(self._delete, name, name=name)
-        except ObjectNotFoundError:
-            pass
 
     def download_file(
         self,
@@ -296,7 +297,7 @@ class ObjectStore(ABC):
     def get_uri(self, object_name: str) -> str:
         """The URI of ``object_name`` (``s3://bucket/key``, ``sftp://user@host:port/path``, …)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release connections; the store can not be used afterwards."""
 
     def __enter__(self: T) -> T:
@@ -311,7 +312,7 @@ class ObjectStore(ABC):
     def _put_file(
         self, name: str, path: str, size: int, progress: Progress | None
     ) -> tuple[Checksum, Verification]:
-        """Upload ``path``, hashing it in the same pass; return the checksum and how it was verified.
+        """Upload ``path``, hashing it on the way; return the checksum and the verification.
 
         The object must not be visible under ``name`` before it is complete."""
 

@@ -19,6 +19,7 @@ elsewhere; ``verify="checksum"`` opts in for a server known to validate
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Iterator
@@ -140,7 +141,9 @@ class S3ObjectStore(ObjectStore):
         max_attempts: int = 3,
     ) -> None:
         if not bucket or "/" in bucket:
-            raise ConfigurationError(f"bucket name {bucket!r} is invalid; give the bare bucket name")
+            raise ConfigurationError(
+                f"bucket name {bucket!r} is invalid; give the bare bucket name"
+            )
         if verify not in ("auto", "checksum", "read-back"):
             raise ConfigurationError(f"verify={verify!r}; use 'auto', 'checksum' or 'read-back'")
         self.bucket = bucket
@@ -375,12 +378,11 @@ class _MultipartUpload:
             self.in_flight.release()
 
     def _abort(self, upload_id: str) -> None:
-        try:
+        # The original error matters more; a bucket lifecycle rule reaps what is left.
+        with contextlib.suppress(boto_errors.BotoCoreError, boto_errors.ClientError):
             self.client.abort_multipart_upload(
                 Bucket=self.store.bucket, Key=self.key, UploadId=upload_id
             )
-        except (boto_errors.BotoCoreError, boto_errors.ClientError):
-            pass  # the original error matters more; a lifecycle rule reaps the rest
 
 
 def _is_aws(endpoint_url: str | None) -> bool:

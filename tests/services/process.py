@@ -80,7 +80,9 @@ class ServerProcess:
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.name} did not become ready in {timeout:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.name} did not become ready in {timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

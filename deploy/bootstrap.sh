@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Set hoist up on a Debian machine, then run the demo or the whole test suite.
+#
+#   bash deploy/bootstrap.sh demo            # the main job
+#   bash deploy/bootstrap.sh test [ARGS...]  # pytest, ARGS passed through
+#
+# Idempotent: Debian packages are installed only when missing, the virtual
+# environment (.venv, or $HOIST_VENV) is made once, and the Python package is
+# reinstalled only when pyproject.toml changes.
+set -euo pipefail
+
+mode=${1:-}
+case "$mode" in
+  demo|test) shift ;;
+  *) echo "usage: bash deploy/bootstrap.sh demo|test [pytest args...]" >&2; exit 2 ;;
+esac
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+venv=${HOIST_VENV:-$PWD/.venv}
+python=${PYTHON:-python3}
+
+# Debian packages: the services hoist runs (Redis) and the tests start (sshd).
+debs=(redis-server openssh-server openssh-client)
+missing=()
+for deb in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")
+done
+# A Debian Python without ensurepip needs python3-venv to make the venv.
+if [ ! -x "$venv/bin/python" ] && ! "$python" -c "import ensurepip, venv" 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "hoist needs Debian packages: ${missing[*]}. Install them as root:" >&2
+    echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "==> installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "==> creating the virtual environment $venv"
+  "$python" -m venv "$venv"
+fi
+
+extra=$([ "$mode" = test ] && echo "[test]" || echo "")
+stamp="$venv/.hoist-installed$extra"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "==> installing hoist$extra into $venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e ".$extra"
+  echo "$want" > "$stamp"
+fi
+
+export PATH="$venv/bin:$PATH"
+if [ "$mode" = test ]; then
+  exec "$venv/bin/python" -m pytest "$@"
+else
+  hoist --help
+  exec hoist selfcheck
+fi
