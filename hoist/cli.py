@@ -71,6 +71,13 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from hoist.stores.spec import new_fleet_key
+
+    print(new_fleet_key())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hoist",
@@ -86,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--size-mib", type=float, default=64.0, help="size of the test file (MiB)")
     check.set_defaults(func=cmd_selfcheck)
+
+    from hoist.workers import worker
+
+    run = commands.add_parser("worker", help="run a worker of the upload fleet")
+    worker.add_arguments(run)
+    run.set_defaults(func=worker.run_worker)
+
+    keygen = commands.add_parser("keygen", help="print a new HOIST_FLEET_KEY")
+    keygen.set_defaults(func=cmd_keygen)
     return parser
 
 

@@ -88,3 +88,28 @@ class ObjectExistsError(PermanentStoreError, FileExistsError):
 
 class StoreFullError(PermanentStoreError):
     """The store has no space left (for example a full SFTP disk)."""
+
+
+class StagingError(HoistError, OSError):
+    """A file could not be staged (the staging filesystem is full, read-only, …)."""
+
+
+class EnqueueError(HoistError):
+    """The broker could not be reached to enqueue an upload; the staged file is kept."""
+
+
+class UploadFailedError(HoistError):
+    """One or more uploads failed for good; the message names each with its cause.
+
+    Parameters:
+        message: one line per failed artifact.
+        failures: ``(artifact name, object name, error)`` for each.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[str, str, str]]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
+class WaitTimeoutError(HoistError, TimeoutError):
+    """``wait()`` ran out of time with uploads still pending."""

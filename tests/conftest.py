@@ -15,6 +15,7 @@ import pytest
 
 from tests.services.redis import RedisServer
 from tests.services.s3 import MotoServer, RcloneServer, S3Server
+from tests.services.sshd import SshServer
 
 _running: list[Any] = []
 
@@ -26,7 +27,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed:
         for server in _running:
             report.sections.append(
-                (f"log of {server.process.name} ({server.process.log_path})", server.process.log_tail())
+                (
+                    f"log of {server.process.name} ({server.process.log_path})",
+                    server.process.log_tail(),
+                )
             )
 
 
@@ -81,3 +85,8 @@ def make_file(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sshd_server(services_dir: Path) -> Iterator[SshServer]:
+    yield from _serve(SshServer(services_dir / "sshd"))

@@ -133,7 +133,7 @@ class S3ObjectStore(ObjectStore):
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
         profile_name: str | None = None,
-        transfer_config: S3TransferConfig | None = None,
+        transfer_config: S3TransferConfig | dict[str, int] | None = None,
         request_checksum_calculation: Literal["when_required", "when_supported"] = "when_required",
         verify: Literal["auto", "checksum", "read-back"] = "auto",
         connect_timeout: float = 10.0,
@@ -149,6 +149,8 @@ class S3ObjectStore(ObjectStore):
         self.bucket = bucket
         self.prefix = prefix.lstrip("/")
         self.endpoint_url = endpoint_url
+        if isinstance(transfer_config, dict):  # as it arrives in a task message
+            transfer_config = S3TransferConfig(**transfer_config)
         self.transfer = transfer_config or S3TransferConfig()
         self.trusts_reported_checksum = verify == "checksum" or (
             verify == "auto" and _is_aws(endpoint_url)

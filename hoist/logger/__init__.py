@@ -1,0 +1,1 @@
+"""Runs inside each training rank: naming, filtering, staging, enqueue, wait."""

@@ -1,0 +1,445 @@
+"""The rank-side logger: name, filter, stage, record, enqueue; wait at the end.
+
+A training rank blocks only for the staging copy (or rename) and two short
+Redis writes; the upload happens on the worker fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from hoist.errors import (
+    ConfigurationError,
+    EnqueueError,
+    UploadFailedError,
+    WaitTimeoutError,
+)
+from hoist.logger.levels import LogLevel
+from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name
+from hoist.logger.ranks import RankInfo
+from hoist.logger.staging import stage_file, staged_path, staging_root_from
+from hoist.stores.base import ObjectStore
+from hoist.stores.spec import StoreSpec, fleet_key_from_environment, kind_of
+from hoist.tasks.app import make_app
+from hoist.tasks.messages import (
+    SYMLINK_TASK,
+    UPLOAD_TASK,
+    Message,
+    SymlinkRequest,
+    UploadRequest,
+    artifact_id,
+    order_key,
+    send,
+)
+from hoist.tasks.records import Records, State
+from hoist.tasks.settings import DEFAULT_BROKER_URL
+
+log = logging.getLogger("hoist.logger")
+
+ShouldLog = Callable[[Any, LogLevel, str], bool]
+DEFAULT_OBJECT_NAME = "{run_name}/artifacts/{artifact_name}"
+
+
+class ObjectStoreLogger:
+    """Hands a rank's artifacts to the hoist worker fleet.
+
+    The constructor takes either form of MosaicML Composer's logger: a Libcloud
+    ``provider``, ``container`` and ``provider_kwargs``, or an
+    ``object_store_cls`` (``S3ObjectStore``, ``SFTPObjectStore``,
+    ``LibcloudObjectStore``) with ``object_store_kwargs``.
+
+    Parameters:
+        provider, container, provider_kwargs: the Libcloud form.
+        object_store_cls, object_store_kwargs: the store-class form.
+        object_name: template of object names; fields ``{artifact_name}``,
+            ``{run_name}``, ``{rank}``, ``{local_rank}``, ``{world_size}``,
+            ``{local_world_size}``, ``{node_rank}``.
+        should_log_artifact: ``(state, log_level, artifact_name) -> bool``;
+            False skips the artifact before anything is staged.
+        num_concurrent_uploads: this rank's uploads running at once, fleet-wide.
+        upload_staging_folder: the staging root the workers read
+            (default ``HOIST_STAGING_DIR``).
+        use_procs: accepted for compatibility and ignored: uploads run on the
+            worker fleet, never in the training process.
+        run_name: default ``HOIST_RUN_NAME``, torchrun's run id or the Slurm
+            job id; generated (and logged) only for a single process.
+        broker_url: default ``HOIST_BROKER_URL``.
+        state_url: the Redis holding artifact records (default: the broker).
+        wait_on_close: ``close()`` waits for this rank's uploads; False for
+            fire-and-forget (then ``hoist wait --run NAME`` in the job epilogue).
+        rank, local_rank, world_size, local_world_size, node_rank: override
+            what the launcher's environment says.
+        fleet_key: seals credentials in store arguments (default ``HOIST_FLEET_KEY``).
+        enqueue_timeout: seconds to keep trying an unreachable broker before
+            ``file_artifact`` raises.
+
+    Example:
+        >>> with ObjectStoreLogger(object_store_cls=S3ObjectStore,
+        ...                        object_store_kwargs={"bucket": "ckpts"},
+        ...                        object_name="{run_name}/rank{rank}/{artifact_name}") as logger:
+        ...     logger.file_artifact(LogLevel.EPOCH, "ep1.pt", "/tmp/ep1.pt")
+        ...     logger.symlink_artifact("ep1.pt", "latest.pt")
+    """
+
+    def __init__(
+        self,
+        provider: str | type[ObjectStore] | None = None,
+        container: str | dict[str, Any] | None = None,
+        provider_kwargs: dict[str, Any] | None = None,
+        *,
+        object_store_cls: type[ObjectStore] | None = None,
+        object_store_kwargs: dict[str, Any] | None = None,
+        object_name: str = DEFAULT_OBJECT_NAME,
+        should_log_artifact: ShouldLog | None = None,
+        num_concurrent_uploads: int = 4,
+        upload_staging_folder: str | None = None,
+        use_procs: bool = True,
+        run_name: str | None = None,
+        broker_url: str | None = None,
+        state_url: str | None = None,
+        wait_on_close: bool = True,
+        rank: int | None = None,
+        local_rank: int | None = None,
+        world_size: int | None = None,
+        local_world_size: int | None = None,
+        node_rank: int | None = None,
+        fleet_key: str | None = None,
+        enqueue_timeout: float = 30.0,
+    ) -> None:
+        if isinstance(provider, type):  # ObjectStoreLogger(S3ObjectStore, {...}) positionally
+            object_store_cls, provider = provider, None
+            if isinstance(container, dict):
+                object_store_kwargs, container = container, None
+        if num_concurrent_uploads < 1:
+            raise ConfigurationError("num_concurrent_uploads must be at least 1")
+        self.ranks = RankInfo.from_environment(
+            rank=rank,
+            local_rank=local_rank,
+            world_size=world_size,
+            local_world_size=local_world_size,
+            node_rank=node_rank,
+        )
+        self.template = ObjectNameTemplate(object_name)
+        self.run_name = _run_name(run_name, self.ranks)
+        self.staging_root = staging_root_from(upload_staging_folder)
+        self.spec = _store_spec(
+            provider,
+            container,
+            provider_kwargs,
+            object_store_cls,
+            object_store_kwargs,
+            fleet_key or fleet_key_from_environment(),
+        )
+        # Built here so bad arguments fail in the caller; used for URIs only.
+        self._store = self.spec.build(fleet_key or fleet_key_from_environment())
+        self.should_log_artifact = should_log_artifact
+        self.num_concurrent_uploads = num_concurrent_uploads
+        self.use_procs = use_procs
+        self.wait_on_close = wait_on_close
+        self.enqueue_timeout = enqueue_timeout
+        broker = broker_url or os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
+        self._app = make_app(broker)
+        self._records = Records.from_url(state_url or os.environ.get("HOIST_STATE_URL") or broker)
+        self._pending: dict[str, Message] = {}
+        self._latest_by_object: dict[str, str] = {}
+        self._closed = False
+
+    # ----- the API ----------------------------------------------------------
+
+    def file_artifact(
+        self,
+        log_level: LogLevel,
+        artifact_name: str,
+        file_path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        move: bool = False,
+        state: Any = None,
+    ) -> str | None:
+        """Stage ``file_path`` and enqueue its upload; return the artifact id, or None if filtered.
+
+        Blocks only while the file is staged. ``move=True`` gives the file
+        away (a rename, not a copy). Logging a name again with
+        ``overwrite=False`` while its previous upload is pending raises
+        ``FileExistsError``; with ``overwrite=True`` the newest version wins.
+        """
+        self._check_open()
+        if self.should_log_artifact is not None and not self.should_log_artifact(
+            state, log_level, artifact_name
+        ):
+            return None
+        object_name = self._object_name(artifact_name)
+        if not overwrite and self._is_pending(object_name):
+            raise FileExistsError(
+                f"artifact {artifact_name!r} ({object_name}) is still being uploaded; pass "
+                "overwrite=True to replace it with this version"
+            )
+        seq = self._next_seq()
+        staged = stage_file(
+            os.fspath(file_path),
+            staged_path(self.staging_root, self.run_name, self.ranks.rank, seq, artifact_name),
+            move=move,
+        )
+        message = UploadRequest(
+            **self._common(seq, artifact_name, object_name),
+            staged_path=staged.path,
+            size=staged.size,
+            overwrite=overwrite,
+            rank_limit=self.num_concurrent_uploads,
+        )
+        self._enqueue(UPLOAD_TASK, message, staged.path)
+        self._latest_by_object[object_name] = message.id
+        return message.id
+
+    def symlink_artifact(
+        self,
+        existing_artifact_name: str,
+        symlink_artifact_name: str,
+        *,
+        log_level: LogLevel = LogLevel.FIT,
+        state: Any = None,
+    ) -> str | None:
+        """Point ``<symlink object>.symlink`` at an artifact this rank logged.
+
+        Written only after the target is uploaded and verified; a later call
+        for the same symlink always wins over an earlier one.
+        """
+        self._check_open()
+        validate_artifact_name(symlink_artifact_name)
+        if self.should_log_artifact is not None and not self.should_log_artifact(
+            state, log_level, symlink_artifact_name
+        ):
+            return None
+        target_object = self._object_name(existing_artifact_name)
+        target_id = self._latest_by_object.get(target_object)
+        if target_id is None:
+            raise ConfigurationError(
+                f"cannot symlink to {existing_artifact_name!r}: this rank has not logged it; "
+                "call file_artifact first"
+            )
+        object_name = self._object_name(symlink_artifact_name) + ".symlink"
+        seq = self._next_seq()
+        message = SymlinkRequest(
+            **self._common(seq, symlink_artifact_name, object_name),
+            target_id=target_id,
+            target_object_name=target_object,
+        )
+        self._enqueue(SYMLINK_TASK, message, None)
+        return message.id
+
+    def get_uri_for_artifact(self, artifact_name: str) -> str:
+        """The URI the artifact has (or will have) in the store.
+
+        Example:
+            >>> logger.get_uri_for_artifact("ep1.pt")
+            's3://ckpts/run-1/rank0/ep1.pt'
+        """
+        return self._store.get_uri(self._object_name(artifact_name))
+
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.1) -> None:
+        """Block until this rank's uploads are uploaded and verified.
+
+        Raises :class:`~hoist.errors.UploadFailedError` naming every failed
+        artifact with its cause (each failure is reported once), or
+        :class:`~hoist.errors.WaitTimeoutError` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._pending:
+            states = self._records.states(list(self._pending))
+            failures = []
+            for artifact, state in states.items():
+                if state.terminal:
+                    message = self._pending.pop(artifact)
+                    if state is State.FAILED:
+                        failures.append(self._failure(message))
+            if failures:
+                lines = "\n".join(f"  {name} ({obj}): {error}" for name, obj, error in failures)
+                raise UploadFailedError(
+                    f"{len(failures)} upload(s) of run {self.run_name!r} rank {self.ranks.rank} "
+                    f"failed:\n{lines}",
+                    failures,
+                )
+            if not self._pending:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"{len(self._pending)} upload(s) of run {self.run_name!r} rank "
+                    f"{self.ranks.rank} still pending after {timeout} s; `hoist status --run "
+                    f"{self.run_name}` shows them"
+                )
+            time.sleep(poll_interval)
+
+    def close(self) -> None:
+        """Wait for this rank's uploads (unless ``wait_on_close=False``) and let go."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.wait_on_close:
+                self.wait()
+        finally:
+            self._store.close()
+
+    def __enter__(self) -> ObjectStoreLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Composer's names, for code written against its logger destinations.
+    def log_file_artifact(
+        self,
+        state: Any,
+        log_level: LogLevel,
+        artifact_name: str,
+        file_path: str,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        self.file_artifact(log_level, artifact_name, file_path, overwrite=overwrite, state=state)
+
+    def log_symlink_artifact(
+        self,
+        state: Any,
+        log_level: LogLevel,
+        existing_artifact_name: str,
+        symlink_artifact_name: str,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        self.symlink_artifact(
+            existing_artifact_name, symlink_artifact_name, log_level=log_level, state=state
+        )
+
+    def can_upload_files(self) -> bool:
+        return True
+
+    # ----- internals --------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError("this ObjectStoreLogger is closed; make a new one")
+
+    def _object_name(self, artifact_name: str) -> str:
+        ranks = self.ranks
+        return self.template.format(
+            artifact_name=artifact_name,
+            run_name=self.run_name,
+            rank=ranks.rank,
+            local_rank=ranks.local_rank,
+            world_size=ranks.world_size,
+            local_world_size=ranks.local_world_size,
+            node_rank=ranks.node_rank,
+        )
+
+    def _common(self, seq: int, artifact_name: str, object_name: str) -> dict[str, Any]:
+        return {
+            "id": artifact_id(self.run_name, self.ranks.rank, seq),
+            "run_name": self.run_name,
+            "rank": self.ranks.rank,
+            "seq": seq,
+            "artifact_name": artifact_name,
+            "object_name": object_name,
+            "order": order_key(self.ranks.rank, seq),
+            "store": self.spec.to_json(),
+        }
+
+    def _is_pending(self, object_name: str) -> bool:
+        artifact = self._latest_by_object.get(object_name)
+        if artifact is None or artifact not in self._pending:
+            return False
+        state = self._redis(lambda: self._records.states([artifact]).get(artifact))
+        return state is not None and not state.terminal
+
+    def _next_seq(self) -> int:
+        return self._redis(lambda: self._records.next_seq(self.run_name, self.ranks.rank))
+
+    def _enqueue(self, task: str, message: Message, staged: str | None) -> None:
+        kept = f"; the staged file is kept at {staged}" if staged else ""
+        self._redis(lambda: self._records.create(message, task, self.spec.store_id), kept)
+        try:
+            send(self._app, task, message, retry_seconds=self.enqueue_timeout)
+        except Exception as exc:
+            # The record exists, so the artifact is not lost: `hoist retry` re-sends it.
+            raise EnqueueError(
+                f"could not enqueue {message.artifact_name!r} on the broker ({exc}){kept}; "
+                f"`hoist retry --run {self.run_name}` sends it once the broker is back"
+            ) from exc
+        self._pending[message.id] = message
+
+    def _redis(self, call: Callable[[], Any], kept: str = "") -> Any:
+        deadline = time.monotonic() + self.enqueue_timeout
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise EnqueueError(
+                        f"the hoist state store (Redis) is unreachable after "
+                        f"{self.enqueue_timeout:.0f} s: {exc}{kept}; check HOIST_BROKER_URL "
+                        "and that Redis is up, then log the artifact again"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _failure(self, message: Message) -> tuple[str, str, str]:
+        status = self._records.get(message.id)
+        error = status.error if status is not None else "its record is gone"
+        return message.artifact_name, message.object_name, error
+
+
+def _run_name(explicit: str | None, ranks: RankInfo) -> str:
+    candidates = [
+        explicit,
+        os.environ.get("HOIST_RUN_NAME"),
+        os.environ.get("TORCHELASTIC_RUN_ID")
+        if os.environ.get("TORCHELASTIC_RUN_ID") != "none"
+        else None,
+        f"slurm-{os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else None,
+    ]
+    for name in candidates:
+        if name:
+            return name
+    if ranks.world_size > 1:
+        raise ConfigurationError(
+            "every rank must log under the same run name: pass run_name= or set HOIST_RUN_NAME"
+        )
+    generated = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    log.warning("no run name given; logging as %r (set HOIST_RUN_NAME to choose)", generated)
+    return generated
+
+
+def _store_spec(
+    provider: str | None,
+    container: Any,
+    provider_kwargs: dict[str, Any] | None,
+    object_store_cls: type[ObjectStore] | None,
+    object_store_kwargs: dict[str, Any] | None,
+    fleet_key: str | None,
+) -> StoreSpec:
+    if object_store_cls is not None:
+        if provider is not None:
+            raise ConfigurationError("give either provider/container or object_store_cls, not both")
+        return StoreSpec.describe(
+            kind_of(object_store_cls), dict(object_store_kwargs or {}), fleet_key
+        )
+    if provider is None or container is None:
+        raise ConfigurationError(
+            "say where to upload: ObjectStoreLogger(provider='s3', container='bucket', "
+            "provider_kwargs={...}) or ObjectStoreLogger(object_store_cls=S3ObjectStore, "
+            "object_store_kwargs={'bucket': ...})"
+        )
+    kwargs = {
+        "provider": provider,
+        "container": container,
+        "provider_kwargs": provider_kwargs or {},
+    }
+    return StoreSpec.describe("libcloud", kwargs, fleet_key)

@@ -1,0 +1,455 @@
+"""Staging: the one step a training rank blocks for.
+
+A file handed to the logger is placed under the staging root, which the
+workers read, as ``<staging>/<run_name>/rank<rank>/<seq>-<name>``. The copy is
+as cheap as the filesystem allows (see :func:`stage_file`) and a staged file
+appears under its final name only once it is complete, so a worker never
+uploads half a file. Workers use :func:`resolve_inside` to refuse any path a
+message names outside the staging root.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import logging
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from typing import NoReturn
+
+from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
+from hoist.logger.naming import validate_artifact_name
+
+logger = logging.getLogger(__name__)
+
+STAGING_DIR_ENV = "HOIST_STAGING_DIR"
+"""Environment variable naming the staging root when none is passed."""
+
+NAME_MAX = 255
+"""Longest file name, in bytes, on the filesystems hoist stages to."""
+
+_TEMP_PREFIX = "."
+_TEMP_INFIX = ".partial-"
+_TEMP_RANDOM_BYTES = 4
+# The temporary name wraps the staged name, so the staged name must leave room
+# for the wrapping or the temporary file could not be created at all.
+MAX_STAGED_NAME_BYTES = NAME_MAX - len(_TEMP_PREFIX) - len(_TEMP_INFIX) - 2 * _TEMP_RANDOM_BYTES
+"""Longest staged file name, in bytes: 255 minus the temporary name's affixes."""
+
+COPY_BUFFER_SIZE = 8 * 1024 * 1024
+"""Chunk size of the plain streaming copy, the last fallback."""
+
+# Same value on every Linux architecture: _IOW(0x94, 9, int).
+FICLONE = 0x40049409
+# One copy_file_range call moves at most this much; the kernel caps a call at
+# about 2 GiB anyway, and the loop goes on until end of file.
+_COPY_RANGE_CHUNK = 1 << 30
+
+# errnos meaning "this filesystem (pair) cannot do that", as opposed to a real
+# failure such as ENOSPC: on these the next, more general method is tried.
+_REFLINK_UNSUPPORTED = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
+)
+_COPY_RANGE_UNSUPPORTED = frozenset(
+    {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+)
+
+_RENAME_FALLBACK = frozenset({errno.EXDEV, errno.EACCES, errno.EPERM})
+
+_HINTS = {
+    errno.ENOSPC: "free space in the staging root or point HOIST_STAGING_DIR elsewhere",
+    errno.EDQUOT: "raise the quota of the staging root or point HOIST_STAGING_DIR elsewhere",
+    errno.EROFS: "the staging root is read-only; point HOIST_STAGING_DIR at a writable directory",
+    errno.EACCES: "check that this process may write to the staging root",
+    errno.EPERM: "check that this process may write to the staging root",
+}
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file placed under the staging root.
+
+    Parameters:
+        path: absolute or caller-given path of the staged file.
+        size: its size in bytes.
+        method: how it got there: ``"rename"``, ``"reflink"``,
+            ``"copy_file_range"`` or ``"copy"`` (user-space streaming copy).
+
+    Example:
+        >>> StagedFile("/staging/run/rank0/00000001-ep1.pt", 1024, "rename").method
+        'rename'
+    """
+
+    path: str
+    size: int
+    method: str
+
+
+def _check_run_name(run_name: str) -> None:
+    if (
+        not isinstance(run_name, str)
+        or not run_name
+        or run_name in (".", "..")
+        or "/" in run_name
+        or "\0" in run_name
+    ):
+        raise ConfigurationError(
+            f"run name {run_name!r} cannot be a directory name: it must be a non-empty "
+            "string without '/' or NUL characters and not '.' or '..'"
+        )
+
+
+def staged_path(staging_root: str, run_name: str, rank: int, seq: int, artifact_name: str) -> str:
+    """Return where an artifact is staged: ``<root>/<run>/rank<rank>/<seq>-<name>``.
+
+    The artifact name is flattened (``/`` becomes ``__``) so that every staged
+    file of a rank sits directly in the rank's directory; the sequence number
+    keeps names unique, so flattening cannot make two artifacts collide. A
+    name too long for the filesystem keeps its end (where the extension is)
+    and its sequence prefix.
+
+    Parameters:
+        staging_root: the staging root.
+        run_name: the run's name; one safe path segment.
+        rank: global rank of the calling process.
+        seq: the artifact's sequence number within this rank.
+        artifact_name: the name the user gave the artifact.
+
+    Returns:
+        The path of the staged file.
+
+    Raises:
+        ConfigurationError: ``run_name`` is empty, ``.``, ``..`` or has ``/`` or
+            NUL; ``rank`` or ``seq`` is negative; the artifact name is invalid.
+
+    Example:
+        >>> staged_path("/staging", "llama", 3, 12, "checkpoints/ep1.pt")
+        '/staging/llama/rank3/00000012-checkpoints__ep1.pt'
+    """
+    _check_run_name(run_name)
+    if rank < 0 or seq < 0:
+        raise ConfigurationError(f"rank ({rank}) and seq ({seq}) must not be negative")
+    validate_artifact_name(artifact_name)
+    prefix = f"{seq:08d}-"
+    flat = artifact_name.lstrip("/").replace("/", "__")
+    budget = MAX_STAGED_NAME_BYTES - len(prefix)
+    if len(os.fsencode(flat)) > budget:
+        # Walk back from the end char by char so a multi-byte character is
+        # never cut in half.
+        kept: list[str] = []
+        used = 0
+        for char in reversed(flat):
+            size = len(os.fsencode(char))
+            if used + size > budget:
+                break
+            kept.append(char)
+            used += size
+        flat = "".join(reversed(kept))
+    return os.path.join(staging_root, run_name, f"rank{rank}", prefix + flat)
+
+
+def staging_root_from(path: str | None) -> str:
+    """Return the staging root as an absolute path, creating it if missing.
+
+    Parameters:
+        path: the staging folder the user passed, or ``None`` to read
+            ``HOIST_STAGING_DIR``.
+
+    Returns:
+        The absolute path of the staging root (``~`` expanded).
+
+    Raises:
+        ConfigurationError: neither is set, or the directory cannot be created.
+
+    Example:
+        >>> staging_root_from("/tmp/hoist-staging")
+        '/tmp/hoist-staging'
+    """
+    chosen = path or os.environ.get(STAGING_DIR_ENV)
+    if not chosen:
+        raise ConfigurationError(
+            f"no staging directory: set {STAGING_DIR_ENV} or pass upload_staging_folder "
+            "(a directory the upload workers can read)"
+        )
+    root = os.path.abspath(os.path.expanduser(chosen))
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot use staging directory {root!r}: {exc.strerror or exc}; "
+            f"set {STAGING_DIR_ENV} or pass upload_staging_folder"
+        ) from exc
+    return root
+
+
+def resolve_inside(staging_root: str, path: str) -> str:
+    """Return the real path of a staged file, refusing any outside the staging root.
+
+    The worker calls this on every path a task message names, so a message
+    cannot make it read (and upload) an arbitrary file. Symlinks and ``..`` are
+    resolved before the check. A relative ``path`` is taken relative to the
+    staging root, so ranks and workers may mount a shared root at different
+    places. The file is neither opened nor read.
+
+    Parameters:
+        staging_root: the worker's staging root.
+        path: the path from the task message.
+
+    Returns:
+        The resolved path, inside the resolved staging root.
+
+    Raises:
+        SourceFileError: the resolved path is not strictly inside the root.
+
+    Example:
+        >>> resolve_inside("/staging", "run/rank0/00000001-ep1.pt")
+        '/staging/run/rank0/00000001-ep1.pt'
+    """
+    if "\0" in path or "\0" in staging_root:
+        raise SourceFileError(f"refusing to read {path!r}: it contains a NUL character")
+    root = os.path.realpath(staging_root)
+    resolved = os.path.realpath(os.path.join(root, path))
+    if resolved == root or os.path.commonpath([root, resolved]) != root:
+        raise SourceFileError(
+            f"refusing to read {path!r}: it is outside the staging root {staging_root!r}"
+        )
+    return resolved
+
+
+def _staging_failure(source: str, destination: str, exc: OSError) -> NoReturn:
+    """Raise the error of a staging-filesystem failure; the one place that picks its type."""
+    hint = _HINTS.get(exc.errno or 0, "check the staging filesystem")
+    raise StagingError(
+        f"cannot stage {source!r} into {destination!r}: {exc.strerror or exc}; {hint}"
+    ) from exc
+
+
+def _source_failure(source: str, exc: OSError) -> NoReturn:
+    raise SourceFileError(
+        f"cannot stage {source!r}: {exc.strerror or exc}; "
+        "pass the path of an existing, readable regular file"
+    ) from exc
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("could not remove the partial staging file %r: %s", path, exc)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename_into(source: str, destination: str) -> bool:
+    """Rename ``source`` onto ``destination``; return False where a copy must do instead."""
+    for attempt in range(2):
+        try:
+            os.replace(source, destination)
+            return True
+        except FileNotFoundError as exc:
+            if not os.path.lexists(source):
+                _source_failure(source, exc)
+            if attempt:
+                _staging_failure(source, destination, exc)
+            # Only the rank directory can be missing: create it on first use
+            # rather than check for it on every call.
+            try:
+                os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+            except OSError as mkdir_exc:
+                _staging_failure(source, destination, mkdir_exc)
+        except OSError as exc:
+            # Across filesystems a rename cannot work; without permission to
+            # take the file out of its directory a copy still stages it (and
+            # if the staging side is what refuses, the copy says so clearly).
+            if exc.errno in _RENAME_FALLBACK:
+                return False
+            _staging_failure(source, destination, exc)
+    return False
+
+
+def _open_temporary(destination: str) -> tuple[str, io.BufferedWriter]:
+    directory, base = os.path.split(destination)
+    temp = os.path.join(
+        directory, f"{_TEMP_PREFIX}{base}{_TEMP_INFIX}{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
+    )
+    try:
+        return temp, open(temp, "xb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        # The rank directory exists after the first artifact, so it is created
+        # only when missing rather than checked on every call.
+        os.makedirs(directory or ".", exist_ok=True)
+        return temp, open(temp, "xb")  # noqa: SIM115 - closed by the caller
+
+
+def _copy_into(src: io.BufferedReader, dst: io.BufferedWriter, source: str) -> str:
+    """Copy all of ``src`` into the empty ``dst``; return the method that worked."""
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return "reflink"
+    except OSError as exc:
+        if exc.errno not in _REFLINK_UNSUPPORTED:
+            raise
+    copied = 0
+    try:
+        while True:
+            n = os.copy_file_range(src_fd, dst_fd, _COPY_RANGE_CHUNK)
+            if n == 0:
+                return "copy_file_range"
+            copied += n
+    except OSError as exc:
+        if exc.errno not in _COPY_RANGE_UNSUPPORTED:
+            raise
+    # Continue where copy_file_range stopped (usually at 0); seek() also
+    # resets the file objects' view of the offsets that the raw calls moved.
+    src.seek(copied)
+    dst.seek(copied)
+    buffer = bytearray(COPY_BUFFER_SIZE)
+    view = memoryview(buffer)
+    while True:
+        try:
+            n = src.readinto(view)
+        except OSError as exc:
+            _source_failure(source, exc)
+        if not n:
+            return "copy"
+        dst.write(view[:n])
+
+
+def _copy_to_temporary(source: str, destination: str, fsync: bool) -> tuple[str, str, int]:
+    """Copy ``source`` to a new temporary file next to ``destination``.
+
+    Returns the temporary path, the method and the size; removes the temporary
+    file on any failure.
+    """
+    try:
+        src = open(source, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        _source_failure(source, exc)
+    with src:
+        try:
+            temp, dst = _open_temporary(destination)
+        except OSError as exc:
+            _staging_failure(source, destination, exc)
+        try:
+            with dst:
+                method = _copy_into(src, dst, source)
+                dst.flush()
+                size = os.fstat(dst.fileno()).st_size
+                if fsync:
+                    os.fsync(dst.fileno())
+        except BaseException as exc:
+            _unlink_quietly(temp)
+            if isinstance(exc, OSError) and not isinstance(exc, HoistError):
+                _staging_failure(source, destination, exc)
+            raise
+    return temp, method, size
+
+
+def stage_file(
+    source: str, destination: str, *, move: bool = False, fsync: bool = False
+) -> StagedFile:
+    """Place ``source`` at ``destination`` so that it appears there only complete.
+
+    The cheapest method the filesystem allows is used:
+
+    - ``move=True`` on the same filesystem: one ``rename``, whatever the size.
+      A rename is atomic, so no temporary name is needed.
+    - otherwise a new file is written under a temporary name
+      (``.<name>.partial-<random>``) in the destination's directory and renamed
+      onto ``destination`` once complete. Its bytes come from a reflink
+      (``FICLONE``: shared extents, no data copied) where the filesystem can
+      (Btrfs, XFS), else ``copy_file_range`` (an in-kernel copy, server-side on
+      NFS 4.2), else a user-space copy in 8 MiB chunks. ``move=True`` across
+      filesystems copies likewise, then removes the source once the copy is in
+      place.
+
+    In copy mode the source is only read, never modified or removed.
+
+    Nothing is fsynced by default, because this runs on the training thread
+    and fsync makes it wait for the disk. The rename already gives workers
+    atomic visibility; what fsync adds is survival of a power loss, and a
+    staging file does not need it: in copy mode the source still holds the
+    bytes, and after a crash the run is resumed from its checkpoints anyway.
+    ``move=True`` hands the only copy over, so pass ``fsync=True`` if the
+    staged file must survive a power loss of the node on its own.
+
+    Parameters:
+        source: the file to stage; a symlink is followed.
+        destination: where to place it, usually from :func:`staged_path`;
+            missing parent directories are created, an existing file replaced.
+        move: the caller gives the file away: rename it when possible, and
+            remove ``source`` once staged otherwise. A symlink ``source`` is
+            copied from its target and the link itself removed.
+        fsync: flush the staged file and its directory to disk before
+            returning.
+
+    Returns:
+        The staged file: its path, size and the method that staged it.
+
+    Raises:
+        SourceFileError: ``source`` is missing, not a regular file or unreadable.
+        StagingError: the staging filesystem failed (full, read-only, no
+            permission); the message says what to do. No temporary file is left
+            behind and the source is untouched.
+
+    Example:
+        >>> staged = stage_file("ep1.pt", staged_path("/staging", "run", 0, 1, "ep1.pt"))
+        >>> staged.method in {"reflink", "copy_file_range", "copy"}
+        True
+    """
+    try:
+        link_info = os.lstat(source)
+        info = os.stat(source) if stat.S_ISLNK(link_info.st_mode) else link_info
+    except OSError as exc:
+        _source_failure(source, exc)
+    if not stat.S_ISREG(info.st_mode):
+        raise SourceFileError(
+            f"cannot stage {source!r}: it is not a regular file; "
+            "pass the path of a file, not a directory or device"
+        )
+
+    if move and not stat.S_ISLNK(link_info.st_mode) and _rename_into(source, destination):
+        if fsync:
+            try:
+                _fsync_file(destination)
+                _fsync_directory(os.path.dirname(destination) or ".")
+            except OSError as exc:
+                _staging_failure(source, destination, exc)
+        return StagedFile(destination, info.st_size, "rename")
+
+    temp, method, size = _copy_to_temporary(source, destination, fsync)
+    try:
+        os.replace(temp, destination)
+        if fsync:
+            _fsync_directory(os.path.dirname(destination) or ".")
+    except OSError as exc:
+        _unlink_quietly(temp)
+        _staging_failure(source, destination, exc)
+    if move:
+        # Only now is the staged copy complete and in place, so the caller's
+        # file may go.
+        try:
+            os.unlink(source)
+        except OSError as exc:
+            logger.warning("staged %r but could not remove the source: %s", source, exc)
+    return StagedFile(destination, size, method)

@@ -1,0 +1,212 @@
+"""A store described in a message: which class, which arguments, no secret in the clear.
+
+Ranks describe the store they log to; workers build it. Arguments that are
+credentials (``secret``, ``password``, ``aws_secret_access_key`` …) are never
+put on the broker as they are: they travel sealed with the fleet key
+(``HOIST_FLEET_KEY``, a Fernet key that ranks and workers share; ``hoist up``
+makes one), or stay out of the message entirely when the workers have their
+own credentials (boto3's chain, an SSH key file on the worker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from hoist.errors import ConfigurationError, UnknownProviderError
+from hoist.stores.base import ObjectStore
+
+FLEET_KEY_ENV = "HOIST_FLEET_KEY"
+
+SECRET_ARGUMENTS = frozenset(
+    {
+        "secret",
+        "key",  # Libcloud's name for an access key; for `local` it is a path (see below)
+        "password",
+        "passphrase",
+        "token",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "pkey",
+    }
+)
+
+STORE_KINDS = ("s3", "sftp", "libcloud")
+
+
+def _store_class(kind: str) -> type[ObjectStore]:
+    if kind == "s3":
+        from hoist.stores.s3 import S3ObjectStore
+
+        return S3ObjectStore
+    if kind == "sftp":
+        from hoist.stores.sftp import SFTPObjectStore
+
+        return SFTPObjectStore
+    if kind == "libcloud":
+        from hoist.stores.libcloud import LibcloudObjectStore
+
+        return LibcloudObjectStore
+    raise UnknownProviderError(f"unknown store kind {kind!r}; use one of {', '.join(STORE_KINDS)}")
+
+
+def kind_of(store_cls: type[ObjectStore]) -> str:
+    """The spec kind for a store class (``S3ObjectStore`` → ``"s3"``)."""
+    for kind in STORE_KINDS:
+        if issubclass(store_cls, _store_class(kind)):
+            return kind
+    raise ConfigurationError(
+        f"{store_cls.__name__} is not a hoist store class; use S3ObjectStore, SFTPObjectStore "
+        "or LibcloudObjectStore"
+    )
+
+
+def _secret_names(kind: str, kwargs: dict[str, Any]) -> frozenset[str]:
+    # Libcloud's `local` driver takes its base directory as `key`: a path, not a credential.
+    if kind == "libcloud" and str(kwargs.get("provider", "")).lower() == "local":
+        return SECRET_ARGUMENTS - {"key"}
+    return SECRET_ARGUMENTS
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """A store as it travels in task messages.
+
+    Parameters:
+        kind: ``"s3"``, ``"sftp"`` or ``"libcloud"``.
+        kwargs: the constructor's arguments without credentials.
+        sealed: the credentials, encrypted with the fleet key, or None.
+
+    Example:
+        >>> spec = StoreSpec.describe("s3", {"bucket": "b", "aws_secret_access_key": "s"}, key)
+        >>> "aws_secret_access_key" in json.dumps(spec.to_json())
+        False
+    """
+
+    kind: str
+    kwargs: dict[str, Any]
+    sealed: str | None = None
+    store_id: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.store_id:
+            identity = json.dumps([self.kind, self.kwargs], sort_keys=True, default=str)
+            object.__setattr__(self, "store_id", hashlib.sha256(identity.encode()).hexdigest()[:16])
+
+    @classmethod
+    def describe(cls, kind: str, kwargs: dict[str, Any], fleet_key: str | None) -> StoreSpec:
+        """Split ``kwargs`` into public arguments and sealed credentials."""
+        _store_class(kind)  # unknown kinds fail here, in the caller
+        public, secrets = _split(kwargs, _secret_names(kind, kwargs))
+        if not secrets:
+            return cls(kind, public)
+        if not fleet_key:
+            names = ", ".join(sorted(_flatten_names(secrets)))
+            raise ConfigurationError(
+                f"the store arguments carry credentials ({names}) and hoist never puts them on "
+                f"the broker in the clear: set {FLEET_KEY_ENV} to the same key on ranks and "
+                "workers (`hoist keygen` makes one), or give the workers the credentials in "
+                "their own environment and leave them out here"
+            )
+        token = _fernet(fleet_key).encrypt(json.dumps(secrets).encode()).decode("ascii")
+        return cls(kind, public, token)
+
+    def build(self, fleet_key: str | None) -> ObjectStore:
+        """Construct the store, unsealing credentials with ``fleet_key``."""
+        kwargs = dict(self.kwargs)
+        if self.sealed is not None:
+            if not fleet_key:
+                raise ConfigurationError(
+                    f"this upload's store credentials are sealed, but the worker has no "
+                    f"{FLEET_KEY_ENV}; start workers with the same key as the ranks"
+                )
+            try:
+                secrets = json.loads(_fernet(fleet_key).decrypt(self.sealed.encode("ascii")))
+            except InvalidToken:
+                raise ConfigurationError(
+                    f"the worker's {FLEET_KEY_ENV} does not open this upload's sealed "
+                    "credentials; ranks and workers must share one key"
+                ) from None
+            kwargs = _merge(kwargs, secrets)
+        return _store_class(self.kind)(**kwargs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "kwargs": self.kwargs, "sealed": self.sealed}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoreSpec:
+        return cls(data["kind"], dict(data["kwargs"]), data.get("sealed"))
+
+
+def new_fleet_key() -> str:
+    """A new key for ``HOIST_FLEET_KEY``."""
+    return Fernet.generate_key().decode("ascii")
+
+
+def _fernet(key: str) -> Fernet:
+    try:
+        return Fernet(key.encode("ascii"))
+    except (ValueError, TypeError):
+        raise ConfigurationError(
+            f"{FLEET_KEY_ENV} is not a valid key; make one with `hoist keygen`"
+        ) from None
+
+
+def _split(
+    kwargs: dict[str, Any], secret_names: frozenset[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate credentials from the other arguments, at any depth of nesting."""
+    public: dict[str, Any] = {}
+    secrets: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)  # e.g. S3TransferConfig, rebuilt by the store
+        if isinstance(value, dict):
+            inner_public, inner_secrets = _split(value, secret_names)
+            public[name] = inner_public
+            if inner_secrets:
+                secrets[name] = inner_secrets
+        elif name in secret_names and value is not None:
+            secrets[name] = value
+        else:
+            _check_serializable(name, value)
+            public[name] = value
+    return public, secrets
+
+
+def _merge(public: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(public)
+    for name, value in secrets.items():
+        merged[name] = _merge(merged.get(name, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def _flatten_names(secrets: dict[str, Any], prefix: str = "") -> list[str]:
+    names: list[str] = []
+    for name, value in secrets.items():
+        if isinstance(value, dict):
+            names.extend(_flatten_names(value, f"{prefix}{name}."))
+        else:
+            names.append(f"{prefix}{name}")
+    return names
+
+
+def _check_serializable(name: str, value: Any) -> None:
+    try:
+        json.dumps(value)
+    except TypeError:
+        raise ConfigurationError(
+            f"store argument {name}={value!r} cannot travel to the workers (not JSON); pass "
+            "plain values (strings, numbers, lists, dicts)"
+        ) from None
+
+
+def fleet_key_from_environment() -> str | None:
+    return os.environ.get(FLEET_KEY_ENV) or None

@@ -1,0 +1,281 @@
+"""What a worker does with one message: the upload job and the pointer job.
+
+Both follow the same steps (:class:`Job`): claim the artifact's record (a
+duplicate delivery stops here), do the work under leases kept alive by a
+heartbeat, and settle the record with an outcome: done, failed, superseded,
+or deferred to be sent again later (held back by a limit, or a transient
+error with backoff). Deferring never holds a worker slot and never leaves a
+message unacknowledged in a worker's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from typing import Any, ClassVar
+
+from hoist.errors import HoistError, SourceFileError, StoreError
+from hoist.logger.staging import resolve_inside
+from hoist.stores.spec import StoreSpec
+from hoist.tasks.leases import Leases, Limit, name_lock, rank_limit, store_limit
+from hoist.tasks.messages import (
+    SYMLINK_TASK,
+    UPLOAD_TASK,
+    Message,
+    SymlinkRequest,
+    UploadRequest,
+)
+from hoist.tasks.records import ArtifactStatus, Claim, State, latest_key, pointer_key
+from hoist.tasks.worker_context import WorkerContext
+
+log = logging.getLogger("hoist.worker")
+
+
+class LeaseLost(HoistError):
+    """A heartbeat could not renew this task's claim or leases; the work stops."""
+
+
+class Heartbeat:
+    """Renews a job's claim and leases every third of a lease time, in a thread.
+
+    Parameters:
+        job: the job whose claim and leases to renew.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="hoist-heartbeat")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self, _bytes: int = 0) -> None:
+        """A progress callback: stop the transfer once the claim is lost."""
+        if self.lost.is_set():
+            raise LeaseLost(f"{self.job.message.id}: lost its claim; another worker may take over")
+
+    def _run(self) -> None:
+        settings = self.job.ctx.settings
+        interval = settings.lease_seconds / 3
+        missed = 0
+        while not self._stop.wait(interval):
+            try:
+                alive = self.job.ctx.records.renew(self.job.message.id, self.job.token)
+                alive = self.job.leases.renew_all() and alive
+                missed = 0
+            except Exception as exc:  # Redis away: the lease survives until it expires
+                missed += 1
+                log.warning("heartbeat of %s failed: %s", self.job.message.id, exc)
+                alive = missed * interval < settings.lease_seconds
+            if not alive:
+                self.lost.set()
+                return
+
+
+class Job:
+    """One delivery of one message.
+
+    Parameters:
+        ctx: the worker process's context.
+        message: the message as it came from the broker.
+        task_id: the Celery task id (the artifact id).
+    """
+
+    task: ClassVar[str]
+    message_type: ClassVar[type[Message]]
+
+    def __init__(self, ctx: WorkerContext, message: dict[str, Any], task_id: str) -> None:
+        self.ctx = ctx
+        self.message = self.message_type.from_json(message)
+        self.spec = StoreSpec.from_json(self.message.store)
+        # A fresh token per delivery: a redelivered message is another claimant.
+        self.token = f"{task_id}:{uuid.uuid4().hex[:12]}"
+        self.leases = Leases(ctx.records.client, self.token, ctx.settings.lease_ms)
+
+    def run(self) -> dict[str, Any]:
+        refusal = self.refuse()
+        claim = self.ctx.records.claim(
+            self.message, self.task, self.token, self.ctx.settings.max_deliveries
+        )
+        if claim is not Claim.CLAIMED:
+            return {"id": self.message.id, "outcome": claim.value}
+        if refusal is not None:
+            return self.settle(State.FAILED, error=refusal)
+        try:
+            return self.work()
+        except LeaseLost as exc:
+            return self.settle(
+                State.RETRYING, retry_in=self.ctx.settings.wait_seconds, error=str(exc)
+            )
+        except Exception as exc:
+            return self.settle_error(exc)
+        finally:
+            self.leases.release_all()
+
+    def refuse(self) -> str | None:
+        """A reason to fail the message without doing anything, or None."""
+        return None
+
+    def work(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # ----- outcomes ---------------------------------------------------------
+
+    def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
+        self.ctx.records.settle(self.message.id, self.token, state, retry_in=retry_in, **fields)
+        if state is State.FAILED:
+            log.error("%s (%s) failed: %s", self.message.id, self.message.object_name, fields)
+        return {"id": self.message.id, "outcome": state.value, **fields}
+
+    def hold_back(self, reason: str) -> dict[str, Any]:
+        """Try again shortly: a limit is full or a dependency is not ready. Not an attempt."""
+        jitter = random.uniform(1.0, 1.5)
+        return self.settle(
+            State.WAITING, retry_in=self.ctx.settings.wait_seconds * jitter, waiting_for=reason
+        )
+
+    def settle_error(self, exc: Exception) -> dict[str, Any]:
+        """Retry transient errors with backoff up to ``max_retries``; fail the rest at once."""
+        error = f"{type(exc).__name__}: {exc}"
+        retryable = (
+            exc.retryable if isinstance(exc, StoreError) else not isinstance(exc, HoistError)
+        )
+        if not retryable:
+            return self.settle(State.FAILED, error=error)
+        attempt = self.ctx.records.count_attempt(self.message.id)
+        settings = self.ctx.settings
+        if attempt > settings.max_retries:
+            return self.settle(State.FAILED, error=f"gave up after {attempt} attempts: {error}")
+        delay = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
+        log.warning(
+            "%s: attempt %d failed (%s); again in %.1f s", self.message.id, attempt, error, delay
+        )
+        return self.settle(State.RETRYING, retry_in=delay * random.uniform(0.5, 1.0), error=error)
+
+
+class UploadJob(Job):
+    """Upload one staged file, verify it, then delete the staged copy."""
+
+    task = UPLOAD_TASK
+    message_type = UploadRequest
+    message: UploadRequest
+
+    def refuse(self) -> str | None:
+        root = self.ctx.settings.staging_root
+        if root is None:
+            return (
+                "the worker has no staging root; start it with --staging-dir or HOIST_STAGING_DIR"
+            )
+        try:
+            self.path = resolve_inside(root, self.message.staged_path)
+        except SourceFileError as exc:
+            return str(exc)
+        return None
+
+    def limits(self) -> list[Limit]:
+        message = self.message
+        return [
+            name_lock(self.spec.store_id, message.object_name),
+            rank_limit(message.run_name, message.rank, message.rank_limit),
+            store_limit(self.spec.store_id, self.ctx.settings.store_limit),
+        ]
+
+    def work(self) -> dict[str, Any]:
+        message = self.message
+        latest = self.ctx.records.marker(latest_key(self.spec.store_id, message.object_name))
+        if latest is not None and latest.partition("|")[0] > message.order:
+            self._remove_staged()
+            return self.settle(State.SUPERSEDED)
+        if not os.path.isfile(self.path):
+            return self.settle(
+                State.FAILED,
+                error=f"the staged file {self.path} is gone (deleted by hand, or the staging "
+                "root is not the one the rank wrote to); log the artifact again",
+            )
+        if not self.leases.acquire_all(self.limits()):
+            return self.hold_back("a concurrency limit or an upload of the same name")
+        store = self.ctx.store(self.spec)
+        with Heartbeat(self) as heartbeat:
+            self.ctx.records.client.hset(
+                f"hoist:artifact:{message.id}", "upload_started_at", _now()
+            )
+            result = store.upload_file(
+                message.object_name,
+                self.path,
+                overwrite=message.overwrite,
+                progress=heartbeat.check,
+            )
+        self._remove_staged()
+        return self.settle(
+            State.DONE,
+            uri=result.uri,
+            size=result.size,
+            checksum=str(result.checksum),
+            verified_by=result.verified_by.value,
+            seconds=round(result.seconds, 3),
+            already_present=int(result.already_present),
+            upload_finished_at=_now(),
+            error="",
+        )
+
+    def _remove_staged(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class SymlinkJob(Job):
+    """Write a ``.symlink`` pointer once its target is verified, never moving it backwards."""
+
+    task = SYMLINK_TASK
+    message_type = SymlinkRequest
+    message: SymlinkRequest
+
+    def work(self) -> dict[str, Any]:
+        message = self.message
+        target = self.ctx.records.get(message.target_id)
+        if target is None:
+            return self.settle(State.FAILED, error=f"no record of the target {message.target_id}")
+        if target.state is State.SUPERSEDED:
+            # A newer version of the target's name was logged; the pointer names
+            # the object, so it waits for that version instead.
+            target = self._newest_version(message.target_object_name) or target
+        if target.state is State.FAILED:
+            return self.settle(
+                State.FAILED,
+                error=f"its target {target.artifact_name!r} failed to upload: {target.error}",
+            )
+        if target.state is not State.DONE:
+            return self.hold_back(f"its target {target.artifact_name!r}")
+        key = pointer_key(self.spec.store_id, message.object_name)
+        if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
+            return self.hold_back("another write of the same pointer")
+        current = self.ctx.records.marker(key)
+        if current is not None and current > message.order:
+            return self.settle(State.SUPERSEDED)
+        result = self.ctx.store(self.spec).put_bytes(
+            message.object_name, message.target_object_name.encode()
+        )
+        self.ctx.records.raise_marker(key, message.order)
+        return self.settle(
+            State.DONE, uri=result.uri, size=result.size, checksum=str(result.checksum)
+        )
+
+    def _newest_version(self, object_name: str) -> ArtifactStatus | None:
+        latest = self.ctx.records.marker(latest_key(self.spec.store_id, object_name))
+        return None if latest is None else self.ctx.records.get(latest.partition("|")[2])
+
+
+def _now() -> float:
+    return time.time()

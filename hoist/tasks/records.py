@@ -1,0 +1,332 @@
+"""The durable record of every artifact, kept in Redis.
+
+The broker is not a database: Celery does not deduplicate task ids, a message
+can be delivered twice (a killed worker, a visibility timeout), and ETA tasks
+sit unacknowledged in worker memory. So every task first consults the
+artifact's record, and every outcome is written there. The record is what
+``wait()``, ``hoist status`` and ``hoist retry`` read.
+
+Keys (all under ``hoist:``):
+
+==============================  ==================================================
+``artifact:<id>``               hash: the message, state, attempts, result or error
+``owner:<id>``                  the token of the task working on it (expires)
+``run:<run>``                   sorted set of the run's artifact ids, by log time
+``runs``                        sorted set of run names, by last activity
+``latest:<store>:<object>``     order key of the newest version logged of a name
+``pointer:<store>:<object>``    order key of the pointer version last written
+``deferred``                    sorted set: artifact id -> when to send it again
+==============================  ==================================================
+
+``deferred`` is also the watchdog: a claimed artifact sits there with a due
+time a little past its owner's lease, pushed forward by the owner's
+heartbeat. If the worker dies, the entry falls due and the task is sent
+again, without waiting for the broker's visibility timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import redis
+
+from hoist.tasks.messages import Message
+
+PREFIX = "hoist:"
+DEFERRED = f"{PREFIX}deferred"
+
+
+class State(str, Enum):
+    QUEUED = "queued"
+    """Staged and sent to the broker."""
+    WAITING = "waiting"
+    """Held back for a concurrency lease, a name lock or a pointer's target."""
+    UPLOADING = "uploading"
+    RETRYING = "retrying"
+    """A transient error; sent again after a backoff."""
+    DONE = "done"
+    """Uploaded and verified (or, for a pointer, written)."""
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    """A newer version of the same name was logged; this one was skipped."""
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.DONE, State.FAILED, State.SUPERSEDED)
+
+
+class Claim(str, Enum):
+    CLAIMED = "claimed"
+    BUSY = "busy"
+    """Another live task owns it: this delivery is a duplicate."""
+    FINISHED = "finished"
+    """Already in a terminal state: nothing to do."""
+    POISON = "poison"
+    """Delivered too often without an outcome; marked failed."""
+
+
+# Claim an artifact for one task. KEYS: record, owner, deferred.
+# ARGV: token, lease ms, max deliveries, now (s), watchdog due (ms), message, task
+_CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'message', ARGV[6], 'task', ARGV[7],
+             'enqueued_at', ARGV[4], 'attempts', 0, 'deliveries', 0)
+  state = 'queued'
+end
+if state == 'done' or state == 'failed' or state == 'superseded' then return 'finished' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'busy' end
+local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+if deliveries > tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[4], 'error',
+    'the worker was lost ' .. (deliveries - 1) .. ' times while handling this artifact ' ..
+    '(killed, out of memory?); see the workers\\' logs, then `hoist retry`')
+  redis.call('ZREM', KEYS[3], ARGV[8])
+  return 'poison'
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'uploading', 'started_at', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[8])
+return 'claimed'
+"""
+
+# Keep a claim alive. KEYS: owner, deferred. ARGV: token, lease ms, watchdog due, id
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4])
+return 1
+"""
+
+# Record an outcome and let go. KEYS: record, owner, deferred.
+# ARGV: token, id, due (ms, or '' to leave deferred), then field/value pairs
+_SETTLE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[3], ARGV[2])
+else
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'deliveries', 0, unpack(ARGV, 4))
+return 1
+"""
+
+# Raise a sorted marker only upward. KEYS: marker. ARGV: value
+_RAISE = """
+local current = redis.call('GET', KEYS[1])
+if current and current >= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Take due entries of `deferred`, pushing each a little into the future so a
+# sender that dies before sending does not lose it. KEYS: deferred.
+# ARGV: now (ms), limit, guard due (ms)
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+return due
+"""
+
+
+@dataclass(frozen=True)
+class ArtifactStatus:
+    """What the record says about one artifact.
+
+    Parameters:
+        id: the artifact id.
+        state: its :class:`State`.
+        fields: every field of the record, decoded.
+    """
+
+    id: str
+    state: State
+    fields: dict[str, str]
+
+    @property
+    def artifact_name(self) -> str:
+        return self.message.get("artifact_name", "")
+
+    @property
+    def message(self) -> dict[str, Any]:
+        return json.loads(self.fields.get("message", "{}"))
+
+    @property
+    def error(self) -> str:
+        return self.fields.get("error", "")
+
+
+class Records:
+    """Reads and writes artifact records.
+
+    Parameters:
+        client: a Redis client (``decode_responses=True``).
+        lease_ms: how long a claim lives without a heartbeat.
+    """
+
+    def __init__(self, client: redis.Redis, lease_ms: int = 30_000) -> None:
+        self.client = client
+        self.lease_ms = lease_ms
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._settle = client.register_script(_SETTLE)
+        self._raise = client.register_script(_RAISE)
+        self._take_due = client.register_script(_TAKE_DUE)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Records:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+        return cls(client, **kwargs)
+
+    # ----- rank side --------------------------------------------------------
+
+    def create(self, message: Message, task: str, store_id: str) -> None:
+        """Record a newly staged artifact and mark it the newest version of its name."""
+        now = time.time()
+        pipe = self.client.pipeline()
+        pipe.hset(
+            _record(message.id),
+            mapping={
+                "state": State.QUEUED.value,
+                "message": json.dumps(message.to_json()),
+                "task": task,
+                "run": message.run_name,
+                "rank": message.rank,
+                "enqueued_at": now,
+                "attempts": 0,
+                "deliveries": 0,
+            },
+        )
+        pipe.zadd(f"{PREFIX}run:{message.run_name}", {message.id: now})
+        pipe.zadd(f"{PREFIX}runs", {message.run_name: now})
+        pipe.execute()
+        # "<order>|<id>": sorts by order, and names the artifact holding it.
+        self.raise_marker(
+            latest_key(store_id, message.object_name), f"{message.order}|{message.id}"
+        )
+
+    def next_seq(self, run_name: str, rank: int) -> int:
+        """The rank's next sequence number; unique across restarts of a run."""
+        return int(self.client.incr(f"{PREFIX}seq:{run_name}:{rank}"))
+
+    # ----- worker side ------------------------------------------------------
+
+    def claim(self, message: Message, task: str, token: str, max_deliveries: int) -> Claim:
+        now_ms = int(time.time() * 1000)
+        result = self._claim(
+            keys=[_record(message.id), _owner(message.id), DEFERRED],
+            args=[
+                token,
+                self.lease_ms,
+                max_deliveries,
+                now_ms / 1000,
+                now_ms + 2 * self.lease_ms,
+                json.dumps(message.to_json()),
+                task,
+                message.id,
+            ],
+        )
+        return Claim(result)
+
+    def renew(self, artifact: str, token: str) -> bool:
+        due = int(time.time() * 1000) + 2 * self.lease_ms
+        keys = [_owner(artifact), DEFERRED]
+        return bool(self._renew(keys=keys, args=[token, self.lease_ms, due, artifact]))
+
+    def settle(
+        self,
+        artifact: str,
+        token: str,
+        state: State,
+        *,
+        retry_in: float | None = None,
+        **fields: Any,
+    ) -> None:
+        """Record ``state`` and ``fields``, release the claim; send again after ``retry_in`` s."""
+        due = "" if retry_in is None else str(int((time.time() + retry_in) * 1000))
+        values: list[Any] = ["state", state.value]
+        if state.terminal:
+            values += ["finished_at", time.time()]
+        for name, value in fields.items():
+            values += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
+        self._settle(
+            keys=[_record(artifact), _owner(artifact), DEFERRED],
+            args=[token, artifact, due, *values],
+        )
+
+    def count_attempt(self, artifact: str) -> int:
+        return int(self.client.hincrby(_record(artifact), "attempts", 1))
+
+    def raise_marker(self, key: str, order: str) -> bool:
+        """Set ``key`` to ``order`` unless it already holds a later one."""
+        return bool(self._raise(keys=[key], args=[order]))
+
+    def marker(self, key: str) -> str | None:
+        value = self.client.get(key)
+        return None if value is None else str(value)
+
+    def take_due(self, limit: int = 100, guard_s: float = 30.0) -> list[str]:
+        now = int(time.time() * 1000)
+        return list(self._take_due(keys=[DEFERRED], args=[now, limit, now + int(guard_s * 1000)]))
+
+    # ----- reading ----------------------------------------------------------
+
+    def get(self, artifact: str) -> ArtifactStatus | None:
+        fields = self.client.hgetall(_record(artifact))
+        if not fields:
+            return None
+        return ArtifactStatus(artifact, State(fields["state"]), fields)
+
+    def states(self, artifacts: list[str]) -> dict[str, State]:
+        pipe = self.client.pipeline()
+        for artifact in artifacts:
+            pipe.hget(_record(artifact), "state")
+        answers = pipe.execute()
+        return {a: State(s) for a, s in zip(artifacts, answers, strict=True) if s is not None}
+
+    def run_artifacts(self, run_name: str) -> list[ArtifactStatus]:
+        ids = self.client.zrange(f"{PREFIX}run:{run_name}", 0, -1)
+        pipe = self.client.pipeline()
+        for artifact in ids:
+            pipe.hgetall(_record(artifact))
+        return [
+            ArtifactStatus(artifact, State(fields["state"]), fields)
+            for artifact, fields in zip(ids, pipe.execute(), strict=False)
+            if fields
+        ]
+
+    def runs(self) -> list[str]:
+        return list(self.client.zrevrange(f"{PREFIX}runs", 0, -1))
+
+    def reset_for_retry(self, artifact: str) -> None:
+        self.client.hset(
+            _record(artifact),
+            mapping={"state": State.QUEUED.value, "attempts": 0, "deliveries": 0, "error": ""},
+        )
+
+
+def latest_key(store_id: str, object_name: str) -> str:
+    return f"{PREFIX}latest:{store_id}:{object_name}"
+
+
+def pointer_key(store_id: str, object_name: str) -> str:
+    return f"{PREFIX}pointer:{store_id}:{object_name}"
+
+
+def _record(artifact: str) -> str:
+    return f"{PREFIX}artifact:{artifact}"
+
+
+def _owner(artifact: str) -> str:
+    return f"{PREFIX}owner:{artifact}"

@@ -1,0 +1,61 @@
+"""Sends deferred artifacts again when they fall due.
+
+Every worker runs one resender thread. Entries are taken atomically (and
+pushed a little into the future, so one taken by a resender that dies is
+taken again later), so each is sent once per due time across the fleet; a
+rare duplicate send finds the record's claim and does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import redis
+from celery import Celery
+
+from hoist.tasks.messages import MESSAGE_TYPES, send
+from hoist.tasks.records import DEFERRED
+from hoist.tasks.worker_context import WorkerContext
+
+log = logging.getLogger("hoist.resender")
+
+
+class Resender:
+    """Moves due entries of the deferred set back onto the broker.
+
+    Parameters:
+        ctx: the worker context (for the records).
+        app: the Celery app to send with.
+        interval: seconds between looks.
+    """
+
+    def __init__(self, ctx: WorkerContext, app: Celery, interval: float = 0.25) -> None:
+        self.ctx = ctx
+        self.app = app
+        self.interval = interval
+
+    def run_forever(self) -> None:
+        while True:
+            try:
+                if not self.send_due():
+                    time.sleep(self.interval)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("resender: %s; trying again in 1 s", exc)
+                time.sleep(1.0)
+
+    def send_due(self) -> int:
+        """Send every due artifact; return how many were looked at."""
+        records = self.ctx.records
+        due = records.take_due()
+        for artifact in due:
+            status = records.get(artifact)
+            if status is None or status.state.terminal:
+                records.client.zrem(DEFERRED, artifact)
+                continue
+            task = status.fields["task"]
+            send(
+                self.app, task, MESSAGE_TYPES[task].from_json(json.loads(status.fields["message"]))
+            )
+        return len(due)

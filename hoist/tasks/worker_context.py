@@ -1,0 +1,47 @@
+"""What a worker process keeps between tasks: settings, Redis, one client per store."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from hoist.stores.base import ObjectStore
+from hoist.stores.spec import StoreSpec, fleet_key_from_environment
+from hoist.tasks.records import Records
+from hoist.tasks.settings import Settings
+
+
+class WorkerContext:
+    """Per-process state of a worker.
+
+    Parameters:
+        settings: the worker's settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.records = Records.from_url(settings.state_url, lease_ms=settings.lease_ms)
+        self.fleet_key = fleet_key_from_environment()
+        self._stores: dict[str, ObjectStore] = {}
+        self._lock = threading.Lock()
+
+    def store(self, spec: StoreSpec) -> ObjectStore:
+        """The store for ``spec``, built once per process and reused by every task."""
+        key = f"{spec.store_id}:{spec.sealed or ''}"
+        with self._lock:
+            if key not in self._stores:
+                self._stores[key] = spec.build(self.fleet_key)
+            return self._stores[key]
+
+
+_context: WorkerContext | None = None
+_pid = 0
+
+
+def context() -> WorkerContext:
+    """This process's context; a forked pool child builds its own (sockets do not survive fork)."""
+    global _context, _pid
+    if _context is None or _pid != os.getpid():
+        _context = WorkerContext(Settings.from_environment())
+        _pid = os.getpid()
+    return _context

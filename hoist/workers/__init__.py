@@ -1,0 +1,1 @@
+"""The worker fleet: launching workers (and, later, Flower and the local cluster)."""

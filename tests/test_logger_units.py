@@ -1,0 +1,606 @@
+"""Unit tests of the rank-side pieces: naming, rank facts, staging.
+
+Pure functions and the real filesystem under ``tmp_path``; no servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
+from hoist.logger.naming import OBJECT_NAME_FIELDS, ObjectNameTemplate, validate_artifact_name
+from hoist.logger.ranks import RankInfo
+from hoist.logger.staging import (
+    MAX_STAGED_NAME_BYTES,
+    NAME_MAX,
+    StagedFile,
+    resolve_inside,
+    stage_file,
+    staged_path,
+    staging_root_from,
+)
+
+RANKS = {"rank": 9, "local_rank": 1, "world_size": 16, "local_world_size": 8, "node_rank": 1}
+
+
+def name(template: str, artifact_name: str = "ep1.pt", run_name: str = "llama") -> str:
+    return ObjectNameTemplate(template).format(
+        artifact_name=artifact_name, run_name=run_name, **RANKS
+    )
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def test_template_uses_every_field() -> None:
+    template = "/".join("{" + field + "}" for field in OBJECT_NAME_FIELDS)
+    assert name(template) == "ep1.pt/llama/9/1/16/8/1"
+
+
+def test_template_format_specs_and_conversions() -> None:
+    assert name("{run_name}/rank{rank:03d}/{artifact_name}") == "llama/rank009/ep1.pt"
+    assert name("{node_rank:>2}-{local_rank:x}-{artifact_name:.3}") == " 1-1-ep1"
+
+
+def test_template_nested_format_spec_fields_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="unknown field 'width'"):
+        ObjectNameTemplate("{rank:0{width}d}/{artifact_name}")
+
+
+def test_template_literal_braces() -> None:
+    assert name("{{x}}/{artifact_name}") == "{x}/ep1.pt"
+
+
+def test_unknown_field_quotes_template_and_allowed_fields() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ObjectNameTemplate("{run}/{artifact_name}")
+    message = str(caught.value)
+    assert "'{run}/{artifact_name}'" in message
+    assert "unknown field 'run'" in message
+    assert "{artifact_name}, {run_name}, {rank}" in message
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        ("{}/{artifact_name}", "positional"),
+        ("{0}/{artifact_name}", "positional"),
+        ("{rank.real}/{artifact_name}", "attribute and index access"),
+        ("{run_name[0]}/{artifact_name}", "attribute and index access"),
+        ("{artifact_name", "malformed"),
+        ("{artifact_name}}", "malformed"),
+        ("{artifact_name:03d}", "cannot be formatted"),
+        ("{artifact_name!x}", "cannot be formatted"),
+        ("{run_name}/latest.pt", "does not use {artifact_name}"),
+    ],
+)
+def test_bad_templates_fail_when_built(template: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match="object_name template") as caught:
+        ObjectNameTemplate(template)
+    assert fragment in str(caught.value)
+    assert repr(template) in str(caught.value)
+
+
+def test_leading_slashes_are_stripped() -> None:
+    assert name("{artifact_name}", "/checkpoints/ep1.pt") == "checkpoints/ep1.pt"
+    assert name("//{run_name}/{artifact_name}") == "llama/ep1.pt"
+
+
+@pytest.mark.parametrize(
+    ("template", "artifact_name", "run_name", "fragment"),
+    [
+        ("{run_name}/{artifact_name}", "../etc/passwd", "r", "'..' segment"),
+        ("{run_name}/{artifact_name}", "a/../../b", "r", "'..' segment"),
+        ("{run_name}/{artifact_name}", "", "r", "empty"),
+        ("{run_name}/{artifact_name}", "/", "r", "empty"),
+        ("{run_name}/{artifact_name}", "a\0b", "r", "NUL"),
+        ("{run_name}/{artifact_name}", "ep1.pt", "..", "'..' segment"),
+        ("{run_name}/{artifact_name}", "ep1.pt", "x\0", "NUL"),
+    ],
+)
+def test_bad_names_are_rejected(
+    template: str, artifact_name: str, run_name: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        name(template, artifact_name, run_name)
+    assert fragment in str(caught.value)
+    assert repr(artifact_name) in str(caught.value)
+
+
+def test_error_on_result_quotes_template_artifact_and_result() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        name("{run_name}/{artifact_name}", "ep1.pt", "..")
+    message = str(caught.value)
+    assert "'{run_name}/{artifact_name}'" in message
+    assert "'ep1.pt'" in message
+    assert "'../ep1.pt'" in message
+
+
+def test_dots_inside_segments_are_fine() -> None:
+    assert name("{artifact_name}", "ep1..pt") == "ep1..pt"
+    assert name("{artifact_name}", "...") == "..."
+
+
+def test_validate_artifact_name() -> None:
+    assert validate_artifact_name("a/b.pt") == "a/b.pt"
+    for bad in ("", "//", "x/../y", "..", "a\0"):
+        with pytest.raises(ConfigurationError):
+            validate_artifact_name(bad)
+    with pytest.raises(ConfigurationError, match="must be a str"):
+        validate_artifact_name(Path("a"))  # type: ignore[arg-type]
+
+
+def test_template_is_frozen_and_comparable() -> None:
+    template = ObjectNameTemplate("{artifact_name}")
+    assert template == ObjectNameTemplate("{artifact_name}")
+    with pytest.raises(AttributeError):
+        template.template = "x"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def test_single_process_defaults() -> None:
+    assert RankInfo.from_environment({}) == RankInfo(0, 0, 1, 1, 0)
+
+
+def test_torchrun_environment() -> None:
+    env = {
+        "RANK": "9",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "16",
+        "LOCAL_WORLD_SIZE": "8",
+        "GROUP_RANK": "1",
+    }
+    assert RankInfo.from_environment(env) == RankInfo(**RANKS)
+
+
+def test_torchrun_node_rank_fallback_and_derivations() -> None:
+    env = {"RANK": "5", "WORLD_SIZE": "8", "NODE_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
+    info = RankInfo.from_environment(env)
+    assert (info.node_rank, info.local_rank) == (1, 1)
+    # Without LOCAL_WORLD_SIZE, GROUP_WORLD_SIZE gives the node count.
+    info = RankInfo.from_environment({"RANK": "5", "WORLD_SIZE": "8", "GROUP_WORLD_SIZE": "2"})
+    assert info == RankInfo(rank=5, local_rank=1, world_size=8, local_world_size=4, node_rank=1)
+    # Nothing says how many nodes: one node holds every rank.
+    info = RankInfo.from_environment({"RANK": "5", "WORLD_SIZE": "8"})
+    assert info == RankInfo(rank=5, local_rank=5, world_size=8, local_world_size=8, node_rank=0)
+
+
+def test_slurm_environment() -> None:
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "8",
+        "SLURM_NTASKS_PER_NODE": "4",
+        "SLURM_NODEID": "1",
+    }
+    assert RankInfo.from_environment(env) == RankInfo(5, 1, 8, 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "node", "expected"),
+    [
+        ("SLURM_TASKS_PER_NODE", "4(x2)", "1", 4),
+        ("SLURM_STEP_TASKS_PER_NODE", "3(x2),2", "2", 2),
+        ("SLURM_STEP_TASKS_PER_NODE", "3(x2),2", "0", 3),
+        ("SLURM_NTASKS_PER_NODE", "4(x2)", "1", 4),
+    ],
+)
+def test_slurm_tasks_per_node_lists(variable: str, value: str, node: str, expected: int) -> None:
+    env = {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8", "SLURM_NODEID": node}
+    env[variable] = value
+    assert RankInfo.from_environment(env).local_world_size == expected
+
+
+def test_slurm_local_world_size_from_node_count() -> None:
+    env = {"SLURM_PROCID": "6", "SLURM_NTASKS": "8", "SLURM_NNODES": "2"}
+    info = RankInfo.from_environment(env)
+    assert info == RankInfo(rank=6, local_rank=2, world_size=8, local_world_size=4, node_rank=1)
+
+
+def test_torchrun_wins_over_slurm_as_a_whole() -> None:
+    # torchrun started by srun with one Slurm task per node: the Slurm
+    # variables describe nodes, not ranks, and must not leak into any field.
+    env = {
+        "RANK": "9",
+        "WORLD_SIZE": "16",
+        "LOCAL_RANK": "1",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NODEID": "1",
+        "GROUP_RANK": "1",
+        "LOCAL_WORLD_SIZE": "8",
+    }
+    assert RankInfo.from_environment(env) == RankInfo(**RANKS)
+
+
+def test_overrides_win() -> None:
+    env = {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8"}
+    info = RankInfo.from_environment(env, rank=3, node_rank=None, world_size=None)
+    assert (info.rank, info.world_size, info.local_rank, info.node_rank) == (3, 16, 1, 0)
+    assert RankInfo.from_environment({}, rank=2, world_size=4) == RankInfo(2, 2, 4, 4, 0)
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in list(os.environ):
+        if variable.startswith("SLURM_") or variable in ("RANK", "WORLD_SIZE"):
+            monkeypatch.delenv(variable)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert RankInfo.from_environment().rank == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"RANK": "one", "WORLD_SIZE": "2"}, "RANK='one'"),
+        ({"RANK": "0", "WORLD_SIZE": ""}, "WORLD_SIZE=''"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2.0"}, "SLURM_NTASKS='2.0'"),
+        ({"SLURM_PROCID": "0", "SLURM_TASKS_PER_NODE": "4(y2)"}, "SLURM_TASKS_PER_NODE='4(y2)'"),
+    ],
+)
+def test_non_integer_variables_are_named(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match="not") as caught:
+        RankInfo.from_environment(env)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "fragments"),
+    [
+        (
+            {"RANK": "4", "WORLD_SIZE": "4"},
+            {},
+            ["rank=4 (from RANK)", "world_size=4 (from WORLD_SIZE)"],
+        ),
+        ({"RANK": "-1", "WORLD_SIZE": "4"}, {}, ["rank=-1 (from RANK)"]),
+        ({}, {"rank": 2}, ["rank=2 (from argument)", "world_size=1 (from default)"]),
+        (
+            {
+                "SLURM_PROCID": "1",
+                "SLURM_LOCALID": "4",
+                "SLURM_NTASKS": "8",
+                "SLURM_NTASKS_PER_NODE": "4",
+            },
+            {},
+            [
+                "local_rank=4 (from SLURM_LOCALID)",
+                "local_world_size=4 (from SLURM_NTASKS_PER_NODE)",
+            ],
+        ),
+        ({"RANK": "0", "WORLD_SIZE": "0"}, {}, ["world_size=0 (from WORLD_SIZE)"]),
+        ({}, {"node_rank": -1}, ["node_rank=-1 (from argument)"]),
+    ],
+)
+def test_inconsistent_values_name_their_sources(
+    env: dict[str, str], overrides: dict[str, int], fragments: list[str]
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RankInfo.from_environment(env, **overrides)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_bad_override_type() -> None:
+    with pytest.raises(ConfigurationError, match="rank must be an int"):
+        RankInfo.from_environment({}, rank="1")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        RankInfo.from_environment({}, rank=True)
+
+
+def test_direct_construction_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match="rank=3"):
+        RankInfo(rank=3, local_rank=0, world_size=2, local_world_size=2, node_rank=0)
+
+
+# --------------------------------------------------------------------------- staged_path
+
+
+def test_staged_path_layout() -> None:
+    path = staged_path("/staging", "llama", 3, 12, "/checkpoints/ep1/model.pt")
+    assert path == "/staging/llama/rank3/00000012-checkpoints__ep1__model.pt"
+    assert os.path.dirname(path) == "/staging/llama/rank3"
+
+
+@pytest.mark.parametrize("run_name", ["", ".", "..", "a/b", "a\0b"])
+def test_staged_path_rejects_unsafe_run_names(run_name: str) -> None:
+    with pytest.raises(ConfigurationError, match="run name"):
+        staged_path("/staging", run_name, 0, 1, "ep1.pt")
+
+
+def test_staged_path_rejects_bad_artifact_and_numbers() -> None:
+    with pytest.raises(ConfigurationError):
+        staged_path("/staging", "r", 0, 1, "")
+    with pytest.raises(ConfigurationError):
+        staged_path("/staging", "r", -1, 1, "a")
+    with pytest.raises(ConfigurationError):
+        staged_path("/staging", "r", 0, -1, "a")
+
+
+@pytest.mark.parametrize("char", ["a", "é", "🧪"])
+def test_staged_path_truncates_long_names_keeping_end(char: str, tmp_path: Path) -> None:
+    artifact = "deep/" * 30 + char * 300 + "-final.safetensors"
+    path = staged_path(str(tmp_path), "run", 0, 7, artifact)
+    base = os.path.basename(path)
+    assert base.startswith("00000007-")
+    assert base.endswith(char + "-final.safetensors")
+    assert len(os.fsencode(base)) <= MAX_STAGED_NAME_BYTES < NAME_MAX
+    # The temporary name must fit too: stage a file under this name for real.
+    source = tmp_path / "src"
+    source.write_bytes(b"x")
+    assert stage_file(str(source), path).size == 1
+    assert os.listdir(os.path.dirname(path)) == [base]
+
+
+# --------------------------------------------------------------------------- stage_file
+
+
+def _entries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 3 * 1024 * 1024 + 17])
+def test_copy_mode_stages_equal_bytes_and_leaves_source_alone(size: int, tmp_path: Path) -> None:
+    source = tmp_path / "ep1.pt"
+    data = os.urandom(size)
+    source.write_bytes(data)
+    os.utime(source, (1_000_000, 1_000_000))
+    before = os.stat(source)
+    destination = staged_path(str(tmp_path / "staging"), "run", 0, 1, "ep1.pt")
+
+    staged = stage_file(str(source), destination)
+
+    assert staged == StagedFile(destination, size, staged.method)
+    assert staged.method in {"reflink", "copy_file_range", "copy"}
+    assert Path(destination).read_bytes() == data
+    after = os.stat(source)
+    assert source.read_bytes() == data
+    assert (after.st_ino, after.st_size, after.st_mtime_ns, after.st_mode) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_mode,
+    )
+    assert _entries(Path(destination).parent) == [os.path.basename(destination)]
+
+
+def test_move_mode_renames_on_the_same_filesystem(tmp_path: Path) -> None:
+    source = tmp_path / "ep1.pt"
+    source.write_bytes(b"weights")
+    inode = os.stat(source).st_ino
+    destination = staged_path(str(tmp_path / "staging"), "run", 0, 1, "ep1.pt")
+
+    staged = stage_file(str(source), destination, move=True)
+
+    assert staged == StagedFile(destination, 7, "rename")
+    assert not source.exists()
+    assert os.stat(destination).st_ino == inode
+    assert _entries(Path(destination).parent) == [os.path.basename(destination)]
+
+
+def test_move_of_a_symlink_copies_the_target_and_removes_the_link(tmp_path: Path) -> None:
+    target = tmp_path / "real.pt"
+    target.write_bytes(b"weights")
+    link = tmp_path / "latest.pt"
+    link.symlink_to(target)
+    destination = str(tmp_path / "staging" / "x")
+
+    staged = stage_file(str(link), destination, move=True)
+
+    assert staged.method != "rename"
+    assert not os.path.islink(destination)
+    assert Path(destination).read_bytes() == b"weights"
+    assert not os.path.lexists(link)
+    assert target.read_bytes() == b"weights"
+
+
+def test_copy_follows_symlinks_and_replaces_existing(tmp_path: Path) -> None:
+    target = tmp_path / "real.pt"
+    target.write_bytes(b"new")
+    link = tmp_path / "latest.pt"
+    link.symlink_to(target)
+    destination = tmp_path / "staged"
+    destination.write_bytes(b"old bytes")
+    stage_file(str(link), str(destination))
+    assert destination.read_bytes() == b"new"
+    assert link.is_symlink()
+
+
+def test_fsync_option(tmp_path: Path) -> None:
+    source = tmp_path / "a"
+    source.write_bytes(b"abc")
+    assert stage_file(str(source), str(tmp_path / "s" / "a"), fsync=True).size == 3
+    assert stage_file(str(source), str(tmp_path / "s" / "b"), move=True, fsync=True).method == (
+        "rename"
+    )
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_missing_or_irregular_source(tmp_path: Path, move: bool) -> None:
+    staging = tmp_path / "staging"
+    with pytest.raises(SourceFileError, match="No such file") as caught:
+        stage_file(str(tmp_path / "nope"), str(staging / "x"), move=move)
+    assert isinstance(caught.value, HoistError)
+    with pytest.raises(SourceFileError, match="not a regular file"):
+        stage_file(str(tmp_path), str(staging / "x"), move=move)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    with pytest.raises(SourceFileError):
+        stage_file(str(dangling), str(staging / "x"), move=move)
+    assert not staging.exists() or _entries(staging) == []
+
+
+def test_staging_path_that_is_not_a_directory(tmp_path: Path) -> None:
+    source = tmp_path / "a"
+    source.write_bytes(b"abc")
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"")
+    for move in (False, True):
+        with pytest.raises(StagingError, match="cannot stage") as caught:
+            stage_file(str(source), str(blocker / "run" / "x"), move=move)
+        assert not isinstance(caught.value, SourceFileError)
+        assert isinstance(caught.value.__cause__, OSError)
+    assert source.read_bytes() == b"abc"
+
+
+def test_staged_file_appears_only_complete(tmp_path: Path) -> None:
+    """A watcher polling the rank directory only ever sees the whole file."""
+    data = os.urandom(64 * 1024 * 1024)
+    source = tmp_path / "big"
+    source.write_bytes(data)
+    rank_dir = tmp_path / "staging" / "run" / "rank0"
+    rank_dir.mkdir(parents=True)
+    destination = rank_dir / "00000001-big"
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                seen.append(os.stat(destination).st_size)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        stage_file(str(source), str(destination))
+    finally:
+        done.set()
+        watcher.join()
+    assert set(seen) <= {len(data)}
+    assert _entries(rank_dir) == [destination.name]
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to simulate a full disk: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_full_staging_filesystem_cleans_up_and_says_what_to_do(tmp_path: Path, move: bool) -> None:
+    source = tmp_path / "big"
+    data = os.urandom(3 * 1024 * 1024)
+    source.write_bytes(data)
+    with _tmpfs(tmp_path / "full", "1m") as staging:
+        destination = staging / "run" / "rank0" / "00000001-big"
+        with pytest.raises(StagingError) as caught:
+            stage_file(str(source), str(destination), move=move)
+        message = str(caught.value)
+        assert "No space left on device" in message
+        assert "HOIST_STAGING_DIR" in message
+        assert str(source) in message
+        assert not isinstance(caught.value, SourceFileError)
+        assert getattr(caught.value.__cause__, "errno", None) == errno.ENOSPC
+        assert _entries(destination.parent) == []
+    # Even when the caller gave the file away, a failed stage keeps it.
+    assert source.read_bytes() == data
+
+
+def test_move_across_filesystems_copies_then_removes_source(tmp_path: Path) -> None:
+    source = tmp_path / "ep1.pt"
+    data = os.urandom(1024 * 1024 + 3)
+    source.write_bytes(data)
+    with _tmpfs(tmp_path / "other", "8m") as staging:
+        destination = staging / "run" / "rank0" / "00000001-ep1.pt"
+        staged = stage_file(str(source), str(destination), move=True)
+        assert staged.method in {"copy_file_range", "copy"}
+        assert destination.read_bytes() == data
+        assert not source.exists()
+        assert _entries(destination.parent) == [destination.name]
+
+
+def test_copy_into_other_filesystem_falls_back(tmp_path: Path) -> None:
+    source = tmp_path / "ep1.pt"
+    data = os.urandom(200_000)
+    source.write_bytes(data)
+    with _tmpfs(tmp_path / "other", "8m") as staging:
+        staged = stage_file(str(source), str(staging / "x"))
+        assert (staging / "x").read_bytes() == data
+        assert staged.size == len(data)
+    assert source.read_bytes() == data
+
+
+# --------------------------------------------------------------------------- staging root
+
+
+def test_staging_root_from_argument_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOIST_STAGING_DIR", raising=False)
+    with pytest.raises(ConfigurationError, match="HOIST_STAGING_DIR.*upload_staging_folder"):
+        staging_root_from(None)
+    monkeypatch.chdir(tmp_path)
+    assert staging_root_from("rel/staging") == str(tmp_path / "rel" / "staging")
+    assert (tmp_path / "rel" / "staging").is_dir()
+    monkeypatch.setenv("HOIST_STAGING_DIR", str(tmp_path / "env"))
+    assert staging_root_from(None) == str(tmp_path / "env")
+    assert staging_root_from(str(tmp_path / "arg")) == str(tmp_path / "arg")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ConfigurationError, match="cannot use staging directory"):
+        staging_root_from(str(tmp_path / "file"))
+
+
+# --------------------------------------------------------------------------- resolve_inside
+
+
+def test_resolve_inside_accepts_inside_paths(tmp_path: Path) -> None:
+    root = tmp_path / "staging"
+    (root / "run" / "rank0").mkdir(parents=True)
+    inside = root / "run" / "rank0" / "00000001-a"
+    assert resolve_inside(str(root), str(inside)) == str(inside)
+    assert resolve_inside(str(root), "run/rank0/00000001-a") == str(inside)
+    assert resolve_inside(str(root) + "/", str(root / "run" / ".." / "run" / "x")) == str(
+        root / "run" / "x"
+    )
+    # The root itself may be reached through a symlink.
+    alias = tmp_path / "alias"
+    alias.symlink_to(root)
+    assert resolve_inside(str(alias), str(alias / "run" / "x")) == str(root / "run" / "x")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "{root}/../secret",
+        "{root}/run/../../secret",
+        "../secret",
+        "/etc/passwd",
+        "{root}",
+        "{root}/.",
+        "{root}-sibling/x",
+        "{root}/link-out",
+        "{root}/run/link-dir/x",
+        "{root}/a\0b",
+    ],
+)
+def test_resolve_inside_refuses_escapes(tmp_path: Path, path: str) -> None:
+    root = tmp_path / "staging"
+    (root / "run").mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"secret")
+    (root / "link-out").symlink_to(secret)
+    (root / "run" / "link-dir").symlink_to(tmp_path)
+    with pytest.raises(SourceFileError, match="refusing to read"):
+        resolve_inside(str(root), path.format(root=root))
