@@ -324,3 +324,66 @@ def test_no_secret_reaches_redis_or_worker_logs(
             assert secret not in value, f"secret found in {key!r}"
     assert scanned > 0
     assert s3_server.secret_key not in fleet.logs()
+
+
+def test_repeated_names_newest_wins_and_superseded_copies_go(
+    local_logger_kwargs: dict[str, Any], tmp_path: Path, fleet: WorkerFleet
+) -> None:
+    run_name = f"repeat-{int(time.time() * 1000)}"
+    logger = ObjectStoreLogger(run_name=run_name, **local_logger_kwargs)
+    source = tmp_path / "train.log"
+    for flush in range(10):
+        source.write_text(f"line {flush}\n" * (flush + 1) * 10000)
+        logger.file_artifact(LogLevel.BATCH, "train.log", source, overwrite=True)
+    logger.wait(timeout=60)
+    held = tmp_path / "store" / "artifacts" / run_name / "train.log"
+    assert held.read_text() == source.read_text()
+    assert staged_files(fleet.staging_root, run_name) == []
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(64 * MiB))
+    logger.file_artifact(LogLevel.BATCH, "big.bin", big)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        logger.file_artifact(LogLevel.BATCH, "big.bin", big)
+    logger.close()
+
+
+def test_pointer_never_moves_backwards(
+    local_logger_kwargs: dict[str, Any], tmp_path: Path, fleet: WorkerFleet, redis_server: RedisServer
+) -> None:
+    """A late-running pointer task for checkpoint 1 does not undo the pointer to checkpoint 2."""
+    from hoist.tasks.messages import SYMLINK_TASK, SymlinkRequest, order_key
+
+    run_name = f"pointer-{int(time.time() * 1000)}"
+    logger = ObjectStoreLogger(run_name=run_name, **local_logger_kwargs)
+    ids = []
+    for n in (1, 2):
+        path = tmp_path / f"ep{n}.pt"
+        path.write_bytes(os.urandom(1000))
+        ids.append(logger.file_artifact(LogLevel.EPOCH, f"ep{n}.pt", path))
+    logger.wait(timeout=60)
+    early, late = order_key(0, 100), order_key(0, 101)
+    records = Records.from_url(redis_server.url)
+    app = make_app(fleet.broker_url)
+
+    def pointer(n: int, order: str) -> SymlinkRequest:
+        return SymlinkRequest(
+            id=f"hoist-{run_name}-r0-{100 + n}",
+            run_name=run_name,
+            rank=0,
+            seq=100 + n,
+            artifact_name="latest.pt",
+            object_name=f"{run_name}/latest.pt.symlink",
+            order=order,
+            store=logger.spec.to_json(),
+            target_id=ids[n - 1],
+            target_object_name=f"{run_name}/ep{n}.pt",
+        )
+
+    send(app, SYMLINK_TASK, pointer(2, late))
+    assert wait_until(lambda: settled(records, pointer(2, late).id)).state is State.DONE
+    send(app, SYMLINK_TASK, pointer(1, early))
+    assert wait_until(lambda: settled(records, pointer(1, early).id)).state is State.SUPERSEDED
+    held = tmp_path / "store" / "artifacts" / run_name / "latest.pt.symlink"
+    assert held.read_text() == f"{run_name}/ep2.pt"
+    logger.close()
