@@ -1,17 +1,37 @@
-"""How long a training rank blocks to hand a file over: hoist's staging against its peer.
+"""How long a training rank blocks to hand a file over: hoist against its peer.
 
-The peer is what the in-process uploader users have today runs on the training
-thread (Composer's ``RemoteUploaderDownloader``): ``shutil.copy2`` into a
-staging folder. Both run in the same process, on the same files and the same
-filesystem, alternating call by call so that drift (page cache, writeback, a
-noisy neighbour) hits both alike.
+Three candidates, timed for each file size in copy mode and in ``move=True``
+mode:
+
+- ``stage_file``: :func:`hoist.logger.staging.stage_file` alone, the staging
+  step (a copy, or a rename in move mode).
+- ``file_artifact``: the whole call a rank makes,
+  ``ObjectStoreLogger.file_artifact(...)``: it names the artifact, INCRs a
+  sequence number in Redis, stages the file, writes the artifact record to
+  Redis and sends a Celery task to the Redis broker. Each call logs a new
+  artifact name, so no call waits on an earlier one.
+- ``peer``: what the in-process uploader users have today (Composer's
+  ``RemoteUploaderDownloader``) does on the training thread: ``shutil.copy2``
+  into a staging folder, then ``queue.Queue().put`` for its upload worker. The
+  peer has no move mode: it copies in both.
+
+All run in the same process, on the same files and the same filesystem,
+alternating call by call so that drift (page cache, writeback, a noisy
+neighbour) hits all alike. In move mode each call gets a fresh hard link to
+the source to take away.
+
+``file_artifact`` needs Redis: the run starts a private ``redis-server`` on
+127.0.0.1 (a free port, no persistence, data under the bench directory; see
+``benchmarks/services.py``) and stops it at the end. No workers run: the call
+does not wait for them, and the tasks it queues go away with the server.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/stall.py            # 1 KiB, 1 MiB, 100 MiB
     .venv/bin/python benchmarks/stall.py --large    # and 1 GiB
 
-It prints a table and writes ``benchmarks/results/stall-<date>.json``. Files
+It prints a table (medians, and the ratios ``file_artifact/peer`` and
+``stage_file/peer``) and writes ``benchmarks/results/stall-<date>.json``. Files
 live under ``<repo>/.hoist-bench`` (created, then removed), because ``/tmp``
 may be another filesystem than the one a real staging root sits on, and
 rename, reflink and ``copy_file_range`` all depend on the filesystem.
@@ -24,9 +44,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import itertools
 import json
 import os
 import platform
+import queue
 import shutil
 import statistics
 import sys
@@ -36,7 +58,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
+from services import private_redis
+
+from hoist.logger.levels import LogLevel
+from hoist.logger.logger import ObjectStoreLogger
 from hoist.logger.staging import stage_file, staged_path
+from hoist.tasks.records import Records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
@@ -45,13 +72,13 @@ KIB, MIB, GIB = 1024, 1024**2, 1024**3
 Stager = Callable[[str, str], object]
 """The timed call: given a source file and a destination path, hand the file over.
 
-Swap in ``lambda src, dst: logger.file_artifact(LogLevel.BATCH, name, src)`` to
-time the whole logger call (it picks its own destination and ignores ``dst``).
+A call that picks its own destination (``file_artifact``) ignores ``dst``; its
+:class:`Candidate` then says where the file went (``staged``).
 """
 
 
-def measure_stage(stage: Stager, source: str, destination: str) -> float:
-    """Return how many seconds ``stage(source, destination)`` blocks its caller.
+def measure_stage(stage: Stager, source: str, destination: str) -> tuple[float, object]:
+    """Return how many seconds ``stage(source, destination)`` blocks its caller, and its result.
 
     The garbage collector is paused for the call, as :mod:`timeit` does, so a
     collection triggered by the harness is not billed to the call.
@@ -62,18 +89,18 @@ def measure_stage(stage: Stager, source: str, destination: str) -> float:
         destination: where the file should go.
 
     Returns:
-        Wall-clock seconds.
+        Wall-clock seconds, and what the call returned.
 
     Example:
         >>> measure_stage(shutil.copy2, "ep1.pt", "/staging/ep1.pt")  # doctest: +SKIP
-        0.0351
+        (0.0351, '/staging/ep1.pt')
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         start = time.perf_counter()
-        stage(source, destination)
-        return time.perf_counter() - start
+        result = stage(source, destination)
+        return time.perf_counter() - start, result
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -89,12 +116,16 @@ class Candidate:
         consumes_source: whether the call takes the source away (a move), so
             each call needs a fresh source.
         destination_dir: where its destinations go.
+        staged: where the call put the file, given what it returned; asked
+            after the clock stops, so it may be slow. ``None``: at the
+            destination it was given.
     """
 
     name: str
     stage: Stager
     consumes_source: bool
     destination_dir: str
+    staged: Callable[[object], str] | None = None
 
 
 def compare(
@@ -108,8 +139,8 @@ def compare(
 ) -> dict[str, list[float]]:
     """Time each candidate ``warmup + repeats`` times, interleaved; return the timed samples.
 
-    The order of the candidates flips every round (A B, B A, ...) so that
-    neither always runs right after the other's writeback.
+    The order of the candidates flips every round (A B C, C B A, ...) so that
+    none always runs right after the same other's writeback.
 
     Parameters:
         candidates: what to time.
@@ -126,8 +157,8 @@ def compare(
         Seconds of each timed call, by candidate name.
 
     Example:
-        >>> compare([hoist, peer], "/bench/src", "/bench/scratch", repeats=7)  # doctest: +SKIP
-        {'hoist': [...], 'peer': [...]}
+        >>> compare([stage, peer], "/bench/src", "/bench/scratch", repeats=7)  # doctest: +SKIP
+        {'stage_file': [...], 'peer': [...]}
     """
     samples: dict[str, list[float]] = {c.name: [] for c in candidates}
     for round_ in range(warmup + repeats):
@@ -144,8 +175,8 @@ def compare(
             )
             if settle:
                 os.sync()
-            seconds = measure_stage(candidate.stage, source, destination)
-            os.unlink(destination)
+            seconds, result = measure_stage(candidate.stage, source, destination)
+            os.unlink(destination if candidate.staged is None else candidate.staged(result))
             if os.path.lexists(source) and source != pristine:
                 os.unlink(source)
             if round_ >= warmup:
@@ -204,6 +235,35 @@ def _bench_dir() -> Iterator[str]:
             os.rmdir(parent)
 
 
+CANDIDATES = {
+    "stage_file": "hoist.logger.staging.stage_file(src, staged_path(...), move=<mode>)",
+    "file_artifact": "ObjectStoreLogger(provider='local', ...).file_artifact(LogLevel.BATCH, "
+    "<new name>, src, move=<mode>): Redis INCR, stage_file, record, Celery send to the "
+    "Redis broker; no workers",
+    "peer": "shutil.copy2(src, <staging folder>/...); queue.Queue().put(path) "
+    "(Composer RemoteUploaderDownloader; copies in both modes)",
+}
+"""What each candidate times, by the name it has in the rows."""
+
+
+@contextmanager
+def _bench_logger(root: str, broker_url: str) -> Iterator[ObjectStoreLogger]:
+    """The logger a rank would make: a local store and the staging root under ``root``."""
+    store = os.path.join(root, "store")
+    os.makedirs(os.path.join(store, "artifacts"))
+    with ObjectStoreLogger(
+        provider="local",
+        container="artifacts",
+        provider_kwargs={"key": store},
+        upload_staging_folder=os.path.join(root, "hoist-staging"),
+        broker_url=broker_url,
+        run_name="bench",
+        wait_on_close=False,
+        object_name="{run_name}/{artifact_name}",
+    ) as logger:
+        yield logger
+
+
 def run(
     sizes: list[int], repeats: int, small_repeats: int, settle: bool = True
 ) -> dict[str, object]:
@@ -224,83 +284,119 @@ def run(
         'copy'
     """
     rows: list[dict[str, object]] = []
-    with _bench_dir() as root:
+    with (
+        _bench_dir() as root,
+        private_redis(os.path.join(root, "redis")) as redis_url,
+        _bench_logger(root, redis_url) as logger,
+    ):
         fstype = _filesystem_of(root)
+        records = Records.from_url(redis_url)
+        redis_version = records.client.info("server")["redis_version"]
         scratch = os.path.join(root, "scratch")
-        hoist_staging = os.path.join(root, "hoist-staging")
+        hoist_staging = logger.staging_root
         peer_staging = os.path.join(root, "peer-staging")
         for directory in (scratch, os.path.join(peer_staging, "bench", "rank0")):
             os.makedirs(directory)
         methods: dict[str, str] = {}
+        artifact_names = (f"ckpt-{i}.pt" for i in itertools.count())
+        uploads: queue.Queue[str] = queue.Queue()  # never drained: no upload worker runs
 
-        def hoist_copy(src: str, dst: str) -> None:
-            methods["copy"] = stage_file(src, dst).method
+        def stage_only(mode: str) -> Stager:
+            def call(src: str, dst: str) -> None:
+                methods[mode] = stage_file(src, dst, move=mode == "move").method
 
-        def hoist_move(src: str, dst: str) -> None:
-            methods["move"] = stage_file(src, dst, move=True).method
+            return call
+
+        def full_call(mode: str) -> Stager:
+            def call(src: str, dst: str) -> str | None:
+                del dst  # the logger picks the staged path itself
+                return logger.file_artifact(
+                    LogLevel.BATCH, next(artifact_names), src, move=mode == "move"
+                )
+
+            return call
+
+        def staged_by_logger(artifact: object) -> str:
+            status = records.get(str(artifact))
+            assert status is not None, f"no record of {artifact!r}"
+            return str(status.message["staged_path"])
+
+        def peer(src: str, dst: str) -> str:
+            shutil.copy2(src, dst)
+            uploads.put(dst)
+            return dst
 
         for size in sizes:
             pristine = os.path.join(root, f"checkpoint-{size}.pt")
             _write_source(pristine, size)
             n = repeats if size >= 16 * MIB else small_repeats
-            for mode, hoist_stage in (("copy", hoist_copy), ("move", hoist_move)):
+            for mode in ("copy", "move"):
+                move = mode == "move"
                 candidates = [
-                    Candidate("hoist", hoist_stage, mode == "move", hoist_staging),
-                    Candidate("peer", shutil.copy2, False, peer_staging),
+                    Candidate("stage_file", stage_only(mode), move, hoist_staging),
+                    Candidate(
+                        "file_artifact", full_call(mode), move, hoist_staging, staged_by_logger
+                    ),
+                    Candidate("peer", peer, False, peer_staging),
                 ]
                 samples = compare(candidates, pristine, scratch, repeats=n, settle=settle)
-                hoist_median = statistics.median(samples["hoist"])
-                peer_median = statistics.median(samples["peer"])
+                medians = {name: statistics.median(s) for name, s in samples.items()}
                 rows.append(
                     {
                         "size_bytes": size,
                         "mode": mode,
-                        "hoist_method": methods[mode],
+                        "staging_method": methods[mode],
                         "repeats": n,
-                        "hoist_median_s": hoist_median,
-                        "peer_median_s": peer_median,
-                        "ratio_hoist_over_peer": hoist_median / peer_median,
-                        "hoist_samples_s": samples["hoist"],
-                        "peer_samples_s": samples["peer"],
+                        **{f"{name}_median_s": median for name, median in medians.items()},
+                        "ratio_file_artifact_over_peer": medians["file_artifact"] / medians["peer"],
+                        "ratio_stage_file_over_peer": medians["stage_file"] / medians["peer"],
+                        **{f"{name}_samples_s": s for name, s in samples.items()},
                     }
                 )
                 _print_row(rows[-1])
             os.unlink(pristine)
     return {
         "benchmark": "stall",
-        "description": "seconds the caller blocks to hand a file over; peer is shutil.copy2 "
-        "into a staging folder (Composer RemoteUploaderDownloader)",
+        "description": "seconds the caller blocks to hand a file over: hoist's staging step "
+        "alone and its whole ObjectStoreLogger.file_artifact call, against the peer, "
+        "shutil.copy2 into a staging folder plus a queue put (Composer "
+        "RemoteUploaderDownloader)",
         "date": dt.date.today().isoformat(),
         "python": sys.version.split()[0],
         "kernel": platform.release(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "filesystem": fstype,
+        "redis_version": redis_version,
         "warmup": 1,
         "settle": settle,
-        "candidates": {
-            "hoist": "hoist.logger.staging.stage_file(src, staged_path(...), move=<mode>)",
-            "peer": "shutil.copy2(src, <staging folder>/...)",
-        },
+        "candidates": CANDIDATES,
         "rows": rows,
     }
 
 
 _HEADER = (
-    f"{'size':>8}  {'mode':<4}  {'hoist method':<15}  {'hoist':>10}  {'peer copy2':>10}  "
-    f"{'hoist/peer':>10}"
+    f"{'size':>8}  {'mode':<4}  {'staging method':<15}  {'stage_file':>10}  "
+    f"{'file_artifact':>13}  {'peer':>10}  {'file_artifact/peer':>18}  {'stage_file/peer':>15}"
 )
 
 
 def _print_row(row: Mapping[str, object]) -> None:
+    def number(key: str) -> float:
+        value = row[key]
+        assert isinstance(value, float), key
+        return value
+
     size = row["size_bytes"]
-    hoist_s, peer_s = row["hoist_median_s"], row["peer_median_s"]
-    ratio = row["ratio_hoist_over_peer"]
-    assert isinstance(size, int) and isinstance(hoist_s, float) and isinstance(peer_s, float)
-    assert isinstance(ratio, float)
+    assert isinstance(size, int)
+    stage_s, full_s, peer_s = (
+        _fmt_seconds(number(f"{name}_median_s")) for name in ("stage_file", "file_artifact", "peer")
+    )
     print(
-        f"{_label(size):>8}  {row['mode']!s:<4}  {row['hoist_method']!s:<15}  "
-        f"{_fmt_seconds(hoist_s):>10}  {_fmt_seconds(peer_s):>10}  {ratio:>10.3f}",
+        f"{_label(size):>8}  {row['mode']!s:<4}  {row['staging_method']!s:<15}  "
+        f"{stage_s:>10}  {full_s:>13}  {peer_s:>10}  "
+        f"{number('ratio_file_artifact_over_peer'):>18.3f}  "
+        f"{number('ratio_stage_file_over_peer'):>15.3f}",
         flush=True,
     )
 

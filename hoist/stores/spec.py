@@ -41,7 +41,8 @@ SECRET_ARGUMENTS = frozenset(
 STORE_KINDS = ("s3", "sftp", "libcloud")
 
 
-def _store_class(kind: str) -> type[ObjectStore]:
+def store_class(kind: str) -> type[ObjectStore]:
+    """The store class of a spec kind (``"s3"`` → ``S3ObjectStore``)."""
     if kind == "s3":
         from hoist.stores.s3 import S3ObjectStore
 
@@ -60,7 +61,7 @@ def _store_class(kind: str) -> type[ObjectStore]:
 def kind_of(store_cls: type[ObjectStore]) -> str:
     """The spec kind for a store class (``S3ObjectStore`` → ``"s3"``)."""
     for kind in STORE_KINDS:
-        if issubclass(store_cls, _store_class(kind)):
+        if issubclass(store_cls, store_class(kind)):
             return kind
     raise ConfigurationError(
         f"{store_cls.__name__} is not a hoist store class; use S3ObjectStore, SFTPObjectStore "
@@ -103,7 +104,7 @@ class StoreSpec:
     @classmethod
     def describe(cls, kind: str, kwargs: dict[str, Any], fleet_key: str | None) -> StoreSpec:
         """Split ``kwargs`` into public arguments and sealed credentials."""
-        _store_class(kind)  # unknown kinds fail here, in the caller
+        store_class(kind)  # unknown kinds fail here, in the caller
         public, secrets = _split(kwargs, _secret_names(kind, kwargs))
         if not secrets:
             return cls(kind, public)
@@ -135,7 +136,7 @@ class StoreSpec:
                     "credentials; ranks and workers must share one key"
                 ) from None
             kwargs = _merge(kwargs, secrets)
-        return _store_class(self.kind)(**kwargs)
+        return store_class(self.kind)(**kwargs)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "kwargs": self.kwargs, "sealed": self.sealed}

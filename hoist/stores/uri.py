@@ -13,6 +13,7 @@ boto3's usual credential chain, SFTP a key file or ``HOIST_SFTP_PASSWORD``.
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from hoist.errors import ConfigurationError, UnknownProviderError
@@ -28,6 +29,19 @@ def store_from_uri(uri: str) -> ObjectStore:
         >>> store_from_uri("file:///tmp/hoist-store").get_uri("a.txt")
         'local://hoist-store/a.txt'
     """
+    from hoist.stores.spec import store_class
+
+    kind, kwargs = parse_store_uri(uri)
+    return store_class(kind)(**kwargs)
+
+
+def parse_store_uri(uri: str) -> tuple[str, dict[str, Any]]:
+    """The store kind (``"s3"``, ``"sftp"``, ``"libcloud"``) and constructor arguments a URI names.
+
+    Example:
+        >>> parse_store_uri("s3://ckpts/team?endpoint_url=http://minio:9000")
+        ('s3', {'bucket': 'ckpts', 'prefix': 'team', 'endpoint_url': 'http://minio:9000'})
+    """
     parts = urlsplit(uri)
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     if parts.password:
@@ -36,35 +50,33 @@ def store_from_uri(uri: str) -> ObjectStore:
             "password; put credentials in the environment instead"
         )
     if parts.scheme == "s3":
-        from hoist.stores.s3 import S3ObjectStore
-
-        return S3ObjectStore(
-            parts.netloc,
-            unquote(parts.path).lstrip("/"),
-            endpoint_url=query.get("endpoint_url"),
-            region_name=query.get("region"),
-            verify=query.get("verify", "auto"),  # type: ignore[arg-type]
-        )
+        kwargs: dict[str, Any] = {"bucket": parts.netloc, "prefix": unquote(parts.path).lstrip("/")}
+        for option, name in (("endpoint_url", "endpoint_url"), ("region", "region_name"),
+                             ("verify", "verify")):  # fmt: skip
+            if option in query:
+                kwargs[name] = query[option]
+        return "s3", kwargs
     if parts.scheme == "sftp":
-        from hoist.stores.sftp import SFTPObjectStore
-
-        return SFTPObjectStore(
-            parts.hostname or "",
-            parts.port or 22,
-            username=unquote(parts.username) if parts.username else None,
-            password=os.environ.get("HOIST_SFTP_PASSWORD"),
-            key_filename=query.get("key_filename"),
-            known_hosts=query.get("known_hosts"),
-            cwd=unquote(parts.path) or None,
-        )
+        kwargs = {"host": parts.hostname or "", "port": parts.port or 22}
+        optional = {
+            "username": unquote(parts.username) if parts.username else None,
+            "password": os.environ.get("HOIST_SFTP_PASSWORD"),
+            "key_filename": query.get("key_filename"),
+            "known_hosts": query.get("known_hosts"),
+            "cwd": unquote(parts.path) or None,
+        }
+        kwargs.update({name: value for name, value in optional.items() if value is not None})
+        return "sftp", kwargs
     if parts.scheme == "file":
-        from hoist.stores.libcloud import LibcloudObjectStore
-
         directory = os.path.abspath(unquote(parts.path))
         base, container = os.path.split(directory.rstrip("/"))
         if not container:
             raise ConfigurationError(f"store URI {uri!r} needs a directory below /")
-        return LibcloudObjectStore("local", container, {"key": base})
+        return "libcloud", {
+            "provider": "local",
+            "container": container,
+            "provider_kwargs": {"key": base},
+        }
     raise UnknownProviderError(
         f"store URI {uri!r} has an unknown scheme; use one of {', '.join(SCHEMES)}"
     )

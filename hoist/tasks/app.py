@@ -61,6 +61,9 @@ def make_app(broker_url: str) -> Celery:
     if broker_url not in _apps:
         sender = Celery("hoist", set_as_current=False)
         sender.conf.update(celery_config(broker_url))
+        # Ranks never read task results; with a result backend set, every send
+        # would also SUBSCRIBE to the task's result channel (measured: +0.7 ms).
+        sender.conf.result_backend = None
         _apps[broker_url] = sender
     return _apps[broker_url]
 
