@@ -123,6 +123,15 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
 
+# Reset a failed record for `hoist retry`. KEYS: record. ARGV: now (s)
+_RESET = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'deliveries', 0, 'error', '',
+           'retried_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'finished_at')
+return 1
+"""
+
 # Take due entries of `deferred`, pushing each a little into the future so a
 # sender that dies before sending does not lose it. KEYS: deferred.
 # ARGV: now (ms), limit, guard due (ms)
@@ -176,6 +185,7 @@ class Records:
         self._settle = client.register_script(_SETTLE)
         self._raise = client.register_script(_RAISE)
         self._take_due = client.register_script(_TAKE_DUE)
+        self._reset = client.register_script(_RESET)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Records:
@@ -210,11 +220,10 @@ class Records:
         )
         pipe.zadd(f"{PREFIX}run:{message.run_name}", {message.id: now})
         pipe.zadd(f"{PREFIX}runs", {message.run_name: now})
-        pipe.execute()
         # "<order>|<id>": sorts by order, and names the artifact holding it.
-        self.raise_marker(
-            latest_key(store_id, message.object_name), f"{message.order}|{message.id}"
-        )
+        latest = [latest_key(store_id, message.object_name)]
+        self._raise(keys=latest, args=[f"{message.order}|{message.id}"], client=pipe)
+        pipe.execute()
 
     def next_seq(self, run_name: str, rank: int) -> int:
         """The rank's next sequence number; unique across restarts of a run."""
@@ -306,14 +315,22 @@ class Records:
             if fields
         ]
 
-    def runs(self) -> list[str]:
-        return list(self.client.zrevrange(f"{PREFIX}runs", 0, -1))
+    def runs(self, limit: int = 0) -> list[str]:
+        """Run names, the most recently active first; at most ``limit`` of them (0: all)."""
+        return list(self.client.zrevrange(f"{PREFIX}runs", 0, limit - 1 if limit > 0 else -1))
 
-    def reset_for_retry(self, artifact: str) -> None:
-        self.client.hset(
-            _record(artifact),
-            mapping={"state": State.QUEUED.value, "attempts": 0, "deliveries": 0, "error": ""},
-        )
+    def reset_for_retry(self, artifact: str) -> bool:
+        """Make a failed artifact queued again, with no attempts; False if it is not failed.
+
+        Only a failed record is reset, atomically: two ``hoist retry`` runs at
+        once, or a retry racing a worker, cannot send one artifact twice over.
+        The caller sends the message again.
+
+        Example:
+            >>> if records.reset_for_retry("hoist-bert-3-r0-17"):
+            ...     send(app, status.fields["task"], message)
+        """
+        return bool(self._reset(keys=[_record(artifact)], args=[time.time()]))
 
 
 def latest_key(store_id: str, object_name: str) -> str:
