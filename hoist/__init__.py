@@ -20,6 +20,7 @@ _EXPORTS = {
     "S3ObjectStore": "hoist.stores.s3",
     "SFTPObjectStore": "hoist.stores.sftp",
     "LibcloudObjectStore": "hoist.stores.libcloud",
+    "download_artifact": "hoist.download",
     "errors": "hoist",
 }
 

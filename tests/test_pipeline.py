@@ -349,7 +349,10 @@ def test_repeated_names_newest_wins_and_superseded_copies_go(
 
 
 def test_pointer_never_moves_backwards(
-    local_logger_kwargs: dict[str, Any], tmp_path: Path, fleet: WorkerFleet, redis_server: RedisServer
+    local_logger_kwargs: dict[str, Any],
+    tmp_path: Path,
+    fleet: WorkerFleet,
+    redis_server: RedisServer,
 ) -> None:
     """A late-running pointer task for checkpoint 1 does not undo the pointer to checkpoint 2."""
     from hoist.tasks.messages import SYMLINK_TASK, SymlinkRequest, order_key

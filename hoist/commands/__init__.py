@@ -6,5 +6,17 @@ A command returns its exit code and raises :class:`~hoist.errors.HoistError`
 for a failure the user can mend; ``hoist.cli`` prints that as one sentence.
 """
 
-COMMANDS = ("worker", "selfcheck", "keygen")
+COMMANDS = (
+    "up",
+    "down",
+    "status",
+    "wait",
+    "retry",
+    "verify",
+    "download",
+    "worker",
+    "flower",
+    "selfcheck",
+    "keygen",
+)
 """In the order ``hoist --help`` lists them."""

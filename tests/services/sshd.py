@@ -9,9 +9,11 @@ denied" answer is produced.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -119,3 +121,36 @@ class SshServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def drop_connections(self) -> None:
+        """Kill the processes serving open connections, as a crash or a cut cable would.
+
+        Stopping the listener alone leaves them running: each connection's sshd
+        is in a session of its own.
+        """
+        if self.process.proc is None:
+            return
+        for pid in _descendants(self.process.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` in the process tree (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found

@@ -1,0 +1,62 @@
+"""``hoist download``: fetch an artifact, following ``.symlink`` pointers.
+
+See :mod:`hoist.download` for the forms of URI_OR_ARTIFACT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+from typing import Any
+
+from rich.filesize import decimal
+
+from hoist.commands.cluster_access import load_environment, records_for
+from hoist.commands.console import console, out, transfer_progress
+from hoist.download import fetch, resolve
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "download",
+        help="download an artifact, following .symlink pointers",
+        description="URI_OR_ARTIFACT is one of: an object name in the store --store (default "
+        "HOIST_STORE_URI); an object URI (s3://bucket/key, sftp://user@host:port/path, "
+        "file:///dir/key, local://container/key), taken inside --store when it lies there; "
+        "or, with --run, a name the run logged, in the store its records name. When the "
+        "object does not exist but NAME.symlink does (or NAME ends in .symlink), the pointer "
+        "is followed, up to 8 deep, inside the same store. The download is written to a "
+        "temporary file and renamed into place; its path is printed to stdout.",
+        epilog="example: hoist download latest-rank0.pt ./ckpt/ --run bert-3",
+    )
+    parser.add_argument("source", metavar="URI_OR_ARTIFACT", help="what to download")
+    parser.add_argument(
+        "dest", metavar="DEST", help="file to write, or a directory to download into"
+    )
+    parser.add_argument(
+        "--run", metavar="NAME", help="look URI_OR_ARTIFACT up in this run's records"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URI",
+        help="the store it is in (s3://, sftp://, file://; default HOIST_STORE_URI)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    load_environment(args)
+    records = records_for(args) if args.run else None
+    resolved = resolve(args.source, run=args.run, store=args.store, records=records)
+    for pointer, target in resolved.hops:
+        console.print(f"{pointer} -> {target}", highlight=False)
+    with transfer_progress() as bar:
+        task = bar.add_task(posixpath.basename(resolved.object_name), total=resolved.size)
+        downloaded = fetch(resolved, args.dest, progress=lambda n: bar.advance(task, n))
+    console.print(
+        f"[green]downloaded[/] {downloaded.uri} ({decimal(downloaded.size)}, "
+        f"{downloaded.checksum}) to {downloaded.path}",
+        highlight=False,
+    )
+    out.print(downloaded.path, soft_wrap=True, highlight=False, markup=False)
+    return 0

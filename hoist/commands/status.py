@@ -1,0 +1,357 @@
+"""``hoist status``: where the artifacts of each run, or of each rank of one run, stand.
+
+The numbers come from :func:`summarize`, a pure function over artifact
+records, so the table, ``--json`` and ``hoist wait`` agree. Bytes count
+uploads only (a pointer is a few bytes); superseded uploads count in neither
+bytes done nor bytes total, since they are never sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Group
+from rich.filesize import decimal
+from rich.live import Live
+from rich.progress import Progress, TaskID
+from rich.table import Table
+
+from hoist.commands.cluster_access import records_for
+from hoist.commands.console import out, transfer_progress
+from hoist.errors import ConfigurationError
+from hoist.tasks.messages import UPLOAD_TASK
+from hoist.tasks.records import ArtifactStatus, Records, State
+
+PENDING = (State.QUEUED, State.WAITING, State.RETRYING)
+"""States shown together as "queued": sent, and not being worked on right now."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts, bytes and rates over a set of artifacts (a run, or one rank of a run).
+
+    Parameters:
+        ranks: distinct ranks among the artifacts.
+        artifacts: how many artifacts.
+        queued: queued, waiting or retrying.
+        uploading, done, failed, superseded: artifacts in that state.
+        bytes_done: bytes of uploads done.
+        bytes_total: bytes of uploads not superseded.
+        throughput: bytes done per second from the first enqueue to the last
+            finish, or None before the first upload is done.
+        oldest_waiting: seconds the longest-queued artifact has waited
+            (since it was logged, or re-sent by ``hoist retry``), or None.
+        first_enqueued, last_finished: Unix times, or None.
+    """
+
+    ranks: int
+    artifacts: int
+    queued: int
+    uploading: int
+    done: int
+    failed: int
+    superseded: int
+    bytes_done: int
+    bytes_total: int
+    throughput: float | None
+    oldest_waiting: float | None
+    first_enqueued: float | None
+    last_finished: float | None
+
+    @property
+    def finished(self) -> bool:
+        """Every artifact is in a terminal state (done, failed or superseded)."""
+        return self.queued == 0 and self.uploading == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One run: its total and one :class:`Summary` per rank.
+
+    Parameters:
+        run: the run name.
+        total: the whole run.
+        ranks: rank number to that rank's summary, in rank order.
+    """
+
+    run: str
+    total: Summary
+    ranks: dict[int, Summary]
+
+    def to_json(self) -> dict[str, Any]:
+        ranks = [{"rank": rank, **summary.to_json()} for rank, summary in self.ranks.items()]
+        return {"run": self.run, "total": self.total.to_json(), "ranks": ranks}
+
+
+def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
+    """Count and measure ``artifacts`` as they stand at Unix time ``now``.
+
+    Parameters:
+        artifacts: records, as :meth:`Records.run_artifacts` returns them.
+        now: the time waiting ages are measured to.
+
+    Example:
+        >>> summarize(records.run_artifacts("bert-3"), time.time()).done
+        42
+    """
+    counts = dict.fromkeys(State, 0)
+    ranks: set[int] = set()
+    bytes_done = bytes_total = 0
+    enqueued: list[float] = []
+    finished: list[float] = []
+    waiting_since: list[float] = []
+    for artifact in artifacts:
+        fields = artifact.fields
+        counts[artifact.state] += 1
+        ranks.add(int(_number(fields.get("rank")) or 0))
+        logged = _number(fields.get("enqueued_at"))
+        if logged is not None:
+            enqueued.append(logged)
+        if artifact.state in PENDING:
+            since = _number(fields.get("retried_at")) or logged
+            if since is not None:
+                waiting_since.append(since)
+        if fields.get("task") != UPLOAD_TASK or artifact.state is State.SUPERSEDED:
+            continue
+        size = int(artifact.message.get("size", 0))
+        bytes_total += size
+        if artifact.state is State.DONE:
+            bytes_done += size
+            done_at = _number(fields.get("finished_at"))
+            if done_at is not None:
+                finished.append(done_at)
+    first = min(enqueued, default=None)
+    last = max(finished, default=None)
+    elapsed = None if first is None or last is None else last - first
+    return Summary(
+        ranks=len(ranks),
+        artifacts=sum(counts.values()),
+        queued=sum(counts[state] for state in PENDING),
+        uploading=counts[State.UPLOADING],
+        done=counts[State.DONE],
+        failed=counts[State.FAILED],
+        superseded=counts[State.SUPERSEDED],
+        bytes_done=bytes_done,
+        bytes_total=bytes_total,
+        throughput=bytes_done / elapsed if elapsed else None,
+        oldest_waiting=max(0.0, now - min(waiting_since)) if waiting_since else None,
+        first_enqueued=first,
+        last_finished=last,
+    )
+
+
+def summarize_run(run: str, artifacts: list[ArtifactStatus], now: float) -> RunStatus:
+    """:func:`summarize` over the whole run and over each rank's artifacts.
+
+    Example:
+        >>> summarize_run("bert-3", records.run_artifacts("bert-3"), time.time()).ranks[0].done
+        11
+    """
+    by_rank: dict[int, list[ArtifactStatus]] = {}
+    for artifact in artifacts:
+        by_rank.setdefault(int(_number(artifact.fields.get("rank")) or 0), []).append(artifact)
+    return RunStatus(
+        run,
+        summarize(artifacts, now),
+        {rank: summarize(by_rank[rank], now) for rank in sorted(by_rank)},
+    )
+
+
+def runs_status(records: Records, limit: int = 0, now: float | None = None) -> list[RunStatus]:
+    """Every run the records know (at most ``limit``; 0 for all), most recently active first.
+
+    Example:
+        >>> [status.run for status in runs_status(records, limit=2)]
+        ['bert-3', 'bert-2']
+    """
+    now = time.time() if now is None else now
+    statuses = []
+    for run in records.runs(limit):
+        # A run's name outlives its records if someone deleted those by hand: skip it.
+        artifacts = records.run_artifacts(run)
+        if artifacts:
+            statuses.append(summarize_run(run, artifacts, now))
+    return statuses
+
+
+def run_status(records: Records, run: str, now: float | None = None) -> RunStatus:
+    """One run's status; :class:`ConfigurationError` if the records know no artifact of it.
+
+    Example:
+        >>> run_status(records, "bert-3").total.failed
+        0
+    """
+    artifacts = records.run_artifacts(run)
+    if not artifacts:
+        raise ConfigurationError(
+            f"the cluster has no artifacts of run {run!r}; `hoist status` lists the runs it knows"
+        )
+    return summarize_run(run, artifacts, time.time() if now is None else now)
+
+
+# ----- the command ---------------------------------------------------------------------------
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "status",
+        help="show where the uploads of each run stand",
+        description="A table of runs (most recently active first), or with --run of one run's "
+        "ranks: artifacts per state (queued counts waiting and retrying ones), bytes uploaded "
+        "of the total, throughput since the first artifact was logged, and how long the "
+        "oldest queued artifact has waited.",
+        epilog="example: hoist status --run bert-3 --watch",
+    )
+    parser.add_argument("--run", metavar="NAME", help="show this run's ranks")
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh with progress bars until Ctrl-C or until every artifact has finished",
+    )
+    parser.add_argument("--json", action="store_true", help="print the data as JSON to stdout")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between refreshes with --watch (default 1)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=20,
+        metavar="N",
+        help="show the N most recently active runs (default 20; 0 for all)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.watch and args.json:
+        raise ConfigurationError("--watch and --json do not mix; poll `hoist status --json`")
+    if args.interval <= 0:
+        raise ConfigurationError("--interval must be a positive number of seconds")
+    records = records_for(args)
+    if args.watch:
+        return watch(records, args.run, args.limit, args.interval)
+    statuses = gather(records, args.run, args.limit)
+    if args.json:
+        data = statuses[0].to_json() if args.run else {"runs": [s.to_json() for s in statuses]}
+        print(json.dumps(data, indent=2))
+    else:
+        out.print(render_table(statuses, args.run is not None))
+    return 0
+
+
+def gather(records: Records, run: str | None, limit: int) -> list[RunStatus]:
+    """The one run asked for, or the most recent runs."""
+    return [run_status(records, run)] if run else runs_status(records, limit)
+
+
+def watch(records: Records, run: str | None, limit: int, interval: float) -> int:
+    """Redraw the table and one progress bar per rank (or run) until all is finished or Ctrl-C."""
+    bars = transfer_progress()  # rendered inside the Live below, never started on its own
+    tasks: dict[str, TaskID] = {}
+    try:
+        with Live(console=out, auto_refresh=False) as live:
+            while True:
+                statuses = gather(records, run, limit)
+                _update_bars(bars, tasks, _bar_rows(statuses, run is not None))
+                live.update(Group(render_table(statuses, run is not None), bars), refresh=True)
+                if all(status.total.finished for status in statuses):
+                    return 0
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how one leaves a watch
+
+
+def _bar_rows(statuses: list[RunStatus], per_rank: bool) -> list[tuple[str, Summary]]:
+    if per_rank:
+        return [(f"rank {rank}", s) for status in statuses for rank, s in status.ranks.items()]
+    return [(status.run, status.total) for status in statuses]
+
+
+def _update_bars(bars: Progress, tasks: dict[str, TaskID], rows: list[tuple[str, Summary]]) -> None:
+    for label, summary in rows:
+        if label not in tasks:
+            tasks[label] = bars.add_task(label, total=None)
+        # A total of 0 would draw an empty bar for a rank that only logged pointers.
+        total = summary.bytes_total or None
+        bars.update(tasks[label], total=total, completed=summary.bytes_done)
+
+
+def render_table(statuses: list[RunStatus], per_rank: bool) -> Table:
+    """The table ``hoist status`` prints: runs, or (``per_rank``) the ranks of one run."""
+    if per_rank:
+        [status] = statuses
+        table = Table(title=f"hoist status: run {status.run}")
+        table.add_column("rank", justify="right")
+        rows = [(str(rank), summary) for rank, summary in status.ranks.items()]
+        footer = ("all", status.total)
+    else:
+        table = Table(title="hoist status" if statuses else "hoist status: no runs recorded yet")
+        table.add_column("run", overflow="fold")
+        table.add_column("ranks", justify="right")
+        rows = [(status.run, status.total) for status in statuses]
+        footer = None
+    for column in ("artifacts", "queued", "uploading", "done", "failed", "superseded"):
+        table.add_column(column, justify="right")
+    for column in ("bytes done / total", "throughput", "oldest queued"):
+        table.add_column(column, justify="right")
+    for label, summary in rows:
+        ranks = [] if per_rank else [str(summary.ranks)]
+        table.add_row(label, *ranks, *_cells(summary))
+    if footer is not None and len(rows) > 1:
+        table.add_section()
+        table.add_row(footer[0], *_cells(footer[1]), style="bold")
+    return table
+
+
+def _cells(summary: Summary) -> list[str]:
+    failed = f"[red]{summary.failed}[/]" if summary.failed else "0"
+    return [
+        str(summary.artifacts),
+        str(summary.queued),
+        str(summary.uploading),
+        str(summary.done),
+        failed,
+        str(summary.superseded),
+        f"{decimal(summary.bytes_done)} / {decimal(summary.bytes_total)}",
+        "-" if summary.throughput is None else f"{decimal(int(summary.throughput))}/s",
+        "-" if summary.oldest_waiting is None else format_age(summary.oldest_waiting),
+    ]
+
+
+def format_age(seconds: float) -> str:
+    """A short duration.
+
+    Example:
+        >>> format_age(3725)
+        '1h 2m'
+    """
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m"
+
+
+def _number(text: str | None) -> float | None:
+    """A record's numeric field, or None when absent or unreadable (a record mid-write)."""
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,118 @@
+"""``hoist up``: start the embedded default cluster (Redis, workers, Flower) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from typing import Any
+
+from rich.table import Table
+
+from hoist.commands.console import console, out
+from hoist.workers.cluster import DEFAULT_CONCURRENCY, ClusterInfo, LocalCluster, summary_rows
+from hoist.workers.flower import DEFAULT_ADDRESS, DEFAULT_PORT
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "up",
+        help="start Redis, upload workers and Flower on this machine",
+        description="Start a private Redis (loopback only, password, persistence), upload "
+        "workers and Flower (basic auth) under --home, and write <home>/env for every other "
+        "command and for training scripts. Runs in the foreground until Ctrl-C unless "
+        "--detach; a cluster already running from the same home is reused.",
+        epilog="example: hoist up --detach --workers 4 && set -a; . ./.hoist/env; set +a",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=os.cpu_count() or 2,
+        help="worker processes (default: number of cores)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="C",
+        default=DEFAULT_CONCURRENCY,
+        help=f"uploads each worker runs at once (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="start in the background and return; stop with `hoist down`",
+    )
+    parser.add_argument(
+        "--flower-port",
+        type=int,
+        metavar="PORT",
+        default=DEFAULT_PORT,
+        help=f"Flower's port (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--flower-address",
+        metavar="ADDRESS",
+        default=DEFAULT_ADDRESS,
+        help=f"Flower's address (default {DEFAULT_ADDRESS}; Flower always requires a login)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(
+        args.home,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        flower_port=args.flower_port,
+        flower_address=args.flower_address,
+    )
+    if args.detach:
+        info, reused = cluster.start()
+        report(cluster, info, reused, detached=True)
+        return 0
+    return run_foreground(cluster)
+
+
+def run_foreground(cluster: LocalCluster) -> int:
+    """Start, print the summary, and stop everything on SIGINT/SIGTERM."""
+    stop, hurry, started = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # The first signal stops in order; a second one cuts the workers' grace short.
+        if stop.is_set():
+            hurry.set()
+            return
+        stop.set()
+        if not started.is_set():
+            raise KeyboardInterrupt  # still starting: `start` tears down what it began
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        info, reused = cluster.start()
+        started.set()
+        report(cluster, info, reused, detached=reused)
+        if reused:
+            return 0  # someone else's `hoist up` owns it
+        if cluster.serve(stop, lambda line: console.print(f"[yellow]{line}[/]", highlight=False)):
+            console.print("stopping: workers finish their uploads (Ctrl-C again to hurry)…")
+        cluster.stop(hurry)
+        console.print("[green]stopped[/]")
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def report(cluster: LocalCluster, info: ClusterInfo, reused: bool, detached: bool) -> None:
+    """Print the notes and the summary table."""
+    for note in cluster.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    title = "hoist cluster: already running, reused" if reused else "hoist cluster: running"
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in summary_rows(info, detached):
+        table.add_row(name, value)
+    out.print(table, highlight=False)

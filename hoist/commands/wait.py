@@ -1,0 +1,125 @@
+"""``hoist wait``: block until a run's uploads have finished; the exit code says how.
+
+For job epilogues of training launched with ``wait_on_close=False``:
+0 when every artifact is done (or superseded by a newer version), 1 with a
+table of the failures, 2 when ``--timeout`` runs out first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from rich.table import Table
+
+from hoist.commands.cluster_access import records_for
+from hoist.commands.console import console, out, transfer_progress
+from hoist.commands.status import RunStatus, Summary, run_status
+from hoist.tasks.records import Records, State
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 2
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "wait",
+        help="wait for a run's uploads; exit 0 done, 1 failed, 2 timed out",
+        description="Wait until every artifact of the run has finished. Exit 0 when none "
+        "failed; 1 with a table of the failed ones (artifact, object, error), which `hoist "
+        "retry` can send again once the cause is fixed; 2 when --timeout runs out first.",
+        epilog="example: hoist wait --run bert-3 --timeout 3600 || hoist status --run bert-3",
+    )
+    parser.add_argument("--run", metavar="NAME", required=True, help="the run to wait for")
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help="give up after S seconds (exit 2)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=0.5, metavar="S", help="seconds between polls"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    records = records_for(args)
+    status = wait_for_run(records, args.run, args.timeout, args.interval)
+    total = status.total
+    if not total.finished:
+        console.print(
+            f"[yellow]timed out[/] after {args.timeout:g} s: run {args.run} has "
+            f"{counts(total)}; `hoist status --run {args.run}` shows its ranks",
+            highlight=False,
+        )
+        return EXIT_TIMEOUT
+    if total.failed:
+        out.print(failure_table(records, args.run))
+        console.print(
+            f"[red]{total.failed} of {total.artifacts} artifacts of run {args.run} failed[/]; "
+            f"fix the cause, then `hoist retry --run {args.run}`",
+            highlight=False,
+        )
+        return EXIT_FAILED
+    console.print(f"[green]run {args.run}:[/] {counts(total)}", highlight=False)
+    return EXIT_DONE
+
+
+def wait_for_run(
+    records: Records, run: str, timeout: float | None, interval: float = 0.5
+) -> RunStatus:
+    """Poll until the run has finished or ``timeout`` s have passed; return its last status.
+
+    A progress bar of bytes uploaded goes to stderr.
+
+    Example:
+        >>> wait_for_run(records, "bert-3", timeout=600).total.finished
+        True
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with transfer_progress() as bar:
+        task = bar.add_task(run, total=None)
+        while True:
+            status = run_status(records, run)
+            total = status.total
+            bar.update(
+                task,
+                total=total.bytes_total or None,
+                completed=total.bytes_done,
+                description=f"{run}: {total.done + total.superseded}/{total.artifacts} finished",
+            )
+            if total.finished or (deadline is not None and time.monotonic() >= deadline):
+                return status
+            time.sleep(interval)
+
+
+def counts(summary: Summary) -> str:
+    """A one-line account of where the artifacts stand.
+
+    Example:
+        >>> counts(run_status(records, "bert-3").total)
+        '40 done, 2 superseded, 0 failed, 0 queued, 0 uploading'
+    """
+    return (
+        f"{summary.done} done, {summary.superseded} superseded, {summary.failed} failed, "
+        f"{summary.queued} queued, {summary.uploading} uploading"
+    )
+
+
+def failure_table(records: Records, run: str) -> Table:
+    """One row per failed artifact: rank, artifact, object and the recorded error."""
+    table = Table(title=f"failed uploads of run {run}")
+    table.add_column("rank", justify="right")
+    table.add_column("artifact", overflow="fold")
+    table.add_column("object", overflow="fold")
+    table.add_column("error", overflow="fold")
+    for artifact in records.run_artifacts(run):
+        if artifact.state is State.FAILED:
+            message = artifact.message
+            table.add_row(
+                str(message.get("rank", "")),
+                artifact.artifact_name,
+                str(message.get("object_name", "")),
+                artifact.error,
+            )
+    return table

@@ -1,0 +1,387 @@
+"""Download an artifact from its store, following ``.symlink`` pointers to what they name.
+
+Three ways to say what to download:
+
+- ``run/rank0/ckpt/ep2.pt``: an object name in ``store`` (a URI or an
+  :class:`ObjectStore`; default ``HOIST_STORE_URI``).
+- ``s3://bucket/key``, ``sftp://user@host:port/path``, ``file:///dir/key``,
+  ``local://container/key``: an object's URI. When it lies inside ``store``
+  (``store``'s URI is a prefix of it), the rest is the object name in that
+  store. Otherwise an ``s3://`` key is taken from the bucket's root and an
+  ``sftp://`` path from the server's ``/``; ``file://`` and ``local://`` need
+  ``store``, since only it says where the store's root is.
+- ``latest-rank0.pt`` with ``run="bert-3"``: a name the run logged (artifact
+  or object name), in the store the run's records name (its credentials
+  opened with ``HOIST_FLEET_KEY``).
+
+A pointer holds the name of its target *relative to the store it was written
+to*, so pointers are followed inside the same store: for a logger writing
+below a prefix or a working directory, give that store (``store=`` or
+``run=``), not a bare bucket or server. When ``name`` does not exist but
+``name.symlink`` does, the pointer is followed; an object and a pointer of the
+same name resolve to the object. At most :data:`MAX_HOPS` pointers are
+followed, and a loop is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from hoist.errors import ConfigurationError, ObjectNotFoundError, PermanentStoreError
+from hoist.stores.base import ObjectStat, ObjectStore
+from hoist.stores.checksum import Checksum, Progress
+from hoist.tasks.records import ArtifactStatus, Records, State
+
+POINTER_SUFFIX = ".symlink"
+MAX_HOPS = 8
+MAX_POINTER_SIZE = 4096
+"""A pointer holds one object name; a larger object is not read as one."""
+STORE_URI_ENV = "HOIST_STORE_URI"
+
+
+class PointerError(PermanentStoreError):
+    """A ``.symlink`` pointer is empty, too large, part of a loop, or names nothing."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An object found and ready to download.
+
+    Parameters:
+        store: the store holding it.
+        object_name: its name there, after following pointers.
+        size: its size in bytes.
+        hops: each pointer followed, as ``(pointer object, the name it holds)``.
+        owned: the store was built here and is closed after the download.
+    """
+
+    store: ObjectStore
+    object_name: str
+    size: int
+    hops: tuple[tuple[str, str], ...] = ()
+    owned: bool = True
+
+    @property
+    def uri(self) -> str:
+        return self.store.get_uri(self.object_name)
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A finished download.
+
+    Parameters:
+        uri: the object downloaded (after following pointers).
+        object_name: its name in its store.
+        path: the local file written.
+        size: bytes written.
+        checksum: CRC64NVME of the bytes written.
+        hops: each pointer followed, as ``(pointer object, the name it holds)``.
+    """
+
+    uri: str
+    object_name: str
+    path: str
+    size: int
+    checksum: Checksum
+    hops: tuple[tuple[str, str], ...] = ()
+
+
+def download_artifact(
+    source: str,
+    dest: str | os.PathLike[str],
+    *,
+    run: str | None = None,
+    store: str | ObjectStore | None = None,
+    state_url: str | None = None,
+    fleet_key: str | None = None,
+    progress: Progress | None = None,
+) -> Downloaded:
+    """Download ``source`` to ``dest``, following pointers; atomic, and checksummed on the way.
+
+    Parameters:
+        source: an object name in ``store``, an object URI, or with ``run`` a
+            name the run logged (see the module docs).
+        dest: a file path, or an existing directory (or a path ending in
+            ``/``) to download into under the object's base name.
+        run: look ``source`` up in this run's records.
+        store: the store ``source`` is in: a URI or an :class:`ObjectStore`
+            (default ``HOIST_STORE_URI``). Ignored with ``run``.
+        state_url: the Redis holding the records, for ``run`` (default
+            ``HOIST_STATE_URL``, else ``HOIST_BROKER_URL``).
+        fleet_key: opens sealed store credentials of the run's records
+            (default ``HOIST_FLEET_KEY``).
+        progress: called with the number of bytes of each chunk written.
+
+    Example:
+        >>> hoist.download_artifact("latest-rank0.pt", "ckpt/", run="bert-3").path
+        'ckpt/ep2-rank0.pt'
+        >>> hoist.download_artifact("s3://ckpts/bert-3/ep1.pt", "/tmp/ep1.pt").size
+        1073741824
+    """
+    resolved = resolve(source, run=run, store=store, state_url=state_url, fleet_key=fleet_key)
+    return fetch(resolved, dest, progress=progress)
+
+
+def resolve(
+    source: str,
+    *,
+    run: str | None = None,
+    store: str | ObjectStore | None = None,
+    records: Records | None = None,
+    state_url: str | None = None,
+    fleet_key: str | None = None,
+) -> Resolved:
+    """Find the object ``source`` names, following pointers; see :func:`download_artifact`.
+
+    Parameters:
+        records: the records to look ``run`` up in (default: from ``state_url``).
+
+    Example:
+        >>> resolve("latest.pt", run="bert-3").hops
+        (('bert-3/latest.pt.symlink', 'bert-3/ep2.pt'),)
+    """
+    guessed_root = False
+    if run is not None:
+        found, name, owned = _in_run(source, run, records, state_url, fleet_key)
+    elif "://" in source:
+        found, name, owned, guessed_root = _from_uri(source, store)
+    else:
+        found, owned = _store(store, source)
+        name = source
+    try:
+        target, hops, stat = follow_pointers(found, name, guessed_root)
+    except BaseException:
+        if owned:
+            found.close()
+        raise
+    return Resolved(found, target, stat.size, hops, owned)
+
+
+def fetch(
+    resolved: Resolved, dest: str | os.PathLike[str], progress: Progress | None = None
+) -> Downloaded:
+    """Download a :class:`Resolved` object to ``dest`` (a file, or a directory to put it in).
+
+    Example:
+        >>> fetch(resolve("bert-3/ep2.pt", store="file:///srv/store"), "/tmp/").path
+        '/tmp/ep2.pt'
+    """
+    path = destination(dest, resolved.object_name)
+    try:
+        held = resolved.store.download_file(resolved.object_name, path, progress=progress)
+    finally:
+        if resolved.owned:
+            resolved.store.close()
+    assert held.checksum is not None  # download_file always hashes what it writes
+    return Downloaded(
+        resolved.uri, resolved.object_name, path, held.size, held.checksum, resolved.hops
+    )
+
+
+def follow_pointers(
+    store: ObjectStore, name: str, guessed_root: bool = False
+) -> tuple[str, tuple[tuple[str, str], ...], ObjectStat]:
+    """The object ``name`` resolves to, the pointers followed, and the object's stat.
+
+    Example:
+        >>> follow_pointers(store, "bert-3/latest.pt")[0]
+        'bert-3/ep2.pt'
+    """
+    hops: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    current = name
+    while True:
+        if not current.endswith(POINTER_SUFFIX):
+            held = _stat_or_none(store, current)
+            if held is not None:
+                return current, tuple(hops), held
+            if _stat_or_none(store, current + POINTER_SUFFIX) is None:
+                raise _not_found(store, current, hops, guessed_root)
+            current += POINTER_SUFFIX
+        if current in seen:
+            chain = " -> ".join([*(pointer for pointer, _ in hops), current])
+            raise PointerError(f"the pointers form a loop: {chain}; rewrite one of them")
+        if len(hops) >= MAX_HOPS:
+            raise PointerError(
+                f"{name} goes through more than {MAX_HOPS} pointers; point it nearer its target"
+            )
+        seen.add(current)
+        target = read_pointer(store, current)
+        hops.append((current, target))
+        current = target
+
+
+def read_pointer(store: ObjectStore, name: str) -> str:
+    """The object name a ``.symlink`` pointer holds.
+
+    Example:
+        >>> read_pointer(store, "bert-3/latest.pt.symlink")
+        'bert-3/ep2.pt'
+    """
+    held = store.stat(name)
+    if held.size > MAX_POINTER_SIZE:
+        raise PointerError(
+            f"{store.get_uri(name)} is {held.size} bytes, too large to be a pointer; "
+            "download it by its own name"
+        )
+    target = store.get_bytes(name).decode("utf-8", errors="replace").strip()
+    if not target:
+        raise PointerError(f"the pointer {store.get_uri(name)} is empty; log the symlink again")
+    return target
+
+
+def destination(dest: str | os.PathLike[str], object_name: str) -> str:
+    """``dest``, or ``dest/<base name of the object>`` when ``dest`` is a directory.
+
+    Example:
+        >>> destination("/tmp", "bert-3/ep2.pt")
+        '/tmp/ep2.pt'
+    """
+    path = os.fspath(dest)
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        return os.path.join(path, posixpath.basename(object_name))
+    return path
+
+
+# ----- finding the store ---------------------------------------------------------------------
+
+
+def _store(store: str | ObjectStore | None, source: str) -> tuple[ObjectStore, bool]:
+    """The store ``store`` or ``HOIST_STORE_URI`` names, and whether it was built here."""
+    from hoist.stores.uri import store_from_uri
+
+    if isinstance(store, ObjectStore):
+        return store, False
+    uri = store or os.environ.get(STORE_URI_ENV)
+    if not uri:
+        raise ConfigurationError(
+            f"say which store holds {source!r}: give a store URI (--store, or store= in "
+            f"Python; e.g. s3://bucket or file:///dir), set {STORE_URI_ENV}, or look it up "
+            "in a run's records with --run"
+        )
+    return store_from_uri(uri), True
+
+
+def _from_uri(source: str, store: str | ObjectStore | None) -> tuple[ObjectStore, str, bool, bool]:
+    """Store, object name, owned, and whether the store root was guessed from the URI."""
+    configured = store if store is not None else os.environ.get(STORE_URI_ENV)
+    if configured is not None:
+        found, owned = _store(configured, source)
+        name = _inside(source, found, configured if isinstance(configured, str) else None)
+        if name is not None:
+            return found, name, owned, False
+        if owned:
+            found.close()
+    found, name = _natural_root(source)
+    return found, name, True, True
+
+
+def _inside(source: str, store: ObjectStore, store_uri: str | None) -> str | None:
+    """The object name of ``source`` in ``store``, or None when it lies outside it."""
+    wanted = source.split("?", 1)[0]
+    prefixes = [store.get_uri("x")[:-1]]
+    if store_uri:
+        prefixes.append(store_uri.split("?", 1)[0].rstrip("/") + "/")
+    for prefix in prefixes:
+        if wanted.startswith(prefix) and len(wanted) > len(prefix):
+            return unquote(wanted[len(prefix) :])
+    return None
+
+
+def _natural_root(source: str) -> tuple[ObjectStore, str]:
+    """For a URI outside the configured store: the bucket's or the server's root."""
+    from hoist.stores.spec import store_class
+    from hoist.stores.uri import parse_store_uri
+
+    scheme = urlsplit(source).scheme
+    if scheme not in ("s3", "sftp"):
+        raise ConfigurationError(
+            f"{source} is not inside the store given by --store or {STORE_URI_ENV}; pass the "
+            "URI of the store it is in (for a local store, file:///DIR of its directory)"
+        )
+    kind, kwargs = parse_store_uri(source)
+    if kind == "s3":
+        name, kwargs["prefix"] = kwargs.get("prefix", ""), ""
+    else:
+        path = kwargs.pop("cwd", "") or ""
+        if path.startswith("/~/"):  # home-relative, as SFTP URIs write it
+            name = path[3:]
+        else:
+            name, kwargs["cwd"] = path.lstrip("/"), "/"
+    if not name:
+        raise ConfigurationError(f"{source} names no object; add its key or path")
+    return store_class(kind)(**kwargs), name
+
+
+def _in_run(
+    source: str,
+    run: str,
+    records: Records | None,
+    state_url: str | None,
+    fleet_key: str | None,
+) -> tuple[ObjectStore, str, bool]:
+    """The store and object of the name ``source`` the run logged, from its records."""
+    from hoist.commands.cluster_access import connect, state_url_from_environment
+    from hoist.stores.spec import StoreSpec, fleet_key_from_environment
+
+    if records is None:
+        records = connect(state_url or state_url_from_environment())
+    artifacts = records.run_artifacts(run)
+    if not artifacts:
+        raise ConfigurationError(
+            f"the cluster has no artifacts of run {run!r}; `hoist status` lists the runs it knows"
+        )
+    matches = [a for a in artifacts if _names(a, source)]
+    done = [a for a in matches if a.state is State.DONE]
+    if not done:
+        if matches:
+            states = ", ".join(sorted({a.state.value for a in matches}))
+            raise ConfigurationError(
+                f"{source!r} of run {run!r} is not uploaded ({states}); `hoist wait --run "
+                f"{run}` waits for it, `hoist status --run {run}` shows why"
+            )
+        raise ObjectNotFoundError(
+            f"run {run!r} logged nothing named {source!r}; give the artifact name as logged, "
+            "or its object name"
+        )
+    objects = sorted({a.message["object_name"] for a in done})
+    if len(objects) > 1:
+        raise ConfigurationError(
+            f"{source!r} names {len(objects)} objects of run {run!r} (one per rank?): "
+            f"{', '.join(objects)}; give one of these object names"
+        )
+    newest = max(done, key=lambda a: a.message["order"])
+    spec = StoreSpec.from_json(newest.message["store"])
+    return spec.build(fleet_key or fleet_key_from_environment()), objects[0], True
+
+
+def _names(artifact: ArtifactStatus, source: str) -> bool:
+    object_name = artifact.message.get("object_name", "")
+    return source in (artifact.artifact_name, object_name) or object_name == (
+        source + POINTER_SUFFIX
+    )
+
+
+def _stat_or_none(store: ObjectStore, name: str) -> ObjectStat | None:
+    try:
+        return store.stat(name)
+    except ObjectNotFoundError:
+        return None
+
+
+def _not_found(
+    store: ObjectStore, name: str, hops: list[tuple[str, str]], guessed_root: bool
+) -> ObjectNotFoundError:
+    what = f"{store.get_uri(name)} does not exist (nor {name}{POINTER_SUFFIX})"
+    if hops and guessed_root:
+        return ObjectNotFoundError(
+            f"the pointer {hops[-1][0]} names {name}, but {what}: pointers name objects "
+            "relative to the store they were written to; pass that store's URI as --store"
+        )
+    if hops:
+        return ObjectNotFoundError(f"the pointer {hops[-1][0]} names {name}, but {what}")
+    return ObjectNotFoundError(f"{what}; check the name, or `hoist status` for the run")

@@ -1,0 +1,192 @@
+"""``hoist flower``: Flower for the hoist app, with authentication and no secrets on show.
+
+What Flower 2.2 does, read from its source (``flower/command.py``,
+``flower/views``), and what hoist does about it:
+
+- Every option can come from a ``FLOWER_<NAME>`` environment variable, and
+  ``--basic-auth`` is a list split on commas. hoist hands the credentials
+  over as ``FLOWER_BASIC_AUTH`` in Flower's environment, so they never
+  appear on a command line that ``ps`` shows to every user of the machine.
+- Flower's own ``--address`` default is every interface; hoist's is
+  127.0.0.1, and hoist refuses to listen beyond loopback without
+  authentication (basic auth, or Flower's OAuth ``FLOWER_AUTH``).
+- The broker page and the start-up banner show the broker URL through
+  kombu's ``as_uri()``, which masks the password (``redis://:**@host``);
+  worker stats drop it too. Task arguments are what the sender's
+  ``kwargsrepr`` says: :meth:`hoist.tasks.messages.Message.summary`.
+- ``/metrics`` (Prometheus) and ``/healthcheck`` answer without
+  authentication by Flower's design; they carry task names and counts,
+  not arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping, MutableMapping
+
+from hoist.errors import ConfigurationError
+
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 5555
+USER_ENV = "HOIST_FLOWER_USER"
+PASSWORD_ENV = "HOIST_FLOWER_PASSWORD"
+FLOWER_BASIC_AUTH_ENV = "FLOWER_BASIC_AUTH"
+FLOWER_OAUTH_ENV = "FLOWER_AUTH"
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` is reachable from this machine only.
+
+    Parameters:
+        address: an IP address or host name, as given to ``--address``.
+            The empty string is Flower's "every interface".
+
+    Example:
+        >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+        (True, True, False)
+    """
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to anything
+
+
+def basic_auth_from(option: str | None, environ: Mapping[str, str]) -> str | None:
+    """The ``USER:PASS[,USER:PASS…]`` Flower should require, or None.
+
+    First match wins: the ``--basic-auth`` option, then
+    ``HOIST_FLOWER_USER`` with ``HOIST_FLOWER_PASSWORD`` (what ``hoist up``
+    writes to ``<home>/env``), then Flower's own ``FLOWER_BASIC_AUTH``.
+
+    Parameters:
+        option: the value of ``--basic-auth``, if given.
+        environ: the environment to read.
+
+    Example:
+        >>> basic_auth_from(None, {"HOIST_FLOWER_USER": "hoist", "HOIST_FLOWER_PASSWORD": "pw"})
+        'hoist:pw'
+    """
+    if option:
+        return _checked(option, "--basic-auth")
+    user, password = environ.get(USER_ENV), environ.get(PASSWORD_ENV)
+    if user and password:
+        return _checked(f"{user}:{password}", f"{USER_ENV}/{PASSWORD_ENV}")
+    if user or password:
+        raise ConfigurationError(
+            f"set both {USER_ENV} and {PASSWORD_ENV} for Flower's basic authentication, or neither"
+        )
+    existing = environ.get(FLOWER_BASIC_AUTH_ENV)
+    return _checked(existing, FLOWER_BASIC_AUTH_ENV) if existing else None
+
+
+def _checked(credentials: str, source: str) -> str:
+    # Flower splits the list on commas and compares each entry with the
+    # decoded "user:password" of the request, so a comma cannot be in a password.
+    for entry in credentials.split(","):
+        user, sep, password = entry.partition(":")
+        if not (user and sep and password):
+            raise ConfigurationError(
+                f"{source} must be USER:PASSWORD (several separated by commas, none of them "
+                "containing a comma)"
+            )
+    return credentials
+
+
+def check_exposure(address: str, basic_auth: str | None, environ: Mapping[str, str]) -> None:
+    """Refuse to serve Flower beyond loopback without authentication.
+
+    Flower can revoke tasks and shut workers down, and shows what every run
+    is uploading, so it is never open to the network.
+
+    Parameters:
+        address: where Flower will listen.
+        basic_auth: the basic-auth credentials, if any.
+        environ: read for ``FLOWER_AUTH`` (Flower's OAuth e-mail pattern),
+            which counts as authentication too.
+
+    Raises:
+        ConfigurationError: ``address`` is not loopback and nothing authenticates.
+
+    Example:
+        >>> check_exposure("127.0.0.1", None, {})  # fine: this machine only
+    """
+    if is_loopback(address) or basic_auth or environ.get(FLOWER_OAUTH_ENV):
+        return
+    raise ConfigurationError(
+        f"Flower would listen on {address or 'every interface'} without authentication; set "
+        f"{USER_ENV} and {PASSWORD_ENV} (or pass --basic-auth USER:PASSWORD), or keep "
+        f"--address {DEFAULT_ADDRESS}"
+    )
+
+
+def flower_argv(address: str, port: int, url_prefix: str | None = None) -> list[str]:
+    """The ``celery flower`` arguments, without credentials.
+
+    Example:
+        >>> flower_argv("127.0.0.1", 5555)
+        ['flower', '--address=127.0.0.1', '--port=5555']
+    """
+    argv = ["flower", f"--address={address}", f"--port={port}"]
+    if url_prefix:
+        argv.append(f"--url_prefix={url_prefix.strip('/')}")
+    return argv
+
+
+def prepare_environment(
+    address: str, basic_auth_option: str | None, environ: MutableMapping[str, str]
+) -> str | None:
+    """Check the exposure rule and put the credentials where Flower reads them.
+
+    Returns the basic-auth credentials in force, or None.
+    """
+    basic_auth = basic_auth_from(basic_auth_option, environ)
+    check_exposure(address, basic_auth, environ)
+    if basic_auth:
+        environ[FLOWER_BASIC_AUTH_ENV] = basic_auth
+    return basic_auth
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker-url", help="Celery broker (default: HOIST_BROKER_URL)")
+    parser.add_argument(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        help=f"address to listen on (default {DEFAULT_ADDRESS}; anything else needs auth)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--basic-auth",
+        metavar="USER:PASS",
+        help=f"require these credentials (default: {USER_ENV}/{PASSWORD_ENV}; an option is "
+        "visible in `ps`, the variables are not)",
+    )
+    parser.add_argument(
+        "--url-prefix", help="serve under this path, behind a reverse proxy (e.g. flower)"
+    )
+
+
+def run_flower(args: argparse.Namespace) -> int:
+    """Run Flower in this process until it is stopped; returns its exit code."""
+    from hoist.workers.envfile import apply_env_file
+
+    apply_env_file(args.home)  # the local cluster's broker and Flower credentials, if any
+    if args.broker_url:
+        os.environ["HOIST_BROKER_URL"] = args.broker_url
+    prepare_environment(args.address, args.basic_auth, os.environ)
+    if not is_loopback(args.address):
+        from hoist.commands.console import console
+
+        console.print(
+            "[yellow]note:[/] basic auth over plain HTTP; put Flower behind TLS "
+            "(FLOWER_CERTFILE/FLOWER_KEYFILE or a reverse proxy) beyond a trusted network",
+            highlight=False,
+        )
+    from hoist.tasks.app import app  # reads HOIST_BROKER_URL, set above
+
+    return int(app.start(flower_argv(args.address, args.port, args.url_prefix)) or 0)

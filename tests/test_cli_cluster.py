@@ -1,0 +1,340 @@
+"""``hoist up`` / ``hoist down`` / ``hoist flower``: the embedded cluster, as a user runs it.
+
+Real processes only: the commands run as subprocesses, start a real
+``redis-server``, real workers and Flower; the tests talk to them over
+loopback (redis-py, HTTP) and upload a real file through the cluster. A
+module fixture starts one cluster and always stops it, killing whatever
+``hoist down`` might have left, so no process outlives the module.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from hoist import LogLevel, ObjectStoreLogger
+from hoist.workers.envfile import apply_env_file, read_env_file
+from tests.services.process import free_port, port_open
+from tests.services.workers import clean_environment, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_VARIABLES = (
+    "HOIST_BROKER_URL",
+    "HOIST_STAGING_DIR",
+    "HOIST_FLEET_KEY",
+    "HOIST_STORE_URI",
+    "HOIST_FLOWER_URL",
+    "HOIST_FLOWER_USER",
+    "HOIST_FLOWER_PASSWORD",
+)
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without hoist's or Flower's variables, plus ``extra``."""
+    env = {k: v for k, v in clean_environment().items() if not k.startswith(("HOIST_", "FLOWER_"))}
+    return {**env, **extra}
+
+
+def hoist(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hoist.cli", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else environment(),
+        cwd=REPO,
+        timeout=timeout,
+    )
+
+
+def redis_password(url: str) -> str:
+    password = urlsplit(url).password
+    assert password
+    return password
+
+
+def pids(home: Path) -> dict[str, int]:
+    state = json.loads((home / "cluster.json").read_text())
+    return {p["name"]: int(p["pid"]) for p in state["processes"]}
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper is not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] not in ("Z", "X")
+
+
+@dataclass
+class Cluster:
+    home: Path
+    flower_port: int
+    up: subprocess.CompletedProcess[str]
+    seen: set[int] = field(default_factory=set)
+
+    def remember(self) -> None:
+        """Note the running pids, so that the finalizer can kill any that leak."""
+        self.seen.update(pids(self.home).values())
+
+    @property
+    def env(self) -> dict[str, str]:
+        return read_env_file(str(self.home))
+
+    def flower(self, path: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.flower_port}{path}")
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    @property
+    def login(self) -> tuple[str, str]:
+        return self.env["HOIST_FLOWER_USER"], self.env["HOIST_FLOWER_PASSWORD"]
+
+
+def up(home: Path, flower_port: int) -> subprocess.CompletedProcess[str]:
+    args = ("up", "--detach", "--workers", "2", "--concurrency", "1")
+    return hoist(home, *args, "--flower-port", str(flower_port))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    home = tmp_path_factory.mktemp("cluster") / "home"
+    port = free_port()
+    started = up(home, port)
+    assert started.returncode == 0, started.stdout + started.stderr
+    running_cluster = Cluster(home, port, started)
+    running_cluster.remember()
+    try:
+        yield running_cluster
+    finally:
+        hoist(home, "down")
+        for pid in running_cluster.seen:  # whatever `down` missed: its whole group
+            if running(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def uploaded(cluster: Cluster) -> tuple[str, Path, bytes]:
+    """Upload one file through the cluster as a training rank would: (id, object, bytes)."""
+    payload = os.urandom(256 * 1024)
+    source = cluster.home.parent / "weights.bin"
+    source.write_bytes(payload)
+    saved = dict(os.environ)
+    try:
+        for name in [n for n in os.environ if n.startswith("HOIST_")]:
+            del os.environ[name]
+        assert apply_env_file(str(cluster.home))
+        with ObjectStoreLogger(
+            provider="local",
+            container="artifacts",
+            provider_kwargs={"key": str(cluster.home / "store")},
+            run_name="cluster-test",
+            rank=0,
+            local_rank=0,
+            world_size=1,
+            local_world_size=1,
+            node_rank=0,
+        ) as logger:
+            artifact = logger.file_artifact(LogLevel.EPOCH, "ep1.pt", source)
+            logger.wait(timeout=60)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert artifact is not None
+    target = cluster.home / "store" / "artifacts" / "cluster-test" / "artifacts" / "ep1.pt"
+    return artifact, target, payload
+
+
+def test_up_writes_a_private_env_file_and_prints_a_summary(cluster: Cluster) -> None:
+    env_file = cluster.home / "env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    env = cluster.env
+    assert set(CLUSTER_VARIABLES) <= set(env)
+    assert env["HOIST_BROKER_URL"].startswith("redis://:")
+    assert "@127.0.0.1:" in env["HOIST_BROKER_URL"]
+    assert env["HOIST_STORE_URI"] == f"file://{cluster.home / 'store' / 'artifacts'}"
+    assert (cluster.home / "store" / "artifacts").is_dir()
+    assert env["HOIST_FLOWER_URL"] == f"http://127.0.0.1:{cluster.flower_port}"
+
+    # rich may wrap long cells; compare without line breaks and box characters
+    summary = " ".join(cluster.up.stdout.replace("│", " ").split())
+    password = redis_password(env["HOIST_BROKER_URL"])
+    assert "redis://:****@127.0.0.1:" in summary
+    assert password not in cluster.up.stdout + cluster.up.stderr
+    assert env["HOIST_FLOWER_PASSWORD"] not in cluster.up.stdout + cluster.up.stderr
+    assert "HOIST_FLOWER_PASSWORD" in summary
+    assert f"set -a; . {env_file}; set +a" in summary
+
+
+def test_redis_requires_the_password_and_listens_on_loopback_only(cluster: Cluster) -> None:
+    url = cluster.env["HOIST_BROKER_URL"]
+    port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
+    # A raw client: redis-py would retry an authentication error with backoff.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"PING\r\n")
+        assert client.recv(100).startswith(b"-NOAUTH")
+    assert redis.Redis.from_url(url, socket_timeout=5).ping()
+
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                listening.append(address)
+    assert listening == ["0100007F"]  # 127.0.0.1, and nothing on IPv6
+
+    password = redis_password(url)
+    for pid in pids(cluster.home).values():  # no secret on any command line (`ps`)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert password not in cmdline
+        assert cluster.env["HOIST_FLOWER_PASSWORD"] not in cmdline
+
+
+def test_workers_upload_through_the_cluster(uploaded: tuple[str, Path, bytes]) -> None:
+    _, target, payload = uploaded
+    assert target.read_bytes() == payload
+
+
+def test_flower_requires_a_login_and_shows_readable_uploads(
+    cluster: Cluster, uploaded: tuple[str, Path, bytes]
+) -> None:
+    artifact, _, payload = uploaded
+    assert cluster.flower("/api/tasks")[0] == 401
+    assert cluster.flower("/api/tasks", ("hoist", "wrong"))[0] == 401
+
+    def our_task() -> dict[str, Any] | None:
+        status, body = cluster.flower("/api/tasks", cluster.login)
+        assert status == 200, body
+        task = json.loads(body).get(artifact)
+        return task if task and task.get("state") == "SUCCESS" else None
+
+    task = wait_until(our_task, timeout=30, interval=0.3)
+    assert task["name"] == "hoist.upload"
+    assert task["kwargs"] == str(
+        {"run": "cluster-test", "rank": 0, "artifact": "ep1.pt", "size": len(payload)}
+    )
+
+    def both_workers() -> dict[str, Any] | None:
+        # Flower fills its worker list from `inspect` replies a moment after
+        # answering, so a refresh shows them on a later request.
+        status, body = cluster.flower("/api/workers?refresh=1", cluster.login)
+        assert status == 200, body
+        workers = json.loads(body)
+        complete = len(workers) == 2 and all("conf" in w and "stats" in w for w in workers.values())
+        return workers if complete else None
+
+    workers = wait_until(both_workers, timeout=30, interval=0.3)
+    assert sorted(name.split("@")[0] for name in workers) == ["w0", "w1"]
+    for worker in workers.values():
+        assert worker["conf"]["broker_url"].startswith("redis://:********@127.0.0.1")
+    status, broker_page = cluster.flower("/broker", cluster.login)
+    assert status == 200
+    assert "redis://:**@127.0.0.1" in broker_page
+    secrets = (redis_password(cluster.env["HOIST_BROKER_URL"]), cluster.env["HOIST_FLEET_KEY"])
+    for page in (json.dumps(task), json.dumps(workers), broker_page):
+        for secret in secrets:
+            assert secret not in page
+
+
+def test_flower_serves_prometheus_metrics(cluster: Cluster) -> None:
+    status, body = cluster.flower("/metrics")
+    assert status == 200
+    assert "# TYPE flower_events_total counter" in body
+
+
+def test_flower_refuses_an_open_address_without_auth(tmp_path: Path) -> None:
+    port = str(free_port())
+    result = hoist(tmp_path, "flower", "--address", "0.0.0.0", "--port", port, timeout=30)
+    assert result.returncode == 1
+    assert "without authentication" in " ".join(result.stderr.split())
+    assert not port_open(int(port))
+
+
+def test_a_second_up_reuses_the_running_cluster(cluster: Cluster) -> None:
+    before = pids(cluster.home)
+    again = up(cluster.home, cluster.flower_port)
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout
+    assert pids(cluster.home) == before
+
+
+def test_down_stops_everything_and_up_keeps_the_data(cluster: Cluster) -> None:
+    url = cluster.env["HOIST_BROKER_URL"]
+    port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]
+    redis.Redis.from_url(url).set("hoist-test:persisted", "yes")
+    before = pids(cluster.home)
+
+    down = hoist(cluster.home, "down")
+    assert down.returncode == 0, down.stderr
+    assert not any(running(pid) for pid in before.values())
+    assert not port_open(port)
+    assert not port_open(cluster.flower_port)
+    assert not (cluster.home / "cluster.json").exists()
+
+    again = up(cluster.home, cluster.flower_port)
+    assert again.returncode == 0, again.stdout + again.stderr
+    cluster.remember()
+    assert cluster.env["HOIST_BROKER_URL"] == url  # same port and password
+    assert redis.Redis.from_url(url).get("hoist-test:persisted") == b"yes"
+
+
+def test_foreground_up_stops_in_order_on_sigint(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    argv = [sys.executable, "-m", "hoist.cli", "--home", str(home), "up", "--workers", "1"]
+    argv += ["--concurrency", "1", "--flower-port", str(free_port())]
+    proc = subprocess.Popen(argv, env=environment(), cwd=REPO, stdout=subprocess.PIPE, text=True)
+    started: dict[str, int] = {}
+    try:
+        assert proc.stdout is not None
+        summary = proc.stdout.readline()  # the table's title comes once everything is ready
+        assert "hoist cluster" in summary
+        started = pids(home)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert not any(running(pid) for pid in started.values())
+        assert "Redis is now ready to exit" in (home / "logs" / "redis.log").read_text()
+        assert "Warm shutdown" in (home / "logs" / "worker0.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in started.values():
+            if running(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def test_up_without_redis_server_says_how_to_install_it(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    home = tmp_path / "home"
+    result = hoist(home, "up", "--detach", env=environment(PATH=str(empty)), timeout=30)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "redis-server is not installed" in message
+    assert "apt-get install redis-server" in message
+    assert not (home / "cluster.json").exists()
