@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from hoist.errors import (
     ChecksumMismatchError,
@@ -342,20 +342,25 @@ class ObjectStore(ABC):
         """Run ``fn`` and raise any client-library error as a hoist error."""
         try:
             return fn(*args)
+        except HoistError:
+            raise  # already translated; keep its own cause
         except Exception as exc:
-            raise self._as_hoist_error(exc, name) from exc
+            self._reraise(exc, name)
 
     def _chunks(self, name: str) -> Iterator[bytes]:
         """:meth:`_read_chunks` with errors translated, also those raised mid-stream."""
         try:
             yield from self._read_chunks(name)
+        except HoistError:
+            raise  # already translated; keep its own cause
         except Exception as exc:
-            raise self._as_hoist_error(exc, name) from exc
+            self._reraise(exc, name)
 
-    def _as_hoist_error(self, exc: Exception, name: str | None) -> Exception:
-        if isinstance(exc, HoistError):
-            return exc
-        return self._translate(exc, name) or exc
+    def _reraise(self, exc: Exception, name: str | None) -> NoReturn:
+        translated = self._translate(exc, name)
+        if translated is None:
+            raise exc
+        raise translated from exc
 
     def _stat_or_none(self, name: str) -> ObjectStat | None:
         try:

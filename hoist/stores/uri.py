@@ -40,7 +40,7 @@ def parse_store_uri(uri: str) -> tuple[str, dict[str, Any]]:
 
     Example:
         >>> parse_store_uri("s3://ckpts/team?endpoint_url=http://minio:9000")
-        ('s3', {'bucket': 'ckpts', 'prefix': 'team', 'endpoint_url': 'http://minio:9000'})
+        ('s3', {'bucket': 'ckpts', 'prefix': 'team/', 'endpoint_url': 'http://minio:9000'})
     """
     parts = urlsplit(uri)
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -50,7 +50,9 @@ def parse_store_uri(uri: str) -> tuple[str, dict[str, Any]]:
             "password; put credentials in the environment instead"
         )
     if parts.scheme == "s3":
-        kwargs: dict[str, Any] = {"bucket": parts.netloc, "prefix": unquote(parts.path).lstrip("/")}
+        prefix = unquote(parts.path).strip("/")
+        # The URI names a folder: keys go below it, not glued to its name.
+        kwargs: dict[str, Any] = {"bucket": parts.netloc, "prefix": f"{prefix}/" if prefix else ""}
         for option, name in (("endpoint_url", "endpoint_url"), ("region", "region_name"),
                              ("verify", "verify")):  # fmt: skip
             if option in query:
