@@ -60,6 +60,7 @@ export PATH="$venv/bin:$PATH"
 if [ "$mode" = test ]; then
   exec "$venv/bin/python" -m pytest "$@"
 else
-  hoist --help
-  exec hoist selfcheck
+  # Starts (or reuses) the embedded default: Redis, workers and Flower under
+  # .hoist/; `hoist down` stops it.
+  exec hoist demo
 fi

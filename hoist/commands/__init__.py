@@ -9,6 +9,7 @@ for a failure the user can mend; ``hoist.cli`` prints that as one sentence.
 COMMANDS = (
     "up",
     "down",
+    "demo",
     "status",
     "wait",
     "retry",
