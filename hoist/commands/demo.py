@@ -149,11 +149,10 @@ def print_landed(artifacts: list[ArtifactStatus]) -> None:
     table = Table(title="what landed")
     for column in ("object", "bytes", "crc64nvme", "verified", "symlink target"):
         table.add_column(column, overflow="fold")
-    superseded = 0
-    for artifact in sorted(artifacts, key=lambda a: a.message.get("object_name", "")):
-        if artifact.state is State.SUPERSEDED:
-            superseded += 1
-            continue
+    newest = {a.message.get("object_name", ""): a for a in artifacts}  # in logging order
+    superseded = len(artifacts) - len(newest)
+    for name in sorted(newest):
+        artifact = newest[name]
         fields = artifact.fields
         target = artifact.message.get("target_object_name", "")
         verified = fields.get("verified_by", "written" if target else "")
@@ -166,6 +165,5 @@ def print_landed(artifacts: list[ArtifactStatus]) -> None:
             verified,
             target,
         )
-    table.caption = f"{superseded} older versions superseded by newer ones (log file, pointers)"
-    # Object names are long; a table folded to 80 columns in a CI log helps nobody.
-    out.print(table, highlight=False, width=max(out.width, 140))
+    table.caption = f"and {superseded} older versions of these names (log file, pointers)"
+    out.print(table, highlight=False)
