@@ -20,6 +20,7 @@ import stat
 from dataclasses import dataclass
 from typing import NoReturn
 
+from hoist.durability import fsync_directory, fsync_file
 from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
 from hoist.logger.naming import validate_artifact_name
 
@@ -243,22 +244,6 @@ def _unlink_quietly(path: str) -> None:
         logger.warning("could not remove the partial staging file %r: %s", path, exc)
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rename_into(source: str, destination: str) -> bool:
     """Rename ``source`` onto ``destination``; return False where a copy must do instead."""
     for attempt in range(2):
@@ -431,8 +416,8 @@ def stage_file(
     if move and not stat.S_ISLNK(link_info.st_mode) and _rename_into(source, destination):
         if fsync:
             try:
-                _fsync_file(destination)
-                _fsync_directory(os.path.dirname(destination) or ".")
+                fsync_file(destination)
+                fsync_directory(os.path.dirname(destination) or ".")
             except OSError as exc:
                 _staging_failure(source, destination, exc)
         return StagedFile(destination, info.st_size, "rename")
@@ -441,7 +426,7 @@ def stage_file(
     try:
         os.replace(temp, destination)
         if fsync:
-            _fsync_directory(os.path.dirname(destination) or ".")
+            fsync_directory(os.path.dirname(destination) or ".")
     except OSError as exc:
         _unlink_quietly(temp)
         _staging_failure(source, destination, exc)

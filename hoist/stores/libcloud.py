@@ -39,6 +39,7 @@ from libcloud.storage.types import (
     ObjectError,
 )
 
+from hoist.durability import fsync_directory, fsync_file
 from hoist.errors import (
     ConfigurationError,
     ContainerNotFoundError,
@@ -297,9 +298,9 @@ class LibcloudObjectStore(ObjectStore):
         """Rename a verified temporary object of the local provider into place."""
         source, target = self._local_path(temporary), self._local_path(name)
         try:
-            _fsync_file(source)  # the bytes reach the disk before the name points at them
+            fsync_file(source)  # the bytes reach the disk before the name points at them
             os.replace(source, target)
-            _fsync_dir(os.path.dirname(target))
+            fsync_directory(os.path.dirname(target))
         except BaseException:
             self._delete_quietly(temporary)
             raise
@@ -397,19 +398,3 @@ def _translate_os_error(exc: OSError, where: str) -> HoistError | None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFullError(f"no space left for {where}: {exc}")
     return None
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
