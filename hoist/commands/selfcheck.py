@@ -12,13 +12,9 @@ from rich.table import Table
 
 from hoist.commands.console import console, out, transfer_progress
 from hoist.errors import HoistError
+from hoist.workers.cluster import store_uri
 
 MiB = 1024 * 1024
-
-
-def default_store_uri(home: str) -> str:
-    """The embedded default store: Libcloud's ``local`` provider under ``<home>/store``."""
-    return f"file://{os.path.abspath(os.path.join(home, 'store', 'artifacts'))}"
 
 
 def register(commands: Any) -> None:
@@ -36,7 +32,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from hoist.stores.uri import store_from_uri
 
-    uri = args.store or default_store_uri(args.home)
+    uri = args.store or store_uri(args.home)
     if uri.startswith("file://"):
         os.makedirs(uri[len("file://") :], exist_ok=True)
     store = store_from_uri(uri)

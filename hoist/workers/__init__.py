@@ -1,1 +1,1 @@
-"""The worker fleet: launching workers (and, later, Flower and the local cluster)."""
+"""The worker fleet: workers, Flower, and the local cluster of `hoist up`."""

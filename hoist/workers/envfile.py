@@ -29,7 +29,7 @@ def write_env_file(home: str, values: Mapping[str, str]) -> str:
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("# written by `hoist up`; source it with: set -a; . ./.hoist/env; set +a\n")
+        f.write(f"# written by `hoist up`; source it with: set -a; . {path}; set +a\n")
         for name, value in values.items():
             f.write(f"{name}={shlex.quote(value)}\n")
     os.replace(tmp, path)
