@@ -92,7 +92,13 @@ class Leases:
             if limit.size <= 0:
                 continue
             now = int(time.time() * 1000)
-            args = [self.token, limit.size, now, now + self.lease_ms, 2 * self.lease_ms]
+            args: list[str | int] = [
+                self.token,
+                limit.size,
+                now,
+                now + self.lease_ms,
+                2 * self.lease_ms,
+            ]
             if not self._acquire(keys=[limit.key], args=args):
                 self.release_all()
                 return False
@@ -102,7 +108,7 @@ class Leases:
     def renew_all(self) -> bool:
         """Push every held lease's expiry forward; False if any was lost."""
         expiry = int(time.time() * 1000) + self.lease_ms
-        args = [self.token, expiry, 2 * self.lease_ms]
+        args: list[str | int] = [self.token, expiry, 2 * self.lease_ms]
         return all(self._renew(keys=[limit.key], args=args) for limit in self.held)
 
     def release_all(self) -> None:

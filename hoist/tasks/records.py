@@ -30,7 +30,7 @@ import json
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -292,7 +292,8 @@ class Records:
     # ----- reading ----------------------------------------------------------
 
     def get(self, artifact: str) -> ArtifactStatus | None:
-        fields = self.client.hgetall(_record(artifact))
+        # The client decodes responses (decode_responses=True): these are str.
+        fields = cast(dict[str, str], self.client.hgetall(_record(artifact)))
         if not fields:
             return None
         return ArtifactStatus(artifact, State(fields["state"]), fields)
@@ -305,7 +306,7 @@ class Records:
         return {a: State(s) for a, s in zip(artifacts, answers, strict=True) if s is not None}
 
     def run_artifacts(self, run_name: str) -> list[ArtifactStatus]:
-        ids = self.client.zrange(f"{PREFIX}run:{run_name}", 0, -1)
+        ids = cast(list[str], self.client.zrange(f"{PREFIX}run:{run_name}", 0, -1))
         pipe = self.client.pipeline()
         for artifact in ids:
             pipe.hgetall(_record(artifact))
@@ -317,7 +318,9 @@ class Records:
 
     def runs(self, limit: int = 0) -> list[str]:
         """Run names, the most recently active first; at most ``limit`` of them (0: all)."""
-        return list(self.client.zrevrange(f"{PREFIX}runs", 0, limit - 1 if limit > 0 else -1))
+        return cast(
+            list[str], self.client.zrevrange(f"{PREFIX}runs", 0, limit - 1 if limit > 0 else -1)
+        )
 
     def reset_for_retry(self, artifact: str) -> bool:
         """Make a failed artifact queued again, with no attempts; False if it is not failed.
