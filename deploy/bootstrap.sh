@@ -19,9 +19,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv=${HOIST_VENV:-$PWD/.venv}
 python=${PYTHON:-python3}
 
-# Debian packages: the services hoist runs (Redis), the tests start (sshd) and
-# the browser the Flower test drives (chromium).
-debs=(redis-server openssh-server openssh-client chromium)
+# Debian packages: the services hoist runs (Redis) and the tests start (sshd),
+# and for the tests only, the browser the Flower test drives (chromium).
+debs=(redis-server openssh-server openssh-client)
+[ "$mode" = test ] && debs+=(chromium)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")

@@ -10,6 +10,7 @@ module fixture starts one cluster and always stops it, killing whatever
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from celery import Celery
+from celery.events.state import State
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.workers.envfile import apply_env_file, read_env_file
@@ -34,6 +38,10 @@ from tests.services.process import free_port, port_open
 from tests.services.workers import clean_environment, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
+OUTPUT = REPO / ".hoist-test-output"
+SCREENSHOT = OUTPUT / "flower-tasks.png"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run"]  # --no-sandbox: root
 CLUSTER_VARIABLES = (
     "HOIST_BROKER_URL",
     "HOIST_STAGING_DIR",
@@ -137,16 +145,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 os.killpg(pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def uploaded(cluster: Cluster) -> tuple[str, Path, bytes]:
-    """Upload one file through the cluster as a training rank would: (id, object, bytes)."""
-    payload = os.urandom(256 * 1024)
-    source = cluster.home.parent / "weights.bin"
+def upload_through(cluster: Cluster, name: str, payload: bytes) -> str:
+    """Log ``payload`` as artifact ``name`` through the cluster as a rank would; its id."""
+    source = cluster.home.parent / name
     source.write_bytes(payload)
     saved = dict(os.environ)
     try:
-        for name in [n for n in os.environ if n.startswith("HOIST_")]:
-            del os.environ[name]
+        for variable in [n for n in os.environ if n.startswith("HOIST_")]:
+            del os.environ[variable]
         assert apply_env_file(str(cluster.home))
         with ObjectStoreLogger(
             provider="local",
@@ -159,12 +165,20 @@ def uploaded(cluster: Cluster) -> tuple[str, Path, bytes]:
             local_world_size=1,
             node_rank=0,
         ) as logger:
-            artifact = logger.file_artifact(LogLevel.EPOCH, "ep1.pt", source)
+            artifact = logger.file_artifact(LogLevel.EPOCH, name, source)
             logger.wait(timeout=60)
     finally:
         os.environ.clear()
         os.environ.update(saved)
     assert artifact is not None
+    return artifact
+
+
+@pytest.fixture(scope="module")
+def uploaded(cluster: Cluster) -> tuple[str, Path, bytes]:
+    """One file uploaded through the cluster: (id, object, bytes)."""
+    payload = os.urandom(256 * 1024)
+    artifact = upload_through(cluster, "ep1.pt", payload)
     target = cluster.home / "store" / "artifacts" / "cluster-test" / "artifacts" / "ep1.pt"
     return artifact, target, payload
 
@@ -236,7 +250,7 @@ def test_flower_requires_a_login_and_shows_readable_uploads(
     task = wait_until(our_task, timeout=30, interval=0.3)
     assert task["name"] == "hoist.upload"
     assert task["kwargs"] == str(
-        {"run": "cluster-test", "rank": 0, "artifact": "ep1.pt", "size": len(payload)}
+        {"artifact": "ep1.pt", "run": "cluster-test", "rank": 0, "size": len(payload)}
     )
 
     def both_workers() -> dict[str, Any] | None:
@@ -265,6 +279,132 @@ def test_flower_serves_prometheus_metrics(cluster: Cluster) -> None:
     status, body = cluster.flower("/metrics")
     assert status == 200
     assert "# TYPE flower_events_total counter" in body
+
+
+def test_an_upload_in_flight_reports_its_bytes_as_task_progress(cluster: Cluster) -> None:
+    """The worker's ``task-progress`` events, as Flower receives and shows them."""
+    events: list[dict[str, Any]] = []
+    app = Celery(broker=cluster.env["HOIST_BROKER_URL"], set_as_current=False)
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": events.append})
+        listening = threading.Event()
+        capture = threading.Thread(
+            target=receiver.capture, kwargs={"wakeup": False}, daemon=True, name="events"
+        )
+        receiver.consumer_context = _signal_when_consuming(receiver.consumer_context, listening)
+        capture.start()
+        try:
+            assert listening.wait(10)
+            size = 40 * 1024 * 1024  # several read chunks: a first report and a last one
+            artifact = upload_through(cluster, "progress.bin", os.urandom(size))
+
+            def succeeded() -> bool:
+                return any(e["type"] == "task-succeeded" and e["uuid"] == artifact for e in events)
+
+            wait_until(succeeded, timeout=30)
+        finally:
+            receiver.should_stop = True
+            capture.join(10)
+
+    ours = [e for e in events if e.get("uuid") == artifact]
+    progress = [e for e in ours if e["type"] == "task-progress"]
+    assert len(progress) >= 2, [e["type"] for e in ours]
+    done = [e["bytes_done"] for e in progress]
+    assert done == sorted(set(done)) and done[-1] == size
+    assert {e["bytes_total"] for e in progress} == {size}
+
+    # Replayed into Celery's event state, as Flower keeps it: PROGRESS, then SUCCESS.
+    state = State()
+    before_success = ours[: [e["type"] for e in ours].index("task-succeeded")]
+    for event in before_success:
+        state.event(dict(event))
+    task = state.tasks[artifact]
+    assert task.state == "PROGRESS"
+    assert task.result == "uploading: 41.9 MB of 41.9 MB (100%)"  # what Flower shows
+    state.event(dict(ours[len(before_success)]))
+    assert state.tasks[artifact].state == "SUCCESS"
+
+
+def _signal_when_consuming(context: Any, listening: threading.Event) -> Any:
+    """Wrap a receiver's consumer context to set ``listening`` once it is subscribed."""
+
+    @contextlib.contextmanager
+    def consuming(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with context(*args, **kwargs) as consumer:
+            listening.set()
+            yield consumer
+
+    return consuming
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian's chromium at {CHROMIUM}")
+def test_flower_shows_a_running_demo_in_chromium(cluster: Cluster) -> None:
+    """Log in to Flower in headless Chromium while `hoist demo` runs; find its uploads."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    run = "browser-demo"
+    argv = [sys.executable, "-m", "hoist.cli", "--home", str(cluster.home), "demo"]
+    argv += ["--ranks", "2", "--steps", "6", "--checkpoint-every", "2", "--run", run]
+    demo = subprocess.Popen(
+        argv, env=environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{cluster.flower_port}/tasks"
+    wanted = [f"'run': '{run}'", "step0002-rank0.pt", "step0002-rank1.pt"]
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                # Without credentials Chromium receives the 401 challenge and,
+                # having nothing to answer it with, fails the navigation.
+                anonymous = browser.new_context()
+                page = anonymous.new_page()
+                with page.expect_response(url) as challenge, contextlib.suppress(PlaywrightError):
+                    page.goto(url)
+                assert challenge.value.status == 401
+                assert "Basic" in (challenge.value.headers.get("www-authenticate") or "")
+                anonymous.close()
+
+                user, password = cluster.login
+                context = browser.new_context(
+                    http_credentials={"username": user, "password": password},
+                    viewport={"width": 1800, "height": 1000},
+                )
+                page = context.new_page()
+
+                def table_lists_the_demo() -> str | None:
+                    # The table fills from /tasks/datatable after each load.
+                    response = page.goto(url)
+                    assert response is not None and response.status == 200
+                    table = page.locator("#tasks-table tbody")
+                    with contextlib.suppress(PlaywrightError):
+                        table.get_by_text("hoist.upload").first.wait_for(timeout=5_000)
+                    text = table.inner_text()
+                    return text if all(w in text for w in wanted) else None
+
+                text = wait_until(table_lists_the_demo, timeout=90, interval=1)
+                assert "hoist.upload" in text
+                OUTPUT.mkdir(exist_ok=True)
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
+                print(f"\nFlower tasks page: {SCREENSHOT}")
+                context.close()
+            finally:
+                browser.close()
+        output, _ = demo.communicate(timeout=180)
+        assert demo.returncode == 0, output.decode(errors="replace")
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+
+    # The same uploads through Flower's HTTP API.
+    status, body = cluster.flower("/api/tasks?limit=1000", cluster.login)
+    assert status == 200, body
+    demo_tasks = [t for t in json.loads(body).values() if f"'run': '{run}'" in t["kwargs"]]
+    names = {t["name"] for t in demo_tasks}
+    assert names == {"hoist.upload", "hoist.symlink"}
+    assert any("step0002-rank0.pt" in t["kwargs"] for t in demo_tasks)
+    assert all(t["state"] == "SUCCESS" for t in demo_tasks)
 
 
 def test_flower_refuses_an_open_address_without_auth(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def upload(self: Any, message: dict[str, Any]) -> dict[str, Any]:
     from hoist.tasks.jobs import UploadJob
     from hoist.tasks.worker_context import context
 
-    return UploadJob(context(), message, self.request.id).run()
+    return UploadJob(context(), message, self.request.id, self.send_event).run()
 
 
 @app.task(name=SYMLINK_TASK, bind=True)

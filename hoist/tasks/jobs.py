@@ -17,6 +17,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from hoist.errors import HoistError, SourceFileError, StoreError
@@ -30,6 +31,7 @@ from hoist.tasks.messages import (
     SymlinkRequest,
     UploadRequest,
 )
+from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
 from hoist.tasks.records import ArtifactStatus, Claim, State, latest_key, pointer_key
 from hoist.tasks.worker_context import WorkerContext
 
@@ -91,13 +93,22 @@ class Job:
         ctx: the worker process's context.
         message: the message as it came from the broker.
         task_id: the Celery task id (the artifact id).
+        send_event: sends a Celery event about this task (``Task.send_event``),
+            if the job runs inside one; Flower shows what it is told.
     """
 
     task: ClassVar[str]
     message_type: ClassVar[type[Message]]
 
-    def __init__(self, ctx: WorkerContext, message: dict[str, Any], task_id: str) -> None:
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        message: dict[str, Any],
+        task_id: str,
+        send_event: Callable[..., Any] | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.send_event = send_event
         self.message = self.message_type.from_json(message)
         self.spec = StoreSpec.from_json(self.message.store)
         # A fresh token per delivery: a redelivered message is another claimant.
@@ -211,11 +222,14 @@ class UploadJob(Job):
             self.ctx.records.client.hset(
                 f"hoist:artifact:{message.id}", "upload_started_at", _now()
             )
+            progress = TransferProgress(os.path.getsize(self.path), self._report_progress)
+
+            def on_bytes(nbytes: int) -> None:
+                heartbeat.check()
+                progress(nbytes)
+
             result = store.upload_file(
-                message.object_name,
-                self.path,
-                overwrite=message.overwrite,
-                progress=heartbeat.check,
+                message.object_name, self.path, overwrite=message.overwrite, progress=on_bytes
             )
         self._remove_staged()
         return self.settle(
@@ -229,6 +243,21 @@ class UploadJob(Job):
             upload_finished_at=_now(),
             error="",
         )
+
+    def _report_progress(self, done: int, total: int) -> None:
+        if self.send_event is None:
+            return
+        try:
+            # Flower keeps only Celery's own task fields, so the reading goes in
+            # `result`, as Celery's PROGRESS idiom (update_state meta) does.
+            self.send_event(
+                PROGRESS_EVENT,
+                bytes_done=done,
+                bytes_total=total,
+                result=f"uploading: {describe_progress(done, total)}",
+            )
+        except Exception as exc:  # a lost event must never fail the upload
+            log.debug("progress event of %s not sent: %s", self.message.id, exc)
 
     def _remove_staged(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -74,8 +74,11 @@ class Message:
         return cls(**{key: value for key, value in data.items() if key in names})
 
     def summary(self) -> dict[str, Any]:
-        """What Flower shows as the task's arguments: who, what, how big; never secrets."""
-        return {"run": self.run_name, "rank": self.rank, "artifact": self.artifact_name}
+        """What Flower shows as the task's arguments: what, whose, how big; never secrets.
+
+        The artifact comes first: Flower's task table cuts long arguments short.
+        """
+        return {"artifact": self.artifact_name, "run": self.run_name, "rank": self.rank}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,10 @@ What Flower 2.2 does, read from its source (``flower/command.py``,
   kombu's ``as_uri()``, which masks the password (``redis://:**@host``);
   worker stats drop it too. Task arguments are what the sender's
   ``kwargsrepr`` says: :meth:`hoist.tasks.messages.Message.summary`.
+- The tasks page shows each upload's arguments (artifact, run, rank, size)
+  and its result (:mod:`hoist.workers.flower_config`); an upload in flight
+  is in state ``PROGRESS`` with its bytes so far as its result, from the
+  worker's ``task-progress`` events (:mod:`hoist.tasks.progress`).
 - ``/metrics`` (Prometheus) and ``/healthcheck`` answer without
   authentication by Flower's design; they carry task names and counts,
   not arguments.
@@ -34,6 +38,8 @@ USER_ENV = "HOIST_FLOWER_USER"
 PASSWORD_ENV = "HOIST_FLOWER_PASSWORD"
 FLOWER_BASIC_AUTH_ENV = "FLOWER_BASIC_AUTH"
 FLOWER_OAUTH_ENV = "FLOWER_AUTH"
+TASKS_COLUMNS = "name,uuid,state,kwargs,result,received,runtime,worker"
+CONFIG_FILE = os.path.join(os.path.dirname(__file__), "flower_config.py")
 
 
 def is_loopback(address: str) -> bool:
@@ -127,10 +133,10 @@ def flower_argv(address: str, port: int, url_prefix: str | None = None) -> list[
     """The ``celery flower`` arguments, without credentials.
 
     Example:
-        >>> flower_argv("127.0.0.1", 5555)
-        ['flower', '--address=127.0.0.1', '--port=5555']
+        >>> flower_argv("127.0.0.1", 5555)[2:]
+        ['--address=127.0.0.1', '--port=5555']
     """
-    argv = ["flower", f"--address={address}", f"--port={port}"]
+    argv = ["flower", f"--conf={CONFIG_FILE}", f"--address={address}", f"--port={port}"]
     if url_prefix:
         argv.append(f"--url_prefix={url_prefix.strip('/')}")
     return argv
