@@ -9,7 +9,6 @@ module fixture starts one cluster and always stops it, killing whatever
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -19,13 +18,9 @@ import stat
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -33,11 +28,21 @@ from celery import Celery
 from celery.events.state import State
 
 from hoist import LogLevel, ObjectStoreLogger
-from hoist.workers.envfile import apply_env_file, read_env_file
+from hoist.workers.envfile import apply_env_file
+from tests.services.cluster import (
+    REPO,
+    Cluster,
+    environment,
+    hoist,
+    local_cluster,
+    pids,
+    redis_password,
+    running,
+    up,
+)
 from tests.services.process import free_port, port_open
-from tests.services.workers import clean_environment, wait_until
+from tests.services.workers import wait_until
 
-REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / ".hoist-test-output"
 SCREENSHOT = OUTPUT / "flower-tasks.png"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,96 +58,10 @@ CLUSTER_VARIABLES = (
 )
 
 
-def environment(**extra: str) -> dict[str, str]:
-    """This process's environment without hoist's or Flower's variables, plus ``extra``."""
-    env = {k: v for k, v in clean_environment().items() if not k.startswith(("HOIST_", "FLOWER_"))}
-    return {**env, **extra}
-
-
-def hoist(
-    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hoist.cli", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        env=env if env is not None else environment(),
-        cwd=REPO,
-        timeout=timeout,
-    )
-
-
-def redis_password(url: str) -> str:
-    password = urlsplit(url).password
-    assert password
-    return password
-
-
-def pids(home: Path) -> dict[str, int]:
-    state = json.loads((home / "cluster.json").read_text())
-    return {p["name"]: int(p["pid"]) for p in state["processes"]}
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie awaiting its reaper is not)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    return fields[0] not in ("Z", "X")
-
-
-@dataclass
-class Cluster:
-    home: Path
-    flower_port: int
-    up: subprocess.CompletedProcess[str]
-    seen: set[int] = field(default_factory=set)
-
-    def remember(self) -> None:
-        """Note the running pids, so that the finalizer can kill any that leak."""
-        self.seen.update(pids(self.home).values())
-
-    @property
-    def env(self) -> dict[str, str]:
-        return read_env_file(str(self.home))
-
-    def flower(self, path: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.flower_port}{path}")
-        if auth is not None:
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-
-    @property
-    def login(self) -> tuple[str, str]:
-        return self.env["HOIST_FLOWER_USER"], self.env["HOIST_FLOWER_PASSWORD"]
-
-
-def up(home: Path, flower_port: int) -> subprocess.CompletedProcess[str]:
-    args = ("up", "--detach", "--workers", "2", "--concurrency", "1")
-    return hoist(home, *args, "--flower-port", str(flower_port))
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    home = tmp_path_factory.mktemp("cluster") / "home"
-    port = free_port()
-    started = up(home, port)
-    assert started.returncode == 0, started.stdout + started.stderr
-    running_cluster = Cluster(home, port, started)
-    running_cluster.remember()
-    try:
+    with local_cluster(tmp_path_factory.mktemp("cluster") / "home") as running_cluster:
         yield running_cluster
-    finally:
-        hoist(home, "down")
-        for pid in running_cluster.seen:  # whatever `down` missed: its whole group
-            if running(pid):
-                os.killpg(pid, signal.SIGKILL)
 
 
 def upload_through(cluster: Cluster, name: str, payload: bytes) -> str:

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.services.workers import clean_environment
-
-
-def hoist(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in clean_environment().items() if not k.startswith("HOIST_")}
-    return subprocess.run(
-        [sys.executable, "-m", "hoist.cli", "--home", str(home), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.services.cluster import hoist
 
 
 def test_demo_runs_ranks_through_a_fresh_local_cluster(tmp_path: Path) -> None:
     home = tmp_path / "hoist-home"
     try:
         result = hoist(home, "demo", "--ranks", "2", "--steps", "4", "--checkpoint-every", "2",
-                       "--checkpoint-mib", "2", "--run", "demo-test")  # fmt: skip
+                       "--checkpoint-mib", "2", "--run", "demo-test", timeout=240)  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "landed verified" in result.stderr
         store = home / "store" / "artifacts" / "demo-test"
