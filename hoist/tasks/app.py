@@ -34,6 +34,9 @@ def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, 
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "result_expires": 24 * 3600,
+        # Outcomes live in the artifact records; Flower reads results from
+        # events. Storing them again would cost a write and ~600 bytes each.
+        "task_ignore_result": True,
         # A message is acknowledged after the task, and handed back if the
         # worker dies; the artifact record makes the second run harmless.
         "task_acks_late": True,

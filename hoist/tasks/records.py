@@ -18,6 +18,11 @@ Keys (all under ``hoist:``):
 ``deferred``                    sorted set: artifact id -> when to send it again
 ==============================  ==================================================
 
+Nothing is kept for ever: a record that reaches a terminal state, the run's
+index and the name markers expire :func:`retention_seconds` after their last
+write (``HOIST_RETENTION_DAYS``, 14 by default), so Redis holds the last two
+weeks of artifacts, not every artifact since the fleet started.
+
 ``deferred`` is also the watchdog: a claimed artifact sits there with a due
 time a little past its owner's lease, pushed forward by the owner's
 heartbeat. If the worker dies, the entry falls due and the task is sent
@@ -27,6 +32,7 @@ again, without waiting for the broker's visibility timeout.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -38,6 +44,23 @@ from hoist.tasks.messages import Message
 
 PREFIX = "hoist:"
 DEFERRED = f"{PREFIX}deferred"
+RETENTION_DAYS = 14.0
+
+
+def retention_seconds() -> int:
+    """How long finished records and markers are kept (``HOIST_RETENTION_DAYS``, default 14).
+
+    Ranks and workers read it from their own environment; it only needs to
+    be roughly the same on both sides.
+    """
+    raw = os.environ.get("HOIST_RETENTION_DAYS") or RETENTION_DAYS
+    try:
+        days = float(raw)
+    except ValueError:
+        from hoist.errors import ConfigurationError
+
+        raise ConfigurationError(f"HOIST_RETENTION_DAYS={raw!r} is not a number of days") from None
+    return max(1, int(days * 86400))
 
 
 class State(str, Enum):
@@ -103,7 +126,8 @@ return 1
 """
 
 # Record an outcome and let go. KEYS: record, owner, deferred.
-# ARGV: token, id, due (ms, or '' to leave deferred), then field/value pairs
+# ARGV: token, id, due (ms, or '' to leave deferred), retention (s, or '' to
+# keep), then field/value pairs
 _SETTLE = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if ARGV[3] == '' then
@@ -111,21 +135,23 @@ if ARGV[3] == '' then
 else
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 end
-redis.call('HSET', KEYS[1], 'deliveries', 0, unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'deliveries', 0, unpack(ARGV, 5))
+if ARGV[4] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 return 1
 """
 
-# Raise a sorted marker only upward. KEYS: marker. ARGV: value
+# Raise a sorted marker only upward. KEYS: marker. ARGV: value, retention (s)
 _RAISE = """
 local current = redis.call('GET', KEYS[1])
 if current and current >= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
 # Reset a failed record for `hoist retry`. KEYS: record. ARGV: now (s)
 _RESET = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
+redis.call('PERSIST', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'deliveries', 0, 'error', '',
            'retried_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'finished_at')
@@ -218,16 +244,24 @@ class Records:
                 "deliveries": 0,
             },
         )
-        pipe.zadd(f"{PREFIX}run:{message.run_name}", {message.id: now})
+        keep = retention_seconds()
+        run_index = f"{PREFIX}run:{message.run_name}"
+        pipe.zadd(run_index, {message.id: now})
+        pipe.expire(run_index, keep)
         pipe.zadd(f"{PREFIX}runs", {message.run_name: now})
+        pipe.zremrangebyscore(f"{PREFIX}runs", "-inf", now - keep)
         # "<order>|<id>": sorts by order, and names the artifact holding it.
         latest = [latest_key(store_id, message.object_name)]
-        self._raise(keys=latest, args=[f"{message.order}|{message.id}"], client=pipe)
+        self._raise(keys=latest, args=[f"{message.order}|{message.id}", keep], client=pipe)
         pipe.execute()
 
     def next_seq(self, run_name: str, rank: int) -> int:
         """The rank's next sequence number; unique across restarts of a run."""
-        return int(self.client.incr(f"{PREFIX}seq:{run_name}:{rank}"))
+        key = f"{PREFIX}seq:{run_name}:{rank}"
+        pipe = self.client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, retention_seconds())
+        return int(pipe.execute()[0])
 
     # ----- worker side ------------------------------------------------------
 
@@ -264,6 +298,7 @@ class Records:
     ) -> None:
         """Record ``state`` and ``fields``, release the claim; send again after ``retry_in`` s."""
         due = "" if retry_in is None else str(int((time.time() + retry_in) * 1000))
+        keep = str(retention_seconds()) if state.terminal else ""
         values: list[Any] = ["state", state.value]
         if state.terminal:
             values += ["finished_at", time.time()]
@@ -271,7 +306,7 @@ class Records:
             values += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
         self._settle(
             keys=[_record(artifact), _owner(artifact), DEFERRED],
-            args=[token, artifact, due, *values],
+            args=[token, artifact, due, keep, *values],
         )
 
     def count_attempt(self, artifact: str) -> int:
@@ -279,7 +314,7 @@ class Records:
 
     def raise_marker(self, key: str, order: str) -> bool:
         """Set ``key`` to ``order`` unless it already holds a later one."""
-        return bool(self._raise(keys=[key], args=[order]))
+        return bool(self._raise(keys=[key], args=[order, retention_seconds()]))
 
     def marker(self, key: str) -> str | None:
         value = self.client.get(key)

@@ -1,0 +1,71 @@
+"""Artifact records in a real Redis: what expires, and when."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from hoist.errors import ConfigurationError
+from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, artifact_id, order_key
+from hoist.tasks.records import Records, State, latest_key, retention_seconds
+from tests.services.redis import RedisServer
+
+DAY = 86400
+
+
+def request(run: str, seq: int) -> UploadRequest:
+    return UploadRequest(
+        id=artifact_id(run, 0, seq),
+        run_name=run,
+        rank=0,
+        seq=seq,
+        artifact_name=f"a{seq}.bin",
+        object_name=f"{run}/a{seq}.bin",
+        order=order_key(0, seq),
+        store={},
+        staged_path=f"{run}/a{seq}.bin",
+        size=1,
+    )
+
+
+@pytest.fixture
+def records(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Records:
+    monkeypatch.setenv("HOIST_RETENTION_DAYS", "2")
+    return Records(redis.Redis.from_url(redis_server.url, decode_responses=True))
+
+
+def test_finished_records_and_markers_expire_after_the_retention(records: Records) -> None:
+    client = records.client
+    message = request("retention", 1)
+    records.create(message, UPLOAD_TASK, "store-1")
+    record = f"hoist:artifact:{message.id}"
+    assert client.ttl(record) == -1  # pending work is never forgotten
+    assert 0 < client.ttl("hoist:run:retention") <= 2 * DAY
+    assert 0 < client.ttl(latest_key("store-1", message.object_name)) <= 2 * DAY
+    assert records.next_seq("retention", 0) == 1
+    assert 0 < client.ttl("hoist:seq:retention:0") <= 2 * DAY
+
+    assert records.claim(message, UPLOAD_TASK, "token-1", max_deliveries=3).value == "claimed"
+    records.settle(message.id, "token-1", State.RETRYING, retry_in=1.0, error="flaky")
+    assert client.ttl(record) == -1  # retrying is not finished
+
+    records.settle(message.id, "token-1", State.FAILED, error="denied")
+    assert 2 * DAY - 60 < client.ttl(record) <= 2 * DAY
+    assert records.reset_for_retry(message.id)
+    assert client.ttl(record) == -1  # queued again: kept until it finishes
+
+
+def test_old_runs_leave_the_run_list(records: Records) -> None:
+    client = records.client
+    client.zadd("hoist:runs", {"ancient-run": 1.0})  # last active in 1970
+    records.create(request("fresh-run", 1), UPLOAD_TASK, "store-1")
+    assert "ancient-run" not in records.runs()
+    assert "fresh-run" in records.runs()
+
+
+def test_retention_must_be_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOIST_RETENTION_DAYS", "two weeks")
+    with pytest.raises(ConfigurationError, match="HOIST_RETENTION_DAYS='two weeks'"):
+        retention_seconds()
+    monkeypatch.delenv("HOIST_RETENTION_DAYS")
+    assert retention_seconds() == 14 * DAY
