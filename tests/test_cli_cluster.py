@@ -41,6 +41,7 @@ from tests.services.cluster import (
     up,
 )
 from tests.services.process import free_port, port_open
+from tests.services.secrets import assert_not_in_redis
 from tests.services.workers import wait_until
 
 OUTPUT = REPO / ".hoist-test-output"
@@ -64,8 +65,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running_cluster
 
 
-def upload_through(cluster: Cluster, name: str, payload: bytes) -> str:
-    """Log ``payload`` as artifact ``name`` through the cluster as a rank would; its id."""
+def upload_through(cluster: Cluster, name: str, payload: bytes, **credentials: str) -> str:
+    """Log ``payload`` as artifact ``name`` through the cluster as a rank would; its id.
+
+    ``credentials`` join the store's ``provider_kwargs`` (sealed with the fleet key).
+    """
     source = cluster.home.parent / name
     source.write_bytes(payload)
     saved = dict(os.environ)
@@ -76,7 +80,7 @@ def upload_through(cluster: Cluster, name: str, payload: bytes) -> str:
         with ObjectStoreLogger(
             provider="local",
             container="artifacts",
-            provider_kwargs={"key": str(cluster.home / "store")},
+            provider_kwargs={"key": str(cluster.home / "store"), **credentials},
             run_name="cluster-test",
             rank=0,
             local_rank=0,
@@ -192,6 +196,36 @@ def test_flower_requires_a_login_and_shows_readable_uploads(
     for page in (json.dumps(task), json.dumps(workers), broker_page):
         for secret in secrets:
             assert secret not in page
+
+
+def test_a_credential_given_to_the_logger_shows_nowhere(cluster: Cluster) -> None:
+    """Redis, task arguments and results, Flower's pages and API, every log: no secret."""
+    secret = f"store-secret-{os.urandom(8).hex()}"
+    artifact = upload_through(cluster, "sealed.bin", os.urandom(1000), secret=secret)
+
+    def flower_has_the_result() -> str | None:
+        status, body = cluster.flower(f"/api/task/info/{artifact}", cluster.login)
+        return body if status == 200 and '"SUCCESS"' in body else None
+
+    pages = [wait_until(flower_has_the_result, timeout=30, interval=0.3)]
+    table = "/tasks/datatable?draw=1&start=0&length=100&order[0][column]=0&columns[0][data]=name"
+    for path in ("/api/tasks", f"/task/{artifact}", table, "/api/workers?refresh=1", "/workers",
+                 "/broker"):  # fmt: skip
+        status, body = cluster.flower(path, cluster.login)
+        assert status == 200, (path, body[:200])
+        pages.append(body)
+    assert any("sealed.bin" in page for page in pages)  # the task is there, its secret is not
+    for page in pages:
+        assert secret not in page
+
+    client = redis.Redis.from_url(cluster.env["HOIST_BROKER_URL"])
+    record = client.hgetall(f"hoist:artifact:{artifact}")
+    assert b"sealed" in record[b"message"]  # the credential travelled, sealed
+    assert_not_in_redis(client, secret)
+    logs = list((cluster.home / "logs").glob("*.log"))
+    assert {p.name for p in logs} >= {"redis.log", "flower.log", "worker0.log", "worker1.log"}
+    for log in logs:
+        assert secret not in log.read_text(errors="replace"), log
 
 
 def test_flower_serves_prometheus_metrics(cluster: Cluster) -> None:
