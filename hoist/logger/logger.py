@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,8 @@ log = logging.getLogger("hoist.logger")
 
 ShouldLog = Callable[[Any, LogLevel, str], bool]
 DEFAULT_OBJECT_NAME = "{run_name}/artifacts/{artifact_name}"
+SEQ_BLOCK = 16
+"""Sequence numbers a rank reserves in one round trip to Redis."""
 
 
 class ObjectStoreLogger:
@@ -150,6 +153,7 @@ class ObjectStoreLogger:
         self._pending: dict[str, Message] = {}
         self._latest_by_object: dict[str, str] = {}
         self._closed = False
+        self._seqs: deque[int] = deque()  # reserved sequence numbers not used yet
 
     # ----- the API ----------------------------------------------------------
 
@@ -359,7 +363,12 @@ class ObjectStoreLogger:
         return state is not None and not state.terminal
 
     def _next_seq(self) -> int:
-        return self._redis(lambda: self._records.next_seq(self.run_name, self.ranks.rank))
+        if not self._seqs:
+            reserve = self._records.reserve_seqs
+            self._seqs.extend(
+                self._redis(lambda: reserve(self.run_name, self.ranks.rank, SEQ_BLOCK))
+            )
+        return self._seqs.popleft()
 
     def _enqueue(self, task: str, message: Message, staged: str | None) -> None:
         kept = f"; the staged file is kept at {staged}" if staged else ""
