@@ -22,7 +22,7 @@ from hoist.errors import (
     WaitTimeoutError,
 )
 from hoist.logger.levels import LogLevel
-from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name
+from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name, validate_run_name
 from hoist.logger.ranks import RankInfo
 from hoist.logger.staging import stage_file, staged_path, staging_root_from
 from hoist.stores.base import ObjectStore
@@ -40,11 +40,13 @@ from hoist.tasks.messages import (
 )
 from hoist.tasks.records import Records, State
 from hoist.tasks.settings import DEFAULT_BROKER_URL
+from hoist.workers.cluster import mask_url
 
 log = logging.getLogger("hoist.logger")
 
 ShouldLog = Callable[[Any, LogLevel, str], bool]
 DEFAULT_OBJECT_NAME = "{run_name}/artifacts/{artifact_name}"
+ENQUEUE_TIMEOUT_ENV = "HOIST_ENQUEUE_TIMEOUT"
 
 
 class ObjectStoreLogger:
@@ -77,8 +79,11 @@ class ObjectStoreLogger:
         rank, local_rank, world_size, local_world_size, node_rank: override
             what the launcher's environment says.
         fleet_key: seals credentials in store arguments (default ``HOIST_FLEET_KEY``).
-        enqueue_timeout: seconds to keep trying an unreachable broker before
-            ``file_artifact`` raises.
+        enqueue_timeout: seconds to keep trying an unreachable broker or state
+            Redis before ``file_artifact`` raises :class:`~hoist.errors.EnqueueError`
+            (default ``HOIST_ENQUEUE_TIMEOUT``, else 30). The training step is
+            blocked meanwhile, so keep it short where a stall costs more than a
+            lost checkpoint upload; the error says how to send it later.
 
     Example:
         >>> with ObjectStoreLogger(object_store_cls=S3ObjectStore,
@@ -111,7 +116,7 @@ class ObjectStoreLogger:
         local_world_size: int | None = None,
         node_rank: int | None = None,
         fleet_key: str | None = None,
-        enqueue_timeout: float = 30.0,
+        enqueue_timeout: float | None = None,
     ) -> None:
         if isinstance(provider, type):  # ObjectStoreLogger(S3ObjectStore, {...}) positionally
             object_store_cls, provider = provider, None
@@ -127,7 +132,7 @@ class ObjectStoreLogger:
             node_rank=node_rank,
         )
         self.template = ObjectNameTemplate(object_name)
-        self.run_name = _run_name(run_name, self.ranks)
+        self.run_name = validate_run_name(_run_name(run_name, self.ranks))
         self.staging_root = staging_root_from(upload_staging_folder)
         self.spec = _store_spec(
             provider,
@@ -143,10 +148,14 @@ class ObjectStoreLogger:
         self.num_concurrent_uploads = num_concurrent_uploads
         self.use_procs = use_procs
         self.wait_on_close = wait_on_close
-        self.enqueue_timeout = enqueue_timeout
+        self.enqueue_timeout = _enqueue_timeout(enqueue_timeout)
         broker = broker_url or os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
+        state = state_url or os.environ.get("HOIST_STATE_URL") or broker
+        # For error messages: where the rank tried to reach, never with its password.
+        self._broker_shown = mask_url(broker)
+        self._state_shown = mask_url(state)
         self._app = make_app(broker)
-        self._records = Records.from_url(state_url or os.environ.get("HOIST_STATE_URL") or broker)
+        self._records = Records.from_url(state)
         self._pending: dict[str, Message] = {}
         self._latest_by_object: dict[str, str] = {}
         self._closed = False
@@ -367,10 +376,22 @@ class ObjectStoreLogger:
         try:
             send(self._app, task, message, retry_seconds=self.enqueue_timeout)
         except Exception as exc:
-            # The record exists, so the artifact is not lost: `hoist retry` re-sends it.
+            # The record exists, so the artifact is not lost. Marked failed, it is
+            # what `hoist retry --run` sends again (and `wait` reports); if the state
+            # Redis is down too, it stays queued and needs `--queued`.
+            reason = (
+                f"never sent: the broker at {self._broker_shown} was unreachable for "
+                f"{self.enqueue_timeout:.0f} s ({exc})"
+            )
+            try:
+                marked = self._records.mark_unsent(message.id, reason)
+            except redis.RedisError:
+                marked = False
+            retry = f"hoist retry --run {self.run_name}" + ("" if marked else " --queued")
             raise EnqueueError(
-                f"could not enqueue {message.artifact_name!r} on the broker ({exc}){kept}; "
-                f"`hoist retry --run {self.run_name}` sends it once the broker is back"
+                f"the broker at {self._broker_shown} is unreachable: start it or fix "
+                f"HOIST_BROKER_URL, then run `{retry}` to send {message.artifact_name!r} "
+                f"(or log it again); {exc}{kept}"
             ) from exc
         self._pending[message.id] = message
 
@@ -383,9 +404,9 @@ class ObjectStoreLogger:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise EnqueueError(
-                        f"the hoist state store (Redis) is unreachable after "
-                        f"{self.enqueue_timeout:.0f} s: {exc}{kept}; check HOIST_BROKER_URL "
-                        "and that Redis is up, then log the artifact again"
+                        f"the hoist state store (Redis) at {self._state_shown} is unreachable "
+                        f"after {self.enqueue_timeout:.0f} s: start it or fix HOIST_STATE_URL / "
+                        f"HOIST_BROKER_URL, then log the artifact again; {exc}{kept}"
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -394,6 +415,22 @@ class ObjectStoreLogger:
         status = self._records.get(message.id)
         error = status.error if status is not None else "its record is gone"
         return message.artifact_name, message.object_name, error
+
+
+def _enqueue_timeout(explicit: float | None) -> float:
+    if explicit is not None:
+        value = float(explicit)
+    else:
+        raw = os.environ.get(ENQUEUE_TIMEOUT_ENV) or "30"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"{ENQUEUE_TIMEOUT_ENV}={raw!r} is not a number of seconds"
+            ) from None
+    if not value > 0:
+        raise ConfigurationError(f"enqueue_timeout must be more than 0 seconds, not {value}")
+    return value
 
 
 def _run_name(explicit: str | None, ranks: RankInfo) -> str:

@@ -109,6 +109,13 @@ def validate_object_name(name: str) -> str:
         raise InvalidObjectNameError(f"object name {name!r} is empty; give a non-empty name")
     if "\x00" in stripped:
         raise InvalidObjectNameError(f"object name {name!r} contains a NUL character")
+    try:
+        stripped.encode("utf-8")
+    except UnicodeEncodeError:
+        # A str may hold a lone surrogate; every store's keys are UTF-8.
+        raise InvalidObjectNameError(
+            f"object name {name!r} is not valid UTF-8 (it holds a lone surrogate)"
+        ) from None
     if ".." in stripped.split("/"):
         raise InvalidObjectNameError(
             f"object name {name!r} contains a '..' segment; object names may not climb "
