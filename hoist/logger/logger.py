@@ -18,6 +18,7 @@ import redis
 from hoist.errors import (
     ConfigurationError,
     EnqueueError,
+    InvalidObjectNameError,
     UploadFailedError,
     WaitTimeoutError,
 )
@@ -338,7 +339,7 @@ class ObjectStoreLogger:
 
     def _object_name(self, artifact_name: str) -> str:
         ranks = self.ranks
-        return self.template.format(
+        name = self.template.format(
             artifact_name=artifact_name,
             run_name=self.run_name,
             rank=ranks.rank,
@@ -347,6 +348,15 @@ class ObjectStoreLogger:
             local_world_size=ranks.local_world_size,
             node_rank=ranks.node_rank,
         )
+        try:
+            # The store's own limits (a file name's 255 bytes on SFTP and local
+            # stores), so that such a name fails here, not on a worker.
+            return self._store.validate_name(name)
+        except InvalidObjectNameError as exc:
+            raise InvalidObjectNameError(
+                f"artifact name {artifact_name!r} cannot be stored: {exc}; shorten it or "
+                "change the object_name template"
+            ) from None
 
     def _common(self, seq: int, artifact_name: str, object_name: str) -> dict[str, Any]:
         return {

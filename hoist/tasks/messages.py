@@ -156,12 +156,17 @@ def _checked(cls: type[Message], name: str, value: Any) -> Any:
     # bool is an int to Python, but `true` is no rank or size.
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise InvalidMessageError(
-            f"field {name!r} of a {cls.__name__} must be a {expected.__name__}, "
+            f"field {name!r} of a {cls.__name__} must be {_article(expected.__name__)} "
+            f"{expected.__name__}, "
             f"not {type(value).__name__} ({_shorten(value)})"
         )
     if isinstance(value, int) and expected is int and value < (1 if name == "rank_limit" else 0):
         raise InvalidMessageError(f"field {name!r} of a {cls.__name__} is out of range: {value}")
     return value
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _shorten(value: Any, limit: int = 80) -> str:

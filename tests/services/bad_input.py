@@ -65,6 +65,9 @@ names = st.one_of(
 )
 """Artifact names, run names, object names and relative paths."""
 
+run_names = st.one_of(plain_segment, segment, names)
+"""Run names: one path segment more often than not, so that many examples get past it."""
+
 FIELD_NAMES = [
     "artifact_name",
     "run_name",
