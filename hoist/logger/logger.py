@@ -391,7 +391,7 @@ class ObjectStoreLogger:
             # Redis is down too, it stays queued and needs `--queued`.
             reason = (
                 f"never sent: the broker at {self._broker_shown} was unreachable for "
-                f"{self.enqueue_timeout:.0f} s ({exc})"
+                f"{self.enqueue_timeout:g} s ({exc})"
             )
             try:
                 marked = self._records.mark_unsent(message.id, reason)
@@ -415,7 +415,7 @@ class ObjectStoreLogger:
                 if time.monotonic() + delay > deadline:
                     raise EnqueueError(
                         f"the hoist state store (Redis) at {self._state_shown} is unreachable "
-                        f"after {self.enqueue_timeout:.0f} s: start it or fix HOIST_STATE_URL / "
+                        f"after {self.enqueue_timeout:g} s: start it or fix HOIST_STATE_URL / "
                         f"HOIST_BROKER_URL, then log the artifact again; {exc}{kept}"
                     ) from exc
                 time.sleep(delay)
