@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import EnqueueError, StagingError
+from hoist.tasks.app import make_app
+from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, send
 from hoist.tasks.records import Records, State
 from tests.services.process import free_port
 from tests.services.redis import RedisServer
+from tests.services.tls import make_tls_files
 from tests.services.workers import WorkerFleet, clean_environment, wait_until
 from tests.test_pipeline import local_backend, settled, staged_files
 
@@ -276,3 +280,92 @@ def test_full_staging_disk_fails_in_the_caller_then_the_run_goes_on(
         print(f"space freed to verified upload: {recovery:.2f} s")
     finally:
         subprocess.run(["umount", "--lazy", str(run_dir)], check=True)
+
+
+# --------------------------------------------------------------------------- TLS broker
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Path]]:
+    """redis-server speaking only TLS, with a certificate from a CA of the test's own."""
+    from tests.conftest import _serve
+
+    workdir = tmp_path_factory.mktemp("tls-redis")
+    files = make_tls_files(workdir / "tls")
+    port = free_port()
+    url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={files.ca}"
+    server = RedisServer(
+        workdir,
+        port=port,
+        url=url,
+        extra_args=[
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(files.cert),
+            "--tls-key-file", str(files.key),
+            "--tls-ca-cert-file", str(files.ca),
+            "--tls-auth-clients", "no",
+        ],
+    )  # fmt: skip
+    for running in _serve(server):
+        yield running, files.ca
+
+
+def test_rediss_broker_upload_end_to_end(
+    tls_redis: tuple[RedisServer, Path],
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    staging_root: Path,
+) -> None:
+    """Rank and worker talk to the broker and the records over TLS, checking the certificate."""
+    server, _ca = tls_redis
+    workers = WorkerFleet(tmp_path_factory.mktemp("tls-workers"), server.url, staging_root, count=1)
+    workers.start()
+    try:
+        run_name = f"tls-{time.time_ns()}"
+        source = tmp_path / "ep1.pt"
+        source.write_bytes(os.urandom(300 * 1024))
+        logger = logger_for(tmp_path, staging_root, run_name, server.url)
+        logger.file_artifact(LogLevel.EPOCH, "ep1.pt", source)
+        logger.wait(timeout=120)
+        logger.close()
+    finally:
+        workers.stop()
+    assert landed(tmp_path, run_name, "ep1.pt").read_bytes() == source.read_bytes()
+    # The worker never fell back to an unchecked connection.
+    assert "defaulting to insecure SSL" not in workers.logs()
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?ssl_ca_certs={stranger}", "?ssl_cert_reqs=required&ssl_ca_certs={stranger}"],
+    ids=["no TLS parameters", "another CA", "another CA, required"],
+)
+def test_rediss_broker_certificate_is_checked(
+    query: str, tls_redis: tuple[RedisServer, Path], tmp_path: Path
+) -> None:
+    """A server certificate the client cannot verify is refused, by the broker connection too.
+
+    Without TLS parameters kombu alone would connect unchecked (CERT_NONE, a
+    warning in the log); hoist defaults to ``ssl_cert_reqs=required`` as redis-py does.
+    """
+    server, _ca = tls_redis
+    stranger = make_tls_files(tmp_path / "other-ca", label="stranger")
+    # localhost, not 127.0.0.1 (both are in the certificate): kombu's global producer
+    # pools are keyed by host and port but not TLS options, so a connection the test
+    # above opened to 127.0.0.1 with the right CA would be reused.
+    url = f"rediss://localhost:{server.port}/0" + query.format(stranger=stranger.ca)
+    message = UploadRequest(
+        id=f"hoist-tls-r0-{time.time_ns()}",
+        run_name="tls",
+        rank=0,
+        seq=1,
+        artifact_name="x",
+        object_name="tls/x",
+        order="0",
+        store={"kind": "libcloud", "kwargs": {}, "sealed": None},
+    )
+    with pytest.raises(Exception, match="certificate verify failed"):
+        send(make_app(url), UPLOAD_TASK, message, retry_seconds=1)
+    with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+        Records.from_url(url).client.ping()
