@@ -353,7 +353,8 @@ def test_rediss_broker_certificate_is_checked(
     stranger = make_tls_files(tmp_path / "other-ca", label="stranger")
     # localhost, not 127.0.0.1 (both are in the certificate): kombu's global producer
     # pools are keyed by host and port but not TLS options, so a connection the test
-    # above opened to 127.0.0.1 with the right CA would be reused.
+    # above opened to 127.0.0.1 with the right CA would be reused. (For the same
+    # reason, once one case here connects unchecked, the later ones reuse it.)
     url = f"rediss://localhost:{server.port}/0" + query.format(stranger=stranger.ca)
     message = UploadRequest(
         id=f"hoist-tls-r0-{time.time_ns()}",

@@ -37,15 +37,14 @@ _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 def redis_tls_options(url: str) -> dict[str, Any] | None:
     """The TLS options of a ``rediss://`` URL, as Celery's ``broker_use_ssl`` takes them.
 
-    redis-py (the records) and Celery's result backend read ``ssl_cert_reqs``,
-    ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` from the URL's query
-    string and check the server's certificate. Celery's broker connection does
-    not: measured with celery and kombu 5.7, without ``broker_use_ssl`` it
-    connected to a ``rediss://`` server whose certificate it could not verify,
-    with or without those parameters in the URL (kombu falls back to
-    ``CERT_NONE``). So hoist reads the same parameters here and hands them to
-    the broker and the result backend, defaulting, like redis-py, to
-    ``ssl_cert_reqs=required`` (the system CAs, or ``ssl_ca_certs``).
+    redis-py (the records), Celery's result backend and kombu (the broker) all
+    read ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile`` and
+    ``ssl_keyfile`` from the URL's query string, but they differ when none is
+    given: redis-py checks the server's certificate, kombu connects **without
+    checking it** (``CERT_NONE``, a warning in the log; measured with kombu
+    5.7). hoist hands the same options to the broker and the result backend,
+    defaulting like redis-py to ``ssl_cert_reqs=required`` (the system CAs, or
+    ``ssl_ca_certs``), so a plain ``rediss://host:6380/0`` is checked everywhere.
 
     Parameters:
         url: the broker URL.
