@@ -73,7 +73,10 @@ class ObjectStoreLogger:
             worker fleet, never in the training process.
         run_name: default ``HOIST_RUN_NAME``, torchrun's run id or the Slurm
             job id; generated (and logged) only for a single process.
-        broker_url: default ``HOIST_BROKER_URL``.
+        broker_url: default ``HOIST_BROKER_URL``. For TLS use ``rediss://`` and
+            name a private CA in the query string:
+            ``rediss://:PASSWORD@redis.lan:6380/0?ssl_ca_certs=/etc/hoist/ca.pem``
+            (certificates are checked by default; see docs/design.md).
         state_url: the Redis holding artifact records (default: the broker).
         wait_on_close: ``close()`` waits for this rank's uploads; False for
             fire-and-forget (then ``hoist wait --run NAME`` in the job epilogue).
