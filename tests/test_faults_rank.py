@@ -216,6 +216,7 @@ def test_broker_down_record_kept_failed_then_hoist_retry_lands_it(
     finally:
         broker.stop()
     assert status.state is State.DONE, status.error
+    assert status.fields["already_present"] == "0"  # uploaded once, by the retry
     assert landed(tmp_path, run_name, "ep1.pt").read_bytes() == source.read_bytes()
     assert staged_files(staging_root, run_name) == []
     logger.close()
