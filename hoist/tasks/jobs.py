@@ -30,6 +30,7 @@ from hoist.tasks.messages import (
     Message,
     SymlinkRequest,
     UploadRequest,
+    check_message_size,
 )
 from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
 from hoist.tasks.records import ArtifactStatus, Claim, State, latest_key, pointer_key
@@ -109,6 +110,9 @@ class Job:
     ) -> None:
         self.ctx = ctx
         self.send_event = send_event
+        # Messages come off a shared broker: anything malformed raises
+        # InvalidMessageError here, before a record is touched; the task refuses it.
+        check_message_size(message)
         self.message = self.message_type.from_json(message)
         self.spec = StoreSpec.from_json(self.message.store)
         # A fresh token per delivery: a redelivered message is another claimant.

@@ -9,9 +9,14 @@ never seen the rank can do the job, and nothing secret (see
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from hoist.errors import InvalidMessageError
 
 UPLOAD_TASK = "hoist.upload"
 SYMLINK_TASK = "hoist.symlink"
@@ -21,6 +26,11 @@ SYMLINK_QUEUE = "hoist.symlinks"
 long uploads for a worker slot."""
 
 M = TypeVar("M", bound="Message")
+
+MAX_MESSAGE_BYTES = 64 * 1024
+"""Largest message a worker accepts, as JSON. A rank's messages are well under
+4 KiB (names, a store description, sealed credentials); anything far larger is
+not one of ours and is refused before it is stored in a record."""
 
 
 def artifact_id(run_name: str, rank: int, seq: int) -> str:
@@ -70,8 +80,28 @@ class Message:
 
     @classmethod
     def from_json(cls: type[M], data: dict[str, Any]) -> M:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        """Rebuild a message from its JSON form, checking every field's type.
+
+        Messages come off a shared broker, so nothing is assumed: a field of the
+        wrong type, a missing field or a negative number is refused with
+        :class:`~hoist.errors.InvalidMessageError` naming the field. Unknown
+        fields are ignored, so a newer rank's messages still work.
+        """
+        if not isinstance(data, dict):
+            raise InvalidMessageError(
+                f"a {cls.__name__} must be a JSON object, not {type(data).__name__}"
+            )
+        values: dict[str, Any] = {}
+        missing = []
+        for spec in dataclasses.fields(cls):
+            if spec.name not in data:
+                if spec.default is dataclasses.MISSING:
+                    missing.append(spec.name)
+                continue
+            values[spec.name] = _checked(cls, spec.name, data[spec.name])
+        if missing:
+            raise InvalidMessageError(f"a {cls.__name__} lacks the field(s) {', '.join(missing)}")
+        return cls(**values)
 
     def summary(self) -> dict[str, Any]:
         """What Flower shows as the task's arguments: what, whose, how big; never secrets.
@@ -119,6 +149,67 @@ class SymlinkRequest(Message):
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "target": self.target_object_name}
+
+
+_JSON_TYPES: dict[Any, type] = {str: str, int: int, bool: bool, dict: dict, list: list}
+
+
+def _checked(cls: type[Message], name: str, value: Any) -> Any:
+    """``value`` if it has the type field ``name`` of ``cls`` declares, else raise."""
+    hint = typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):  # `X | None`
+        if value is None:
+            return None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    expected = _JSON_TYPES[typing.get_origin(hint) or hint]
+    _check_type(cls, name, value, expected)
+    if expected is list:  # list[int]: the only list a message holds
+        for item in value:
+            _check_type(cls, name, item, int)
+    if isinstance(value, int) and expected is int and value < (1 if name == "rank_limit" else 0):
+        raise InvalidMessageError(f"field {name!r} of a {cls.__name__} is out of range: {value}")
+    return value
+
+
+def _check_type(cls: type[Message], name: str, value: Any, expected: type) -> None:
+    # bool is an int to Python, but `true` is no rank or size.
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise InvalidMessageError(
+            f"field {name!r} of a {cls.__name__} must be {_article(expected.__name__)} "
+            f"{expected.__name__}, "
+            f"not {type(value).__name__} ({_shorten(value)})"
+        )
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _shorten(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_message_size(data: Any) -> None:
+    """Refuse a message larger than :data:`MAX_MESSAGE_BYTES` before anything else reads it.
+
+    Raises:
+        InvalidMessageError: it is too large, or not plain JSON.
+
+    Example:
+        >>> check_message_size({"artifact_name": "x" * 100_000})
+        Traceback (most recent call last):
+        ...
+        hoist.errors.InvalidMessageError: the message is 100021 bytes, more than ...
+    """
+    try:
+        size = len(json.dumps(data).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessageError(f"the message is not plain JSON: {exc}") from None
+    if size > MAX_MESSAGE_BYTES:
+        raise InvalidMessageError(
+            f"the message is {size} bytes, more than the {MAX_MESSAGE_BYTES} a hoist message can be"
+        )
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {UPLOAD_TASK: UploadRequest, SYMLINK_TASK: SymlinkRequest}
