@@ -21,6 +21,7 @@ from hoist.logger.ranks import RankInfo
 from hoist.logger.staging import (
     MAX_STAGED_NAME_BYTES,
     NAME_MAX,
+    Fingerprint,
     StagedFile,
     resolve_inside,
     stage_file,
@@ -390,6 +391,59 @@ def test_move_mode_renames_on_the_same_filesystem(tmp_path: Path) -> None:
     assert _entries(Path(destination).parent) == [os.path.basename(destination)]
 
 
+def test_link_mode_stages_a_hard_link_and_keeps_the_source(tmp_path: Path) -> None:
+    source = tmp_path / "ep1.pt"
+    source.write_bytes(b"weights")
+    destination = staged_path(str(tmp_path / "staging"), "run", 0, 1, "ep1.pt")
+
+    staged = stage_file(str(source), destination, mode="link")
+
+    assert staged.method == "link" and staged.size == 7
+    assert os.stat(destination).st_ino == os.stat(source).st_ino
+    assert staged.fingerprint == Fingerprint.of(destination)
+    assert staged.fingerprint is not None and staged.fingerprint.nlink == 2
+    assert source.read_bytes() == b"weights"
+    assert _entries(Path(destination).parent) == [os.path.basename(destination)]
+
+
+def test_link_fingerprint_tells_a_rewrite_from_the_caller_letting_go(tmp_path: Path) -> None:
+    def staged_link(name: str) -> tuple[Path, Fingerprint]:
+        source = tmp_path / name
+        source.write_bytes(b"weights")
+        destination = staged_path(str(tmp_path / "staging"), "run", 0, 1, name)
+        fingerprint = stage_file(str(source), destination, mode="link").fingerprint
+        assert fingerprint is not None
+        return source, fingerprint
+
+    source, fingerprint = staged_link("deleted.pt")
+    source.unlink()  # the caller deletes its name for the file: fine
+    staged = Path(staged_path(str(tmp_path / "staging"), "run", 0, 1, "deleted.pt"))
+    assert fingerprint.change(Fingerprint.of(str(staged))) is None
+
+    source, fingerprint = staged_link("sneaky.pt")  # same size, mtime put back
+    with open(source, "r+b") as f:
+        f.write(b"WEIGHTS")
+    os.utime(source, ns=(fingerprint.mtime_ns, fingerprint.mtime_ns))
+    assert fingerprint.change(Fingerprint.of(str(source))) == (
+        "its inode changed (ctime) with no link added or removed"
+    )
+
+    source, fingerprint = staged_link("appended.pt")
+    with open(source, "ab") as f:
+        f.write(b"more")
+    assert fingerprint.change(Fingerprint.of(str(source))) == "its size went from 7 to 11 bytes"
+
+
+def test_link_mode_replaces_an_existing_staged_file(tmp_path: Path) -> None:
+    source = tmp_path / "ep1.pt"
+    source.write_bytes(b"new")
+    destination = Path(staged_path(str(tmp_path / "staging"), "run", 0, 1, "ep1.pt"))
+    destination.parent.mkdir(parents=True)
+    destination.write_bytes(b"old")
+    assert stage_file(str(source), str(destination), mode="link").method == "link"
+    assert destination.read_bytes() == b"new"
+
+
 def test_move_of_a_symlink_copies_the_target_and_removes_the_link(tmp_path: Path) -> None:
     target = tmp_path / "real.pt"
     target.write_bytes(b"weights")
@@ -529,6 +583,18 @@ def test_move_across_filesystems_copies_then_removes_source(tmp_path: Path) -> N
         assert destination.read_bytes() == data
         assert not source.exists()
         assert _entries(destination.parent) == [destination.name]
+
+
+def test_link_across_filesystems_copies(tmp_path: Path) -> None:
+    source = tmp_path / "ep1.pt"
+    data = os.urandom(300_000)
+    source.write_bytes(data)
+    with _tmpfs(tmp_path / "other", "8m") as staging:
+        staged = stage_file(str(source), str(staging / "x"), mode="link")
+        assert staged.method in {"copy_file_range", "copy"}
+        assert staged.fingerprint is None  # a private copy: nothing to watch
+        assert (staging / "x").read_bytes() == data
+    assert source.read_bytes() == data
 
 
 def test_copy_into_other_filesystem_falls_back(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from hoist import LogLevel, ObjectStoreLogger
-from hoist.errors import UploadFailedError
+from hoist.errors import ConfigurationError, UploadFailedError
 from hoist.stores.spec import new_fleet_key
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, send
@@ -230,6 +230,41 @@ def test_failure_surfaces_from_wait_and_keeps_staged_file(
     assert (store_dir / "model.pt").read_bytes() == b"someone else's bytes"
     [staged] = staged_files(fleet.staging_root, run_name)
     assert staged.read_bytes() == b"our bytes"
+    logger.close()
+
+
+def test_link_staging_uploads_and_refuses_a_rewritten_file(
+    local_logger_kwargs: dict[str, Any], tmp_path: Path, fleet: WorkerFleet
+) -> None:
+    run_name = f"link-{int(time.time() * 1000)}"
+    store_dir = tmp_path / "store" / "artifacts" / run_name
+    logger = ObjectStoreLogger(
+        run_name=run_name, num_concurrent_uploads=1, staging="link", **local_logger_kwargs
+    )
+    # With one upload at a time for this rank, the big file's upload holds the
+    # next one back while the test rewrites it, as a torch.save to the same
+    # path would.
+    big, kept, rewritten = tmp_path / "big.bin", tmp_path / "kept.pt", tmp_path / "latest.pt"
+    big.write_bytes(os.urandom(64 * MiB))
+    kept.write_bytes(b"epoch 1")
+    rewritten.write_bytes(b"epoch 1")
+    logger.file_artifact(LogLevel.EPOCH, "big.bin", big)
+    logger.file_artifact(LogLevel.EPOCH, "kept.pt", kept)
+    logger.file_artifact(LogLevel.EPOCH, "latest.pt", rewritten)
+    with open(rewritten, "r+b") as f:  # rewritten in place: the staged link sees it
+        f.write(b"epoch 2, longer")
+    with pytest.raises(UploadFailedError) as failure:
+        logger.wait(timeout=60)
+    [(name, _, error)] = failure.value.failures
+    assert name == "latest.pt"
+    assert "rewritten after it was logged with staging='link'" in error
+    assert "its size went from 7 to 15 bytes" in error
+    assert not (store_dir / "latest.pt").exists()
+    assert (store_dir / "kept.pt").read_bytes() == b"epoch 1"
+    assert (store_dir / "big.bin").read_bytes() == big.read_bytes()
+    assert kept.read_bytes() == b"epoch 1"  # the caller's files stay theirs
+    with pytest.raises(ConfigurationError, match="staging='hardlink' is not a staging mode"):
+        logger.file_artifact(LogLevel.EPOCH, "x", kept, staging="hardlink")
     logger.close()
 
 

@@ -42,7 +42,8 @@ def test_finished_records_and_markers_expire_after_the_retention(records: Record
     assert client.ttl(record) == -1  # pending work is never forgotten
     assert 0 < client.ttl("hoist:run:retention") <= 2 * DAY
     assert 0 < client.ttl(latest_key("store-1", message.object_name)) <= 2 * DAY
-    assert records.next_seq("retention", 0) == 1
+    assert records.reserve_seqs("retention", 0, 16) == range(1, 17)
+    assert records.reserve_seqs("retention", 0, 16) == range(17, 33)
     assert 0 < client.ttl("hoist:seq:retention:0") <= 2 * DAY
 
     assert records.claim(message, UPLOAD_TASK, "token-1", max_deliveries=3).value == "claimed"

@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from hoist.errors import (
 from hoist.logger.levels import LogLevel
 from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name
 from hoist.logger.ranks import RankInfo
-from hoist.logger.staging import stage_file, staged_path, staging_root_from
+from hoist.logger.staging import StagingMode, stage_file, staged_path, staging_root_from
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, fleet_key_from_environment, kind_of
 from hoist.tasks.app import make_app
@@ -45,6 +46,8 @@ log = logging.getLogger("hoist.logger")
 
 ShouldLog = Callable[[Any, LogLevel, str], bool]
 DEFAULT_OBJECT_NAME = "{run_name}/artifacts/{artifact_name}"
+SEQ_BLOCK = 16
+"""Sequence numbers a rank reserves in one round trip to Redis."""
 
 
 class ObjectStoreLogger:
@@ -112,6 +115,7 @@ class ObjectStoreLogger:
         node_rank: int | None = None,
         fleet_key: str | None = None,
         enqueue_timeout: float = 30.0,
+        staging: StagingMode | str = StagingMode.COPY,
     ) -> None:
         if isinstance(provider, type):  # ObjectStoreLogger(S3ObjectStore, {...}) positionally
             object_store_cls, provider = provider, None
@@ -144,12 +148,15 @@ class ObjectStoreLogger:
         self.use_procs = use_procs
         self.wait_on_close = wait_on_close
         self.enqueue_timeout = enqueue_timeout
+        self.staging = _staging_mode(staging)
         broker = broker_url or os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
         self._app = make_app(broker)
         self._records = Records.from_url(state_url or os.environ.get("HOIST_STATE_URL") or broker)
         self._pending: dict[str, Message] = {}
         self._latest_by_object: dict[str, str] = {}
         self._closed = False
+        self._seqs: deque[int] = deque()  # reserved sequence numbers not used yet
+        self._failures: list[tuple[str, str, str]] = []  # found by wait(), not yet raised
 
     # ----- the API ----------------------------------------------------------
 
@@ -161,12 +168,17 @@ class ObjectStoreLogger:
         *,
         overwrite: bool = False,
         move: bool = False,
+        staging: StagingMode | str | None = None,
         state: Any = None,
     ) -> str | None:
         """Stage ``file_path`` and enqueue its upload; return the artifact id, or None if filtered.
 
-        Blocks only while the file is staged. ``move=True`` gives the file
-        away (a rename, not a copy). Logging a name again with
+        Blocks only while the file is staged: a copy by default (a reflink
+        where the filesystem can), ``move=True`` gives the file away (a
+        rename), ``staging="link"`` keeps it and stages a hard link, on the
+        promise not to rewrite it until uploaded (a rewrite fails the
+        artifact instead of uploading mixed bytes). ``staging`` defaults to the
+        logger's; see :class:`~hoist.logger.staging.StagingMode`. Logging a name again with
         ``overwrite=False`` while its previous upload is pending raises
         ``FileExistsError``; with ``overwrite=True`` the newest version wins.
         """
@@ -182,10 +194,11 @@ class ObjectStoreLogger:
                 "overwrite=True to replace it with this version"
             )
         seq = self._next_seq()
+        mode = StagingMode.MOVE if move else _staging_mode(staging or self.staging)
         staged = stage_file(
             os.fspath(file_path),
             staged_path(self.staging_root, self.run_name, self.ranks.rank, seq, artifact_name),
-            move=move,
+            mode=mode,
         )
         message = UploadRequest(
             **self._common(seq, artifact_name, object_name),
@@ -193,6 +206,7 @@ class ObjectStoreLogger:
             size=staged.size,
             overwrite=overwrite,
             rank_limit=self.num_concurrent_uploads,
+            fingerprint=staged.fingerprint.to_json() if staged.fingerprint else None,
         )
         self._enqueue(UPLOAD_TASK, message, staged.path)
         self._latest_by_object[object_name] = message.id
@@ -247,34 +261,37 @@ class ObjectStoreLogger:
         """Block until this rank's uploads are uploaded and verified.
 
         Raises :class:`~hoist.errors.UploadFailedError` naming every failed
-        artifact with its cause (each failure is reported once), or
-        :class:`~hoist.errors.WaitTimeoutError` after ``timeout`` seconds.
+        artifact with its cause (each failure is reported once) once every
+        upload has finished, or :class:`~hoist.errors.WaitTimeoutError` after
+        ``timeout`` seconds (failures seen so far are reported by a later wait).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._pending:
-            states = self._records.states(list(self._pending))
-            failures = []
+        failures = self._failures  # kept across a timeout, reported once
+        while True:
+            states = self._records.states(list(self._pending)) if self._pending else {}
             for artifact, state in states.items():
                 if state.terminal:
                     message = self._pending.pop(artifact)
                     if state is State.FAILED:
                         failures.append(self._failure(message))
-            if failures:
-                lines = "\n".join(f"  {name} ({obj}): {error}" for name, obj, error in failures)
-                raise UploadFailedError(
-                    f"{len(failures)} upload(s) of run {self.run_name!r} rank {self.ranks.rank} "
-                    f"failed:\n{lines}",
-                    failures,
-                )
             if not self._pending:
-                return
+                break
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeoutError(
                     f"{len(self._pending)} upload(s) of run {self.run_name!r} rank "
-                    f"{self.ranks.rank} still pending after {timeout} s; `hoist status --run "
-                    f"{self.run_name}` shows them"
+                    f"{self.ranks.rank} still pending after {timeout} s"
+                    + (f" and {len(failures)} failed" if failures else "")
+                    + f"; `hoist status --run {self.run_name}` shows them"
                 )
             time.sleep(poll_interval)
+        if failures:
+            self._failures = []
+            lines = "\n".join(f"  {name} ({obj}): {error}" for name, obj, error in failures)
+            raise UploadFailedError(
+                f"{len(failures)} upload(s) of run {self.run_name!r} rank {self.ranks.rank} "
+                f"failed:\n{lines}",
+                failures,
+            )
 
     def close(self) -> None:
         """Wait for this rank's uploads (unless ``wait_on_close=False``) and let go."""
@@ -359,7 +376,12 @@ class ObjectStoreLogger:
         return state is not None and not state.terminal
 
     def _next_seq(self) -> int:
-        return self._redis(lambda: self._records.next_seq(self.run_name, self.ranks.rank))
+        if not self._seqs:
+            reserve = self._records.reserve_seqs
+            self._seqs.extend(
+                self._redis(lambda: reserve(self.run_name, self.ranks.rank, SEQ_BLOCK))
+            )
+        return self._seqs.popleft()
 
     def _enqueue(self, task: str, message: Message, staged: str | None) -> None:
         kept = f"; the staged file is kept at {staged}" if staged else ""
@@ -394,6 +416,16 @@ class ObjectStoreLogger:
         status = self._records.get(message.id)
         error = status.error if status is not None else "its record is gone"
         return message.artifact_name, message.object_name, error
+
+
+def _staging_mode(value: StagingMode | str) -> StagingMode:
+    try:
+        return StagingMode(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in StagingMode)
+        raise ConfigurationError(
+            f"staging={value!r} is not a staging mode; use {choices}"
+        ) from None
 
 
 def _run_name(explicit: str | None, ranks: RankInfo) -> str:

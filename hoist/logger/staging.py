@@ -18,6 +18,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
+from enum import Enum
 from typing import NoReturn
 
 from hoist.durability import fsync_directory, fsync_file
@@ -59,6 +60,7 @@ _COPY_RANGE_UNSUPPORTED = frozenset(
 )
 
 _RENAME_FALLBACK = frozenset({errno.EXDEV, errno.EACCES, errno.EPERM})
+_LINK_FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP})
 
 _HINTS = {
     errno.ENOSPC: "free space in the staging root or point HOIST_STAGING_DIR elsewhere",
@@ -69,6 +71,78 @@ _HINTS = {
 }
 
 
+class StagingMode(str, Enum):
+    """How ``file_artifact`` hands a file to the workers.
+
+    - ``copy`` (the default): a private copy, by the cheapest means the
+      filesystem offers: a reflink (no data copied) on Btrfs/XFS, else an
+      in-kernel ``copy_file_range``. The caller's file stays theirs to change.
+    - ``move``: the caller gives the file away; a rename on one filesystem.
+    - ``link``: a hard link on one filesystem (microseconds, like a move),
+      while the caller keeps the file. The caller promises not to rewrite it
+      in place until it is uploaded: the link *is* the file, so a
+      ``torch.save`` to the same path would change the staged bytes. A
+      rewrite is detected (:class:`Fingerprint`) and fails that artifact with
+      a clear error instead of uploading mixed bytes. Across filesystems it
+      falls back to a copy.
+    """
+
+    COPY = "copy"
+    MOVE = "move"
+    LINK = "link"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a hard-linked file looked like when it was staged.
+
+    A rewrite in place changes the size or the modification time; one that
+    puts the modification time back still changes the inode's ctime. Adding
+    or removing a link (the caller deleting or renaming its own name for the
+    file, which is fine) also changes ctime, so ctime counts only when the
+    link count did not change.
+
+    Parameters:
+        size: bytes.
+        mtime_ns, ctime_ns: modification and inode-change times.
+        nlink: the number of hard links.
+
+    Example:
+        >>> before = Fingerprint(10, 1, 1, 2)
+        >>> before.change(Fingerprint(10, 1, 5, 1)) is None  # the caller deleted its name
+        True
+        >>> before.change(Fingerprint(12, 7, 7, 2))
+        'its size went from 10 to 12 bytes'
+    """
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+
+    @classmethod
+    def of(cls, path: str) -> Fingerprint:
+        info = os.stat(path)
+        return cls(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_nlink)
+
+    def change(self, now: Fingerprint) -> str | None:
+        """How the file changed since this fingerprint, or None if it did not."""
+        if now.size != self.size:
+            return f"its size went from {self.size} to {now.size} bytes"
+        if now.mtime_ns != self.mtime_ns:
+            return "it was modified"
+        if now.ctime_ns != self.ctime_ns and now.nlink == self.nlink:
+            return "its inode changed (ctime) with no link added or removed"
+        return None
+
+    def to_json(self) -> list[int]:
+        return [self.size, self.mtime_ns, self.ctime_ns, self.nlink]
+
+    @classmethod
+    def from_json(cls, data: list[int]) -> Fingerprint:
+        return cls(*(int(x) for x in data))
+
+
 @dataclass(frozen=True)
 class StagedFile:
     """A file placed under the staging root.
@@ -76,8 +150,9 @@ class StagedFile:
     Parameters:
         path: absolute or caller-given path of the staged file.
         size: its size in bytes.
-        method: how it got there: ``"rename"``, ``"reflink"``,
+        method: how it got there: ``"rename"``, ``"link"``, ``"reflink"``,
             ``"copy_file_range"`` or ``"copy"`` (user-space streaming copy).
+        fingerprint: for a hard link, the file as staged (see :class:`Fingerprint`).
 
     Example:
         >>> StagedFile("/staging/run/rank0/00000001-ep1.pt", 1024, "rename").method
@@ -87,6 +162,7 @@ class StagedFile:
     path: str
     size: int
     method: str
+    fingerprint: Fingerprint | None = None
 
 
 def _check_run_name(run_name: str) -> None:
@@ -271,11 +347,50 @@ def _rename_into(source: str, destination: str) -> bool:
     return False
 
 
-def _open_temporary(destination: str) -> tuple[str, io.BufferedWriter]:
+def _link_into(source: str, destination: str) -> bool:
+    """Hard-link ``source`` (followed if a symlink) at ``destination``; False where a copy must do.
+
+    Linked under a temporary name and renamed, so an existing staged file is
+    replaced as a copy would replace it.
+    """
+    temp = _temporary_name(destination)
+    for attempt in range(2):
+        try:
+            os.link(source, temp, follow_symlinks=True)
+            break
+        except FileNotFoundError as exc:
+            if not os.path.exists(source):
+                _source_failure(source, exc)
+            if attempt:
+                _staging_failure(source, destination, exc)
+            try:
+                os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+            except OSError as mkdir_exc:
+                _staging_failure(source, destination, mkdir_exc)
+        except OSError as exc:
+            # Another filesystem, a filesystem without hard links, or the
+            # kernel's protected_hardlinks refusing a file we do not own.
+            if exc.errno in _LINK_FALLBACK:
+                return False
+            _staging_failure(source, destination, exc)
+    try:
+        os.replace(temp, destination)
+    except OSError as exc:
+        _unlink_quietly(temp)
+        _staging_failure(source, destination, exc)
+    return True
+
+
+def _temporary_name(destination: str) -> str:
     directory, base = os.path.split(destination)
-    temp = os.path.join(
+    return os.path.join(
         directory, f"{_TEMP_PREFIX}{base}{_TEMP_INFIX}{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
     )
+
+
+def _open_temporary(destination: str) -> tuple[str, io.BufferedWriter]:
+    directory = os.path.dirname(destination)
+    temp = _temporary_name(destination)
     try:
         return temp, open(temp, "xb")  # noqa: SIM115 - closed by the caller
     except FileNotFoundError:
@@ -351,22 +466,29 @@ def _copy_to_temporary(source: str, destination: str, fsync: bool) -> tuple[str,
 
 
 def stage_file(
-    source: str, destination: str, *, move: bool = False, fsync: bool = False
+    source: str,
+    destination: str,
+    *,
+    mode: StagingMode | str = StagingMode.COPY,
+    move: bool = False,
+    fsync: bool = False,
 ) -> StagedFile:
     """Place ``source`` at ``destination`` so that it appears there only complete.
 
     The cheapest method the filesystem allows is used:
 
-    - ``move=True`` on the same filesystem: one ``rename``, whatever the size.
+    - ``move`` on the same filesystem: one ``rename``, whatever the size.
       A rename is atomic, so no temporary name is needed.
+    - ``link`` on the same filesystem: one hard link (then a rename into
+      place), whatever the size; the result carries a :class:`Fingerprint`.
     - otherwise a new file is written under a temporary name
       (``.<name>.partial-<random>``) in the destination's directory and renamed
       onto ``destination`` once complete. Its bytes come from a reflink
       (``FICLONE``: shared extents, no data copied) where the filesystem can
       (Btrfs, XFS), else ``copy_file_range`` (an in-kernel copy, server-side on
-      NFS 4.2), else a user-space copy in 8 MiB chunks. ``move=True`` across
+      NFS 4.2), else a user-space copy in 8 MiB chunks. ``move`` across
       filesystems copies likewise, then removes the source once the copy is in
-      place.
+      place; ``link`` across filesystems is a copy.
 
     In copy mode the source is only read, never modified or removed.
 
@@ -375,16 +497,16 @@ def stage_file(
     atomic visibility; what fsync adds is survival of a power loss, and a
     staging file does not need it: in copy mode the source still holds the
     bytes, and after a crash the run is resumed from its checkpoints anyway.
-    ``move=True`` hands the only copy over, so pass ``fsync=True`` if the
+    ``move`` hands the only copy over, so pass ``fsync=True`` if the
     staged file must survive a power loss of the node on its own.
 
     Parameters:
         source: the file to stage; a symlink is followed.
         destination: where to place it, usually from :func:`staged_path`;
             missing parent directories are created, an existing file replaced.
-        move: the caller gives the file away: rename it when possible, and
-            remove ``source`` once staged otherwise. A symlink ``source`` is
-            copied from its target and the link itself removed.
+        mode: a :class:`StagingMode`. In ``move`` mode a symlink ``source``
+            is copied from its target and the link itself removed.
+        move: ``True`` is ``mode="move"`` (the logger's ``move=True``).
         fsync: flush the staged file and its directory to disk before
             returning.
 
@@ -413,6 +535,13 @@ def stage_file(
             "pass the path of a file, not a directory or device"
         )
 
+    mode = StagingMode.MOVE if move else StagingMode(mode)
+    move = mode is StagingMode.MOVE
+    if mode is StagingMode.LINK and _link_into(source, destination):
+        try:
+            return StagedFile(destination, info.st_size, "link", Fingerprint.of(destination))
+        except OSError as exc:
+            _staging_failure(source, destination, exc)
     if move and not stat.S_ISLNK(link_info.st_mode) and _rename_into(source, destination):
         if fsync:
             try:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from hoist.errors import HoistError, SourceFileError, StoreError
-from hoist.logger.staging import resolve_inside
+from hoist.logger.staging import Fingerprint, resolve_inside
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.leases import Leases, Limit, name_lock, rank_limit, store_limit
 from hoist.tasks.messages import (
@@ -215,6 +215,8 @@ class UploadJob(Job):
                 error=f"the staged file {self.path} is gone (deleted by hand, or the staging "
                 "root is not the one the rank wrote to); log the artifact again",
             )
+        if (rewritten := self._rewritten()) is not None:
+            return self.settle(State.FAILED, error=rewritten)
         if not self.leases.acquire_all(self.limits()):
             return self.hold_back("a concurrency limit or an upload of the same name")
         store = self.ctx.store(self.spec)
@@ -231,6 +233,11 @@ class UploadJob(Job):
             result = store.upload_file(
                 message.object_name, self.path, overwrite=message.overwrite, progress=on_bytes
             )
+        if (rewritten := self._rewritten()) is not None:
+            # The bytes sent may mix two versions: take the object back.
+            if not result.already_present:
+                store.delete(message.object_name)
+            return self.settle(State.FAILED, error=rewritten)
         self._remove_staged()
         return self.settle(
             State.DONE,
@@ -242,6 +249,19 @@ class UploadJob(Job):
             already_present=int(result.already_present),
             upload_finished_at=_now(),
             error="",
+        )
+
+    def _rewritten(self) -> str | None:
+        """Why a hard-linked staged file no longer holds what was logged, or None."""
+        if self.message.fingerprint is None:
+            return None
+        change = Fingerprint.from_json(self.message.fingerprint).change(Fingerprint.of(self.path))
+        if change is None:
+            return None
+        return (
+            f"the file was rewritten after it was logged with staging='link' ({change}); "
+            "with 'link' it must not change until uploaded: log it again, or use the "
+            "default staging='copy' for files rewritten in place"
         )
 
     def _report_progress(self, done: int, total: int) -> None:

@@ -90,12 +90,16 @@ class UploadRequest(Message):
         size: its size when staged.
         overwrite: replace an existing object holding other bytes.
         rank_limit: uploads of this rank that may run at once, fleet-wide.
+        fingerprint: for a hard-linked staged file, what it looked like when
+            staged (:meth:`hoist.logger.staging.Fingerprint.to_json`); the
+            worker fails the upload if the file was rewritten since.
     """
 
     staged_path: str = ""
     size: int = 0
     overwrite: bool = False
     rank_limit: int = 4
+    fingerprint: list[int] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "size": self.size}

@@ -255,13 +255,23 @@ class Records:
         self._raise(keys=latest, args=[f"{message.order}|{message.id}", keep], client=pipe)
         pipe.execute()
 
-    def next_seq(self, run_name: str, rank: int) -> int:
-        """The rank's next sequence number; unique across restarts of a run."""
+    def reserve_seqs(self, run_name: str, rank: int, count: int = 1) -> range:
+        """Reserve the rank's next ``count`` sequence numbers; unique across restarts of a run.
+
+        A rank reserves a block at a time so that most ``file_artifact``
+        calls skip this round trip; numbers of a block it never uses are
+        simply skipped.
+
+        Example:
+            >>> records.reserve_seqs("bert-3", 0, 16)
+            range(1, 17)
+        """
         key = f"{PREFIX}seq:{run_name}:{rank}"
         pipe = self.client.pipeline()
-        pipe.incr(key)
+        pipe.incrby(key, count)
         pipe.expire(key, retention_seconds())
-        return int(pipe.execute()[0])
+        end = int(pipe.execute()[0])
+        return range(end - count + 1, end + 1)
 
     # ----- worker side ------------------------------------------------------
 
