@@ -283,3 +283,21 @@ class Lab:
                 client.delete_objects(
                     Bucket=self.s3().bucket, Delete={"Objects": keys[start : start + 1000]}
                 )
+
+    def rank_spec(self, store: str, run_name: str, rank: int, world_size: int) -> dict[str, Any]:
+        """What :mod:`benchmarks.rank_process` needs to make this rank's logger."""
+        arguments = self.store_arguments(store)
+        return {
+            "store": {"kind": store, "kwargs": arguments["object_store_kwargs"]},
+            "upload_staging_folder": self.staging_root,
+            "broker_url": self.redis_url,
+            "run_name": run_name,
+            "fleet_key": self.fleet_key,
+            "object_name": "{run_name}/rank{rank}/{artifact_name}",
+            "rank": rank,
+            "local_rank": rank,
+            "world_size": world_size,
+            "local_world_size": world_size,
+            "node_rank": 0,
+            "wait_on_close": False,
+        }
