@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0, or 1 if a benchmark crashed (the others still run and are written).
     """
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per candidate (>= 5)")
     parser.add_argument(
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         default=3,
         help="timed runs per candidate of 1 GiB-class transfers (default 3, to fit 10 minutes)",
     )
-    parser.add_argument("--quick", action="store_true", help="sizes / 16, to check the suite itself")
+    parser.add_argument(
+        "--quick", action="store_true", help="sizes / 16, to check the suite itself"
+    )
     parser.add_argument("--output", default=RESULTS_DIR, help="where the JSON and PNG go")
     args = parser.parse_args(argv)
     chosen = BENCHMARKS if not args.only else [b.strip() for b in args.only.split(",")]
@@ -71,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     with bench_dir() as root, ExitStack() as stack:
         lab = Lab(root, stack)
         fstype = filesystem_of(root)
-        print(f"hoist benchmarks: {', '.join(chosen)}; files on {fstype}; {os.cpu_count()} CPUs", flush=True)
+        print(
+            f"hoist benchmarks: {', '.join(chosen)}; files on {fstype}; {os.cpu_count()} CPUs",
+            flush=True,
+        )
         for name in chosen:
             began = time.monotonic()
             print(f"\n== {name}", flush=True)
@@ -110,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             "filesystem": fstype,
         },
     )
-    report.write_chart(png_path, f"hoist vs peers, {date}, {os.cpu_count()} CPUs ({command.strip()})")
-    print(f"\nwrote {os.path.relpath(json_path)} and {os.path.relpath(png_path)} in {elapsed:.0f} s")
+    report.write_chart(
+        png_path, f"hoist vs peers, {date}, {os.cpu_count()} CPUs ({command.strip()})"
+    )
+    print(
+        f"\nwrote {os.path.relpath(json_path)} and {os.path.relpath(png_path)} in {elapsed:.0f} s"
+    )
     return status
 
 

@@ -42,15 +42,28 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     samples = alternate({"read": read_only, "crc64nvme": read_and_hash}, cfg.repeats, warmup=1)
     os.unlink(path)
     rates = {k: [size / MIB / s for s in v] for k, v in samples.items()}
-    report.add(Figure(NAME, f"CRC64NVME over {label(size)} (read + hash)", "MiB/s",
-                      median(rates["crc64nvme"]), median(rates["read"]), "read alone (floor)",
-                      higher_is_better=True, samples=rates, note=cfg.repeats_note(cfg.repeats)))
+    report.add(
+        Figure(
+            NAME,
+            f"CRC64NVME over {label(size)} (read + hash)",
+            "MiB/s",
+            median(rates["crc64nvme"]),
+            median(rates["read"]),
+            "read alone (floor)",
+            higher_is_better=True,
+            samples=rates,
+            note=cfg.repeats_note(cfg.repeats),
+        )
+    )
     hash_seconds = median(samples["crc64nvme"]) - median(samples["read"])
     upload = report.details.get("s3_1gib_hoist_seconds")
     if upload:
         share = 2 * max(hash_seconds, 0.0) * (report.details["s3_1gib_bytes"] / size) / upload
-        report.note(NAME, f"hashing is {share:.1%} of hoist's S3 1 GiB end-to-end time "
-                    f"(2 passes x {hash_seconds * 1e3:.0f} ms over {upload:.2f} s)")
+        report.note(
+            NAME,
+            f"hashing is {share:.1%} of hoist's S3 1 GiB end-to-end time "
+            f"(2 passes x {hash_seconds * 1e3:.0f} ms over {upload:.2f} s)",
+        )
         report.details["checksum_share_of_upload"] = share
     else:
         report.note(NAME, "share of upload time not computed: run with the throughput benchmark")

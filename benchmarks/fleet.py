@@ -33,9 +33,24 @@ def _py_spy(pid: int, seconds: int, out: str) -> subprocess.Popen[bytes] | None:
     if not os.path.exists(binary):
         return None
     return subprocess.Popen(
-        [binary, "record", "--pid", str(pid), "--subprocesses", "--duration", str(seconds),
-         "--format", "raw", "--rate", "50", "--nonblocking", "--output", out],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--duration",
+            str(seconds),
+            "--format",
+            "raw",
+            "--rate",
+            "50",
+            "--nonblocking",
+            "--output",
+            out,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -76,13 +91,19 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
             if count == 1:
                 spy = _py_spy(groups[0], 600, raw)
                 time.sleep(1.0)  # let py-spy attach before the burst
-            before = {"workers": cpu_seconds(worker_pids), "rclone": cpu_seconds([rclone.pid]),
-                      "redis": cpu_seconds([redis_pid])}
+            before = {
+                "workers": cpu_seconds(worker_pids),
+                "rclone": cpu_seconds([rclone.pid]),
+                "redis": cpu_seconds([redis_pid]),
+            }
             children_before = os.times()
             result = run_ranks(lab, "s3", f"fleet-{count}", files)
             children_after = os.times()
-            after = {"workers": cpu_seconds(worker_pids), "rclone": cpu_seconds([rclone.pid]),
-                     "redis": cpu_seconds([redis_pid])}
+            after = {
+                "workers": cpu_seconds(worker_pids),
+                "rclone": cpu_seconds([rclone.pid]),
+                "redis": cpu_seconds([redis_pid]),
+            }
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes what it has
                 spy.wait(30)
@@ -96,10 +117,16 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
         ) / result.seconds
         usage[count] = used
         report.add(
-            Figure(NAME, f"{count} worker(s), {total} x 64 KiB", "files/s", result.per_second,
-                   rates[1] if count > 1 else None, "1 worker" if count > 1 else "",
-                   higher_is_better=True,
-                   note="CPU cores busy: " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()))
+            Figure(
+                NAME,
+                f"{count} worker(s), {total} x 64 KiB",
+                "files/s",
+                result.per_second,
+                rates[1] if count > 1 else None,
+                "1 worker" if count > 1 else "",
+                higher_is_better=True,
+                note="CPU cores busy: " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()),
+            )
         )
     report.details["fleet"] = {"rates": rates, "cpu_cores_busy": usage, "profile_1_worker": profile}
     busiest = max(usage[max(FLEETS)].items(), key=lambda kv: kv[1])
@@ -107,7 +134,8 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     scaling = rates[max(FLEETS)] / rates[1]
     lines = [
         f"{max(FLEETS)} workers give {scaling:.2f}x the rate of 1.",
-        f"With {max(FLEETS)} workers the processes keep {total_busy:.2f} of {os.cpu_count()} cores busy; "
+        f"With {max(FLEETS)} workers the processes keep {total_busy:.2f} of "
+        f"{os.cpu_count()} cores busy; "
         f"the largest share is {busiest[0]} ({busiest[1]:.2f} cores).",
     ]
     if total_busy >= 0.8 * (os.cpu_count() or 2):

@@ -46,18 +46,55 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     pss = {p: median([s[0] / 1024 for s in v]) for p, v in peaks.items()}
     rss = {p: median([s[1] / 1024 for s in v]) for p, v in peaks.items()}
     note = f"1 worker, 1 pool process; {cfg.repeats_note(cfg.large_repeats)}"
-    report.add(Figure(NAME, f"worker peak PSS (group), {label(cfg.gib)} upload", "MiB", pss[large],
-                      pss[small], f"same, {label(cfg.size(256 * MIB))} upload", note=note))
-    report.add(Figure(NAME, f"worker peak RSS (largest process), {label(cfg.gib)} upload", "MiB",
-                      rss[large], rss[small], f"same, {label(cfg.size(256 * MIB))} upload", note=note))
-    report.target(Target(f"worker memory (group PSS) uploading {label(cfg.gib)}, MiB", pss[large], 200, False))
-    report.target(Target("worker memory flat in file size: peak(1 GiB) / peak(256 MiB)", pss[large] / pss[small], 1.1, False))
+    report.add(
+        Figure(
+            NAME,
+            f"worker peak PSS (group), {label(cfg.gib)} upload",
+            "MiB",
+            pss[large],
+            pss[small],
+            f"same, {label(cfg.size(256 * MIB))} upload",
+            note=note,
+        )
+    )
+    report.add(
+        Figure(
+            NAME,
+            f"worker peak RSS (largest process), {label(cfg.gib)} upload",
+            "MiB",
+            rss[large],
+            rss[small],
+            f"same, {label(cfg.size(256 * MIB))} upload",
+            note=note,
+        )
+    )
+    report.target(
+        Target(f"worker memory (group PSS) uploading {label(cfg.gib)}, MiB", pss[large], 200, False)
+    )
+    report.target(
+        Target(
+            "worker memory flat in file size: peak(1 GiB) / peak(256 MiB)",
+            pss[large] / pss[small],
+            1.1,
+            False,
+        )
+    )
     added = (rank["used"] - rank["imported"]) / 1024
-    report.add(Figure(NAME, "rank: RSS a logger adds (construct + 100 x 1 MiB + wait)", "MiB", added,
-                      note=f"import hoist itself: {(rank['imported'] - rank['before_import']) / 1024:.1f} MiB; "
-                      f"after construct +{(rank['constructed'] - rank['imported']) / 1024:.1f} MiB"))
-    report.details["memory"] = {"worker_peaks_kib": {label(os.path.getsize(p)): v for p, v in peaks.items()},
-                                "rank_rss_kib": rank}
+    report.add(
+        Figure(
+            NAME,
+            "rank: RSS a logger adds (construct + 100 x 1 MiB + wait)",
+            "MiB",
+            added,
+            note="import hoist itself: "
+            f"{(rank['imported'] - rank['before_import']) / 1024:.1f} MiB; "
+            f"after construct +{(rank['constructed'] - rank['imported']) / 1024:.1f} MiB",
+        )
+    )
+    report.details["memory"] = {
+        "worker_peaks_kib": {label(os.path.getsize(p)): v for p, v in peaks.items()},
+        "rank_rss_kib": rank,
+    }
     shutil.rmtree(root)
 
 
@@ -66,6 +103,12 @@ def _rank_memory(lab: Lab, root: str) -> dict[str, int]:
     os.makedirs(directory)
     files = [write_source(os.path.join(directory, f"f{i}.bin"), MIB) for i in range(100)]
     spec = {"logger": lab.rank_spec("s3", "mem-rank", 0, 1), "files": files, "measure": "memory"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.rank_process", json.dumps(spec)],
-                          cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.rank_process", json.dumps(spec)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])

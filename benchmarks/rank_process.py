@@ -55,8 +55,13 @@ def main() -> int:
     done = time.time()
     logger.close()
     if spec["measure"] == "memory":
-        result = {"before_import": before_import, "imported": imported,
-                  "constructed": constructed, "used": _rss_kib(), "count": len(files)}
+        result = {
+            "before_import": before_import,
+            "imported": imported,
+            "constructed": constructed,
+            "used": _rss_kib(),
+            "count": len(files),
+        }
     else:
         result = {"start": start, "enqueued": enqueued, "done": done, "count": len(files)}
     print(json.dumps(result), flush=True)

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from benchmarks.services import Lab
 from benchmarks.files import REPO
+from benchmarks.services import Lab
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,18 @@ def run_ranks(lab: Lab, store: str, run_name: str, files_by_rank: list[list[str]
     world = len(files_by_rank)
     procs = []
     for rank, files in enumerate(files_by_rank):
-        spec = {"logger": lab.rank_spec(store, run_name, rank, world), "files": files,
-                "measure": "throughput"}
+        spec = {
+            "logger": lab.rank_spec(store, run_name, rank, world),
+            "files": files,
+            "measure": "throughput",
+        }
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.rank_process", json.dumps(spec)],
-                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                cwd=REPO,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
         )
     try:

@@ -31,7 +31,10 @@ def write_small_files(root: str, total: int, ranks: int) -> list[list[str]]:
         directory = os.path.join(root, f"rank{rank}")
         os.makedirs(directory)
         by_rank.append(
-            [write_source(os.path.join(directory, f"f{i:05d}.bin"), 64 * KIB) for i in range(total // ranks)]
+            [
+                write_source(os.path.join(directory, f"f{i:05d}.bin"), 64 * KIB)
+                for i in range(total // ranks)
+            ]
         )
     return by_rank
 
@@ -56,18 +59,36 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
 
     with lab.fleet(2, concurrency=2):
         # 2,000 files through hoist take over a minute here: large_repeats, to fit the budget.
-        samples = alternate({"hoist": with_hoist, "s5cmd": with_s5cmd}, cfg.large_repeats, between=settle)
+        samples = alternate(
+            {"hoist": with_hoist, "s5cmd": with_s5cmd}, cfg.large_repeats, between=settle
+        )
     rates = {name: [total / s for s in values] for name, values in samples.items()}
     figure = report.add(
-        Figure(NAME, f"{total} x 64 KiB from {RANKS} ranks, end to end", "files/s",
-               median(rates["hoist"]), median(rates["s5cmd"]), "s5cmd cp", higher_is_better=True,
-               samples=rates, note=f"verified by read-back; {cfg.repeats_note(cfg.large_repeats)}")
+        Figure(
+            NAME,
+            f"{total} x 64 KiB from {RANKS} ranks, end to end",
+            "files/s",
+            median(rates["hoist"]),
+            median(rates["s5cmd"]),
+            "s5cmd cp",
+            higher_is_better=True,
+            samples=rates,
+            note=f"verified by read-back; {cfg.repeats_note(cfg.large_repeats)}",
+        )
     )
     report.add(
-        Figure(NAME, "file_artifact calls per second per rank (64 KiB, during the burst)", "calls/s",
-               median(enqueue_rates), higher_is_better=True, samples={"hoist": enqueue_rates},
-               note=f"median over {len(enqueue_rates)} rank-runs")
+        Figure(
+            NAME,
+            "file_artifact calls per second per rank (64 KiB, during the burst)",
+            "calls/s",
+            median(enqueue_rates),
+            higher_is_better=True,
+            samples={"hoist": enqueue_rates},
+            note=f"median over {len(enqueue_rates)} rank-runs",
+        )
     )
     if figure.ratio is not None:
-        report.target(Target(f"{total} small files vs s5cmd (artifacts/s ratio)", figure.ratio, 0.5, True))
+        report.target(
+            Target(f"{total} small files vs s5cmd (artifacts/s ratio)", figure.ratio, 0.5, True)
+        )
     shutil.rmtree(root)

@@ -27,22 +27,16 @@ Then :func:`benchmarks.training_loop.run` measures the steady state, and
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import gc
 import inspect
 import itertools
-import json
 import os
-import platform
 import queue
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from benchmarks import training_loop
@@ -309,7 +303,9 @@ def _one_size(
 
     hoist_staging = logger.staging_root
     candidates = [
-        Candidate(f"file_artifact[{mode}]", full_call(kw), mode == "move", hoist_staging, staged_by_logger)
+        Candidate(
+            f"file_artifact[{mode}]", full_call(kw), mode == "move", hoist_staging, staged_by_logger
+        )
         for mode, kw in modes.items()
     ]
     if size <= 100 * MIB:
@@ -337,28 +333,86 @@ def _one_size(
     for mode in modes:
         hoist = f"file_artifact[{mode}]"
         report.add(
-            Figure(NAME, f"stall {label(size)} {mode}", "s", medians[hoist], medians["copy2+put"],
-                   "shutil.copy2+queue.put", samples={hoist: samples[hoist], "copy2+put": samples["copy2+put"]},
-                   note=note + (f"; staging {methods[mode]}" if mode in methods else ""))
+            Figure(
+                NAME,
+                f"stall {label(size)} {mode}",
+                "s",
+                medians[hoist],
+                medians["copy2+put"],
+                "shutil.copy2+queue.put",
+                samples={hoist: samples[hoist], "copy2+put": samples["copy2+put"]},
+                note=note + (f"; staging {methods[mode]}" if mode in methods else ""),
+            )
         )
     default = "file_artifact[copy]"
     report.add(
-        Figure(NAME, f"stall {label(size)} copy", "s", medians[default], medians["boto3 sync"],
-               "boto3 upload_file (sync)", samples={default: samples[default], "boto3 sync": samples["boto3 sync"]}, note=note)
+        Figure(
+            NAME,
+            f"stall {label(size)} copy",
+            "s",
+            medians[default],
+            medians["boto3 sync"],
+            "boto3 upload_file (sync)",
+            samples={default: samples[default], "boto3 sync": samples["boto3 sync"]},
+            note=note,
+        )
     )
     if size == KIB:
-        report.target(Target("stall for a 1 KiB artifact, median ms (copy mode, incl. enqueue)", medians[default] * 1e3, 1.0, False))
-        if "file_artifact[link]" in medians:
-            report.target(Target("stall for a 1 KiB artifact, median ms (link mode)", medians["file_artifact[link]"] * 1e3, 1.0, False))
-    if size == cfg.gib:
-        report.target(Target(f"move=True for {label(size)}: times less than shutil.copy2", medians["copy2+put"] / medians["file_artifact[move]"], 100, True))
-        report.add(
-            Figure(NAME, f"stall {label(size)} copy", "s", medians[default], medians["cp"], "cp",
-                   samples={default: samples[default], "cp": samples["cp"]}, note=note)
+        report.target(
+            Target(
+                "stall for a 1 KiB artifact, median ms (copy mode, incl. enqueue)",
+                medians[default] * 1e3,
+                1.0,
+                False,
+            )
         )
-        report.target(Target(f"copy mode for {label(size)}: no slower than cp (cp time / hoist time)", medians["cp"] / medians[default], 1.0, True))
         if "file_artifact[link]" in medians:
-            report.target(Target(f"link mode for {label(size)}: times less than shutil.copy2", medians["copy2+put"] / medians["file_artifact[link]"], 100, True))
+            report.target(
+                Target(
+                    "stall for a 1 KiB artifact, median ms (link mode)",
+                    medians["file_artifact[link]"] * 1e3,
+                    1.0,
+                    False,
+                )
+            )
+    if size == cfg.gib:
+        report.target(
+            Target(
+                f"move=True for {label(size)}: times less than shutil.copy2",
+                medians["copy2+put"] / medians["file_artifact[move]"],
+                100,
+                True,
+            )
+        )
+        report.add(
+            Figure(
+                NAME,
+                f"stall {label(size)} copy",
+                "s",
+                medians[default],
+                medians["cp"],
+                "cp",
+                samples={default: samples[default], "cp": samples["cp"]},
+                note=note,
+            )
+        )
+        report.target(
+            Target(
+                f"copy mode for {label(size)}: no slower than cp (cp time / hoist time)",
+                medians["cp"] / medians[default],
+                1.0,
+                True,
+            )
+        )
+        if "file_artifact[link]" in medians:
+            report.target(
+                Target(
+                    f"link mode for {label(size)}: times less than shutil.copy2",
+                    medians["copy2+put"] / medians["file_artifact[link]"],
+                    100,
+                    True,
+                )
+            )
     shutil.rmtree(scratch)
 
 
@@ -369,13 +423,26 @@ def _close_idle(report: Report, redis_url: str, root: str, cfg: RunConfig) -> No
         store = os.path.join(root, f"close-{i}")
         os.makedirs(os.path.join(store, "artifacts"))
         logger = ObjectStoreLogger(
-            provider="local", container="artifacts", provider_kwargs={"key": store},
-            upload_staging_folder=os.path.join(root, "hoist-staging"), broker_url=redis_url,
+            provider="local",
+            container="artifacts",
+            provider_kwargs={"key": store},
+            upload_staging_folder=os.path.join(root, "hoist-staging"),
+            broker_url=redis_url,
             run_name=f"close-{i}",
         )
         start = time.perf_counter()
         logger.close()
         samples.append(time.perf_counter() - start)
-    report.add(Figure(NAME, "close() with nothing pending", "s", median(samples),
-                      samples={"close": samples}, note=f"median of {len(samples)}"))
-    report.target(Target("close() with nothing pending, median ms", median(samples) * 1e3, 50, False))
+    report.add(
+        Figure(
+            NAME,
+            "close() with nothing pending",
+            "s",
+            median(samples),
+            samples={"close": samples},
+            note=f"median of {len(samples)}",
+        )
+    )
+    report.target(
+        Target("close() with nothing pending, median ms", median(samples) * 1e3, 50, False)
+    )

@@ -28,14 +28,14 @@ from hoist.tasks.records import Records
 NAME = "throughput"
 
 
-def hoist_upload(lab: Lab, store: str, run_name: str, files: list[str], **options: object) -> tuple[float, set[str]]:
-    """Log ``files`` through hoist and wait until all are verified; seconds and verification modes."""
+def hoist_upload(
+    lab: Lab, store: str, run_name: str, files: list[str], **options: object
+) -> tuple[float, set[str]]:
+    """Log ``files`` through hoist, wait until all are verified; seconds and verification modes."""
     logger = lab.logger(store, run_name, wait_on_close=False, **options)
     try:
         start = time.perf_counter()
-        ids = [
-            logger.file_artifact(LogLevel.BATCH, os.path.basename(path), path) for path in files
-        ]
+        ids = [logger.file_artifact(LogLevel.BATCH, os.path.basename(path), path) for path in files]
         logger.wait(poll_interval=0.01)
         seconds = time.perf_counter() - start
     finally:
@@ -74,11 +74,13 @@ def _settle_s3(lab: Lab) -> None:
     os.sync()
 
 
-def _s3(lab: Lab, report: Report, cfg: RunConfig, cases: list[tuple[str, list[str], int]], n: int) -> None:
+def _s3(
+    lab: Lab, report: Report, cfg: RunConfig, cases: list[tuple[str, list[str], int]], n: int
+) -> None:
     for case, files, total in cases:
         modes: set[str] = set()
 
-        def with_hoist(r: int, case: str = case, files: list[str] = files) -> float:
+        def with_hoist(r: int, files: list[str] = files, modes: set[str] = modes) -> float:
             seconds, used = hoist_upload(lab, "s3", f"tp-s3-{len(files)}-{r}", files)
             modes.update(used)
             return seconds
@@ -114,9 +116,17 @@ def _s3(lab: Lab, report: Report, cfg: RunConfig, cases: list[tuple[str, list[st
             if len(files) == 1 and figure.ratio is not None:
                 limit = 0.9 if peer == "s5cmd" else 1.0
                 report.target(
-                    Target(f"{case} end to end incl. verification vs {peer_name}", figure.ratio, limit, True)
+                    Target(
+                        f"{case} end to end incl. verification vs {peer_name}",
+                        figure.ratio,
+                        limit,
+                        True,
+                    )
                 )
-        report.details.setdefault("throughput", {})[f"s3 {case}"] = {"verified_by": verified, "total_bytes": total}
+        report.details.setdefault("throughput", {})[f"s3 {case}"] = {
+            "verified_by": verified,
+            "total_bytes": total,
+        }
         if len(files) == 1:
             report.details["s3_1gib_hoist_seconds"] = median(samples["hoist"])
             report.details["s3_1gib_bytes"] = total
@@ -128,11 +138,16 @@ def _checksum_mode(lab: Lab, report: Report, files: list[str]) -> None:
     _settle_s3(lab)
     seconds, modes = hoist_upload(lab, "s3", "tp-s3-verify-checksum", files, verify="checksum")
     if modes == {Verification.STORE_CHECKSUM.value}:
-        report.note(NAME, f"verify='checksum': {seconds:.2f} s for {label(os.path.getsize(files[0]))} (one run), verified by {modes}")
+        report.note(
+            NAME,
+            f"verify='checksum': {seconds:.2f} s for {label(os.path.getsize(files[0]))} "
+            f"(one run), verified by {modes}",
+        )
     else:
         report.note(
             NAME,
-            f"verify='checksum' was asked for but the upload was verified by {','.join(sorted(modes))}: "
+            "verify='checksum' was asked for but the upload was verified by "
+            f"{','.join(sorted(modes))}: "
             "rclone serve s3 reports no checksum for multipart objects, so hoist falls back to "
             f"reading back ({seconds:.2f} s, one run); a checksum-only figure needs a server "
             "that validates and reports CRC64NVME (AWS, MinIO)",
@@ -146,11 +161,13 @@ def _clear_sftp(lab: Lab) -> None:
     os.sync()
 
 
-def _sftp(lab: Lab, report: Report, cfg: RunConfig, cases: list[tuple[str, list[str], int]], n: int) -> None:
+def _sftp(
+    lab: Lab, report: Report, cfg: RunConfig, cases: list[tuple[str, list[str], int]], n: int
+) -> None:
     for case, files, total in cases:
         modes: set[str] = set()
 
-        def with_hoist(r: int, files: list[str] = files) -> float:
+        def with_hoist(r: int, files: list[str] = files, modes: set[str] = modes) -> float:
             seconds, used = hoist_upload(lab, "sftp", f"tp-sftp-{len(files)}-{r}", files)
             modes.update(used)
             return seconds

@@ -132,4 +132,11 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     sync_slowdown = median(samples["boto3 sync"]) / base - 1
     report.details["training_loop"] = {"slowdown_hoist": slowdown, "slowdown_boto3": sync_slowdown}
     report.target(Target("training loop slowdown with hoist, %", slowdown * 100, 5, False))
-    report.target(Target("training loop slowdown with sync boto3, % (expected > 20)", sync_slowdown * 100, 20, True))
+    report.target(
+        Target(
+            "training loop slowdown with sync boto3, % (expected > 20)",
+            sync_slowdown * 100,
+            20,
+            True,
+        )
+    )
