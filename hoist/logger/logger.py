@@ -30,6 +30,7 @@ from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, fleet_key_from_environment, kind_of
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import (
+    NODE_QUEUE_ENV,
     SYMLINK_TASK,
     UPLOAD_TASK,
     Message,
@@ -39,6 +40,7 @@ from hoist.tasks.messages import (
     order_key,
     send,
 )
+from hoist.tasks.messages import node_queue as node_queue_name
 from hoist.tasks.records import Records, State
 from hoist.tasks.settings import DEFAULT_BROKER_URL
 
@@ -82,6 +84,13 @@ class ObjectStoreLogger:
         fleet_key: seals credentials in store arguments (default ``HOIST_FLEET_KEY``).
         enqueue_timeout: seconds to keep trying an unreachable broker before
             ``file_artifact`` raises.
+        staging: the default :class:`~hoist.logger.staging.StagingMode`.
+        node_queue: for a node-local staging folder (default
+            ``HOIST_NODE_QUEUE``): the name of this node's upload queue, which
+            only the worker on this node consumes (``hoist worker --node-queue
+            NAME``). Empty: uploads go to the shared queue, and any worker of
+            the fleet must be able to read the staging folder. Pointers always
+            go to the shared pointer queue (they need no staged file).
 
     Example:
         >>> with ObjectStoreLogger(object_store_cls=S3ObjectStore,
@@ -116,6 +125,7 @@ class ObjectStoreLogger:
         fleet_key: str | None = None,
         enqueue_timeout: float = 30.0,
         staging: StagingMode | str = StagingMode.COPY,
+        node_queue: str | None = None,
     ) -> None:
         if isinstance(provider, type):  # ObjectStoreLogger(S3ObjectStore, {...}) positionally
             object_store_cls, provider = provider, None
@@ -149,6 +159,8 @@ class ObjectStoreLogger:
         self.wait_on_close = wait_on_close
         self.enqueue_timeout = enqueue_timeout
         self.staging = _staging_mode(staging)
+        node = os.environ.get(NODE_QUEUE_ENV, "") if node_queue is None else node_queue
+        self.upload_queue = node_queue_name(node) if node else ""
         broker = broker_url or os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
         self._app = make_app(broker)
         self._records = Records.from_url(state_url or os.environ.get("HOIST_STATE_URL") or broker)
@@ -207,6 +219,7 @@ class ObjectStoreLogger:
             overwrite=overwrite,
             rank_limit=self.num_concurrent_uploads,
             fingerprint=staged.fingerprint.to_json() if staged.fingerprint else None,
+            queue=self.upload_queue,
         )
         self._enqueue(UPLOAD_TASK, message, staged.path)
         self._latest_by_object[object_name] = message.id
