@@ -21,9 +21,11 @@ venv=${HOIST_VENV:-$PWD/.venv}
 python=${PYTHON:-python3}
 
 # Debian packages: the services hoist runs (Redis) and the tests start (sshd),
-# and for the tests only, the browser the Flower test drives (chromium).
+# and for the tests only, the browser the Flower test drives (chromium),
+# systemd-analyze for checking deploy/systemd (systemd) and `ip netns` for
+# the multi-host test (iproute2).
 debs=(redis-server openssh-server openssh-client)
-[ "$mode" = test ] && debs+=(chromium)
+[ "$mode" = test ] && debs+=(chromium systemd iproute2)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")

@@ -31,6 +31,7 @@ from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, fleet_key_from_environment, kind_of
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import (
+    NODE_QUEUE_ENV,
     SYMLINK_TASK,
     UPLOAD_TASK,
     Message,
@@ -40,6 +41,7 @@ from hoist.tasks.messages import (
     order_key,
     send,
 )
+from hoist.tasks.messages import node_queue as node_queue_name
 from hoist.tasks.records import Records, State
 from hoist.tasks.settings import DEFAULT_BROKER_URL
 from hoist.workers.cluster import mask_url
@@ -91,6 +93,13 @@ class ObjectStoreLogger:
             (default ``HOIST_ENQUEUE_TIMEOUT``, else 30). The training step is
             blocked meanwhile, so keep it short where a stall costs more than a
             lost checkpoint upload; the error says how to send it later.
+        staging: the default :class:`~hoist.logger.staging.StagingMode`.
+        node_queue: for a node-local staging folder (default
+            ``HOIST_NODE_QUEUE``): the name of this node's upload queue, which
+            only the worker on this node consumes (``hoist worker --node-queue
+            NAME``). Empty: uploads go to the shared queue, and any worker of
+            the fleet must be able to read the staging folder. Pointers always
+            go to the shared pointer queue (they need no staged file).
 
     Example:
         >>> with ObjectStoreLogger(object_store_cls=S3ObjectStore,
@@ -125,6 +134,7 @@ class ObjectStoreLogger:
         fleet_key: str | None = None,
         enqueue_timeout: float | None = None,
         staging: StagingMode | str = StagingMode.COPY,
+        node_queue: str | None = None,
     ) -> None:
         if isinstance(provider, type):  # ObjectStoreLogger(S3ObjectStore, {...}) positionally
             object_store_cls, provider = provider, None
@@ -158,6 +168,8 @@ class ObjectStoreLogger:
         self.wait_on_close = wait_on_close
         self.staging = _staging_mode(staging)
         self.enqueue_timeout = _enqueue_timeout(enqueue_timeout)
+        node = os.environ.get(NODE_QUEUE_ENV, "") if node_queue is None else node_queue
+        self.upload_queue = node_queue_name(node) if node else ""
         broker = broker_url or os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
         state = state_url or os.environ.get("HOIST_STATE_URL") or broker
         # For error messages: where the rank tried to reach, never with its password.
@@ -220,6 +232,7 @@ class ObjectStoreLogger:
             overwrite=overwrite,
             rank_limit=self.num_concurrent_uploads,
             fingerprint=staged.fingerprint.to_json() if staged.fingerprint else None,
+            queue=self.upload_queue,
         )
         self._enqueue(UPLOAD_TASK, message, staged.path)
         self._latest_by_object[object_name] = message.id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 import types
 import typing
@@ -24,6 +25,35 @@ UPLOAD_QUEUE = "hoist.uploads"
 SYMLINK_QUEUE = "hoist.symlinks"
 """Short pointer writes have their own queue, so that they never wait behind
 long uploads for a worker slot."""
+NODE_QUEUE_ENV = "HOIST_NODE_QUEUE"
+"""Names this node's upload queue, for ranks (the logger) and workers alike."""
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def node_queue(node: str) -> str:
+    """The upload queue of one node, for staging on a node-local directory.
+
+    Ranks that stage to a directory only their own node can read send their
+    uploads here, and only a worker on that node (``hoist worker --node-queue
+    NODE``) consumes it. Pointer tasks need no staged file and stay on
+    :data:`SYMLINK_QUEUE`.
+
+    Example:
+        >>> node_queue("gpu-017")
+        'hoist.uploads.node.gpu-017'
+
+    Raises:
+        ConfigurationError: ``node`` is empty or not a plain name.
+    """
+    if not _NODE_NAME.fullmatch(node):
+        from hoist.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"node queue name {node!r} is not usable; use letters, digits, '.', '_' and '-' "
+            "(for example the host name), up to 128 characters"
+        )
+    return f"{UPLOAD_QUEUE}.node.{node}"
+
 
 M = TypeVar("M", bound="Message")
 
@@ -123,6 +153,10 @@ class UploadRequest(Message):
         fingerprint: for a hard-linked staged file, what it looked like when
             staged (:meth:`hoist.logger.staging.Fingerprint.to_json`); the
             worker fails the upload if the file was rewritten since.
+        queue: the node queue (:func:`node_queue`) when the file was staged
+            node-locally, else empty (the shared :data:`UPLOAD_QUEUE`). Part
+            of the message, so every re-send (resender, ``hoist retry``) goes
+            back to the same node.
     """
 
     staged_path: str = ""
@@ -130,6 +164,7 @@ class UploadRequest(Message):
     overwrite: bool = False
     rank_limit: int = 4
     fingerprint: list[int] | None = None
+    queue: str = ""
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "size": self.size}
@@ -216,8 +251,16 @@ MESSAGE_TYPES: dict[str, type[Message]] = {UPLOAD_TASK: UploadRequest, SYMLINK_T
 QUEUES = {UPLOAD_TASK: UPLOAD_QUEUE, SYMLINK_TASK: SYMLINK_QUEUE}
 
 
+def queue_for(task: str, message: Message) -> str:
+    """The queue ``message`` goes to: its node queue if it names one, else the task's."""
+    return getattr(message, "queue", "") or QUEUES[task]
+
+
 def send(app: Any, task: str, message: Message, retry_seconds: float = 30.0) -> None:
     """Send ``message`` as ``task``, with its artifact id as the task id.
+
+    The queue is :func:`queue_for` the message, so an upload staged on a node
+    goes to that node's queue every time it is sent.
 
     Flower shows :meth:`Message.summary` as the arguments. If the broker is
     unreachable, kombu retries for about ``retry_seconds`` before raising.
@@ -226,7 +269,7 @@ def send(app: Any, task: str, message: Message, retry_seconds: float = 30.0) -> 
         task,
         kwargs={"message": message.to_json()},
         task_id=message.id,
-        queue=QUEUES[task],
+        queue=queue_for(task, message),
         kwargsrepr=repr(message.summary()),
         retry=True,
         retry_policy={
