@@ -221,14 +221,18 @@ class UploadJob(Job):
             )
         if (rewritten := self._rewritten()) is not None:
             return self.settle(State.FAILED, error=rewritten)
-        if not self.leases.acquire_all(self.limits()):
+        if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
             return self.hold_back("a concurrency limit or an upload of the same name")
         store = self.ctx.store(self.spec)
         with Heartbeat(self) as heartbeat:
             self.ctx.records.client.hset(
                 f"hoist:artifact:{message.id}", "upload_started_at", _now()
             )
-            progress = TransferProgress(os.path.getsize(self.path), self._report_progress)
+            progress = TransferProgress(
+                os.path.getsize(self.path),
+                self._report_progress,
+                interval=self.ctx.settings.progress_seconds,
+            )
 
             def on_bytes(nbytes: int) -> None:
                 heartbeat.check()
