@@ -189,9 +189,21 @@ class SymlinkRequest(Message):
 _JSON_TYPES: dict[Any, type] = {str: str, int: int, bool: bool, dict: dict, list: list}
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type[Message]) -> dict[str, Any]:
+    # Resolved once per class: resolving the string annotations on every field
+    # of every message cost 12% of a worker's time on small uploads.
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def _checked(cls: type[Message], name: str, value: Any) -> Any:
     """``value`` if it has the type field ``name`` of ``cls`` declares, else raise."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = _type_hints(cls)[name]
     if typing.get_origin(hint) in (types.UnionType, typing.Union):  # `X | None`
         if value is None:
             return None
