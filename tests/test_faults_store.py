@@ -39,7 +39,7 @@ from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore, SFTPObjectStore
 from hoist.errors import UploadFailedError
 from hoist.stores.spec import new_fleet_key
 from hoist.tasks.records import ArtifactStatus, Records, State
-from tests.services.faultproxy import FaultProxy
+from tests.services.faultproxy import FAULT_KINDS, FaultProxy
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
 from tests.services.sshd import SshServer
@@ -223,6 +223,7 @@ def test_transient_faults_every_artifact_lands_verified(
             tmp_path,
         )
     stats = proxy.stats
+    assert all(stats.faults[kind] >= 1 for kind in FAULT_KINDS), stats.summary()
     raw = moto_server.client()  # straight to the server, not through the proxy
 
     # Everything landed, with exactly its bytes.
@@ -232,7 +233,13 @@ def test_transient_faults_every_artifact_lands_verified(
         ]
         for name, source in run.sources.items():
             held = raw.get_object(Bucket=moto_server.bucket, Key=f"{run.run_name}/{name}")
-            assert sha256(held["Body"].read()) == sha256(source.read_bytes()), name
+            key = f"{run.run_name}/{name}"
+            assert sha256(held["Body"].read()) == sha256(source.read_bytes()), (
+                name,
+                [r.fields for r in run.records if r.artifact_name == name],
+                [e for e in stats.events if key in e],
+                [line for line in fleet.logs().splitlines() if key in line],
+            )
         assert list((fleet.staging_root / run.run_name).rglob("*.bin")) == []
 
     # Retries are bounded and back off: every failed attempt has its line, with
@@ -255,10 +262,11 @@ def test_transient_faults_every_artifact_lands_verified(
     }
     corrupted = [ids[key] for key in stats.corrupted_objects if key in ids]
     caught = [a for a in corrupted if any("ChecksumMismatchError" in e for _, e, _ in lines[a])]
+    assert corrupted, f"no corrupted object was stored, so nothing was proved: {stats.summary()}"
     for artifact in corrupted:
         assert attempts[artifact] >= 2, artifact
-    if corrupted:
-        assert caught, "no corrupted object was caught by verification"
+    # Another fault may end an attempt before its verification; most are caught by it.
+    assert caught, "no corrupted object was caught by verification"
 
     clean_attempts = [int(r.fields["attempts"]) for r in clean.records]
     assert clean_attempts == [1] * artifacts  # the proxy itself does no harm

@@ -17,11 +17,12 @@ random share of the requests, does one of these instead of a clean relay:
 ``corrupt_read``    flips a byte of a GetObject answer's body (a read-back)
 ==================  ==========================================================
 
+Each kind is injected once on the first request it applies to, so a short run
+exercises all of them; after that a seeded ``rate`` of requests get a fault.
 The corrupting kinds apply only to the requests they can change (an upload
-body, an object read); another request drawn for one gets a non-corrupting
-kind instead. The proxy counts what it did (:attr:`FaultProxy.stats`) and
-remembers which object keys had an upload corrupted
-(:attr:`FaultProxy.corrupted_keys`).
+body, an object read), and such a request gets one of them half the time.
+The proxy counts what it did (:attr:`FaultProxy.stats`): requests, faults by
+kind, which objects the server stored with corrupted bytes, and every write.
 
 Only what the tests need of HTTP is handled: ``Content-Length`` and chunked
 bodies, ``Expect: 100-continue`` (answered by the proxy itself), HEAD and
@@ -35,6 +36,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -156,6 +158,8 @@ class FaultStats:
         writes: ``bucket/key`` of each whole object the server stored (PutObject
             or CompleteMultipartUpload answered with success), whether or not
             the client saw that answer.
+        events: one line per request that reached the server (time, method,
+            target, fault, status), to explain a failing test.
     """
 
     requests: int = 0
@@ -163,13 +167,14 @@ class FaultStats:
     corrupted_keys: Counter[str] = field(default_factory=Counter)
     corrupted_objects: Counter[str] = field(default_factory=Counter)
     writes: Counter[str] = field(default_factory=Counter)
+    events: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k} {self.faults[k]}" for k in FAULT_KINDS if self.faults[k])
         total = sum(self.faults.values())
         return (
             f"{self.requests} requests, {total} faults ({kinds or 'none'}); "
-            f"{sum(self.corrupted_objects.values())} objects stored with corrupted bytes"
+            f"{sum(self.corrupted_objects.values())} writes of corrupted bytes stored by the server"
         )
 
 
@@ -203,6 +208,9 @@ class FaultProxy:
         self.rate = rate
         self.stall_seconds = stall_seconds
         self.kinds = kinds
+        # Each kind is injected on the first request it applies to, then at random:
+        # every kind is exercised even in a short run.
+        self._unused = set(kinds) if rate > 0 else set()
         self.stats = FaultStats()
         self._random = random.Random(seed)
         self._corrupted_uploads: set[str] = set()  # multipart upload ids with a corrupted part
@@ -236,10 +244,6 @@ class FaultProxy:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-    def set_rate(self, rate: float) -> None:
-        with self._lock:
-            self.rate = rate
 
     # ----- serving ----------------------------------------------------------
 
@@ -283,7 +287,7 @@ class FaultProxy:
                         return
                     continue
                 if kind == "corrupt_upload":
-                    request.body = _flip(request.body)
+                    request.body = self._flip(request.body)
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream)
                     upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -302,7 +306,7 @@ class FaultProxy:
                     self._stopping.wait(self.stall_seconds)
                     return
                 if kind == "corrupt_read":
-                    response.body = _flip(response.body)
+                    response.body = self._flip(response.body)
                 headers = response.without("Transfer-Encoding", "Content-Length")
                 status = int(response.start.split()[1])
                 if request.start.split()[0] != "HEAD" and _has_body(status):
@@ -329,6 +333,15 @@ class FaultProxy:
                 self._track(upstream, False)
                 _close(upstream)
 
+    def _flip(self, body: bytes) -> bytes:
+        """Flip one byte at a random place: two flips (upload, then read-back) must not cancel."""
+        if not body:
+            return body
+        with self._lock:
+            position = self._random.randrange(len(body))
+            mask = self._random.randrange(1, 256)
+        return body[:position] + bytes([body[position] ^ mask]) + body[position + 1 :]
+
     def _account(self, request: _Message, kind: str | None, status: int) -> None:
         """Note corrupted uploads and whole-object writes the server accepted."""
         method, target = request.start.split()[:2]
@@ -336,6 +349,9 @@ class FaultProxy:
         key = _object_key(request)
         upload_id = (query.get("uploadId") or [""])[0]
         with self._lock:
+            self.stats.events.append(
+                f"{time.time():.3f} {method} {target} {kind or 'clean'} -> {status}"
+            )
             if kind == "corrupt_upload":
                 self.stats.corrupted_keys[key] += 1
                 if upload_id:
@@ -354,14 +370,21 @@ class FaultProxy:
     def _draw(self, request: _Message) -> str | None:
         with self._lock:
             self.stats.requests += 1
-            if self.rate <= 0 or self._random.random() >= self.rate:
+            if self.rate <= 0:
                 return None
-            kind = self._random.choice(self.kinds)
-            if (kind == "corrupt_upload" and not _is_upload(request)) or (
-                kind == "corrupt_read" and not _is_object_read(request)
-            ):
-                choices = [k for k in self.kinds if k in _NON_CORRUPTING] or list(_NON_CORRUPTING)
-                kind = self._random.choice(choices)
+            applicable = [k for k in self.kinds if _applies(k, request)]
+            kind = next((k for k in self._unused if k in applicable), None)
+            if kind is None:
+                if not applicable or self._random.random() >= self.rate:
+                    return None
+                # A request that a corrupting kind can change gets it half the time,
+                # so that corruption is as common as every other fault together.
+                corrupting = [k for k in applicable if k.startswith("corrupt")]
+                if corrupting and self._random.random() < 0.5:
+                    kind = self._random.choice(corrupting)
+                else:
+                    kind = self._random.choice([k for k in applicable if k not in corrupting])
+            self._unused.discard(kind)
             self.stats.faults[kind] += 1
             return kind
 
@@ -398,6 +421,14 @@ class FaultProxy:
         client.sendall(head + (b"" if is_head else body))
 
 
+def _applies(kind: str, request: _Message) -> bool:
+    if kind == "corrupt_upload":
+        return _is_upload(request)
+    if kind == "corrupt_read":
+        return _is_object_read(request)
+    return True
+
+
 def _has_body(status: int) -> bool:
     return not (100 <= status < 200 or status in (204, 304))
 
@@ -421,13 +452,6 @@ def _is_object_read(request: _Message) -> bool:
 
 def _object_key(request: _Message) -> str:
     return urlsplit(request.start.split()[1]).path.strip("/")
-
-
-def _flip(body: bytes) -> bytes:
-    if not body:
-        return body
-    position = len(body) // 2
-    return body[:position] + bytes([body[position] ^ 0x5A]) + body[position + 1 :]
 
 
 def _reset(sock: socket.socket) -> None:
