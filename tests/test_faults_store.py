@@ -396,3 +396,38 @@ def test_permanent_store_errors_fail_fast_and_say_what_to_fix(
         f"\n[permanent: {case_id}] failed after {record.fields['attempts']} attempt, "
         f"{surfaced:.2f} s from file_artifact to UploadFailedError: {error}"
     )
+
+
+# ----- 3. one exact sequence: a corrupted object the failed attempt could not delete ----
+
+
+def test_corrupted_leftover_of_a_failed_attempt_is_replaced(
+    moto_server: S3Server, redis_server: RedisServer, fleet: WorkerFleet, tmp_path: Path
+) -> None:
+    """The upload is corrupted, verification catches it, and deleting the bad object fails.
+
+    The next attempt finds an object with other bytes under the name. It is
+    this artifact's own unverified write, not someone else's object, so it must
+    be replaced, not refused as "exists with other bytes".
+    """
+    run_name = f"leftover-{int(time.time() * 1000)}"
+    key = f"{run_name}/ckpt.pt"
+    script = [("PUT", key, "corrupt_upload"), ("DELETE", key, "error500")]
+    source = tmp_path / "ckpt.pt"
+    data = os.urandom(200_000)
+    source.write_bytes(data)
+    with FaultProxy(moto_server.endpoint_url, rate=0.0, script=script) as proxy:
+        # No boto3 retries (max_attempts counts retries), so the scripted 500 fails the delete.
+        store = s3_store(moto_server, proxy.url, max_attempts=0)
+        logger = make_logger(fleet, run_name, **store)
+        logger.file_artifact(LogLevel.EPOCH, "ckpt.pt", source)
+        logger.wait(timeout=120)
+        logger.close()
+    assert proxy.stats.faults == {"corrupt_upload": 1, "error500": 1}, proxy.stats.summary()
+    assert dict(proxy.stats.corrupted_objects) == {f"{moto_server.bucket}/{key}": 1}
+    held = moto_server.client().get_object(Bucket=moto_server.bucket, Key=key)["Body"].read()
+    assert held == data
+    [record] = Records.from_url(redis_server.url).run_artifacts(run_name)
+    assert record.fields["attempts"] == "2", record.fields
+    [(n, error, _)] = retry_lines(fleet.logs(), run_name)[record.id]
+    assert n == 1 and "ChecksumMismatchError" in error, error  # the cause, not the delete's 500

@@ -230,20 +230,34 @@ class UploadJob(Job):
             )
         if not self.leases.acquire_all(self.limits()):
             return self.hold_back("a concurrency limit or an upload of the same name")
-        self.begin_attempt()
+        attempt = self.begin_attempt()
+        # S3 has no write-then-rename: an attempt that wrote and then failed
+        # (a bad copy it could not delete, a lost answer) leaves its object under
+        # the name. With overwrite=False the next attempt would take that for
+        # someone else's object and fail for good, so it may replace it.
+        own_leftover = self.ctx.records.write_started(message.id)
         store = self.ctx.store(self.spec)
         with Heartbeat(self) as heartbeat:
             self.ctx.records.client.hset(
                 f"hoist:artifact:{message.id}", "upload_started_at", _now()
             )
             progress = TransferProgress(os.path.getsize(self.path), self._report_progress)
+            writing = False
 
             def on_bytes(nbytes: int) -> None:
+                nonlocal writing
                 heartbeat.check()
+                if not writing:  # bytes flow only after the name was found free (or ours)
+                    writing = True
+                    self.ctx.records.mark_write_started(message.id, attempt)
                 progress(nbytes)
 
             result = store.upload_file(
-                message.object_name, self.path, overwrite=message.overwrite, progress=on_bytes
+                message.object_name,
+                self.path,
+                overwrite=message.overwrite,
+                progress=on_bytes,
+                replace_own_leftover=own_leftover,
             )
         self._remove_staged()
         return self.settle(

@@ -188,6 +188,9 @@ class FaultProxy:
         stall_seconds: how long a stalled answer is held before the connection
             is closed; make it longer than the client's read timeout.
         kinds: the fault kinds to draw from (default: all of :data:`FAULT_KINDS`).
+        script: faults for chosen requests, each used once, before any random
+            one: ``(method, text in the target, kind)``; the first request
+            that matches gets the fault. For tests of one exact sequence.
 
     Example:
         >>> with FaultProxy(moto.endpoint_url, rate=0.2, seed=5, stall_seconds=3) as proxy:
@@ -202,6 +205,7 @@ class FaultProxy:
         seed: int = 0,
         stall_seconds: float = 3.0,
         kinds: tuple[str, ...] = FAULT_KINDS,
+        script: list[tuple[str, str, str]] | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -211,6 +215,7 @@ class FaultProxy:
         # Each kind is injected on the first request it applies to, then at random:
         # every kind is exercised even in a short run.
         self._unused = set(kinds) if rate > 0 else set()
+        self._script = list(script or [])
         self.stats = FaultStats()
         self._random = random.Random(seed)
         self._corrupted_uploads: set[str] = set()  # multipart upload ids with a corrupted part
@@ -370,6 +375,12 @@ class FaultProxy:
     def _draw(self, request: _Message) -> str | None:
         with self._lock:
             self.stats.requests += 1
+            method, target = request.start.split()[:2]
+            for rule in self._script:
+                if rule[0] == method and rule[1] in target and _applies(rule[2], request):
+                    self._script.remove(rule)
+                    self.stats.faults[rule[2]] += 1
+                    return rule[2]
             if self.rate <= 0:
                 return None
             applicable = [k for k in self.kinds if _applies(k, request)]
