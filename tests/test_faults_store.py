@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,7 @@ def upload_batch(
     run_name: str,
     sizes: list[int],
     source_dir: Path,
+    proxy: FaultProxy | None = None,
 ) -> BatchRun:
     """Log one file per size and wait until all are verified; time from first log to done."""
     sources = {}
@@ -162,7 +164,13 @@ def upload_batch(
     started = time.monotonic()
     for name, path in sources.items():
         logger.file_artifact(LogLevel.BATCH, name, path)
-    logger.wait(timeout=600)  # raises UploadFailedError, naming each failure, if any failed
+    try:
+        logger.wait(timeout=600)
+    except UploadFailedError as failed:  # say what happened to each, request by request
+        keys = [obj for _, obj, _ in failed.failures]
+        events = [e for e in (proxy.stats.events if proxy else []) if any(k in e for k in keys)]
+        history = [line for line in fleet.logs().splitlines() if any(k in line for k in keys)]
+        raise AssertionError("\n".join([str(failed), *events, *history])) from failed
     seconds = time.monotonic() - started
     logger.close()
     return BatchRun(
@@ -222,8 +230,11 @@ def test_transient_faults_every_artifact_lands_verified(
             f"faults-{artifacts}-{stamp}",
             sizes,
             tmp_path,
+            proxy,
         )
     stats = proxy.stats
+    if os.environ.get("HOIST_FAULT_EVENTS"):  # for studying a run: every request, in order
+        Path(os.environ["HOIST_FAULT_EVENTS"]).write_text("\n".join(stats.events))
     assert all(stats.faults[kind] >= 1 for kind in FAULT_KINDS), stats.summary()
     raw = moto_server.client()  # straight to the server, not through the proxy
 
@@ -276,12 +287,16 @@ def test_transient_faults_every_artifact_lands_verified(
     # boto3 resending a PUT/Complete whose answer the proxy lost (same bytes).
     by_hoist = sum(attempts[a] > 1 for a in rewritten)
     counts = list(attempts.values())
+    causes = Counter(error.split(":")[0] for v in lines.values() for _, error, _ in v)
+    multipart = [attempts[r.id] for r in faulty.records if int(r.fields["size"]) >= PART]
     print(
         f"\n[store faults, seed {seed}, {artifacts} artifacts, {sum(sizes) / MiB:.1f} MiB, "
         f"{sum(s >= PART for s in sizes)} multipart] proxy: {stats.summary()}\n"
         f"  attempts per artifact: max {max(counts)}, mean {sum(counts) / len(counts):.2f}; "
         f"{sum(c > 1 for c in counts)} artifacts retried by hoist, "
-        f"{sum(len(v) for v in lines.values())} retry lines\n"
+        f"{sum(len(v) for v in lines.values())} retry lines "
+        f"({', '.join(f'{k} {n}' for k, n in causes.most_common())}); multipart artifacts: "
+        f"max {max(multipart)}, mean {sum(multipart) / len(multipart):.2f}\n"
         f"  corrupted objects stored by the server: {len(corrupted)}, caught by checksum "
         f"mismatch: {len(caught)}, all retried\n"
         f"  objects written more than once: {len(rewritten)} ({by_hoist} by a retry after a "

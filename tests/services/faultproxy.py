@@ -19,8 +19,9 @@ random share of the requests, does one of these instead of a clean relay:
 
 Each kind is injected once on the first request it applies to, so a short run
 exercises all of them; after that a seeded ``rate`` of requests get a fault.
-The corrupting kinds apply only to the requests they can change (an upload
-body, an object read), and such a request gets one of them half the time.
+A faulted request gets one of the kinds that apply to it, uniformly: the
+corrupting kinds apply only to the requests they can change (an upload body,
+an object read).
 The proxy counts what it did (:attr:`FaultProxy.stats`): requests, faults by
 kind, which objects the server stored with corrupted bytes, and every write.
 
@@ -158,8 +159,9 @@ class FaultStats:
         writes: ``bucket/key`` of each whole object the server stored (PutObject
             or CompleteMultipartUpload answered with success), whether or not
             the client saw that answer.
-        events: one line per request that reached the server (time, method,
-            target, fault, status), to explain a failing test.
+        events: one line per request (time, method, target, fault, and the
+            server's status, or "(proxy)" for a fault that never reached it), to
+            explain a failing test.
     """
 
     requests: int = 0
@@ -388,15 +390,11 @@ class FaultProxy:
             if kind is None:
                 if not applicable or self._random.random() >= self.rate:
                     return None
-                # A request that a corrupting kind can change gets it half the time,
-                # so that corruption is as common as every other fault together.
-                corrupting = [k for k in applicable if k.startswith("corrupt")]
-                if corrupting and self._random.random() < 0.5:
-                    kind = self._random.choice(corrupting)
-                else:
-                    kind = self._random.choice([k for k in applicable if k not in corrupting])
+                kind = self._random.choice(applicable)
             self._unused.discard(kind)
             self.stats.faults[kind] += 1
+            if kind in _ERRORS or kind == "reset_request":  # never reaches the server
+                self.stats.events.append(f"{time.time():.3f} {method} {target} {kind} (proxy)")
             return kind
 
     def _read_body(self, reader: _Reader, message: _Message) -> bytes:
