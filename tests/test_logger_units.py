@@ -8,9 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from hoist.logger.staging import (
     staged_path,
     staging_root_from,
 )
+from tests.services.tmpfs import small_tmpfs
 
 RANKS = {"rank": 9, "local_rank": 1, "world_size": 16, "local_world_size": 8, "node_rank": 1}
 
@@ -536,28 +535,12 @@ def test_staged_file_appears_only_complete(tmp_path: Path) -> None:
     assert _entries(rank_dir) == [destination.name]
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to simulate a full disk: {result.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
-
-
 @pytest.mark.parametrize("move", [False, True])
 def test_full_staging_filesystem_cleans_up_and_says_what_to_do(tmp_path: Path, move: bool) -> None:
     source = tmp_path / "big"
     data = os.urandom(3 * 1024 * 1024)
     source.write_bytes(data)
-    with _tmpfs(tmp_path / "full", "1m") as staging:
+    with small_tmpfs(tmp_path / "full", "1m") as staging:
         destination = staging / "run" / "rank0" / "00000001-big"
         with pytest.raises(StagingError) as caught:
             stage_file(str(source), str(destination), move=move)
@@ -576,7 +559,7 @@ def test_move_across_filesystems_copies_then_removes_source(tmp_path: Path) -> N
     source = tmp_path / "ep1.pt"
     data = os.urandom(1024 * 1024 + 3)
     source.write_bytes(data)
-    with _tmpfs(tmp_path / "other", "8m") as staging:
+    with small_tmpfs(tmp_path / "other", "8m") as staging:
         destination = staging / "run" / "rank0" / "00000001-ep1.pt"
         staged = stage_file(str(source), str(destination), move=True)
         assert staged.method in {"copy_file_range", "copy"}
@@ -589,7 +572,7 @@ def test_link_across_filesystems_copies(tmp_path: Path) -> None:
     source = tmp_path / "ep1.pt"
     data = os.urandom(300_000)
     source.write_bytes(data)
-    with _tmpfs(tmp_path / "other", "8m") as staging:
+    with small_tmpfs(tmp_path / "other", "8m") as staging:
         staged = stage_file(str(source), str(staging / "x"), mode="link")
         assert staged.method in {"copy_file_range", "copy"}
         assert staged.fingerprint is None  # a private copy: nothing to watch
@@ -601,7 +584,7 @@ def test_copy_into_other_filesystem_falls_back(tmp_path: Path) -> None:
     source = tmp_path / "ep1.pt"
     data = os.urandom(200_000)
     source.write_bytes(data)
-    with _tmpfs(tmp_path / "other", "8m") as staging:
+    with small_tmpfs(tmp_path / "other", "8m") as staging:
         staged = stage_file(str(source), str(staging / "x"))
         assert (staging / "x").read_bytes() == data
         assert staged.size == len(data)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from hoist.stores.checksum import checksum_file
 from hoist.stores.sftp import SFTPObjectStore, _PipelinedReader
 from tests.services.process import free_port
 from tests.services.sshd import SshServer, generate_key
+from tests.services.tmpfs import small_tmpfs
 
 MiB = 1024 * 1024
 MakeFile = Callable[..., Path]
@@ -391,17 +391,8 @@ def test_directory_without_write_permission(store: SFTPObjectStore, cwd: Path) -
 @pytest.fixture
 def tiny_disk(cwd: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted inside the remote directory."""
-    disk = cwd / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(cwd / "disk", "1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_full_disk(store: SFTPObjectStore, tiny_disk: Path, make_file: MakeFile) -> None:

@@ -216,13 +216,18 @@ class ObjectStore(ABC):
         *,
         overwrite: bool = False,
         progress: Progress | None = None,
+        replace_own_leftover: bool = False,
     ) -> UploadResult:
         """Upload the file at ``path`` as ``object_name`` and verify it.
 
         Streams the file once, computing its checksum on the way. With
         ``overwrite=False`` an existing object holding the same bytes is
         accepted (``already_present=True``) and one holding other bytes raises
-        :class:`~hoist.errors.ObjectExistsError`.
+        :class:`~hoist.errors.ObjectExistsError`, unless ``replace_own_leftover``
+        says that an earlier attempt of this same upload wrote to the name:
+        then the object with other bytes is that attempt's unverified write (its
+        verification failed and so did deleting it, or its answer was lost), and
+        it is replaced.
         """
         started = time.monotonic()
         name = self.validate_name(object_name)
@@ -230,7 +235,11 @@ class ObjectStore(ABC):
         if not overwrite:
             existing = self._stat_or_none(name)
             if existing is not None:
-                return self._accept_existing(existing, os.fspath(path), started)
+                try:
+                    return self._accept_existing(existing, os.fspath(path), started)
+                except ObjectExistsError:
+                    if not replace_own_leftover:
+                        raise
         checksum, verified_by = self._call(
             self._put_file, name, os.fspath(path), size, progress, name=name
         )

@@ -209,9 +209,11 @@ class S3ObjectStore(ObjectStore):
         try:
             return checksum, self.verify(name, size, checksum)
         except HoistError:
-            # A bad object must not stay under the name: a retry with
-            # overwrite=False would take it for someone else's object.
-            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+            # A bad object should not stay under the name. If deleting it fails
+            # too, the verification's error is still the one to report; the
+            # next attempt replaces the object (see replace_own_leftover).
+            with contextlib.suppress(boto_errors.BotoCoreError, boto_errors.ClientError):
+                self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
             raise
 
     def _put_bytes(self, name: str, data: bytes) -> None:

@@ -118,6 +118,7 @@ class Job:
         # A fresh token per delivery: a redelivered message is another claimant.
         self.token = f"{task_id}:{uuid.uuid4().hex[:12]}"
         self.leases = Leases(ctx.records.client, self.token, ctx.settings.lease_ms)
+        self.attempt: int | None = None
 
     def run(self) -> dict[str, Any]:
         refusal = self.refuse()
@@ -146,6 +147,15 @@ class Job:
     def work(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def begin_attempt(self) -> int:
+        """Count one try at the store in the record (being held back is not one).
+
+        Every try is counted, not only failed ones, so a record says how often
+        the store was tried: 1 for a first-time success or a permanent error.
+        """
+        self.attempt = self.ctx.records.count_attempt(self.message.id)
+        return self.attempt
+
     # ----- outcomes ---------------------------------------------------------
 
     def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
@@ -167,17 +177,20 @@ class Job:
         retryable = (
             exc.retryable if isinstance(exc, StoreError) else not isinstance(exc, HoistError)
         )
+        # An error before the store was tried (building it, say) still counts as a try.
+        attempt = self.attempt if self.attempt is not None else self.begin_attempt()
         if not retryable:
             return self.settle(State.FAILED, error=error)
-        attempt = self.ctx.records.count_attempt(self.message.id)
         settings = self.ctx.settings
         if attempt > settings.max_retries:
             return self.settle(State.FAILED, error=f"gave up after {attempt} attempts: {error}")
-        delay = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
+        ceiling = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
+        delay = ceiling * random.uniform(0.5, 1.0)
+        # The delay logged is the one used, jitter included, so the log shows the backoff.
         log.warning(
-            "%s: attempt %d failed (%s); again in %.1f s", self.message.id, attempt, error, delay
+            "%s: attempt %d failed (%s); again in %.2f s", self.message.id, attempt, error, delay
         )
-        return self.settle(State.RETRYING, retry_in=delay * random.uniform(0.5, 1.0), error=error)
+        return self.settle(State.RETRYING, retry_in=delay, error=error)
 
 
 class UploadJob(Job):
@@ -223,6 +236,12 @@ class UploadJob(Job):
             return self.settle(State.FAILED, error=rewritten)
         if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
             return self.hold_back("a concurrency limit or an upload of the same name")
+        attempt = self.begin_attempt()
+        # S3 has no write-then-rename: an attempt that wrote and then failed
+        # (a bad copy it could not delete, a lost answer) leaves its object under
+        # the name. With overwrite=False the next attempt would take that for
+        # someone else's object and fail for good, so it may replace it.
+        own_leftover = self.ctx.records.write_started(message.id)
         store = self.ctx.store(self.spec)
         with Heartbeat(self) as heartbeat:
             self.ctx.records.client.hset(
@@ -233,13 +252,22 @@ class UploadJob(Job):
                 self._report_progress,
                 interval=self.ctx.settings.progress_seconds,
             )
+            writing = False
 
             def on_bytes(nbytes: int) -> None:
+                nonlocal writing
                 heartbeat.check()
+                if not writing:  # bytes flow only after the name was found free (or ours)
+                    writing = True
+                    self.ctx.records.mark_write_started(message.id, attempt)
                 progress(nbytes)
 
             result = store.upload_file(
-                message.object_name, self.path, overwrite=message.overwrite, progress=on_bytes
+                message.object_name,
+                self.path,
+                overwrite=message.overwrite,
+                progress=on_bytes,
+                replace_own_leftover=own_leftover,
             )
         if (rewritten := self._rewritten()) is not None:
             # The bytes sent may mix two versions: take the object back.
@@ -321,6 +349,7 @@ class SymlinkJob(Job):
         current = self.ctx.records.marker(key)
         if current is not None and current > message.order:
             return self.settle(State.SUPERSEDED)
+        self.begin_attempt()
         result = self.ctx.store(self.spec).put_bytes(
             message.object_name, message.target_object_name.encode()
         )

@@ -340,6 +340,14 @@ class Records:
     def count_attempt(self, artifact: str) -> int:
         return int(self.client.hincrby(_record(artifact), "attempts", 1))
 
+    def mark_write_started(self, artifact: str, attempt: int) -> None:
+        """Note that an attempt began sending the artifact's bytes to the store."""
+        self.client.hsetnx(_record(artifact), "write_started", attempt)
+
+    def write_started(self, artifact: str) -> bool:
+        """Whether an earlier attempt began writing: an object it left may be unverified."""
+        return bool(self.client.hexists(_record(artifact), "write_started"))
+
     def raise_marker(self, key: str, order: str) -> bool:
         """Set ``key`` to ``order`` unless it already holds a later one."""
         return bool(self._raise(keys=[key], args=[order, retention_seconds()]))
