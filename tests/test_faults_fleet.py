@@ -1,0 +1,339 @@
+"""Fault injection on the worker fleet and its broker (issue 5).
+
+Real processes throughout: a private ``redis-server`` (restarted by one
+test), ``moto_server`` (it keeps every version of an object in a versioned
+bucket, so "the same artifact reached the store twice" is counted by the
+server itself), real ``hoist worker`` processes killed with real signals,
+real rank processes. Objects are read back with raw boto3, never through
+hoist's store code.
+
+Each test prints what it measured (run with ``-s``): recovery times, how many
+deliveries and sessions it saw. CI runs the short form of each fault; the
+full repetition count is marked ``long``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import awscrt.checksums
+import pytest
+
+from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
+from hoist.stores.spec import new_fleet_key
+from hoist.tasks.records import ArtifactStatus, Records, State
+from tests.conftest import _running
+from tests.services.process import ServerProcess
+from tests.services.redis import RedisServer
+from tests.services.s3 import S3Server
+from tests.services.throttle import ThrottlingProxy
+from tests.services.workers import WorkerFleet, wait_until
+
+MiB = 1024 * 1024
+FLEET_KEY = new_fleet_key()
+BUCKET = "hoist-faults"
+LEASE_SECONDS = 3
+"""Short leases, so that recovery from a dead worker (about two lease times) is quick."""
+
+
+# ----- fixtures ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker(services_dir: Path) -> Iterator[RedisServer]:
+    """A Redis of this module's own: one test restarts it, and killed workers leave
+    unacknowledged messages behind that no other module should see."""
+    from tests.conftest import _serve
+
+    yield from _serve(RedisServer(services_dir / f"redis-faults-{os.getpid()}"))
+
+
+@pytest.fixture(scope="module")
+def store(moto_server: S3Server) -> S3Server:
+    """moto with a versioned bucket: every write of an object is kept as a version."""
+    client = moto_server.client()
+    client.create_bucket(Bucket=BUCKET)
+    client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    return moto_server
+
+
+@pytest.fixture(scope="module")
+def staging_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("staging")
+
+
+FleetFactory = Callable[..., WorkerFleet]
+
+
+@pytest.fixture
+def fleets(broker: RedisServer, staging_root: Path, tmp_path: Path) -> Iterator[FleetFactory]:
+    """Start worker fleets for one test; every worker still alive is stopped after it."""
+    made: list[WorkerFleet] = []
+
+    def make(count: int = 1, concurrency: int = 1, **env: str) -> WorkerFleet:
+        fleet = WorkerFleet(
+            tmp_path / f"workers{len(made)}",
+            broker.url,
+            staging_root,
+            count=count,
+            concurrency=concurrency,
+            env={"HOIST_FLEET_KEY": FLEET_KEY, "HOIST_LEASE_SECONDS": str(LEASE_SECONDS), **env},
+        )
+        made.append(fleet)
+        _running.append(fleet)
+        fleet.start()
+        return fleet
+
+    yield make
+    for fleet in made:
+        _running.remove(fleet)
+        fleet.stop()
+
+
+@pytest.fixture
+def proxy(store: S3Server) -> Iterator[ThrottlingProxy]:
+    """A throttling proxy in front of moto, at full speed until a test slows it."""
+    proxy = ThrottlingProxy(store.port)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+# ----- helpers ----------------------------------------------------------------
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{time.time_ns() // 1_000_000}"
+
+
+def s3_logger_kwargs(server: S3Server, endpoint_url: str | None = None) -> dict[str, Any]:
+    return {
+        "object_store_cls": S3ObjectStore,
+        "object_store_kwargs": {
+            "bucket": BUCKET,
+            "endpoint_url": endpoint_url or server.endpoint_url,
+            "aws_access_key_id": server.access_key,
+            "aws_secret_access_key": server.secret_key,
+        },
+    }
+
+
+def make_logger(
+    run: str, server: S3Server, broker: RedisServer, staging: Path, endpoint: str | None = None
+) -> ObjectStoreLogger:
+    return ObjectStoreLogger(
+        **s3_logger_kwargs(server, endpoint),
+        run_name=run,
+        object_name="{run_name}/{artifact_name}",
+        broker_url=broker.url,
+        upload_staging_folder=str(staging),
+        fleet_key=FLEET_KEY,
+        rank=0,
+        world_size=1,
+    )
+
+
+def settled(records: Records, artifact: str) -> ArtifactStatus | None:
+    status = records.get(artifact)
+    return status if status is not None and status.state.terminal else None
+
+
+def crc64nvme_b64(data: bytes) -> str:
+    """The checksum S3 reports in ``ChecksumCRC64NVME``, computed here (not by hoist)."""
+    return base64.b64encode(awscrt.checksums.crc64nvme(data).to_bytes(8, "big")).decode()
+
+
+def versions(server: S3Server, key: str) -> int:
+    """How many times ``key`` was written to the store (the bucket keeps every version)."""
+    listing = server.client().list_object_versions(Bucket=BUCKET, Prefix=key)
+    return sum(1 for v in listing.get("Versions", []) if v["Key"] == key)
+
+
+def check_landed_once(server: S3Server, key: str, expected: bytes) -> int:
+    """Assert ``key`` holds ``expected`` (bytes and the server's own CRC64NVME);
+    return how many times it was written."""
+    client = server.client()
+    held = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert hashlib.sha256(held).digest() == hashlib.sha256(expected).digest(), key
+    head = client.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+    if "ChecksumCRC64NVME" in head and head.get("ChecksumType") == "FULL_OBJECT":
+        assert head["ChecksumCRC64NVME"] == crc64nvme_b64(expected), key
+    return versions(server, key)
+
+
+def object_exists(server: S3Server, key: str) -> bool:
+    return bool(server.client().list_objects_v2(Bucket=BUCKET, Prefix=key).get("KeyCount", 0))
+
+
+def multipart_open(server: S3Server, key: str) -> bool:
+    uploads = server.client().list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", [])
+    return any(u["Key"] == key for u in uploads)
+
+
+def staged_files(root: Path, run: str) -> list[Path]:
+    return [p for p in (root / run).rglob("*") if p.is_file()] if (root / run).exists() else []
+
+
+def deliveries_in_logs(fleet: WorkerFleet, artifact: str) -> int:
+    """How many times the broker delivered ``artifact``'s task to any worker of ``fleet``."""
+    return fleet.logs().count(f"[{artifact}] received")
+
+
+def random_bytes(size: int, seed: str) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# ----- 1. a worker killed mid-upload ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kills", "size_mib"),
+    [
+        pytest.param(2, 64, id="2-kills-64MiB"),
+        pytest.param(5, 200, id="5-kills-200MiB", marks=pytest.mark.long),
+    ],
+)
+def test_worker_killed_mid_upload(
+    kills: int,
+    size_mib: int,
+    store: S3Server,
+    broker: RedisServer,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the worker's whole process group while it uploads; a fresh worker
+    takes over within about two lease times, not the broker's 2 h visibility timeout."""
+    fleet = fleets(count=1, concurrency=1)
+    run = unique("killed")
+    logger = make_logger(run, store, broker, staging_root)
+    records = Records.from_url(broker.url)
+    recoveries = []
+    for n in range(kills):
+        data = random_bytes(size_mib * MiB, f"{run}-{n}")
+        source = tmp_path / f"ckpt{n}.pt"
+        source.write_bytes(data)
+        artifact = logger.file_artifact(LogLevel.EPOCH, f"ckpt{n}.pt", source)
+        key = f"{run}/ckpt{n}.pt"
+        victim = fleet.workers[-1]
+
+        def uploading(artifact: str = artifact, key: str = key) -> bool:
+            status = records.get(artifact)
+            return (
+                status is not None
+                and status.state is State.UPLOADING
+                and "upload_started_at" in status.fields
+                and multipart_open(store, key)
+            )
+
+        wait_until(uploading, timeout=120, interval=0.02)
+        killed = time.monotonic()
+        _kill_group(victim)
+        assert not object_exists(store, key), "the kill came after the upload had completed"
+        fleet.add()
+        status = wait_until(lambda a=artifact: settled(records, a), timeout=180, interval=0.05)
+        assert status.state is State.DONE, status.fields
+        writes = check_landed_once(store, key, data)
+        recoveries.append(time.monotonic() - killed)
+        assert writes == 1, f"{key} reached the store {writes} times"
+        source.unlink()
+    logger.wait(timeout=60)
+    logger.close()
+    assert staged_files(staging_root, run) == []
+    print(
+        f"\n[killed mid-upload] {kills} x {size_mib} MiB, lease {LEASE_SECONDS} s: "
+        f"lost 0, duplicates 0, recovery kill->verified "
+        + ", ".join(f"{r:.1f}" for r in recoveries)
+        + f" s (max {max(recoveries):.1f} s)"
+    )
+
+
+def _kill_group(worker: ServerProcess) -> None:
+    """SIGKILL the Celery main process and its pool children at once."""
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(30)
+
+
+# ----- 2. a worker stopped gracefully ---------------------------------------
+
+
+@pytest.mark.parametrize("grace", [None, 1.0], ids=["waits-for-uploads", "grace-expires"])
+def test_worker_sigterm_with_uploads_in_flight(
+    grace: float | None,
+    store: S3Server,
+    broker: RedisServer,
+    proxy: ThrottlingProxy,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to the worker's main process, as Kubernetes sends it to a pod.
+
+    Without a deadline the worker finishes its uploads before it exits. With
+    one (Kubernetes' grace period ends in SIGKILL), what it had in hand is
+    handed back, and a fresh worker finishes it. Nothing is lost either way.
+    """
+    proxy.set_rate(24 * MiB)  # two 32 MiB uploads share it: each lasts seconds
+    fleet = fleets(count=1, concurrency=2)
+    run = unique(f"sigterm-{'grace' if grace else 'wait'}")
+    logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
+    records = Records.from_url(broker.url)
+    expected = {}
+    ids = []
+    for n in range(4):
+        data = random_bytes(32 * MiB, f"{run}-{n}")
+        source = tmp_path / f"f{n}.bin"
+        source.write_bytes(data)
+        ids.append(logger.file_artifact(LogLevel.BATCH, f"f{n}.bin", source))
+        expected[f"{run}/f{n}.bin"] = data
+    worker = fleet.workers[0]
+    assert worker.proc is not None
+
+    def in_flight() -> list[str]:
+        statuses = [records.get(i) for i in ids]
+        return [
+            s.id
+            for s in statuses
+            if s is not None and s.state is State.UPLOADING and "upload_started_at" in s.fields
+        ]
+
+    def two_in_flight() -> list[str]:
+        found = in_flight()
+        return found if len(found) == 2 else []
+
+    in_flight_now = wait_until(two_in_flight, timeout=120, interval=0.05)
+    stopped = time.monotonic()
+    os.kill(worker.proc.pid, signal.SIGTERM)  # the main process only, as a pod's PID 1
+    if grace is None:
+        worker.proc.wait(180)
+        finished_before_exit = [i for i in in_flight_now if records.states([i])[i] is State.DONE]
+        assert finished_before_exit == in_flight_now, "a warm shutdown must finish its uploads"
+    else:
+        try:
+            worker.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            _kill_group(worker)
+    fleet.add()
+    for artifact in ids:
+        status = wait_until(lambda a=artifact: settled(records, a), timeout=180, interval=0.05)
+        assert status.state is State.DONE, status.fields
+    recovered = time.monotonic() - stopped
+    duplicates = sum(check_landed_once(store, key, data) - 1 for key, data in expected.items())
+    assert duplicates == 0
+    assert staged_files(staging_root, run) == []
+    logger.close()
+    print(
+        f"\n[SIGTERM, {'no deadline' if grace is None else f'SIGKILL after {grace} s'}] "
+        f"{len(in_flight_now)} in flight of 4 x 32 MiB: lost 0, duplicates {duplicates}, "
+        f"all verified {recovered:.1f} s after SIGTERM"
+    )
