@@ -32,7 +32,8 @@ from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
 from hoist.stores.spec import new_fleet_key
 from hoist.tasks.records import ArtifactStatus, Records, State
 from tests.conftest import _running
-from tests.services.process import ServerProcess
+from tests.services.process import ServerProcess, descendants
+from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
 from tests.services.throttle import ThrottlingProxy
@@ -43,6 +44,8 @@ FLEET_KEY = new_fleet_key()
 BUCKET = "hoist-faults"
 LEASE_SECONDS = 3
 """Short leases, so that recovery from a dead worker (about two lease times) is quick."""
+QUEUED_TIMEOUT = 8
+"""How long an artifact may stay queued, never claimed, before it is sent again."""
 
 
 # ----- fixtures ---------------------------------------------------------------
@@ -264,6 +267,55 @@ def _kill_group(worker: ServerProcess) -> None:
     worker.proc.wait(30)
 
 
+def test_worker_killed_between_taking_a_message_and_claiming_it(
+    store: S3Server,
+    broker: RedisServer,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The worker's pool is frozen (SIGSTOP) so that its main process takes the
+    message from the broker but no task ever claims the record; then the whole
+    group is SIGKILLed. kombu keeps the message in its unacknowledged set for
+    the visibility timeout (2 h); hoist sends it again after ``queued_timeout``."""
+    fleet = fleets(count=1, concurrency=1, HOIST_QUEUED_TIMEOUT=str(QUEUED_TIMEOUT))
+    victim = fleet.workers[0]
+    assert victim.proc is not None
+    pool = descendants(victim.proc.pid)
+    assert pool, "the worker has no pool processes"
+    for pid in pool:
+        os.kill(pid, signal.SIGSTOP)
+    run = unique("unclaimed")
+    logger = make_logger(run, store, broker, staging_root)
+    data = random_bytes(3 * MiB, run)
+    source = tmp_path / "model.pt"
+    source.write_bytes(data)
+    artifact = logger.file_artifact(LogLevel.EPOCH, "model.pt", source)
+    records = Records.from_url(broker.url)
+    client = broker_client(broker)
+
+    def taken_not_claimed() -> bool:
+        held = any(artifact in value for value in client.hvals("unacked"))
+        status = records.get(artifact)
+        return held and status is not None and status.state is State.QUEUED
+
+    wait_until(taken_not_claimed, timeout=60, interval=0.02)
+    killed = time.monotonic()
+    _kill_group(victim)
+    fleet.add()
+    status = wait_until(lambda: settled(records, artifact), timeout=120, interval=0.05)
+    assert status.state is State.DONE, status.fields
+    recovered = time.monotonic() - killed
+    writes = check_landed_once(store, f"{run}/model.pt", data)
+    assert writes == 1
+    assert staged_files(staging_root, run) == []
+    logger.close()
+    print(
+        f"\n[killed before claiming] queued_timeout {QUEUED_TIMEOUT} s: lost 0, duplicates "
+        f"{writes - 1}, verified {recovered:.1f} s after the kill"
+    )
+
+
 # ----- 2. a worker stopped gracefully ---------------------------------------
 
 
@@ -337,3 +389,100 @@ def test_worker_sigterm_with_uploads_in_flight(
         f"{len(in_flight_now)} in flight of 4 x 32 MiB: lost 0, duplicates {duplicates}, "
         f"all verified {recovered:.1f} s after SIGTERM"
     )
+
+
+# ----- 3. Redis restarted mid-run --------------------------------------------
+
+REDIS_DOWN_SECONDS = 4.0
+"""How long the broker stays away: a restart, not an outage ranks give up on."""
+
+
+def test_redis_restart_while_ranks_log_and_workers_upload(
+    store: S3Server,
+    broker: RedisServer,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """Stop Redis (it writes its AOF on the way down) while two rank processes keep
+    logging and two workers upload, keep it down a few seconds, start it on the
+    same port with the same data. Ranks and workers reconnect on their own."""
+    fleet = fleets(count=2, concurrency=2, HOIST_QUEUED_TIMEOUT=str(QUEUED_TIMEOUT))
+    run = unique("redis-restart")
+    actions: list[list[Any]] = []
+    for step in range(40):
+        actions.append(["file", f"logs/step{step}-rank{{rank}}.txt", 64 * 1024 + step, False])
+        if step % 10 == 5:
+            actions.append(["file", f"ckpt/step{step}-rank{{rank}}.pt", 20 * MiB, False])
+        actions.append(["sleep", 0.2])
+    job = RankJob(
+        run,
+        {
+            "object_store_cls": "S3ObjectStore",
+            "object_store_kwargs": s3_logger_kwargs(store)["object_store_kwargs"],
+            "object_name": "{run_name}/{artifact_name}",
+        },
+        actions,
+        broker.url,
+        staging_root,
+        FLEET_KEY,
+        timeout=240,
+    )
+    ranks = start_ranks(job, tmp_path, world_size=2)
+    records = Records.from_url(broker.url)
+
+    def busy() -> bool:
+        states = [a.state for a in records.run_artifacts(run)]
+        return states.count(State.DONE) >= 10 and State.UPLOADING in states
+
+    wait_until(busy, timeout=120, interval=0.05)
+    client = broker_client(broker)
+    assert client.config_get("appendonly")["appendonly"] == "yes"
+    before = {a.id: a.state for a in records.run_artifacts(run)}
+    client.set(f"sentinel:{run}", "written just before the stop")
+    broker.stop()
+    time.sleep(REDIS_DOWN_SECONDS)  # the fault: Redis is away this long
+    broker.start()
+    back = time.monotonic()
+    assert client.get(f"sentinel:{run}") == "written just before the stop"
+    after = {a.id: a.state for a in records.run_artifacts(run)}
+    assert set(before) <= set(after), "records written before the stop were lost"
+    assert all(after[a] is before[a] or before[a] is not State.DONE for a in before)
+
+    first_new = wait_until(
+        lambda: any(
+            a.state is State.DONE and float(a.fields.get("finished_at", 0)) > time.time() - 1
+            for a in records.run_artifacts(run)
+        ),
+        timeout=120,
+        interval=0.05,
+    )
+    first_done = time.monotonic() - back
+    reports = collect_ranks(ranks, timeout=300)
+    all_done = time.monotonic() - back
+    for report in reports:
+        assert report["failures"] == [], report.get("error")
+    artifacts = records.run_artifacts(run)
+    assert len(artifacts) == 2 * 44
+    assert {a.state for a in artifacts} == {State.DONE}
+    duplicates = 0
+    for report in reports:
+        for name, logged in report["logged"].items():
+            key = f"{run}/{name}"
+            held = store.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            assert hashlib.sha256(held).hexdigest() == logged["sha256"], key
+            duplicates += versions(store, key) - 1
+    assert staged_files(staging_root, run) == []
+    for worker in fleet.workers:  # nobody restarted them
+        assert worker.proc is not None and worker.proc.poll() is None
+    print(
+        f"\n[Redis restart, down {REDIS_DOWN_SECONDS:.0f} s] {len(artifacts)} artifacts from 2 "
+        f"ranks: lost 0, duplicates {duplicates}; first upload done {first_done:.1f} s after "
+        f"Redis was back, all done {all_done:.1f} s after (first_new={bool(first_new)})"
+    )
+
+
+def broker_client(broker: RedisServer) -> Any:
+    import redis
+
+    return redis.Redis.from_url(broker.url, decode_responses=True)
