@@ -15,11 +15,13 @@ full repetition count is marked ``long``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,13 +32,15 @@ import pytest
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
 from hoist.stores.spec import new_fleet_key
+from hoist.tasks.app import make_app
+from hoist.tasks.messages import SYMLINK_TASK, SymlinkRequest, order_key, send
 from hoist.tasks.records import ArtifactStatus, Records, State
 from tests.conftest import _running
 from tests.services.process import ServerProcess, descendants
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
-from tests.services.throttle import ThrottlingProxy
+from tests.services.throttle import ForwardedRequest, ThrottlingProxy
 from tests.services.workers import WorkerFleet, wait_until
 
 MiB = 1024 * 1024
@@ -486,3 +490,210 @@ def broker_client(broker: RedisServer) -> Any:
     import redis
 
     return redis.Redis.from_url(broker.url, decode_responses=True)
+
+
+# ----- 4. long uploads, redelivery, pointers --------------------------------
+
+VISIBILITY_TIMEOUT = 2
+"""Seconds: far shorter than the throttled uploads, so the broker redelivers them."""
+
+
+def multipart_sessions(proxy: ThrottlingProxy, key_path: str) -> dict[str, tuple[float, float]]:
+    """Each multipart upload of ``key_path`` seen at the proxy: upload id -> (first, last) time."""
+    spans: dict[str, tuple[float, float]] = {}
+    for request in proxy.seen(lambda r: r.path == key_path and "uploadId" in r.query):
+        upload_id = request.query["uploadId"][0]
+        end = request.finished or time.monotonic()
+        first, last = spans.get(upload_id, (request.started, end))
+        spans[upload_id] = (min(first, request.started), max(last, end))
+    return spans
+
+
+def test_upload_outliving_visibility_timeout_is_not_uploaded_twice(
+    store: S3Server,
+    broker: RedisServer,
+    proxy: ThrottlingProxy,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """With a 2 s visibility timeout the broker hands each long upload's message
+    to other workers again and again; each copy finds the live claim and stops.
+    The proxy sees one multipart session per object, never two at once."""
+    proxy.set_rate(6 * MiB)  # two 24 MiB uploads share it: about 8 s each
+    fleet = fleets(count=2, concurrency=2, HOIST_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT))
+    run = unique("visibility")
+    logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
+    expected = {}
+    ids = []
+    for n in range(2):
+        data = random_bytes(24 * MiB, f"{run}-{n}")
+        source = tmp_path / f"ckpt{n}.pt"
+        source.write_bytes(data)
+        ids.append(logger.file_artifact(LogLevel.EPOCH, f"ckpt{n}.pt", source))
+        expected[f"{run}/ckpt{n}.pt"] = data
+    logger.wait(timeout=180)
+    logger.close()
+    deliveries = {artifact: deliveries_in_logs(fleet, artifact) for artifact in ids}
+    assert max(deliveries.values()) >= 2, f"the broker never redelivered: {deliveries}"
+    duplicates = 0
+    for key, data in expected.items():
+        sessions = sorted(multipart_sessions(proxy, f"/{BUCKET}/{key}").values())
+        assert len(sessions) == 1, f"{key}: {len(sessions)} multipart sessions {sessions}"
+        writes = check_landed_once(store, key, data)
+        duplicates += writes - 1
+    assert duplicates == 0
+    print(
+        f"\n[visibility timeout {VISIBILITY_TIMEOUT} s < upload] deliveries per artifact "
+        f"{sorted(deliveries.values())}, multipart sessions 1 each, concurrent 0, "
+        f"duplicates {duplicates}, lost 0"
+    )
+
+
+def pointer_request(
+    logger: ObjectStoreLogger, run: str, n: int, target: str, order: str
+) -> SymlinkRequest:
+    return SymlinkRequest(
+        id=f"hoist-{run}-r0-{1000 + n}",
+        run_name=run,
+        rank=0,
+        seq=1000 + n,
+        artifact_name="latest.pt",
+        object_name=f"{run}/latest.pt.symlink",
+        order=order,
+        store=logger.spec.to_json(),
+        target_id=target,
+        target_object_name=f"{run}/ep{n}.pt",
+    )
+
+
+class PointerWatch:
+    """Reads a pointer object at the server over and over, recording each new value."""
+
+    def __init__(self, server: S3Server, key: str) -> None:
+        self.client = server.client()
+        self.key = key
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PointerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            value = self.client.get_object(Bucket=BUCKET, Key=self.key)["Body"].read().decode()
+        except self.client.exceptions.NoSuchKey:
+            return
+        if not self.seen or self.seen[-1] != value:
+            self.seen.append(value)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._read()
+
+
+def version_of(pointer_value: str) -> int:
+    return int(pointer_value.rsplit("/ep", 1)[1].removesuffix(".pt"))
+
+
+def test_pointer_never_moves_backwards_under_shuffled_redelivery(
+    store: S3Server,
+    broker: RedisServer,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """Pointer tasks for versions 1..N sent in shuffled order, each twice, while
+    their targets are still uploading, on a fleet whose broker redelivers after
+    2 s: the pointer, read at the server all along, only ever moves forward."""
+    fleet = fleets(count=2, concurrency=2, HOIST_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT))
+    run = unique("pointers")
+    logger = make_logger(run, store, broker, staging_root)
+    versions_n = 8
+    orders = [order_key(0, 1000 + n) for n in range(1, versions_n + 1)]
+    targets = {}
+    for n in range(1, versions_n + 1):
+        source = tmp_path / f"ep{n}.pt"
+        source.write_bytes(random_bytes((n % 3) * 8 * MiB + 1000, f"{run}-{n}"))
+        targets[n] = logger.file_artifact(LogLevel.EPOCH, f"ep{n}.pt", source)
+    shuffled = [n for n in range(1, versions_n + 1) for _ in range(2)]
+    random.Random(run).shuffle(shuffled)
+    app = make_app(broker.url)
+    records = Records.from_url(broker.url)
+    with PointerWatch(store, f"{run}/latest.pt.symlink") as watch:
+        for n in shuffled:
+            send(app, SYMLINK_TASK, pointer_request(logger, run, n, targets[n], orders[n - 1]))
+        for n in range(1, versions_n + 1):
+            request = pointer_request(logger, run, n, targets[n], orders[n - 1])
+            status = wait_until(lambda r=request: settled(records, r.id), timeout=120)
+            assert status.state in (State.DONE, State.SUPERSEDED), status.fields
+        # A late redelivery of the oldest, after the newest has landed.
+        send(app, SYMLINK_TASK, pointer_request(logger, run, 1, targets[1], orders[0]))
+        wait_until(lambda: deliveries_in_logs(fleet, f"hoist-{run}-r0-1001") >= 3, timeout=60)
+    logger.close()
+    seen = [version_of(v) for v in watch.seen]
+    assert seen == sorted(seen), f"the pointer moved backwards: {seen}"
+    assert seen[-1] == versions_n
+    print(
+        f"\n[pointers, {versions_n} versions shuffled and each sent twice] pointer values seen "
+        f"at the server: {seen}; never backwards"
+    )
+
+
+def test_pointer_write_stalled_past_its_lease_does_not_land_over_a_newer_one(
+    store: S3Server,
+    broker: RedisServer,
+    proxy: ThrottlingProxy,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The store holds the PUT of pointer version 1 for four lease times (a slow
+    or stalled store); version 2 is sent meanwhile. Version 1's late write must
+    not land over version 2."""
+    fleets(count=2, concurrency=2)
+    run = unique("stalled-pointer")
+    logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
+    targets = {}
+    for n in (1, 2):
+        source = tmp_path / f"ep{n}.pt"
+        source.write_bytes(random_bytes(1000 + n, f"{run}-{n}"))
+        targets[n] = logger.file_artifact(LogLevel.EPOCH, f"ep{n}.pt", source)
+    logger.wait(timeout=60)
+    key_path = f"/{BUCKET}/{run}/latest.pt.symlink"
+    held: list[ForwardedRequest] = []
+
+    def first_pointer_put(request: ForwardedRequest) -> bool:
+        if request.method == "PUT" and request.path == key_path and not held:
+            held.append(request)
+            return True
+        return False
+
+    proxy.hold(first_pointer_put)
+    app = make_app(broker.url)
+    records = Records.from_url(broker.url)
+    old, new = order_key(0, 1001), order_key(0, 1002)
+    first = pointer_request(logger, run, 1, targets[1], old)
+    second = pointer_request(logger, run, 2, targets[2], new)
+    with PointerWatch(store, f"{run}/latest.pt.symlink") as watch:
+        send(app, SYMLINK_TASK, first)
+        wait_until(lambda: held, timeout=60)
+        send(app, SYMLINK_TASK, second)
+        with contextlib.suppress(TimeoutError):  # the fault: the write stalls this long
+            wait_until(lambda: settled(records, second.id), timeout=4 * LEASE_SECONDS)
+        proxy.release()
+        for request in (first, second):
+            wait_until(lambda r=request: settled(records, r.id), timeout=60)
+    logger.close()
+    final = store.client().get_object(Bucket=BUCKET, Key=f"{run}/latest.pt.symlink")
+    seen = [version_of(v) for v in watch.seen]
+    assert final["Body"].read().decode() == f"{run}/ep2.pt", f"pointer values seen: {seen}"
+    assert seen == sorted(seen), f"the pointer moved backwards: {seen}"
+    print(f"\n[pointer PUT stalled {4 * LEASE_SECONDS} s] values seen at the server: {seen}")
