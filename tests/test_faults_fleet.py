@@ -23,6 +23,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,16 @@ def crc64nvme_b64(data: bytes) -> str:
 
 def versions(server: S3Server, key: str) -> int:
     """How many times ``key`` was written to the store (the bucket keeps every version)."""
-    listing = server.client().list_object_versions(Bucket=BUCKET, Prefix=key)
-    return sum(1 for v in listing.get("Versions", []) if v["Key"] == key)
+    return versions_under(server, key)[key]
+
+
+def versions_under(server: S3Server, prefix: str) -> Counter[str]:
+    """Writes per key under ``prefix``, in one listing (moto copies every version it lists)."""
+    counts: Counter[str] = Counter()
+    paginator = server.client().get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix):
+        counts.update(v["Key"] for v in page.get("Versions", []))
+    return counts
 
 
 def check_landed_once(server: S3Server, key: str, expected: bytes) -> int:
@@ -469,13 +478,14 @@ def test_redis_restart_while_ranks_log_and_workers_upload(
     artifacts = records.run_artifacts(run)
     assert len(artifacts) == 2 * 44
     assert {a.state for a in artifacts} == {State.DONE}
+    writes = versions_under(store, f"{run}/")
     duplicates = 0
     for report in reports:
         for name, logged in report["logged"].items():
             key = f"{run}/{name}"
             held = store.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
             assert hashlib.sha256(held).hexdigest() == logged["sha256"], key
-            duplicates += versions(store, key) - 1
+            duplicates += writes[key] - 1
     assert staged_files(staging_root, run) == []
     for worker in fleet.workers:  # nobody restarted them
         assert worker.proc is not None and worker.proc.poll() is None

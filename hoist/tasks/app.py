@@ -13,7 +13,6 @@ from typing import Any
 
 from celery import Celery, signals
 
-from hoist.tasks.broker import transport_for
 from hoist.tasks.messages import SYMLINK_QUEUE, SYMLINK_TASK, UPLOAD_QUEUE, UPLOAD_TASK
 from hoist.tasks.settings import Settings
 
@@ -33,9 +32,6 @@ def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, 
     }
     return {
         "broker_url": broker_url,
-        # kombu's Redis transport with a repair: without it a worker exits when
-        # Redis restarts under an upload in flight (see hoist.tasks.broker).
-        "broker_transport": transport_for(broker_url),
         "result_backend": broker_url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,

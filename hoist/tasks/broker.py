@@ -29,7 +29,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 TRANSPORT = "hoist.tasks.broker:RedisTransport"
-"""What to give Celery as ``broker_transport`` for ``redis://`` and ``rediss://`` URLs."""
+"""What ``hoist worker`` gives Celery as ``broker_transport`` for Redis URLs."""
 
 
 class RedisChannel(kombu_redis.Channel):
