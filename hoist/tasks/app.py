@@ -83,7 +83,15 @@ def redis_tls_options(url: str) -> dict[str, Any] | None:
 
 def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, Any]:
     """Celery settings shared by ranks (sending) and workers (running)."""
-    transport = {"visibility_timeout": visibility_timeout}
+    transport = {
+        "visibility_timeout": visibility_timeout,
+        # kombu 5.7 looks for overdue unacknowledged messages only every
+        # interval x throttle = 100 s, so a short visibility timeout would not
+        # mean what it says. One cheap scan (a ZRANGE under a lock) at least
+        # every 10 s, and every half visibility timeout when that is shorter.
+        "unacked_restore_interval": max(1, min(10, visibility_timeout // 2)),
+        "unacked_restore_throttle": 1,
+    }
     tls = redis_tls_options(broker_url)
     return {
         # None for redis://; for rediss:// the URL's own TLS parameters (see above).

@@ -346,14 +346,19 @@ class SymlinkJob(Job):
         key = pointer_key(self.spec.store_id, message.object_name)
         if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
             return self.hold_back("another write of the same pointer")
-        current = self.ctx.records.marker(key)
-        if current is not None and current > message.order:
-            return self.settle(State.SUPERSEDED)
-        self.begin_attempt()
-        result = self.ctx.store(self.spec).put_bytes(
-            message.object_name, message.target_object_name.encode()
-        )
-        self.ctx.records.raise_marker(key, message.order)
+        # The write runs under a heartbeat: a PUT the store holds past a lease
+        # time must keep its name lock, or a newer pointer is written meanwhile
+        # and this older one lands over it (measured: a PUT stalled 12 s with
+        # 3 s leases moved the pointer back; tests/test_faults_fleet.py).
+        with Heartbeat(self):
+            current = self.ctx.records.marker(key)
+            if current is not None and current > message.order:
+                return self.settle(State.SUPERSEDED)
+            self.begin_attempt()
+            result = self.ctx.store(self.spec).put_bytes(
+                message.object_name, message.target_object_name.encode()
+            )
+            self.ctx.records.raise_marker(key, message.order)
         return self.settle(
             State.DONE, uri=result.uri, size=result.size, checksum=str(result.checksum)
         )

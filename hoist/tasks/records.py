@@ -23,10 +23,21 @@ index and the name markers expire :func:`retention_seconds` after their last
 write (``HOIST_RETENTION_DAYS``, 14 by default), so Redis holds the last two
 weeks of artifacts, not every artifact since the fleet started.
 
-``deferred`` is also the watchdog: a claimed artifact sits there with a due
-time a little past its owner's lease, pushed forward by the owner's
-heartbeat. If the worker dies, the entry falls due and the task is sent
-again, without waiting for the broker's visibility timeout.
+``deferred`` is also the watchdog of every unfinished artifact:
+
+- a claimed artifact sits there with a due time a little past its owner's
+  lease, pushed forward by the owner's heartbeat. If the worker dies, the
+  entry falls due and the task is sent again, without waiting for the
+  broker's visibility timeout.
+- a newly logged artifact is put there by the rank, due at once. While its
+  record stays ``queued`` (sent, never claimed), the resender looks at it
+  again every ``queued_timeout`` and, past that, sends it again. This covers
+  a message the broker no longer holds or will only hand back after its
+  visibility timeout (2 h): a worker killed between taking the message and
+  claiming it, or a Redis restart under a message taken but not claimed
+  (measured in ``tests/test_faults_fleet.py``: without this the artifact
+  stayed queued and its rank's ``wait()`` timed out). A copy sent while the
+  first still waits in a long queue is harmless: the claim stops it.
 """
 
 from __future__ import annotations
@@ -148,6 +159,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
+# Look at a queued artifact again later, unless a worker claimed it meanwhile
+# (the claim set its own due time). KEYS: record, deferred. ARGV: due (ms), id
+_RECHECK = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
 # Reset a failed record for `hoist retry`. KEYS: record. ARGV: now (s)
 _RESET = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
@@ -222,6 +241,7 @@ class Records:
         self._take_due = client.register_script(_TAKE_DUE)
         self._reset = client.register_script(_RESET)
         self._unsent = client.register_script(_UNSENT)
+        self._recheck = client.register_script(_RECHECK)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Records:
@@ -258,6 +278,8 @@ class Records:
         run_index = f"{PREFIX}run:{message.run_name}"
         pipe.zadd(run_index, {message.id: now})
         pipe.expire(run_index, keep)
+        # The watchdog of an artifact not yet claimed (see the module's docstring).
+        pipe.zadd(DEFERRED, {message.id: int(now * 1000)}, nx=True)
         pipe.zadd(f"{PREFIX}runs", {message.run_name: now})
         pipe.zremrangebyscore(f"{PREFIX}runs", "-inf", now - keep)
         # "<order>|<id>": sorts by order, and names the artifact holding it.
@@ -404,7 +426,18 @@ class Records:
             >>> if records.reset_for_retry("hoist-bert-3-r0-17"):
             ...     send(app, status.fields["task"], message)
         """
-        return bool(self._reset(keys=[_record(artifact)], args=[time.time()]))
+        if not self._reset(keys=[_record(artifact)], args=[time.time()]):
+            return False
+        # Queued again: watched again, in case this message is lost too.
+        self.client.zadd(DEFERRED, {artifact: int(time.time() * 1000)}, nx=True)
+        return True
+
+    def recheck_queued(self, artifact: str, due: float) -> None:
+        """Look at a queued artifact again at ``due`` (seconds since the epoch)."""
+        self._recheck(keys=[_record(artifact), DEFERRED], args=[int(due * 1000), artifact])
+
+    def mark_resent(self, artifact: str, now: float) -> None:
+        self.client.hset(_record(artifact), "resent_at", now)
 
 
 def latest_key(store_id: str, object_name: str) -> str:

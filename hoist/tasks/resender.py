@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 
 from hoist.tasks.messages import MESSAGE_TYPES, send
-from hoist.tasks.records import DEFERRED
+from hoist.tasks.records import DEFERRED, ArtifactStatus, State
 from hoist.tasks.worker_context import WorkerContext
 
 log = logging.getLogger("hoist.resender")
@@ -54,8 +54,32 @@ class Resender:
             if status is None or status.state.terminal:
                 records.client.zrem(DEFERRED, artifact)
                 continue
+            if status.state is State.QUEUED and not self._overdue(status):
+                continue
             task = status.fields["task"]
             send(
                 self.app, task, MESSAGE_TYPES[task].from_json(json.loads(status.fields["message"]))
             )
         return len(due)
+
+    def _overdue(self, status: ArtifactStatus) -> bool:
+        """Whether a queued (never claimed) artifact has waited too long; if not, look later.
+
+        Its message may be lost (see :mod:`hoist.tasks.records`); after
+        ``queued_timeout`` it is sent again, and looked at again one period later.
+        """
+        timeout = self.ctx.settings.queued_timeout
+        fields = status.fields
+        sent = max(float(fields.get("enqueued_at") or 0), float(fields.get("resent_at") or 0))
+        now = time.time()
+        if now < sent + timeout:
+            self.ctx.records.recheck_queued(status.id, sent + timeout)
+            return False
+        log.warning(
+            "%s was sent %.0f s ago and no worker has claimed it; sending it again",
+            status.id,
+            now - sent,
+        )
+        self.ctx.records.mark_resent(status.id, now)
+        self.ctx.records.recheck_queued(status.id, now + timeout)
+        return True

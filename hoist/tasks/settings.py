@@ -55,6 +55,11 @@ class Settings:
             be shorter than an upload: a duplicate finds the live claim and
             stops. Recovery from a dead worker does not wait for it (see
             :mod:`hoist.tasks.records`).
+        queued_timeout: seconds an artifact may stay queued (sent, never
+            claimed by any worker) before it is sent again
+            (``HOIST_QUEUED_TIMEOUT``). It bounds the delay of a message the
+            broker lost; each queued artifact gets at most one extra copy per
+            period while the queue is long, and copies are harmless.
     """
 
     broker_url: str
@@ -69,6 +74,7 @@ class Settings:
     wait_seconds: float = 0.5
     progress_seconds: float = 0.5
     visibility_timeout: int = 7200
+    queued_timeout: float = 300.0
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -86,6 +92,7 @@ class Settings:
             wait_seconds=_float("HOIST_WAIT_SECONDS", 0.5),
             progress_seconds=_float("HOIST_PROGRESS_SECONDS", 0.5),
             visibility_timeout=_int("HOIST_VISIBILITY_TIMEOUT", 7200),
+            queued_timeout=_float("HOIST_QUEUED_TIMEOUT", 300.0),
         )
 
     @property

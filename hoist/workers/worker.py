@@ -98,7 +98,12 @@ def run_worker(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     from hoist.tasks.app import app  # reads the environment set above
+    from hoist.tasks.broker import transport_for
 
+    # kombu's Redis transport with a repair: without it a worker exits when
+    # Redis restarts under an upload in flight (see hoist.tasks.broker). Only
+    # consumers need it; Flower names its broker page by the transport.
+    app.conf.broker_transport = transport_for(app.conf.broker_url)
     app.worker_main(
         [
             "worker",

@@ -17,7 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.services.process import ServerProcess, free_port, port_open
+from tests.services.process import ServerProcess, descendants, free_port, port_open
 
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself, so it must be started by absolute path
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start without it
@@ -130,27 +130,6 @@ class SshServer:
         """
         if self.process.proc is None:
             return
-        for pid in _descendants(self.process.proc.pid):
+        for pid in descendants(self.process.proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root`` in the process tree (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
-        children.setdefault(parent, []).append(int(entry.name))
-    found: list[int] = []
-    pending = [root]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found

@@ -1,0 +1,709 @@
+"""Fault injection on the worker fleet and its broker (issue 5).
+
+Real processes throughout: a private ``redis-server`` (restarted by one
+test), ``moto_server`` (it keeps every version of an object in a versioned
+bucket, so "the same artifact reached the store twice" is counted by the
+server itself), real ``hoist worker`` processes killed with real signals,
+real rank processes. Objects are read back with raw boto3, never through
+hoist's store code.
+
+Each test prints what it measured (run with ``-s``): recovery times, how many
+deliveries and sessions it saw. CI runs the short form of each fault; the
+full repetition count is marked ``long``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import awscrt.checksums
+import pytest
+
+from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
+from hoist.stores.spec import new_fleet_key
+from hoist.tasks.app import make_app
+from hoist.tasks.messages import SYMLINK_TASK, SymlinkRequest, order_key, send
+from hoist.tasks.records import ArtifactStatus, Records, State
+from tests.conftest import _running
+from tests.services.process import ServerProcess, descendants
+from tests.services.ranks import RankJob, collect_ranks, start_ranks
+from tests.services.redis import RedisServer
+from tests.services.s3 import S3Server
+from tests.services.throttle import ForwardedRequest, ThrottlingProxy
+from tests.services.workers import WorkerFleet, wait_until
+
+MiB = 1024 * 1024
+FLEET_KEY = new_fleet_key()
+BUCKET = "hoist-faults"
+LEASE_SECONDS = 3
+"""Short leases, so that recovery from a dead worker (about two lease times) is quick."""
+QUEUED_TIMEOUT = 8
+"""How long an artifact may stay queued, never claimed, before it is sent again."""
+
+
+# ----- fixtures ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker(services_dir: Path) -> Iterator[RedisServer]:
+    """A Redis of this module's own: one test restarts it, and killed workers leave
+    unacknowledged messages behind that no other module should see."""
+    from tests.conftest import _serve
+
+    yield from _serve(RedisServer(services_dir / f"redis-faults-{os.getpid()}"))
+
+
+@pytest.fixture(scope="module")
+def store(moto_server: S3Server) -> S3Server:
+    """moto with a versioned bucket: every write of an object is kept as a version."""
+    client = moto_server.client()
+    client.create_bucket(Bucket=BUCKET)
+    client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    return moto_server
+
+
+@pytest.fixture(scope="module")
+def staging_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("staging")
+
+
+FleetFactory = Callable[..., WorkerFleet]
+
+
+@pytest.fixture
+def fleets(broker: RedisServer, staging_root: Path, tmp_path: Path) -> Iterator[FleetFactory]:
+    """Start worker fleets for one test; every worker still alive is stopped after it."""
+    made: list[WorkerFleet] = []
+
+    def make(count: int = 1, concurrency: int = 1, **env: str) -> WorkerFleet:
+        fleet = WorkerFleet(
+            tmp_path / f"workers{len(made)}",
+            broker.url,
+            staging_root,
+            count=count,
+            concurrency=concurrency,
+            env={"HOIST_FLEET_KEY": FLEET_KEY, "HOIST_LEASE_SECONDS": str(LEASE_SECONDS), **env},
+        )
+        made.append(fleet)
+        _running.append(fleet)
+        fleet.start()
+        return fleet
+
+    yield make
+    for fleet in made:
+        _running.remove(fleet)
+        fleet.stop()
+
+
+@pytest.fixture
+def proxy(store: S3Server) -> Iterator[ThrottlingProxy]:
+    """A throttling proxy in front of moto, at full speed until a test slows it."""
+    proxy = ThrottlingProxy(store.port)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+# ----- helpers ----------------------------------------------------------------
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{time.time_ns() // 1_000_000}"
+
+
+def s3_logger_kwargs(server: S3Server, endpoint_url: str | None = None) -> dict[str, Any]:
+    return {
+        "object_store_cls": S3ObjectStore,
+        "object_store_kwargs": {
+            "bucket": BUCKET,
+            "endpoint_url": endpoint_url or server.endpoint_url,
+            "aws_access_key_id": server.access_key,
+            "aws_secret_access_key": server.secret_key,
+        },
+    }
+
+
+def make_logger(
+    run: str, server: S3Server, broker: RedisServer, staging: Path, endpoint: str | None = None
+) -> ObjectStoreLogger:
+    return ObjectStoreLogger(
+        **s3_logger_kwargs(server, endpoint),
+        run_name=run,
+        object_name="{run_name}/{artifact_name}",
+        broker_url=broker.url,
+        upload_staging_folder=str(staging),
+        fleet_key=FLEET_KEY,
+        rank=0,
+        world_size=1,
+    )
+
+
+def settled(records: Records, artifact: str) -> ArtifactStatus | None:
+    status = records.get(artifact)
+    return status if status is not None and status.state.terminal else None
+
+
+def crc64nvme_b64(data: bytes) -> str:
+    """The checksum S3 reports in ``ChecksumCRC64NVME``, computed here (not by hoist)."""
+    return base64.b64encode(awscrt.checksums.crc64nvme(data).to_bytes(8, "big")).decode()
+
+
+def versions(server: S3Server, key: str) -> int:
+    """How many times ``key`` was written to the store (the bucket keeps every version)."""
+    return versions_under(server, key)[key]
+
+
+def versions_under(server: S3Server, prefix: str) -> Counter[str]:
+    """Writes per key under ``prefix``, in one listing (moto copies every version it lists)."""
+    counts: Counter[str] = Counter()
+    paginator = server.client().get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix):
+        counts.update(v["Key"] for v in page.get("Versions", []))
+    return counts
+
+
+def check_landed_once(server: S3Server, key: str, expected: bytes) -> int:
+    """Assert ``key`` holds ``expected`` (bytes and the server's own CRC64NVME);
+    return how many times it was written."""
+    client = server.client()
+    held = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert hashlib.sha256(held).digest() == hashlib.sha256(expected).digest(), key
+    head = client.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
+    if "ChecksumCRC64NVME" in head and head.get("ChecksumType") == "FULL_OBJECT":
+        assert head["ChecksumCRC64NVME"] == crc64nvme_b64(expected), key
+    return versions(server, key)
+
+
+def object_exists(server: S3Server, key: str) -> bool:
+    return bool(server.client().list_objects_v2(Bucket=BUCKET, Prefix=key).get("KeyCount", 0))
+
+
+def multipart_open(server: S3Server, key: str) -> bool:
+    uploads = server.client().list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", [])
+    return any(u["Key"] == key for u in uploads)
+
+
+def staged_files(root: Path, run: str) -> list[Path]:
+    return [p for p in (root / run).rglob("*") if p.is_file()] if (root / run).exists() else []
+
+
+def deliveries_in_logs(fleet: WorkerFleet, artifact: str) -> int:
+    """How many times the broker delivered ``artifact``'s task to any worker of ``fleet``."""
+    return fleet.logs().count(f"[{artifact}] received")
+
+
+def random_bytes(size: int, seed: str) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# ----- 1. a worker killed mid-upload ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kills", "size_mib"),
+    [
+        pytest.param(2, 64, id="2-kills-64MiB"),
+        pytest.param(5, 200, id="5-kills-200MiB", marks=pytest.mark.long),
+    ],
+)
+def test_worker_killed_mid_upload(
+    kills: int,
+    size_mib: int,
+    store: S3Server,
+    broker: RedisServer,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the worker's whole process group while it uploads; a fresh worker
+    takes over within about two lease times, not the broker's 2 h visibility timeout."""
+    fleet = fleets(count=1, concurrency=1)
+    run = unique("killed")
+    logger = make_logger(run, store, broker, staging_root)
+    records = Records.from_url(broker.url)
+    recoveries = []
+    for n in range(kills):
+        data = random_bytes(size_mib * MiB, f"{run}-{n}")
+        source = tmp_path / f"ckpt{n}.pt"
+        source.write_bytes(data)
+        artifact = logger.file_artifact(LogLevel.EPOCH, f"ckpt{n}.pt", source)
+        key = f"{run}/ckpt{n}.pt"
+        victim = fleet.workers[-1]
+
+        def uploading(artifact: str = artifact, key: str = key) -> bool:
+            status = records.get(artifact)
+            return (
+                status is not None
+                and status.state is State.UPLOADING
+                and "upload_started_at" in status.fields
+                and multipart_open(store, key)
+            )
+
+        wait_until(uploading, timeout=120, interval=0.02)
+        killed = time.monotonic()
+        _kill_group(victim)
+        assert not object_exists(store, key), "the kill came after the upload had completed"
+        fleet.add()
+        status = wait_until(lambda a=artifact: settled(records, a), timeout=180, interval=0.05)
+        assert status.state is State.DONE, status.fields
+        writes = check_landed_once(store, key, data)
+        recoveries.append(time.monotonic() - killed)
+        assert writes == 1, f"{key} reached the store {writes} times"
+        source.unlink()
+    logger.wait(timeout=60)
+    logger.close()
+    assert staged_files(staging_root, run) == []
+    print(
+        f"\n[killed mid-upload] {kills} x {size_mib} MiB, lease {LEASE_SECONDS} s: "
+        f"lost 0, duplicates 0, recovery kill->verified "
+        + ", ".join(f"{r:.1f}" for r in recoveries)
+        + f" s (max {max(recoveries):.1f} s)"
+    )
+
+
+def _kill_group(worker: ServerProcess) -> None:
+    """SIGKILL the Celery main process and its pool children at once."""
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(30)
+
+
+def test_worker_killed_between_taking_a_message_and_claiming_it(
+    store: S3Server,
+    broker: RedisServer,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The worker's pool is frozen (SIGSTOP) so that its main process takes the
+    message from the broker but no task ever claims the record; then the whole
+    group is SIGKILLed. kombu keeps the message in its unacknowledged set for
+    the visibility timeout (2 h); hoist sends it again after ``queued_timeout``."""
+    fleet = fleets(count=1, concurrency=1, HOIST_QUEUED_TIMEOUT=str(QUEUED_TIMEOUT))
+    victim = fleet.workers[0]
+    assert victim.proc is not None
+    pool = descendants(victim.proc.pid)
+    assert pool, "the worker has no pool processes"
+    for pid in pool:
+        os.kill(pid, signal.SIGSTOP)
+    run = unique("unclaimed")
+    logger = make_logger(run, store, broker, staging_root)
+    data = random_bytes(3 * MiB, run)
+    source = tmp_path / "model.pt"
+    source.write_bytes(data)
+    artifact = logger.file_artifact(LogLevel.EPOCH, "model.pt", source)
+    records = Records.from_url(broker.url)
+    client = broker_client(broker)
+
+    def taken_not_claimed() -> bool:
+        held = any(artifact in value for value in client.hvals("unacked"))
+        status = records.get(artifact)
+        return held and status is not None and status.state is State.QUEUED
+
+    wait_until(taken_not_claimed, timeout=60, interval=0.02)
+    killed = time.monotonic()
+    _kill_group(victim)
+    fleet.add()
+    status = wait_until(lambda: settled(records, artifact), timeout=120, interval=0.05)
+    assert status.state is State.DONE, status.fields
+    recovered = time.monotonic() - killed
+    writes = check_landed_once(store, f"{run}/model.pt", data)
+    assert writes == 1
+    assert staged_files(staging_root, run) == []
+    logger.close()
+    print(
+        f"\n[killed before claiming] queued_timeout {QUEUED_TIMEOUT} s: lost 0, duplicates "
+        f"{writes - 1}, verified {recovered:.1f} s after the kill"
+    )
+
+
+# ----- 2. a worker stopped gracefully ---------------------------------------
+
+
+@pytest.mark.parametrize("grace", [None, 1.0], ids=["waits-for-uploads", "grace-expires"])
+def test_worker_sigterm_with_uploads_in_flight(
+    grace: float | None,
+    store: S3Server,
+    broker: RedisServer,
+    proxy: ThrottlingProxy,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to the worker's main process, as Kubernetes sends it to a pod.
+
+    Without a deadline the worker finishes its uploads before it exits. With
+    one (Kubernetes' grace period ends in SIGKILL), what it had in hand is
+    handed back, and a fresh worker finishes it. Nothing is lost either way.
+    """
+    proxy.set_rate(24 * MiB)  # two 32 MiB uploads share it: each lasts seconds
+    fleet = fleets(count=1, concurrency=2)
+    run = unique(f"sigterm-{'grace' if grace else 'wait'}")
+    logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
+    records = Records.from_url(broker.url)
+    expected = {}
+    ids = []
+    for n in range(4):
+        data = random_bytes(32 * MiB, f"{run}-{n}")
+        source = tmp_path / f"f{n}.bin"
+        source.write_bytes(data)
+        ids.append(logger.file_artifact(LogLevel.BATCH, f"f{n}.bin", source))
+        expected[f"{run}/f{n}.bin"] = data
+    worker = fleet.workers[0]
+    assert worker.proc is not None
+
+    def in_flight() -> list[str]:
+        statuses = [records.get(i) for i in ids]
+        return [
+            s.id
+            for s in statuses
+            if s is not None and s.state is State.UPLOADING and "upload_started_at" in s.fields
+        ]
+
+    def two_in_flight() -> list[str]:
+        found = in_flight()
+        return found if len(found) == 2 else []
+
+    in_flight_now = wait_until(two_in_flight, timeout=120, interval=0.05)
+    stopped = time.monotonic()
+    os.kill(worker.proc.pid, signal.SIGTERM)  # the main process only, as a pod's PID 1
+    if grace is None:
+        worker.proc.wait(180)
+        finished_before_exit = [i for i in in_flight_now if records.states([i])[i] is State.DONE]
+        assert finished_before_exit == in_flight_now, "a warm shutdown must finish its uploads"
+    else:
+        try:
+            worker.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            _kill_group(worker)
+    fleet.add()
+    for artifact in ids:
+        status = wait_until(lambda a=artifact: settled(records, a), timeout=180, interval=0.05)
+        assert status.state is State.DONE, status.fields
+    recovered = time.monotonic() - stopped
+    duplicates = sum(check_landed_once(store, key, data) - 1 for key, data in expected.items())
+    assert duplicates == 0
+    assert staged_files(staging_root, run) == []
+    logger.close()
+    print(
+        f"\n[SIGTERM, {'no deadline' if grace is None else f'SIGKILL after {grace} s'}] "
+        f"{len(in_flight_now)} in flight of 4 x 32 MiB: lost 0, duplicates {duplicates}, "
+        f"all verified {recovered:.1f} s after SIGTERM"
+    )
+
+
+# ----- 3. Redis restarted mid-run --------------------------------------------
+
+REDIS_DOWN_SECONDS = 4.0
+"""How long the broker stays away: a restart, not an outage ranks give up on."""
+
+
+def test_redis_restart_while_ranks_log_and_workers_upload(
+    store: S3Server,
+    broker: RedisServer,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """Stop Redis (it writes its AOF on the way down) while two rank processes keep
+    logging and two workers upload, keep it down a few seconds, start it on the
+    same port with the same data. Ranks and workers reconnect on their own."""
+    fleet = fleets(count=2, concurrency=2, HOIST_QUEUED_TIMEOUT=str(QUEUED_TIMEOUT))
+    run = unique("redis-restart")
+    actions: list[list[Any]] = []
+    for step in range(40):
+        actions.append(["file", f"logs/step{step}-rank{{rank}}.txt", 64 * 1024 + step, False])
+        if step % 10 == 5:
+            actions.append(["file", f"ckpt/step{step}-rank{{rank}}.pt", 20 * MiB, False])
+        actions.append(["sleep", 0.2])
+    job = RankJob(
+        run,
+        {
+            "object_store_cls": "S3ObjectStore",
+            "object_store_kwargs": s3_logger_kwargs(store)["object_store_kwargs"],
+            "object_name": "{run_name}/{artifact_name}",
+        },
+        actions,
+        broker.url,
+        staging_root,
+        FLEET_KEY,
+        timeout=240,
+    )
+    ranks = start_ranks(job, tmp_path, world_size=2)
+    records = Records.from_url(broker.url)
+
+    def busy() -> bool:
+        states = [a.state for a in records.run_artifacts(run)]
+        return states.count(State.DONE) >= 10 and State.UPLOADING in states
+
+    wait_until(busy, timeout=120, interval=0.05)
+    client = broker_client(broker)
+    assert client.config_get("appendonly")["appendonly"] == "yes"
+    before = {a.id: a.state for a in records.run_artifacts(run)}
+    client.set(f"sentinel:{run}", "written just before the stop")
+    broker.stop()
+    time.sleep(REDIS_DOWN_SECONDS)  # the fault: Redis is away this long
+    broker.start()
+    back = time.monotonic()
+    assert client.get(f"sentinel:{run}") == "written just before the stop"
+    after = {a.id: a.state for a in records.run_artifacts(run)}
+    assert set(before) <= set(after), "records written before the stop were lost"
+    assert all(after[a] is before[a] or before[a] is not State.DONE for a in before)
+
+    first_new = wait_until(
+        lambda: any(
+            a.state is State.DONE and float(a.fields.get("finished_at", 0)) > time.time() - 1
+            for a in records.run_artifacts(run)
+        ),
+        timeout=120,
+        interval=0.05,
+    )
+    first_done = time.monotonic() - back
+    reports = collect_ranks(ranks, timeout=300)
+    all_done = time.monotonic() - back
+    for report in reports:
+        assert report["failures"] == [], report.get("error")
+    artifacts = records.run_artifacts(run)
+    assert len(artifacts) == 2 * 44
+    assert {a.state for a in artifacts} == {State.DONE}
+    writes = versions_under(store, f"{run}/")
+    duplicates = 0
+    for report in reports:
+        for name, logged in report["logged"].items():
+            key = f"{run}/{name}"
+            held = store.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            assert hashlib.sha256(held).hexdigest() == logged["sha256"], key
+            duplicates += writes[key] - 1
+    assert staged_files(staging_root, run) == []
+    for worker in fleet.workers:  # nobody restarted them
+        assert worker.proc is not None and worker.proc.poll() is None
+    print(
+        f"\n[Redis restart, down {REDIS_DOWN_SECONDS:.0f} s] {len(artifacts)} artifacts from 2 "
+        f"ranks: lost 0, duplicates {duplicates}; first upload done {first_done:.1f} s after "
+        f"Redis was back, all done {all_done:.1f} s after (first_new={bool(first_new)})"
+    )
+
+
+def broker_client(broker: RedisServer) -> Any:
+    import redis
+
+    return redis.Redis.from_url(broker.url, decode_responses=True)
+
+
+# ----- 4. long uploads, redelivery, pointers --------------------------------
+
+VISIBILITY_TIMEOUT = 2
+"""Seconds: far shorter than the throttled uploads, so the broker redelivers them."""
+
+
+def multipart_sessions(proxy: ThrottlingProxy, key_path: str) -> dict[str, tuple[float, float]]:
+    """Each multipart upload of ``key_path`` seen at the proxy: upload id -> (first, last) time."""
+    spans: dict[str, tuple[float, float]] = {}
+    for request in proxy.seen(lambda r: r.path == key_path and "uploadId" in r.query):
+        upload_id = request.query["uploadId"][0]
+        end = request.finished or time.monotonic()
+        first, last = spans.get(upload_id, (request.started, end))
+        spans[upload_id] = (min(first, request.started), max(last, end))
+    return spans
+
+
+def test_upload_outliving_visibility_timeout_is_not_uploaded_twice(
+    store: S3Server,
+    broker: RedisServer,
+    proxy: ThrottlingProxy,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """With a 2 s visibility timeout the broker hands each long upload's message
+    to other workers again and again; each copy finds the live claim and stops.
+    The proxy sees one multipart session per object, never two at once."""
+    proxy.set_rate(6 * MiB)  # two 24 MiB uploads share it: about 8 s each
+    fleet = fleets(count=2, concurrency=2, HOIST_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT))
+    run = unique("visibility")
+    logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
+    expected = {}
+    ids = []
+    for n in range(2):
+        data = random_bytes(24 * MiB, f"{run}-{n}")
+        source = tmp_path / f"ckpt{n}.pt"
+        source.write_bytes(data)
+        ids.append(logger.file_artifact(LogLevel.EPOCH, f"ckpt{n}.pt", source))
+        expected[f"{run}/ckpt{n}.pt"] = data
+    logger.wait(timeout=180)
+    logger.close()
+    deliveries = {artifact: deliveries_in_logs(fleet, artifact) for artifact in ids}
+    assert max(deliveries.values()) >= 2, f"the broker never redelivered: {deliveries}"
+    duplicates = 0
+    for key, data in expected.items():
+        sessions = sorted(multipart_sessions(proxy, f"/{BUCKET}/{key}").values())
+        assert len(sessions) == 1, f"{key}: {len(sessions)} multipart sessions {sessions}"
+        writes = check_landed_once(store, key, data)
+        duplicates += writes - 1
+    assert duplicates == 0
+    print(
+        f"\n[visibility timeout {VISIBILITY_TIMEOUT} s < upload] deliveries per artifact "
+        f"{sorted(deliveries.values())}, multipart sessions 1 each, concurrent 0, "
+        f"duplicates {duplicates}, lost 0"
+    )
+
+
+def pointer_request(
+    logger: ObjectStoreLogger, run: str, n: int, target: str, order: str
+) -> SymlinkRequest:
+    return SymlinkRequest(
+        id=f"hoist-{run}-r0-{1000 + n}",
+        run_name=run,
+        rank=0,
+        seq=1000 + n,
+        artifact_name="latest.pt",
+        object_name=f"{run}/latest.pt.symlink",
+        order=order,
+        store=logger.spec.to_json(),
+        target_id=target,
+        target_object_name=f"{run}/ep{n}.pt",
+    )
+
+
+class PointerWatch:
+    """Reads a pointer object at the server over and over, recording each new value."""
+
+    def __init__(self, server: S3Server, key: str) -> None:
+        self.client = server.client()
+        self.key = key
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PointerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            value = self.client.get_object(Bucket=BUCKET, Key=self.key)["Body"].read().decode()
+        except self.client.exceptions.NoSuchKey:
+            return
+        if not self.seen or self.seen[-1] != value:
+            self.seen.append(value)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._read()
+
+
+def version_of(pointer_value: str) -> int:
+    return int(pointer_value.rsplit("/ep", 1)[1].removesuffix(".pt"))
+
+
+def test_pointer_never_moves_backwards_under_shuffled_redelivery(
+    store: S3Server,
+    broker: RedisServer,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """Pointer tasks for versions 1..N sent in shuffled order, each twice, while
+    their targets are still uploading, on a fleet whose broker redelivers after
+    2 s: the pointer, read at the server all along, only ever moves forward."""
+    fleet = fleets(count=2, concurrency=2, HOIST_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT))
+    run = unique("pointers")
+    logger = make_logger(run, store, broker, staging_root)
+    versions_n = 8
+    orders = [order_key(0, 1000 + n) for n in range(1, versions_n + 1)]
+    targets = {}
+    for n in range(1, versions_n + 1):
+        source = tmp_path / f"ep{n}.pt"
+        source.write_bytes(random_bytes((n % 3) * 8 * MiB + 1000, f"{run}-{n}"))
+        targets[n] = logger.file_artifact(LogLevel.EPOCH, f"ep{n}.pt", source)
+    shuffled = [n for n in range(1, versions_n + 1) for _ in range(2)]
+    random.Random(run).shuffle(shuffled)
+    app = make_app(broker.url)
+    records = Records.from_url(broker.url)
+    with PointerWatch(store, f"{run}/latest.pt.symlink") as watch:
+        for n in shuffled:
+            send(app, SYMLINK_TASK, pointer_request(logger, run, n, targets[n], orders[n - 1]))
+        for n in range(1, versions_n + 1):
+            request = pointer_request(logger, run, n, targets[n], orders[n - 1])
+            status = wait_until(lambda r=request: settled(records, r.id), timeout=120)
+            assert status.state in (State.DONE, State.SUPERSEDED), status.fields
+        # A late redelivery of the oldest, after the newest has landed.
+        send(app, SYMLINK_TASK, pointer_request(logger, run, 1, targets[1], orders[0]))
+        wait_until(lambda: deliveries_in_logs(fleet, f"hoist-{run}-r0-1001") >= 3, timeout=60)
+    logger.close()
+    seen = [version_of(v) for v in watch.seen]
+    assert seen == sorted(seen), f"the pointer moved backwards: {seen}"
+    assert seen[-1] == versions_n
+    print(
+        f"\n[pointers, {versions_n} versions shuffled and each sent twice] pointer values seen "
+        f"at the server: {seen}; never backwards"
+    )
+
+
+def test_pointer_write_stalled_past_its_lease_does_not_land_over_a_newer_one(
+    store: S3Server,
+    broker: RedisServer,
+    proxy: ThrottlingProxy,
+    fleets: FleetFactory,
+    staging_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The store holds the PUT of pointer version 1 for four lease times (a slow
+    or stalled store); version 2 is sent meanwhile. Version 1's late write must
+    not land over version 2."""
+    fleets(count=2, concurrency=2)
+    run = unique("stalled-pointer")
+    logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
+    targets = {}
+    for n in (1, 2):
+        source = tmp_path / f"ep{n}.pt"
+        source.write_bytes(random_bytes(1000 + n, f"{run}-{n}"))
+        targets[n] = logger.file_artifact(LogLevel.EPOCH, f"ep{n}.pt", source)
+    logger.wait(timeout=60)
+    key_path = f"/{BUCKET}/{run}/latest.pt.symlink"
+    held: list[ForwardedRequest] = []
+
+    def first_pointer_put(request: ForwardedRequest) -> bool:
+        if request.method == "PUT" and request.path == key_path and not held:
+            held.append(request)
+            return True
+        return False
+
+    proxy.hold(first_pointer_put)
+    app = make_app(broker.url)
+    records = Records.from_url(broker.url)
+    old, new = order_key(0, 1001), order_key(0, 1002)
+    first = pointer_request(logger, run, 1, targets[1], old)
+    second = pointer_request(logger, run, 2, targets[2], new)
+    with PointerWatch(store, f"{run}/latest.pt.symlink") as watch:
+        send(app, SYMLINK_TASK, first)
+        wait_until(lambda: held, timeout=60)
+        send(app, SYMLINK_TASK, second)
+        with contextlib.suppress(TimeoutError):  # the fault: the write stalls this long
+            wait_until(lambda: settled(records, second.id), timeout=4 * LEASE_SECONDS)
+        proxy.release()
+        for request in (first, second):
+            wait_until(lambda r=request: settled(records, r.id), timeout=60)
+    logger.close()
+    final = store.client().get_object(Bucket=BUCKET, Key=f"{run}/latest.pt.symlink")
+    seen = [version_of(v) for v in watch.seen]
+    assert final["Body"].read().decode() == f"{run}/ep2.pt", f"pointer values seen: {seen}"
+    assert seen == sorted(seen), f"the pointer moved backwards: {seen}"
+    print(f"\n[pointer PUT stalled {4 * LEASE_SECONDS} s] values seen at the server: {seen}")
