@@ -287,6 +287,12 @@ class S3ObjectStore(ObjectStore):
                 f"access to {where} was denied ({detail}); check the credentials and that "
                 "they may read and write this bucket"
             )
+        if code == "NoSuchUpload":
+            # AWS answers a retried CompleteMultipartUpload whose first answer
+            # was lost this way; the next attempt finds the object (or writes it).
+            return TransientStoreError(
+                f"{endpoint} no longer knows the multipart upload of {where} ({detail})"
+            )
         if code in ("NoSuchKey", "NotFound") or status == 404:
             return ObjectNotFoundError(f"{where} does not exist")
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:

@@ -12,7 +12,6 @@ import json
 import logging
 import time
 
-import redis
 from celery import Celery
 
 from hoist.tasks.messages import MESSAGE_TYPES, send
@@ -41,7 +40,10 @@ class Resender:
             try:
                 if not self.send_due():
                     time.sleep(self.interval)
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:
+                # Whatever goes wrong (Redis away, kombu's OperationalError after
+                # its own retries), this thread is the fleet's only way back for
+                # deferred artifacts: it must not die.
                 log.warning("resender: %s; trying again in 1 s", exc)
                 time.sleep(1.0)
 
