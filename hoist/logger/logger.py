@@ -293,8 +293,18 @@ class ObjectStoreLogger:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = self._failures  # kept across a timeout, reported once
+        unreachable = False
         while True:
-            states = self._records.states(list(self._pending)) if self._pending else {}
+            try:
+                states = self._records.states(list(self._pending)) if self._pending else {}
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # The uploads go on without Redis' answers; keep asking until the deadline.
+                if not unreachable:
+                    log.warning(
+                        "wait: Redis at %s unreachable (%s); still waiting", self._state_shown, exc
+                    )
+                unreachable = True
+                states = {}
             for artifact, state in states.items():
                 if state.terminal:
                     message = self._pending.pop(artifact)
