@@ -13,7 +13,13 @@ from typing import Any
 
 from celery import Celery, signals
 
-from hoist.tasks.messages import SYMLINK_QUEUE, SYMLINK_TASK, UPLOAD_QUEUE, UPLOAD_TASK
+from hoist.tasks.messages import (
+    COMMIT_TASK,
+    SYMLINK_QUEUE,
+    SYMLINK_TASK,
+    UPLOAD_QUEUE,
+    UPLOAD_TASK,
+)
 from hoist.tasks.settings import Settings
 
 log = logging.getLogger("hoist.worker")
@@ -46,6 +52,7 @@ def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, 
         "task_routes": {
             UPLOAD_TASK: {"queue": UPLOAD_QUEUE},
             SYMLINK_TASK: {"queue": SYMLINK_QUEUE},
+            COMMIT_TASK: {"queue": SYMLINK_QUEUE},
         },
         "task_default_queue": UPLOAD_QUEUE,
         # Flower needs events to show tasks as they run. Not the "sent" event:
@@ -92,6 +99,14 @@ def symlink(self: Any, message: dict[str, Any]) -> dict[str, Any]:
     from hoist.tasks.worker_context import context
 
     return SymlinkJob(context(), message, self.request.id).run()
+
+
+@app.task(name=COMMIT_TASK, bind=True)
+def commit(self: Any, message: dict[str, Any]) -> dict[str, Any]:
+    from hoist.tasks.jobs import CommitJob
+    from hoist.tasks.worker_context import context
+
+    return CommitJob(context(), message, self.request.id).run()
 
 
 @signals.worker_ready.connect
