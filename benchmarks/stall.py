@@ -1,73 +1,55 @@
-"""How long a training rank blocks to hand a file over: hoist against its peer.
+"""How long a training rank blocks to hand a file over: hoist against its peers.
 
-Three candidates, timed for each file size in copy mode and in ``move=True``
-mode:
+Candidates, timed for each file size, all in the same process, on the same
+files and filesystem, alternating call by call (:func:`compare`):
 
-- ``stage_file``: :func:`hoist.logger.staging.stage_file` alone, the staging
-  step (a copy, or a rename in move mode).
-- ``file_artifact``: the whole call a rank makes,
-  ``ObjectStoreLogger.file_artifact(...)``: it names the artifact, INCRs a
-  sequence number in Redis, stages the file, writes the artifact record to
-  Redis and sends a Celery task to the Redis broker. Each call logs a new
-  artifact name, so no call waits on an earlier one.
-- ``peer``: what the in-process uploader users have today (Composer's
-  ``RemoteUploaderDownloader``) does on the training thread: ``shutil.copy2``
-  into a staging folder, then ``queue.Queue().put`` for its upload worker. The
-  peer has no move mode: it copies in both.
+- ``file_artifact[<mode>]``: the whole call a rank makes,
+  ``ObjectStoreLogger.file_artifact(...)``, in each staging mode the logger
+  has (:data:`STAGING_MODES`: copy, move, and link where the logger supports
+  it; detected at run time). It names the artifact, takes a sequence number,
+  stages the file, writes the record to Redis and sends a Celery task to the
+  Redis broker. No workers run: the call does not wait for them.
+- ``stage_file[<mode>]`` (files up to 100 MiB): the staging step alone.
+- ``copy2+put``: what an in-process uploader (Composer's
+  ``RemoteUploaderDownloader``) does on the training thread:
+  ``shutil.copy2`` into a staging folder, then ``queue.Queue().put``.
+- ``cp`` (100 MiB and up): ``cp`` of the same file, the floor for a copy.
+- ``boto3 sync``: a synchronous ``boto3`` ``upload_file`` to the same
+  ``rclone serve s3`` the other benchmarks use (what people do without a tool).
 
-All run in the same process, on the same files and the same filesystem,
-alternating call by call so that drift (page cache, writeback, a noisy
-neighbour) hits all alike. In move mode each call gets a fresh hard link to
-the source to take away.
+The private Redis of this benchmark is its own (``private_redis``), so the
+tasks it queues never reach a worker of a later benchmark. Page cache is
+warm: the source was just written, as a checkpoint just saved is.
 
-``file_artifact`` needs Redis: the run starts a private ``redis-server`` on
-127.0.0.1 (a free port, no persistence, data under the bench directory; see
-``benchmarks/services.py``) and stops it at the end. No workers run: the call
-does not wait for them, and the tasks it queues go away with the server.
-
-Run from the repository root::
-
-    .venv/bin/python benchmarks/stall.py            # 1 KiB, 1 MiB, 100 MiB
-    .venv/bin/python benchmarks/stall.py --large    # and 1 GiB
-
-It prints a table (medians, and the ratios ``file_artifact/peer`` and
-``stage_file/peer``) and writes ``benchmarks/results/stall-<date>.json``. Files
-live under ``<repo>/.hoist-bench`` (created, then removed), because ``/tmp``
-may be another filesystem than the one a real staging root sits on, and
-rename, reflink and ``copy_file_range`` all depend on the filesystem.
-
-Page cache is warm: the source was just written, as a checkpoint just saved is.
+Then :func:`benchmarks.training_loop.run` measures the steady state, and
+``close()`` with nothing pending is timed.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import gc
+import inspect
 import itertools
-import json
 import os
-import platform
 import queue
 import shutil
-import statistics
-import sys
-import tempfile
+import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from services import private_redis
-
+from benchmarks import training_loop
+from benchmarks.config import RunConfig
+from benchmarks.files import GIB, KIB, MIB, filesystem_of, fmt_seconds, label, write_source
+from benchmarks.report import Figure, Report, Target, median
+from benchmarks.services import Lab, private_redis
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.logger.staging import stage_file, staged_path
 from hoist.tasks.records import Records
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
-KIB, MIB, GIB = 1024, 1024**2, 1024**3
+NAME = "stall"
 
 Stager = Callable[[str, str], object]
 """The timed call: given a source file and a destination path, hand the file over.
@@ -117,15 +99,16 @@ class Candidate:
             each call needs a fresh source.
         destination_dir: where its destinations go.
         staged: where the call put the file, given what it returned; asked
-            after the clock stops, so it may be slow. ``None``: at the
-            destination it was given.
+            after the clock stops, so it may be slow; it returns None if
+            nothing local is left to remove. ``None``: at the destination
+            it was given.
     """
 
     name: str
     stage: Stager
     consumes_source: bool
     destination_dir: str
-    staged: Callable[[object], str] | None = None
+    staged: Callable[[object], str | None] | None = None
 
 
 def compare(
@@ -176,7 +159,9 @@ def compare(
             if settle:
                 os.sync()
             seconds, result = measure_stage(candidate.stage, source, destination)
-            os.unlink(destination if candidate.staged is None else candidate.staged(result))
+            left = destination if candidate.staged is None else candidate.staged(result)
+            if left is not None:  # a candidate that uploads leaves no local file
+                os.unlink(left)
             if os.path.lexists(source) and source != pristine:
                 os.unlink(source)
             if round_ >= warmup:
@@ -184,66 +169,41 @@ def compare(
     return samples
 
 
-def _write_source(path: str, size: int) -> None:
-    block = os.urandom(min(size, 8 * MIB))
-    with open(path, "wb") as out:
-        left = size
-        while left:
-            chunk = block[: min(left, len(block))]
-            out.write(chunk)
-            left -= len(chunk)
-
-
-def _filesystem_of(path: str) -> str:
-    real = os.path.realpath(path)
-    best, fstype = "", "unknown"
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            _device, mount_point, kind = line.split()[:3]
-            inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
-            if inside and len(mount_point) >= len(best):
-                best, fstype = mount_point, kind
-    return fstype
-
-
-def _label(size: int) -> str:
-    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if size >= factor:
-            return f"{size // factor} {unit}"
-    return f"{size} B"
-
-
-def _fmt_seconds(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.3f} s"
-
-
-@contextmanager
-def _bench_dir() -> Iterator[str]:
-    parent = os.path.join(REPO, ".hoist-bench")
-    os.makedirs(parent, exist_ok=True)
-    path = tempfile.mkdtemp(dir=parent)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-        # Leave the parent only if another run is using it.
-        with suppress(OSError):
-            os.rmdir(parent)
-
-
-CANDIDATES = {
-    "stage_file": "hoist.logger.staging.stage_file(src, staged_path(...), move=<mode>)",
-    "file_artifact": "ObjectStoreLogger(provider='local', ...).file_artifact(LogLevel.BATCH, "
-    "<new name>, src, move=<mode>): Redis INCR, stage_file, record, Celery send to the "
-    "Redis broker; no workers",
-    "peer": "shutil.copy2(src, <staging folder>/...); queue.Queue().put(path) "
-    "(Composer RemoteUploaderDownloader; copies in both modes)",
+STAGING_MODES: dict[str, dict[str, object]] = {
+    "copy": {"staging": "copy"},
+    "move": {"move": True},
+    "link": {"staging": "link"},
 }
-"""What each candidate times, by the name it has in the rows."""
+"""Staging modes to time, with the ``file_artifact`` keywords that choose each.
+Add a mode here and it is timed; :func:`supported_modes` drops those this
+version of the logger lacks."""
+
+
+def supported_modes() -> tuple[dict[str, dict[str, object]], list[str]]:
+    """The modes of :data:`STAGING_MODES` this logger supports, and notes on the others.
+
+    A logger without a ``staging`` keyword (before the link mode) has copy
+    (its default) and ``move=True`` only.
+    """
+    parameters = inspect.signature(ObjectStoreLogger.file_artifact).parameters
+    modes: dict[str, dict[str, object]] = {}
+    skipped = []
+    for mode, keywords in STAGING_MODES.items():
+        missing = [k for k in keywords if k not in parameters]
+        if not missing:
+            modes[mode] = keywords
+        elif mode == "copy":
+            modes[mode] = {}  # the default of an older logger
+        else:
+            skipped.append(f"mode {mode!r} skipped: file_artifact has no {missing} keyword")
+    return modes, skipped
+
+
+def _stage_keywords(mode: str) -> dict[str, object]:
+    parameters = inspect.signature(stage_file).parameters
+    if "mode" in parameters and mode != "move":
+        return {"mode": mode}
+    return {"move": mode == "move"}
 
 
 @contextmanager
@@ -264,180 +224,225 @@ def _bench_logger(root: str, broker_url: str) -> Iterator[ObjectStoreLogger]:
         yield logger
 
 
-def run(
-    sizes: list[int], repeats: int, small_repeats: int, settle: bool = True
-) -> dict[str, object]:
-    """Run the whole comparison and return what goes into the JSON.
-
-    Parameters:
-        sizes: file sizes in bytes.
-        repeats: timed calls per candidate for files of 16 MiB and more.
-        small_repeats: timed calls per candidate below 16 MiB, where a single
-            call takes microseconds and needs more samples for a stable median.
-        settle: see :func:`compare`.
-
-    Returns:
-        Metadata and one row per size and mode.
-
-    Example:
-        >>> run([KIB], repeats=7, small_repeats=51)["rows"][0]["mode"]  # doctest: +SKIP
-        'copy'
-    """
-    rows: list[dict[str, object]] = []
+def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
+    """Time the hand-off for each size, then the training loop and ``close()``."""
+    modes, skipped = supported_modes()
+    for text in skipped:
+        report.note(NAME, text)
+    root = os.path.join(lab.root, "stall")
+    os.makedirs(root)
+    sizes = [KIB, MIB, cfg.size(100 * MIB), cfg.gib]
     with (
-        _bench_dir() as root,
         private_redis(os.path.join(root, "redis")) as redis_url,
         _bench_logger(root, redis_url) as logger,
     ):
-        fstype = _filesystem_of(root)
-        records = Records.from_url(redis_url)
-        redis_version = records.client.info("server")["redis_version"]
-        scratch = os.path.join(root, "scratch")
-        hoist_staging = logger.staging_root
-        peer_staging = os.path.join(root, "peer-staging")
-        for directory in (scratch, os.path.join(peer_staging, "bench", "rank0")):
-            os.makedirs(directory)
-        methods: dict[str, str] = {}
-        artifact_names = (f"ckpt-{i}.pt" for i in itertools.count())
-        uploads: queue.Queue[str] = queue.Queue()  # never drained: no upload worker runs
-
-        def stage_only(mode: str) -> Stager:
-            def call(src: str, dst: str) -> None:
-                methods[mode] = stage_file(src, dst, move=mode == "move").method
-
-            return call
-
-        def full_call(mode: str) -> Stager:
-            def call(src: str, dst: str) -> str | None:
-                del dst  # the logger picks the staged path itself
-                return logger.file_artifact(
-                    LogLevel.BATCH, next(artifact_names), src, move=mode == "move"
-                )
-
-            return call
-
-        def staged_by_logger(artifact: object) -> str:
-            status = records.get(str(artifact))
-            assert status is not None, f"no record of {artifact!r}"
-            return str(status.message["staged_path"])
-
-        def peer(src: str, dst: str) -> str:
-            shutil.copy2(src, dst)
-            uploads.put(dst)
-            return dst
-
+        report.details["stall"] = {"filesystem": filesystem_of(root), "modes": list(modes)}
         for size in sizes:
-            pristine = os.path.join(root, f"checkpoint-{size}.pt")
-            _write_source(pristine, size)
-            n = repeats if size >= 16 * MIB else small_repeats
-            for mode in ("copy", "move"):
-                move = mode == "move"
-                candidates = [
-                    Candidate("stage_file", stage_only(mode), move, hoist_staging),
-                    Candidate(
-                        "file_artifact", full_call(mode), move, hoist_staging, staged_by_logger
-                    ),
-                    Candidate("peer", peer, False, peer_staging),
-                ]
-                samples = compare(candidates, pristine, scratch, repeats=n, settle=settle)
-                medians = {name: statistics.median(s) for name, s in samples.items()}
-                rows.append(
-                    {
-                        "size_bytes": size,
-                        "mode": mode,
-                        "staging_method": methods[mode],
-                        "repeats": n,
-                        **{f"{name}_median_s": median for name, median in medians.items()},
-                        "ratio_file_artifact_over_peer": medians["file_artifact"] / medians["peer"],
-                        "ratio_stage_file_over_peer": medians["stage_file"] / medians["peer"],
-                        **{f"{name}_samples_s": s for name, s in samples.items()},
-                    }
-                )
-                _print_row(rows[-1])
-            os.unlink(pristine)
-    return {
-        "benchmark": "stall",
-        "description": "seconds the caller blocks to hand a file over: hoist's staging step "
-        "alone and its whole ObjectStoreLogger.file_artifact call, against the peer, "
-        "shutil.copy2 into a staging folder plus a queue put (Composer "
-        "RemoteUploaderDownloader)",
-        "date": dt.date.today().isoformat(),
-        "python": sys.version.split()[0],
-        "kernel": platform.release(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "filesystem": fstype,
-        "redis_version": redis_version,
-        "warmup": 1,
-        "settle": settle,
-        "candidates": CANDIDATES,
-        "rows": rows,
-    }
+            _one_size(lab, report, cfg, logger, Records.from_url(redis_url), root, size, modes)
+        _close_idle(report, redis_url, root, cfg)
+    shutil.rmtree(root, ignore_errors=True)
+    training_loop.run(lab, report, cfg)
 
 
-_HEADER = (
-    f"{'size':>8}  {'mode':<4}  {'staging method':<15}  {'stage_file':>10}  "
-    f"{'file_artifact':>13}  {'peer':>10}  {'file_artifact/peer':>18}  {'stage_file/peer':>15}"
-)
+def _one_size(
+    lab: Lab,
+    report: Report,
+    cfg: RunConfig,
+    logger: ObjectStoreLogger,
+    records: Records,
+    root: str,
+    size: int,
+    modes: dict[str, dict[str, object]],
+) -> None:
+    scratch = os.path.join(root, "scratch")
+    peer_staging = os.path.join(root, "peer-staging")
+    for directory in (scratch, os.path.join(peer_staging, "bench", "rank0")):
+        os.makedirs(directory, exist_ok=True)
+    names = (f"ckpt-{size}-{i}.pt" for i in itertools.count())
+    uploads: queue.Queue[str] = queue.Queue()  # never drained: no upload worker runs
+    s3 = lab.s3_client()
+    bucket = lab.s3().bucket
+    keys = (f"stall/{size}/{i}" for i in itertools.count())
+    methods: dict[str, str] = {}
 
+    def full_call(keywords: dict[str, object]) -> Stager:
+        def call(src: str, dst: str) -> str | None:
+            del dst  # the logger picks the staged path itself
+            return logger.file_artifact(LogLevel.BATCH, next(names), src, **keywords)  # type: ignore[arg-type]
 
-def _print_row(row: Mapping[str, object]) -> None:
-    def number(key: str) -> float:
-        value = row[key]
-        assert isinstance(value, float), key
-        return value
+        return call
 
-    size = row["size_bytes"]
-    assert isinstance(size, int)
-    stage_s, full_s, peer_s = (
-        _fmt_seconds(number(f"{name}_median_s")) for name in ("stage_file", "file_artifact", "peer")
-    )
+    def stage_only(mode: str) -> Stager:
+        def call(src: str, dst: str) -> None:
+            methods[mode] = str(stage_file(src, dst, **_stage_keywords(mode)).method)  # type: ignore[arg-type]
+
+        return call
+
+    def staged_by_logger(artifact: object) -> str:
+        status = records.get(str(artifact))
+        assert status is not None, f"no record of {artifact!r}"
+        return str(status.message["staged_path"])
+
+    def copy2_put(src: str, dst: str) -> str:
+        shutil.copy2(src, dst)
+        uploads.put(dst)
+        return dst
+
+    def cp(src: str, dst: str) -> None:
+        subprocess.run(["cp", src, dst], check=True)
+
+    def boto3_sync(src: str, dst: str) -> str:
+        del dst
+        key = next(keys)
+        s3.upload_file(src, bucket, key)
+        return key
+
+    def delete_object(key: object) -> None:
+        s3.delete_object(Bucket=bucket, Key=str(key))
+        return None
+
+    hoist_staging = logger.staging_root
+    candidates = [
+        Candidate(
+            f"file_artifact[{mode}]", full_call(kw), mode == "move", hoist_staging, staged_by_logger
+        )
+        for mode, kw in modes.items()
+    ]
+    if size <= 100 * MIB:
+        candidates += [
+            Candidate(f"stage_file[{mode}]", stage_only(mode), mode == "move", hoist_staging)
+            for mode in modes
+        ]
+    candidates.append(Candidate("copy2+put", copy2_put, False, peer_staging))
+    if size >= cfg.size(100 * MIB):
+        candidates.append(Candidate("cp", cp, False, peer_staging))
+    candidates.append(Candidate("boto3 sync", boto3_sync, False, peer_staging, delete_object))
+
+    pristine = write_source(os.path.join(root, f"checkpoint-{size}.pt"), size)
+    n = cfg.repeats if size >= 16 * MIB else 51
+    samples = compare(candidates, pristine, scratch, repeats=n, warmup=0 if size >= GIB else 1)
+    os.unlink(pristine)
+    medians = {name: median(s) for name, s in samples.items()}
+    report.details.setdefault("stall_medians_s", {})[label(size)] = medians
+    note = cfg.repeats_note(n)
     print(
-        f"{_label(size):>8}  {row['mode']!s:<4}  {row['staging_method']!s:<15}  "
-        f"{stage_s:>10}  {full_s:>13}  {peer_s:>10}  "
-        f"{number('ratio_file_artifact_over_peer'):>18.3f}  "
-        f"{number('ratio_stage_file_over_peer'):>15.3f}",
+        f"    {label(size)} medians: "
+        + ", ".join(f"{name} {fmt_seconds(m)}" for name, m in medians.items()),
         flush=True,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run, print the table and write the JSON.
-
-    Parameters:
-        argv: command-line arguments; ``sys.argv[1:]`` when ``None``.
-
-    Returns:
-        The exit status.
-
-    Example:
-        >>> main(["--repeats", "7"])  # doctest: +SKIP
-        0
-    """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--large", action="store_true", help="also time a 1 GiB file")
-    parser.add_argument("--repeats", type=int, default=7, help="timed calls, files >= 16 MiB")
-    parser.add_argument("--small-repeats", type=int, default=51, help="timed calls, files < 16 MiB")
-    parser.add_argument(
-        "--no-settle",
-        action="store_true",
-        help="do not os.sync() before each call (measures under writeback pressure)",
+    for mode in modes:
+        hoist = f"file_artifact[{mode}]"
+        report.add(
+            Figure(
+                NAME,
+                f"stall {label(size)} {mode}",
+                "s",
+                medians[hoist],
+                medians["copy2+put"],
+                "shutil.copy2+queue.put",
+                samples={hoist: samples[hoist], "copy2+put": samples["copy2+put"]},
+                note=note + (f"; staging {methods[mode]}" if mode in methods else ""),
+            )
+        )
+    default = "file_artifact[copy]"
+    report.add(
+        Figure(
+            NAME,
+            f"stall {label(size)} copy",
+            "s",
+            medians[default],
+            medians["boto3 sync"],
+            "boto3 upload_file (sync)",
+            samples={default: samples[default], "boto3 sync": samples["boto3 sync"]},
+            note=note,
+        )
     )
-    args = parser.parse_args(argv)
-    if min(args.repeats, args.small_repeats) < 7:
-        parser.error("use at least 7 repeats: a median of fewer is mostly noise")
-    sizes = [KIB, MIB, 100 * MIB] + ([GIB] if args.large else [])
+    if size == KIB:
+        report.target(
+            Target(
+                "stall for a 1 KiB artifact, median ms (copy mode, incl. enqueue)",
+                medians[default] * 1e3,
+                1.0,
+                False,
+            )
+        )
+        if "file_artifact[link]" in medians:
+            report.target(
+                Target(
+                    "stall for a 1 KiB artifact, median ms (link mode)",
+                    medians["file_artifact[link]"] * 1e3,
+                    1.0,
+                    False,
+                )
+            )
+    if size == cfg.gib:
+        report.target(
+            Target(
+                f"move=True for {label(size)}: times less than shutil.copy2",
+                medians["copy2+put"] / medians["file_artifact[move]"],
+                100,
+                True,
+            )
+        )
+        report.add(
+            Figure(
+                NAME,
+                f"stall {label(size)} copy",
+                "s",
+                medians[default],
+                medians["cp"],
+                "cp",
+                samples={default: samples[default], "cp": samples["cp"]},
+                note=note,
+            )
+        )
+        report.target(
+            Target(
+                f"copy mode for {label(size)}: no slower than cp (cp time / hoist time)",
+                medians["cp"] / medians[default],
+                1.0,
+                True,
+            )
+        )
+        if "file_artifact[link]" in medians:
+            report.target(
+                Target(
+                    f"link mode for {label(size)}: times less than shutil.copy2",
+                    medians["copy2+put"] / medians["file_artifact[link]"],
+                    100,
+                    True,
+                )
+            )
+    shutil.rmtree(scratch)
 
-    print(_HEADER)
-    result = run(sizes, args.repeats, args.small_repeats, settle=not args.no_settle)
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"stall-{result['date']}.json")
-    with open(path, "w") as out:
-        json.dump(result, out, indent=2)
-        out.write("\n")
-    print(f"filesystem: {result['filesystem']}; medians; wrote {os.path.relpath(path)}")
-    return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _close_idle(report: Report, redis_url: str, root: str, cfg: RunConfig) -> None:
+    """``close()`` of a logger with nothing pending (waits by default), timed alone."""
+    samples = []
+    for i in range(max(cfg.repeats, 21)):
+        store = os.path.join(root, f"close-{i}")
+        os.makedirs(os.path.join(store, "artifacts"))
+        logger = ObjectStoreLogger(
+            provider="local",
+            container="artifacts",
+            provider_kwargs={"key": store},
+            upload_staging_folder=os.path.join(root, "hoist-staging"),
+            broker_url=redis_url,
+            run_name=f"close-{i}",
+        )
+        start = time.perf_counter()
+        logger.close()
+        samples.append(time.perf_counter() - start)
+    report.add(
+        Figure(
+            NAME,
+            "close() with nothing pending",
+            "s",
+            median(samples),
+            samples={"close": samples},
+            note=f"median of {len(samples)}",
+        )
+    )
+    report.target(
+        Target("close() with nothing pending, median ms", median(samples) * 1e3, 50, False)
+    )

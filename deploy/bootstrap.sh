@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set hoist up on a Debian machine, then run the demo or the whole test suite.
+# Set hoist up on a Debian machine, then run the demo, the test suite or the benchmarks.
 #
 #   bash deploy/bootstrap.sh demo            # the main job
 #   bash deploy/bootstrap.sh test [ARGS...]  # pytest, ARGS passed through
+#   bash deploy/bootstrap.sh bench [ARGS...] # the benchmark suite (python -m benchmarks ARGS)
 #
 # Idempotent: Debian packages are installed only when missing, the virtual
 # environment (.venv, or $HOIST_VENV) is made once, and the Python package is
@@ -11,8 +12,8 @@ set -euo pipefail
 
 mode=${1:-}
 case "$mode" in
-  demo|test) shift ;;
-  *) echo "usage: bash deploy/bootstrap.sh demo|test [pytest args...]" >&2; exit 2 ;;
+  demo|test|bench) shift ;;
+  *) echo "usage: bash deploy/bootstrap.sh demo|test|bench [args...]" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,9 +21,11 @@ venv=${HOIST_VENV:-$PWD/.venv}
 python=${PYTHON:-python3}
 
 # Debian packages: the services hoist runs (Redis) and the tests start (sshd),
-# and for the tests only, the browser the Flower test drives (chromium).
+# and for the tests only, the browser the Flower test drives (chromium),
+# systemd-analyze for checking deploy/systemd (systemd) and `ip netns` for
+# the multi-host test (iproute2).
 debs=(redis-server openssh-server openssh-client)
-[ "$mode" = test ] && debs+=(chromium)
+[ "$mode" = test ] && debs+=(chromium systemd iproute2)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")
@@ -48,7 +51,11 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 
-extra=$([ "$mode" = test ] && echo "[test]" || echo "")
+case "$mode" in
+  test) extra="[test]" ;;
+  bench) extra="[bench]" ;;
+  *) extra="" ;;
+esac
 stamp="$venv/.hoist-installed$extra"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
@@ -61,6 +68,8 @@ fi
 export PATH="$venv/bin:$PATH"
 if [ "$mode" = test ]; then
   exec "$venv/bin/python" -m pytest "$@"
+elif [ "$mode" = bench ]; then
+  exec "$venv/bin/python" -m benchmarks "$@"
 else
   # Starts (or reuses) the embedded default: Redis, workers and Flower under
   # .hoist/; `hoist down` stops it.

@@ -94,6 +94,10 @@ class StagingError(HoistError, OSError):
     """A file could not be staged (the staging filesystem is full, read-only, …)."""
 
 
+class InvalidMessageError(HoistError, ValueError):
+    """A task message on the broker is malformed: refused by the worker, never run."""
+
+
 class EnqueueError(HoistError):
     """The broker could not be reached to enqueue an upload; the staged file is kept."""
 

@@ -47,6 +47,8 @@ def main() -> int:
                 "object": logger.get_uri_for_artifact(name.format(rank=rank)),
                 "sha256": hashlib.sha256(data).hexdigest(),
             }
+        elif kind == "sleep":  # a training step between two artifacts
+            time.sleep(action[1])
         elif kind == "symlink":
             _, target, name = action
             logger.symlink_artifact(target.format(rank=rank), name.format(rank=rank))

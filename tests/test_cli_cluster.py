@@ -66,7 +66,9 @@ CLUSTER_VARIABLES = (
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with local_cluster(tmp_path_factory.mktemp("cluster") / "home") as running_cluster:
+    # Progress events every 10 ms, so that a short upload reports a few.
+    env = {"HOIST_PROGRESS_SECONDS": "0.01"}
+    with local_cluster(tmp_path_factory.mktemp("cluster") / "home", env=env) as running_cluster:
         yield running_cluster
 
 
@@ -253,7 +255,7 @@ def test_an_upload_in_flight_reports_its_bytes_as_task_progress(cluster: Cluster
         capture.start()
         try:
             assert listening.wait(10)
-            size = 40 * 1024 * 1024  # several read chunks: a first report and a last one
+            size = 40 * 1024 * 1024  # 5 read chunks: with reports every 10 ms, some and a last
             artifact = upload_through(cluster, "progress.bin", os.urandom(size))
 
             def succeeded() -> bool:
@@ -375,7 +377,7 @@ def test_flower_refuses_an_open_address_without_auth(tmp_path: Path) -> None:
 
 def test_a_second_up_reuses_the_running_cluster(cluster: Cluster) -> None:
     before = pids(cluster.home)
-    again = up(cluster.home, cluster.flower_port)
+    again = up(cluster.home, cluster.flower_port, env=cluster.extra_env)
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stdout
     assert pids(cluster.home) == before
@@ -394,7 +396,7 @@ def test_down_stops_everything_and_up_keeps_the_data(cluster: Cluster) -> None:
     assert not port_open(cluster.flower_port)
     assert not (cluster.home / "cluster.json").exists()
 
-    again = up(cluster.home, cluster.flower_port)
+    again = up(cluster.home, cluster.flower_port, env=cluster.extra_env)
     assert again.returncode == 0, again.stdout + again.stderr
     cluster.remember()
     assert cluster.env["HOIST_BROKER_URL"] == url  # same port and password

@@ -293,35 +293,60 @@ def test_one_upload_at_a_time_per_rank(
         assert start >= end, f"uploads overlapped: {spans}"
 
 
+ESCAPES = {
+    "absolute path of a FIFO outside": lambda root, fifo: str(fifo),
+    "/etc/shadow": lambda root, fifo: "/etc/shadow",
+    "absolute path climbing out with ..": lambda root, fifo: str(
+        root / ".." / fifo.parent.name / fifo.name
+    ),
+    "relative path climbing out with ..": lambda root, fifo: os.path.relpath(fifo, root),
+    "symlink inside the staging root to a FIFO outside": lambda root, fifo: str(
+        _link_inside(root, fifo)
+    ),
+}
+
+
+def _link_inside(root: Path, target: Path) -> Path:
+    """A symlink under the staging root, in a run directory as a rank's file would be."""
+    link = root / "evil" / "rank0" / f"00000001-{target.name}"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    return link
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
 def test_message_naming_a_path_outside_staging_is_refused(
-    fleet: WorkerFleet, redis_server: RedisServer, tmp_path: Path
+    escape: str, fleet: WorkerFleet, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # A FIFO: a worker that opened it to read would block, and the record would never settle.
     outside = tmp_path / "secret.fifo"
     os.mkfifo(outside)
-    escape = str(fleet.staging_root / ".." / tmp_path.name / "secret.fifo")
+    path = ESCAPES[escape](fleet.staging_root, outside)
     store = local_backend(tmp_path / "store")
     from hoist.stores.spec import StoreSpec
 
     spec = StoreSpec.describe("libcloud", {**store.logger}, None)
     records = Records.from_url(redis_server.url)
-    for n, path in enumerate([str(outside), escape]):
-        message = UploadRequest(
-            id=f"hoist-evil-r0-{n}-{int(time.time() * 1000)}",
-            run_name="evil",
-            rank=0,
-            seq=n,
-            artifact_name="secret",
-            object_name=f"evil/secret-{n}",
-            order="0",
-            store=spec.to_json(),
-            staged_path=path,
-            size=1,
-        )
-        send(make_app(fleet.broker_url), UPLOAD_TASK, message)
-        status = wait_until(lambda m=message: settled(records, m.id), timeout=30)
-        assert status.state is State.FAILED
-        assert "outside the staging root" in status.error
+    message = UploadRequest(
+        id=f"hoist-evil-r0-{int(time.time() * 1000)}",
+        run_name="evil",
+        rank=0,
+        seq=1,
+        artifact_name="secret",
+        object_name="evil/secret",
+        order="0",
+        store=spec.to_json(),
+        staged_path=path,
+        size=1,
+    )
+    send(make_app(fleet.broker_url), UPLOAD_TASK, message)
+    status = wait_until(lambda: settled(records, message.id), timeout=30)
+    assert status.state is State.FAILED
+    assert "outside the staging root" in status.error
+    assert repr(path) in status.error
+    # The worker says so in its log, naming the artifact.
+    wait_until(lambda: f"{message.id} (evil/secret) failed" in fleet.logs(), timeout=10)
     assert not (tmp_path / "store" / "artifacts" / "evil").exists()
 
 

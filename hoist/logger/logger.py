@@ -21,11 +21,12 @@ from hoist.download import POINTER_SUFFIX
 from hoist.errors import (
     ConfigurationError,
     EnqueueError,
+    InvalidObjectNameError,
     UploadFailedError,
     WaitTimeoutError,
 )
 from hoist.logger.levels import LogLevel
-from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name
+from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name, validate_run_name
 from hoist.logger.ranks import RankInfo
 from hoist.logger.staging import StagingMode, stage_file, staged_path, staging_root_from
 from hoist.stores.base import ObjectStore
@@ -33,6 +34,7 @@ from hoist.stores.spec import StoreSpec, fleet_key_from_environment, kind_of
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import (
     COMMIT_TASK,
+    NODE_QUEUE_ENV,
     SYMLINK_TASK,
     UPLOAD_TASK,
     CommitRequest,
@@ -44,8 +46,10 @@ from hoist.tasks.messages import (
     order_key,
     send,
 )
+from hoist.tasks.messages import node_queue as node_queue_name
 from hoist.tasks.records import Records, State
 from hoist.tasks.settings import DEFAULT_BROKER_URL
+from hoist.workers.cluster import mask_url
 
 log = logging.getLogger("hoist.logger")
 
@@ -55,6 +59,7 @@ DEFAULT_CHECKPOINT_OBJECT_NAME = "{run_name}/{artifact_name}"
 """Sharded checkpoints: one directory per step for all ranks, and the run's pointer."""
 SEQ_BLOCK = 16
 """Sequence numbers a rank reserves in one round trip to Redis."""
+ENQUEUE_TIMEOUT_ENV = "HOIST_ENQUEUE_TIMEOUT"
 
 
 class ObjectStoreLogger:
@@ -80,15 +85,28 @@ class ObjectStoreLogger:
             worker fleet, never in the training process.
         run_name: default ``HOIST_RUN_NAME``, torchrun's run id or the Slurm
             job id; generated (and logged) only for a single process.
-        broker_url: default ``HOIST_BROKER_URL``.
+        broker_url: default ``HOIST_BROKER_URL``. For TLS use ``rediss://`` and
+            name a private CA in the query string:
+            ``rediss://:PASSWORD@redis.lan:6380/0?ssl_ca_certs=/etc/hoist/ca.pem``
+            (certificates are checked by default; see docs/design.md).
         state_url: the Redis holding artifact records (default: the broker).
         wait_on_close: ``close()`` waits for this rank's uploads; False for
             fire-and-forget (then ``hoist wait --run NAME`` in the job epilogue).
         rank, local_rank, world_size, local_world_size, node_rank: override
             what the launcher's environment says.
         fleet_key: seals credentials in store arguments (default ``HOIST_FLEET_KEY``).
-        enqueue_timeout: seconds to keep trying an unreachable broker before
-            ``file_artifact`` raises.
+        enqueue_timeout: seconds to keep trying an unreachable broker or state
+            Redis before ``file_artifact`` raises :class:`~hoist.errors.EnqueueError`
+            (default ``HOIST_ENQUEUE_TIMEOUT``, else 30). The training step is
+            blocked meanwhile, so keep it short where a stall costs more than a
+            lost checkpoint upload; the error says how to send it later.
+        staging: the default :class:`~hoist.logger.staging.StagingMode`.
+        node_queue: for a node-local staging folder (default
+            ``HOIST_NODE_QUEUE``): the name of this node's upload queue, which
+            only the worker on this node consumes (``hoist worker --node-queue
+            NAME``). Empty: uploads go to the shared queue, and any worker of
+            the fleet must be able to read the staging folder. Pointers always
+            go to the shared pointer queue (they need no staged file).
 
     Example:
         >>> with ObjectStoreLogger(object_store_cls=S3ObjectStore,
@@ -122,8 +140,9 @@ class ObjectStoreLogger:
         local_world_size: int | None = None,
         node_rank: int | None = None,
         fleet_key: str | None = None,
-        enqueue_timeout: float = 30.0,
+        enqueue_timeout: float | None = None,
         staging: StagingMode | str = StagingMode.COPY,
+        node_queue: str | None = None,
     ) -> None:
         if isinstance(provider, type):  # ObjectStoreLogger(S3ObjectStore, {...}) positionally
             object_store_cls, provider = provider, None
@@ -140,7 +159,7 @@ class ObjectStoreLogger:
         )
         self.template = ObjectNameTemplate(object_name)
         self.checkpoint_template = ObjectNameTemplate(checkpoint_object_name)
-        self.run_name = _run_name(run_name, self.ranks)
+        self.run_name = validate_run_name(_run_name(run_name, self.ranks))
         self.staging_root = staging_root_from(upload_staging_folder)
         self.spec = _store_spec(
             provider,
@@ -156,11 +175,17 @@ class ObjectStoreLogger:
         self.num_concurrent_uploads = num_concurrent_uploads
         self.use_procs = use_procs
         self.wait_on_close = wait_on_close
-        self.enqueue_timeout = enqueue_timeout
         self.staging = _staging_mode(staging)
+        self.enqueue_timeout = _enqueue_timeout(enqueue_timeout)
+        node = os.environ.get(NODE_QUEUE_ENV, "") if node_queue is None else node_queue
+        self.upload_queue = node_queue_name(node) if node else ""
         broker = broker_url or os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
+        state = state_url or os.environ.get("HOIST_STATE_URL") or broker
+        # For error messages: where the rank tried to reach, never with its password.
+        self._broker_shown = mask_url(broker)
+        self._state_shown = mask_url(state)
         self._app = make_app(broker)
-        self._records = Records.from_url(state_url or os.environ.get("HOIST_STATE_URL") or broker)
+        self._records = Records.from_url(state)
         self._pending: dict[str, Message] = {}
         self._latest_by_object: dict[str, str] = {}
         self._closed = False
@@ -293,6 +318,7 @@ class ObjectStoreLogger:
             overwrite=overwrite,
             rank_limit=self.num_concurrent_uploads,
             fingerprint=staged.fingerprint.to_json() if staged.fingerprint else None,
+            queue=self.upload_queue,
         )
         self._enqueue(UPLOAD_TASK, message, staged.path)
         self._latest_by_object[object_name] = message.id
@@ -462,7 +488,7 @@ class ObjectStoreLogger:
 
     def _object_name(self, artifact_name: str) -> str:
         ranks = self.ranks
-        return self.template.format(
+        name = self.template.format(
             artifact_name=artifact_name,
             run_name=self.run_name,
             rank=ranks.rank,
@@ -471,6 +497,15 @@ class ObjectStoreLogger:
             local_world_size=ranks.local_world_size,
             node_rank=ranks.node_rank,
         )
+        try:
+            # The store's own limits (a file name's 255 bytes on SFTP and local
+            # stores), so that such a name fails here, not on a worker.
+            return self._store.validate_name(name)
+        except InvalidObjectNameError as exc:
+            raise InvalidObjectNameError(
+                f"artifact name {artifact_name!r} cannot be stored: {exc}; shorten it or "
+                "change the object_name template"
+            ) from None
 
     def _common(self, seq: int, artifact_name: str, object_name: str) -> dict[str, Any]:
         return {
@@ -509,10 +544,22 @@ class ObjectStoreLogger:
         try:
             send(self._app, task, message, retry_seconds=self.enqueue_timeout)
         except Exception as exc:
-            # The record exists, so the artifact is not lost: `hoist retry` re-sends it.
+            # The record exists, so the artifact is not lost. Marked failed, it is
+            # what `hoist retry --run` sends again (and `wait` reports); if the state
+            # Redis is down too, it stays queued and needs `--queued`.
+            reason = (
+                f"never sent: the broker at {self._broker_shown} was unreachable for "
+                f"{self.enqueue_timeout:g} s ({exc})"
+            )
+            try:
+                marked = self._records.mark_unsent(message.id, reason)
+            except redis.RedisError:
+                marked = False
+            retry = f"hoist retry --run {self.run_name}" + ("" if marked else " --queued")
             raise EnqueueError(
-                f"could not enqueue {message.artifact_name!r} on the broker ({exc}){kept}; "
-                f"`hoist retry --run {self.run_name}` sends it once the broker is back"
+                f"the broker at {self._broker_shown} is unreachable: start it or fix "
+                f"HOIST_BROKER_URL, then run `{retry}` to send {message.artifact_name!r} "
+                f"(or log it again); {exc}{kept}"
             ) from exc
         self._pending[message.id] = message
 
@@ -525,9 +572,9 @@ class ObjectStoreLogger:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise EnqueueError(
-                        f"the hoist state store (Redis) is unreachable after "
-                        f"{self.enqueue_timeout:.0f} s: {exc}{kept}; check HOIST_BROKER_URL "
-                        "and that Redis is up, then log the artifact again"
+                        f"the hoist state store (Redis) at {self._state_shown} is unreachable "
+                        f"after {self.enqueue_timeout:g} s: start it or fix HOIST_STATE_URL / "
+                        f"HOIST_BROKER_URL, then log the artifact again; {exc}{kept}"
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -546,6 +593,22 @@ def _staging_mode(value: StagingMode | str) -> StagingMode:
         raise ConfigurationError(
             f"staging={value!r} is not a staging mode; use {choices}"
         ) from None
+
+
+def _enqueue_timeout(explicit: float | None) -> float:
+    if explicit is not None:
+        value = float(explicit)
+    else:
+        raw = os.environ.get(ENQUEUE_TIMEOUT_ENV) or "30"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"{ENQUEUE_TIMEOUT_ENV}={raw!r} is not a number of seconds"
+            ) from None
+    if not value > 0:
+        raise ConfigurationError(f"enqueue_timeout must be more than 0 seconds, not {value}")
+    return value
 
 
 def _run_name(explicit: str | None, ranks: RankInfo) -> str:

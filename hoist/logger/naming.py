@@ -40,6 +40,57 @@ _SAMPLE_VALUES: dict[str, str | int] = {
 }
 
 
+RUN_NAME_MAX_BYTES = 255
+"""Longest run name, in UTF-8 bytes: it is a directory name under the staging root."""
+
+
+def _not_utf8(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate, so cannot be sent as UTF-8.
+
+    Object stores take UTF-8 keys, Redis keys and JSON messages are UTF-8, and a
+    ``str`` can still hold ``"\\ud800"`` (from ``os.fsdecode`` of a non-UTF-8 file
+    name, for example); refused here, it never becomes an ``UnicodeEncodeError``
+    deep inside a client library.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def validate_run_name(run_name: str) -> str:
+    """Check a run name and return it unchanged.
+
+    The run name becomes a directory under the staging root, part of every
+    artifact id (the Celery task id) and of Redis keys, so it must be one safe
+    path segment.
+
+    Raises:
+        ConfigurationError: it is not a string, is empty, ``.`` or ``..``, has a
+            ``/`` or NUL, is not valid UTF-8 or is longer than 255 bytes.
+
+    Example:
+        >>> validate_run_name("bert-3")
+        'bert-3'
+    """
+    problem = None
+    if not isinstance(run_name, str):
+        problem = f"is a {type(run_name).__name__}, not a str"
+    elif not run_name or run_name in (".", "..") or "/" in run_name or "\0" in run_name:
+        problem = "cannot be a directory name"
+    elif _not_utf8(run_name):
+        problem = "is not valid UTF-8 (it holds a lone surrogate)"
+    elif len(run_name.encode("utf-8")) > RUN_NAME_MAX_BYTES:
+        problem = f"is longer than {RUN_NAME_MAX_BYTES} bytes"
+    if problem is not None:
+        raise ConfigurationError(
+            f"run name {run_name!r} {problem}: give a non-empty name of at most "
+            f"{RUN_NAME_MAX_BYTES} bytes without '/' or NUL characters, not '.' or '..'"
+        )
+    return run_name
+
+
 def validate_artifact_name(name: str) -> str:
     """Check an artifact name given by the user and return it unchanged.
 
@@ -55,7 +106,7 @@ def validate_artifact_name(name: str) -> str:
 
     Raises:
         ConfigurationError: ``name`` is not a string, is empty, contains a NUL
-            character or has a ``..`` segment.
+            character, is not valid UTF-8 or has a ``..`` segment.
 
     Example:
         >>> validate_artifact_name("checkpoints/ep1.pt")
@@ -76,6 +127,11 @@ def validate_artifact_name(name: str) -> str:
         )
     if "\0" in name:
         raise ConfigurationError(f"artifact name {name!r} contains a NUL character")
+    if _not_utf8(name):
+        raise ConfigurationError(
+            f"artifact name {name!r} is not valid UTF-8 (it holds a lone surrogate); "
+            "object stores take UTF-8 names only"
+        )
     if ".." in name.split("/"):
         raise ConfigurationError(
             f"artifact name {name!r} has a '..' segment; "
@@ -117,6 +173,11 @@ class ObjectNameTemplate:
         if not isinstance(self.template, str):
             raise ConfigurationError(
                 f"object_name template must be a str, not {type(self.template).__name__}"
+            )
+        if _not_utf8(self.template):
+            raise ConfigurationError(
+                f"object_name template {self.template!r} is not valid UTF-8 "
+                "(it holds a lone surrogate); object stores take UTF-8 names only"
             )
         fields = self._fields(self.template)
         if "artifact_name" not in fields:
@@ -200,7 +261,8 @@ class ObjectNameTemplate:
         Raises:
             ConfigurationError: the artifact name is invalid (see
                 :func:`validate_artifact_name`), or the formatted name is empty,
-                has a ``..`` segment or a NUL character; the message quotes the
+                has a ``..``, ``.`` or empty segment (``a//b``, a trailing ``/``),
+                a NUL character or is not valid UTF-8; the message quotes the
                 template, the artifact name and the resulting name.
 
         Example:
@@ -227,6 +289,13 @@ class ObjectNameTemplate:
             problem = "contains a NUL character"
         elif ".." in name.split("/"):
             problem = "has a '..' segment"
+        elif _not_utf8(name):
+            problem = "is not valid UTF-8"
+        elif any(segment in ("", ".") for segment in name.split("/")):
+            # SFTP and local stores map names to paths, where 'a//b', 'a/./b'
+            # and 'a/b' are one file and 'a/.' or 'a/' is a directory: refused
+            # rather than silently rewritten, so an object is where it was named.
+            problem = "has an empty or '.' segment ('a//b', 'a/./b' or a trailing '/')"
         if problem is not None:
             raise ConfigurationError(
                 f"object name {name!r} (template {self.template!r}, "

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from hoist.durability import fsync_directory, fsync_file
 from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
-from hoist.logger.naming import validate_artifact_name
+from hoist.logger.naming import validate_artifact_name, validate_run_name
 
 logger = logging.getLogger(__name__)
 
@@ -165,20 +165,6 @@ class StagedFile:
     fingerprint: Fingerprint | None = None
 
 
-def _check_run_name(run_name: str) -> None:
-    if (
-        not isinstance(run_name, str)
-        or not run_name
-        or run_name in (".", "..")
-        or "/" in run_name
-        or "\0" in run_name
-    ):
-        raise ConfigurationError(
-            f"run name {run_name!r} cannot be a directory name: it must be a non-empty "
-            "string without '/' or NUL characters and not '.' or '..'"
-        )
-
-
 def staged_path(staging_root: str, run_name: str, rank: int, seq: int, artifact_name: str) -> str:
     """Return where an artifact is staged: ``<root>/<run>/rank<rank>/<seq>-<name>``.
 
@@ -199,14 +185,15 @@ def staged_path(staging_root: str, run_name: str, rank: int, seq: int, artifact_
         The path of the staged file.
 
     Raises:
-        ConfigurationError: ``run_name`` is empty, ``.``, ``..`` or has ``/`` or
-            NUL; ``rank`` or ``seq`` is negative; the artifact name is invalid.
+        ConfigurationError: ``run_name`` is invalid (see
+            :func:`~hoist.logger.naming.validate_run_name`); ``rank`` or ``seq``
+            is negative; the artifact name is invalid.
 
     Example:
         >>> staged_path("/staging", "llama", 3, 12, "checkpoints/ep1.pt")
         '/staging/llama/rank3/00000012-checkpoints__ep1.pt'
     """
-    _check_run_name(run_name)
+    validate_run_name(run_name)
     if rank < 0 or seq < 0:
         raise ConfigurationError(f"rank ({rank}) and seq ({seq}) must not be negative")
     validate_artifact_name(artifact_name)
@@ -285,8 +272,18 @@ def resolve_inside(staging_root: str, path: str) -> str:
         >>> resolve_inside("/staging", "run/rank0/00000001-ep1.pt")
         '/staging/run/rank0/00000001-ep1.pt'
     """
+    if not isinstance(path, str):
+        raise SourceFileError(f"refusing to read {path!r}: a staged path is a string")
     if "\0" in path or "\0" in staging_root:
         raise SourceFileError(f"refusing to read {path!r}: it contains a NUL character")
+    try:
+        # A lone surrogate (JSON can carry "\ud800") cannot become a file name;
+        # os.path would raise UnicodeEncodeError, which is no refusal.
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise SourceFileError(
+            f"refusing to read {path!r}: it is not a valid file name (a lone surrogate)"
+        ) from None
     root = os.path.realpath(staging_root)
     resolved = os.path.realpath(os.path.join(root, path))
     if resolved == root or os.path.commonpath([root, resolved]) != root:

@@ -109,6 +109,13 @@ def validate_object_name(name: str) -> str:
         raise InvalidObjectNameError(f"object name {name!r} is empty; give a non-empty name")
     if "\x00" in stripped:
         raise InvalidObjectNameError(f"object name {name!r} contains a NUL character")
+    try:
+        stripped.encode("utf-8")
+    except UnicodeEncodeError:
+        # A str may hold a lone surrogate; every store's keys are UTF-8.
+        raise InvalidObjectNameError(
+            f"object name {name!r} is not valid UTF-8 (it holds a lone surrogate)"
+        ) from None
     if ".." in stripped.split("/"):
         raise InvalidObjectNameError(
             f"object name {name!r} contains a '..' segment; object names may not climb "
@@ -130,6 +137,14 @@ def source_file_size(path: str | os.PathLike[str]) -> int:
     if not os.access(path, os.R_OK):
         raise SourceFileError(f"cannot upload {os.fspath(path)!r}: it is not readable")
     return info.st_size
+
+
+_TEMPORARY_AFFIX_BYTES = len(".hoist-tmp-") + 12 + len("-")
+
+FILE_SEGMENT_MAX_BYTES = 255 - _TEMPORARY_AFFIX_BYTES
+"""Longest segment of an object name in stores that keep objects as files
+(Libcloud ``local``, SFTP): a file name is at most 255 bytes, and the
+temporary name an upload is written under (:func:`temporary_name`) is longer."""
 
 
 def temporary_name(object_name: str) -> str:
@@ -160,6 +175,38 @@ class ObjectStore(ABC):
     True only where the server computes or validates it; otherwise
     verification reads the object back."""
 
+    max_segment_bytes: int | None = None
+    """Longest ``/``-separated segment of an object name, in UTF-8 bytes; None for no
+    limit. Stores that keep objects as files set :data:`FILE_SEGMENT_MAX_BYTES`."""
+    max_name_bytes: int | None = None
+    """Longest object name, in UTF-8 bytes; None for no limit (S3: 1024)."""
+
+    def validate_name(self, object_name: str) -> str:
+        """:func:`validate_object_name`, plus this store's length limits.
+
+        The logger calls it too, so a name this store cannot hold fails in the
+        training process, not on a worker after retries.
+
+        Raises:
+            InvalidObjectNameError: the name is invalid or too long for this store.
+        """
+        name = validate_object_name(object_name)
+        limit = self.max_segment_bytes
+        if limit is not None:
+            for segment in name.split("/"):
+                if len(segment.encode("utf-8")) > limit:
+                    raise InvalidObjectNameError(
+                        f"object name {object_name!r} has a segment of "
+                        f"{len(segment.encode('utf-8'))} bytes; this store keeps objects as "
+                        f"files and takes at most {limit} bytes between two '/'"
+                    )
+        if self.max_name_bytes is not None and len(name.encode("utf-8")) > self.max_name_bytes:
+            raise InvalidObjectNameError(
+                f"object name {object_name!r} is {len(name.encode('utf-8'))} bytes; this "
+                f"store takes at most {self.max_name_bytes}"
+            )
+        return name
+
     # ----- public API -------------------------------------------------------
 
     def upload_file(
@@ -178,7 +225,7 @@ class ObjectStore(ABC):
         :class:`~hoist.errors.ObjectExistsError`.
         """
         started = time.monotonic()
-        name = validate_object_name(object_name)
+        name = self.validate_name(object_name)
         size = source_file_size(path)
         if not overwrite:
             existing = self._stat_or_none(name)
@@ -194,7 +241,7 @@ class ObjectStore(ABC):
     def put_bytes(self, object_name: str, data: bytes, *, overwrite: bool = True) -> UploadResult:
         """Write a small object (a ``.symlink`` pointer, a manifest) and verify it."""
         started = time.monotonic()
-        name = validate_object_name(object_name)
+        name = self.validate_name(object_name)
         if not overwrite and self._stat_or_none(name) is not None:
             raise ObjectExistsError(
                 f"{self.get_uri(name)} exists; pass overwrite=True to replace it"
@@ -275,11 +322,14 @@ class ObjectStore(ABC):
         :class:`~hoist.errors.ChecksumMismatchError` on any difference.
         """
         name = validate_object_name(object_name)
-        reported = self._call(self._stat, name, name=name)
-        self._compare(name, "size", size, reported.size)
-        if self.trusts_reported_checksum and reported.checksum is not None:
-            self._compare(name, "checksum", checksum, reported.checksum)
-            return Verification.STORE_CHECKSUM
+        if self.trusts_reported_checksum:
+            reported = self._call(self._stat, name, name=name)
+            self._compare(name, "size", size, reported.size)
+            if reported.checksum is not None:
+                self._compare(name, "checksum", checksum, reported.checksum)
+                return Verification.STORE_CHECKSUM
+        # Reading back gives the size too: no separate stat (one request less
+        # per upload, which counts for small files).
         held = self.read_back(name)
         self._compare(name, "size", size, held.size)
         self._compare(name, "checksum", checksum, held.checksum)

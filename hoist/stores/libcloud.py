@@ -53,7 +53,13 @@ from hoist.errors import (
     TransientStoreError,
     UnknownProviderError,
 )
-from hoist.stores.base import ObjectStat, ObjectStore, Verification, temporary_name
+from hoist.stores.base import (
+    FILE_SEGMENT_MAX_BYTES,
+    ObjectStat,
+    ObjectStore,
+    Verification,
+    temporary_name,
+)
 from hoist.stores.checksum import CHUNK_SIZE, Checksum, HashingReader, Progress
 
 LOCAL = "local"
@@ -129,6 +135,8 @@ class LibcloudObjectStore(ObjectStore):
         self._driver_kwargs = dict(provider_kwargs or {})
         # Only the local driver writes in place; see the class docstring.
         self._renames_into_place = self.provider == LOCAL
+        if self._renames_into_place:
+            self.max_segment_bytes = FILE_SEGMENT_MAX_BYTES
         if self._renames_into_place:
             # Libcloud's per-path lock leaves a lock file in /tmp for every path
             # written, one per upload with our temporary names. Each upload writes

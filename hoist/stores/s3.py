@@ -121,6 +121,7 @@ class S3ObjectStore(ObjectStore):
     """
 
     scheme = "s3"
+    max_name_bytes = 1024  # S3's limit on a key
 
     def __init__(
         self,

@@ -50,7 +50,13 @@ from hoist.errors import (
     StoreError,
     StoreFullError,
 )
-from hoist.stores.base import ObjectStat, ObjectStore, Verification, temporary_name
+from hoist.stores.base import (
+    FILE_SEGMENT_MAX_BYTES,
+    ObjectStat,
+    ObjectStore,
+    Verification,
+    temporary_name,
+)
 from hoist.stores.checksum import Checksum, HashingReader, Progress
 
 WRITE_CHUNK = 1024 * 1024
@@ -107,6 +113,7 @@ class SFTPObjectStore(ObjectStore):
     """
 
     scheme = "sftp"
+    max_segment_bytes = FILE_SEGMENT_MAX_BYTES
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from hoist.errors import ConfigurationError, UnknownProviderError
+from hoist.errors import ConfigurationError, InvalidMessageError, UnknownProviderError
 from hoist.stores.base import ObjectStore
 
 FLEET_KEY_ENV = "HOIST_FLEET_KEY"
@@ -143,6 +143,17 @@ class StoreSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StoreSpec:
+        """Rebuild a spec from a message, refusing any that is not the shape ``to_json`` gives."""
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("kind"), str)
+            or not isinstance(data.get("kwargs"), dict)
+            or not isinstance(data.get("sealed"), (str, type(None)))
+        ):
+            raise InvalidMessageError(
+                "the message's store must be an object with a string 'kind', an object "
+                f"'kwargs' and a string or null 'sealed', not {str(data)[:80]}"
+            )
         return cls(data["kind"], dict(data["kwargs"]), data.get("sealed"))
 
 

@@ -33,6 +33,7 @@ from hoist.tasks.messages import (
     Message,
     SymlinkRequest,
     UploadRequest,
+    check_message_size,
 )
 from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
 from hoist.tasks.records import ArtifactStatus, Claim, State, latest_key, pointer_key
@@ -112,6 +113,9 @@ class Job:
     ) -> None:
         self.ctx = ctx
         self.send_event = send_event
+        # Messages come off a shared broker: anything malformed raises
+        # InvalidMessageError here, before a record is touched; the task refuses it.
+        check_message_size(message)
         self.message = self.message_type.from_json(message)
         self.spec = StoreSpec.from_json(self.message.store)
         # A fresh token per delivery: a redelivered message is another claimant.
@@ -220,14 +224,18 @@ class UploadJob(Job):
             )
         if (rewritten := self._rewritten()) is not None:
             return self.settle(State.FAILED, error=rewritten)
-        if not self.leases.acquire_all(self.limits()):
+        if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
             return self.hold_back("a concurrency limit or an upload of the same name")
         store = self.ctx.store(self.spec)
         with Heartbeat(self) as heartbeat:
             self.ctx.records.client.hset(
                 f"hoist:artifact:{message.id}", "upload_started_at", _now()
             )
-            progress = TransferProgress(os.path.getsize(self.path), self._report_progress)
+            progress = TransferProgress(
+                os.path.getsize(self.path),
+                self._report_progress,
+                interval=self.ctx.settings.progress_seconds,
+            )
 
             def on_bytes(nbytes: int) -> None:
                 heartbeat.check()

@@ -23,16 +23,21 @@ from hoist.tasks.records import PREFIX
 # Every write sets the key's own TTL to two lease times: always past every
 # member's expiry, so an idle limit vanishes and a busy one never does.
 
-# KEYS: limit. ARGV: token, limit, now ms, expiry ms, key ttl ms
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-if redis.call('ZSCORE', KEYS[1], ARGV[1])
-   or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  return 1
+# Take every lease or none, in one round trip.
+# KEYS: limits. ARGV: token, now ms, expiry ms, key ttl ms, then each limit's size
+_ACQUIRE_ALL = """
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
+  if not redis.call('ZSCORE', key, ARGV[1])
+     and redis.call('ZCARD', key) >= tonumber(ARGV[4 + i]) then
+    return 0
+  end
 end
-return 0
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[3], ARGV[1])
+  redis.call('PEXPIRE', key, ARGV[4])
+end
+return 1
 """
 
 # KEYS: limit. ARGV: token, expiry ms, key ttl ms
@@ -83,27 +88,34 @@ class Leases:
         self.token = token
         self.lease_ms = lease_ms
         self.held: list[Limit] = []
-        self._acquire = client.register_script(_ACQUIRE)
+        self._acquire_all = client.register_script(_ACQUIRE_ALL)
         self._renew = client.register_script(_RENEW)
 
-    def acquire_all(self, limits: list[Limit]) -> bool:
-        """Take every lease in ``limits``, or none of them."""
-        for limit in limits:
-            if limit.size <= 0:
-                continue
+    def acquire_all(self, limits: list[Limit], patience: float = 0.0) -> bool:
+        """Take every lease in ``limits``, or none of them.
+
+        Parameters:
+            limits: the leases to take; a limit of size 0 or less is no limit.
+            patience: seconds to keep trying while a limit is full. A burst of
+                small uploads frees a slot within milliseconds, sooner than the
+                caller could defer and be sent again.
+        """
+        wanted = [limit for limit in limits if limit.size > 0]
+        if not wanted:
+            return True
+        deadline = time.monotonic() + patience
+        delay = 0.005
+        while True:
             now = int(time.time() * 1000)
-            args: list[str | int] = [
-                self.token,
-                limit.size,
-                now,
-                now + self.lease_ms,
-                2 * self.lease_ms,
-            ]
-            if not self._acquire(keys=[limit.key], args=args):
-                self.release_all()
+            args: list[str | int] = [self.token, now, now + self.lease_ms, 2 * self.lease_ms]
+            args += [limit.size for limit in wanted]
+            if self._acquire_all(keys=[limit.key for limit in wanted], args=args):
+                self.held.extend(wanted)
+                return True
+            if time.monotonic() + delay > deadline:
                 return False
-            self.held.append(limit)
-        return True
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def renew_all(self) -> bool:
         """Push every held lease's expiry forward; False if any was lost."""

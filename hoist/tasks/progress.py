@@ -2,8 +2,11 @@
 
 The stores call a progress callback for every chunk (often every few
 hundred KiB); a Redis write or a Celery event per chunk would cost more than
-the chunk. :class:`TransferProgress` counts every call and reports at most
-once per ``interval`` seconds, and once more when the last byte is counted.
+the chunk. :class:`TransferProgress` counts every call and reports once per
+``interval`` seconds, the first time ``interval`` after it started, and once
+more when the last byte is counted if it reported before. An upload shorter
+than ``interval`` (most small files) reports nothing: its task's own events
+already say it started and finished.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ class TransferProgress:
         clock: a monotonic clock, replaceable in tests.
 
     Example:
-        >>> seen = []
-        >>> progress = TransferProgress(10, lambda done, total: seen.append(done), interval=60)
+        >>> seen, now = [], [0.0]
+        >>> progress = TransferProgress(10, lambda done, total: seen.append(done),
+        ...                             interval=1, clock=lambda: now[0])
         >>> for _ in range(5):
+        ...     now[0] += 0.6
         ...     progress(2)
-        >>> seen  # the first chunk, then the last: the 60 s in between never passed
-        [2, 10]
+        >>> seen  # at 1.2 s, at 2.4 s, and the end
+        [4, 8, 10]
     """
 
     def __init__(
@@ -49,14 +54,15 @@ class TransferProgress:
         self._report = report
         self._interval = interval
         self._clock = clock
-        self._last: float | None = None
+        self._last = clock()
+        self._reported = False
 
     def __call__(self, nbytes: int) -> None:
         self.done += nbytes
         now = self._clock()
-        finished = self.done >= self.total
-        if finished or self._last is None or now - self._last >= self._interval:
+        if now - self._last >= self._interval or (self._reported and self.done >= self.total):
             self._last = now
+            self._reported = True
             self._report(self.done, self.total)
 
 

@@ -180,6 +180,15 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# Fail a record whose message never reached the broker, unless a worker has it
+# already (a send can fail after the broker took the message). KEYS: record.
+# ARGV: now (s), error
+_UNSENT = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[1], 'error', ARGV[2])
+return 1
+"""
+
 # Take due entries of `deferred`, pushing each a little into the future so a
 # sender that dies before sending does not lose it. KEYS: deferred.
 # ARGV: now (ms), limit, guard due (ms)
@@ -236,6 +245,7 @@ class Records:
         self._reset = client.register_script(_RESET)
         self._register = client.register_script(_REGISTER)
         self._create_once = client.register_script(_CREATE_ONCE)
+        self._unsent = client.register_script(_UNSENT)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Records:
@@ -323,6 +333,14 @@ class Records:
         pipe.expire(key, retention_seconds())
         end = int(pipe.execute()[0])
         return range(end - count + 1, end + 1)
+
+    def mark_unsent(self, artifact: str, error: str) -> bool:
+        """Mark a record failed because its message never reached the broker.
+
+        ``hoist retry`` then sends it, and ``wait`` and ``hoist status`` show
+        ``error``. False (and nothing changed) if a worker has it already.
+        """
+        return bool(self._unsent(keys=[_record(artifact)], args=[time.time(), error]))
 
     # ----- worker side ------------------------------------------------------
 

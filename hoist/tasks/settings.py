@@ -48,6 +48,8 @@ class Settings:
         backoff_base, backoff_max: seconds; retry n waits
             ``min(max, base * 2**(n-1))`` times a random factor in [0.5, 1].
         wait_seconds: how soon an upload held back by a limit is tried again.
+        progress_seconds: how often an upload in flight reports its bytes to
+            Flower (``HOIST_PROGRESS_SECONDS``); shorter uploads report nothing.
         visibility_timeout: seconds before the broker hands an unacknowledged
             message to another worker (``HOIST_VISIBILITY_TIMEOUT``). Safe to
             be shorter than an upload: a duplicate finds the live claim and
@@ -65,6 +67,7 @@ class Settings:
     backoff_base: float = 1.0
     backoff_max: float = 300.0
     wait_seconds: float = 0.5
+    progress_seconds: float = 0.5
     visibility_timeout: int = 7200
 
     @classmethod
@@ -81,6 +84,7 @@ class Settings:
             backoff_base=_float("HOIST_BACKOFF_BASE", 1.0),
             backoff_max=_float("HOIST_BACKOFF_MAX", 300.0),
             wait_seconds=_float("HOIST_WAIT_SECONDS", 0.5),
+            progress_seconds=_float("HOIST_PROGRESS_SECONDS", 0.5),
             visibility_timeout=_int("HOIST_VISIBILITY_TIMEOUT", 7200),
         )
 

@@ -10,7 +10,7 @@ import argparse
 import os
 import socket
 
-from hoist.tasks.messages import SYMLINK_QUEUE, UPLOAD_QUEUE
+from hoist.tasks.messages import NODE_QUEUE_ENV, SYMLINK_QUEUE, UPLOAD_QUEUE, node_queue
 
 OPTION_ENVIRONMENT = {
     "broker_url": "HOIST_BROKER_URL",
@@ -36,8 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-Q",
         "--queues",
-        default=f"{UPLOAD_QUEUE},{SYMLINK_QUEUE}",
-        help=f"queues to consume (default: both; run pointer-only workers with -Q {SYMLINK_QUEUE})",
+        help=f"queues to consume (default: {UPLOAD_QUEUE},{SYMLINK_QUEUE}; run pointer-only "
+        f"workers with -Q {SYMLINK_QUEUE})",
+    )
+    parser.add_argument(
+        "--node-queue",
+        metavar="NAME",
+        default=os.environ.get(NODE_QUEUE_ENV) or None,
+        help="also consume this node's upload queue, which ranks staging to a node-local "
+        f"folder send to (logger node_queue= or {NODE_QUEUE_ENV}; default: {NODE_QUEUE_ENV}). "
+        f"Without -Q, such a worker consumes its node queue and {SYMLINK_QUEUE} only, not the "
+        f"shared {UPLOAD_QUEUE}, whose files it may not be able to read",
     )
     parser.add_argument(
         "--store-limit",
@@ -57,7 +66,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-l", "--loglevel", default="INFO")
 
 
+def worker_queues(queues: str | None, node: str | None) -> str:
+    """The queues a worker consumes, comma-separated.
+
+    Parameters:
+        queues: ``-Q`` as given, or None for the default.
+        node: ``--node-queue`` as given, or None.
+
+    Example:
+        >>> worker_queues(None, "gpu-017")
+        'hoist.uploads.node.gpu-017,hoist.symlinks'
+        >>> worker_queues("hoist.uploads,hoist.symlinks", "gpu-017")
+        'hoist.uploads,hoist.symlinks,hoist.uploads.node.gpu-017'
+    """
+    if not node:
+        return queues or f"{UPLOAD_QUEUE},{SYMLINK_QUEUE}"
+    # A worker for node-local staging reads only its node's folder: by default it
+    # takes no shared uploads (their files may be elsewhere), only its node's and
+    # the pointers, which need no file.
+    chosen = queues.split(",") if queues else [SYMLINK_QUEUE]
+    own = node_queue(node)
+    if queues is None:
+        return ",".join([own, *chosen])
+    return ",".join([*chosen, own] if own not in chosen else chosen)
+
+
 def run_worker(args: argparse.Namespace) -> int:
+    queues = worker_queues(args.queues, args.node_queue)
     for option, variable in OPTION_ENVIRONMENT.items():
         value = getattr(args, option, None)
         if value is not None:
@@ -68,7 +103,7 @@ def run_worker(args: argparse.Namespace) -> int:
         [
             "worker",
             f"--concurrency={args.concurrency}",
-            f"--queues={args.queues}",
+            f"--queues={queues}",
             f"--pool={args.pool}",
             f"--hostname={args.hostname}",
             f"--loglevel={args.loglevel}",

@@ -73,11 +73,13 @@ class Cluster:
         home: its ``--home`` directory.
         flower_port: where its Flower listens.
         up: what ``hoist up`` printed.
+        extra_env: what was added to its environment.
     """
 
     home: Path
     flower_port: int
     up: subprocess.CompletedProcess[str]
+    extra_env: dict[str, str] = field(default_factory=dict)
     seen: set[int] = field(default_factory=set)
 
     def remember(self) -> None:
@@ -106,19 +108,30 @@ class Cluster:
 
 
 def up(
-    home: Path, flower_port: int, workers: int = 2, concurrency: int = 1
+    home: Path,
+    flower_port: int,
+    workers: int = 2,
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """``hoist up --detach``; ``env`` is added to the environment the cluster inherits."""
     args = ("up", "--detach", "--workers", str(workers), "--concurrency", str(concurrency))
-    return hoist(home, *args, "--flower-port", str(flower_port))
+    return hoist(home, *args, "--flower-port", str(flower_port), env=environment(**(env or {})))
 
 
 @contextmanager
-def local_cluster(home: Path, workers: int = 2, concurrency: int = 1) -> Iterator[Cluster]:
-    """Start ``hoist up --detach`` in ``home``; always stop it, killing whatever ``down`` left."""
+def local_cluster(
+    home: Path, workers: int = 2, concurrency: int = 1, env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """Start ``hoist up --detach`` in ``home``; always stop it, killing whatever ``down`` left.
+
+    ``env`` (worker settings such as ``HOIST_PROGRESS_SECONDS``) reaches every
+    process of the cluster.
+    """
     port = free_port()
-    started = up(home, port, workers, concurrency)
+    started = up(home, port, workers, concurrency, env)
     assert started.returncode == 0, started.stdout + started.stderr
-    cluster = Cluster(home, port, started)
+    cluster = Cluster(home, port, started, extra_env=dict(env or {}))
     cluster.remember()
     try:
         yield cluster

@@ -15,15 +15,24 @@ class RedisServer:
 
     Parameters:
         workdir: directory for its data and log.
+        port: the port to listen on (default: a free one).
+        extra_args: more ``redis-server`` options (TLS, for example).
+        url: how clients reach it (default ``redis://127.0.0.1:<port>/0``).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        url: str | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is missing: run `bash deploy/bootstrap.sh test`")
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.port = port or free_port()
+        self.url = url or f"redis://127.0.0.1:{self.port}/0"
         argv = [
             binary,
             "--bind", "127.0.0.1",
@@ -33,6 +42,7 @@ class RedisServer:
             "--appendfsync", "everysec",
             "--save", "",
             "--protected-mode", "yes",
+            *(extra_args or []),
         ]  # fmt: skip
         self.process = ServerProcess("redis-server", argv, workdir / "redis.log", self._ping)
 

@@ -21,6 +21,8 @@ class WorkerFleet:
         count: how many worker processes.
         concurrency: pool processes per worker.
         env: extra environment (store limits, fleet key, credentials).
+        args: extra ``hoist worker`` arguments (``--node-queue NAME``).
+        wrapper: a command that runs each worker (``ip netns exec NAME``).
     """
 
     def __init__(
@@ -31,12 +33,16 @@ class WorkerFleet:
         count: int = 2,
         concurrency: int = 2,
         env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.broker_url = broker_url
         self.staging_root = staging_root
         self.concurrency = concurrency
+        self.args = list(args or [])
+        self.wrapper = list(wrapper or [])
         self.env = {
             "HOIST_BROKER_URL": broker_url,
             "HOIST_STAGING_DIR": str(staging_root),
@@ -52,10 +58,12 @@ class WorkerFleet:
     def _worker(self, index: int) -> ServerProcess:
         log_path = self.workdir / f"worker{index}.log"
         argv = [
+            *self.wrapper,
             sys.executable, "-m", "hoist.cli", "worker",
             "--concurrency", str(self.concurrency),
             "--hostname", f"w{index}@%h",
             "--loglevel", "INFO",
+            *self.args,
         ]  # fmt: skip
         proc = ServerProcess(
             f"hoist worker {index}", argv, log_path, lambda: _ready(log_path), self.env

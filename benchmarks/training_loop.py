@@ -1,0 +1,142 @@
+"""Steady state: the step time of a CPU training loop that checkpoints 100 MiB every step.
+
+The loop stands in for a GPU job: each step is numpy matrix products on one
+thread (about 50-100 ms here; BLAS is held to one thread so the loop uses one
+core, as a rank's host thread does, and the other core is left to the
+workers, rclone and Redis, which in production run elsewhere or beside it),
+then writes a 100 MiB checkpoint and hands it off. Three variants, alternated
+run by run:
+
+- ``none``: write the checkpoint, hand it to nobody (the baseline);
+- ``hoist``: ``file_artifact`` in the logger's default staging mode, to a
+  real 2-worker fleet uploading to ``rclone serve s3`` while the loop runs;
+- ``boto3 sync``: a synchronous ``upload_file`` to the same server.
+
+The figure is the mean step time of a run (median over runs); the slowdown is
+against ``none``. hoist's uploads are waited for after the timed steps
+(untimed), so each run starts with an idle fleet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from benchmarks.config import RunConfig
+from benchmarks.files import MIB
+from benchmarks.report import Figure, Report, Target, median
+from benchmarks.services import Lab
+from benchmarks.timing import alternate
+from hoist.logger.levels import LogLevel
+
+NAME = "stall"
+STEPS = 6
+"""Timed steps per run, each logging a checkpoint (the target: every step)."""
+
+
+def _numpy():  # type: ignore[no-untyped-def]
+    """numpy with BLAS on one thread (must be set before numpy is first imported)."""
+    if "numpy" not in sys.modules:
+        for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(variable, "1")
+    import numpy
+
+    return numpy
+
+
+def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
+    np = _numpy()
+    size = cfg.size(100 * MIB)
+    root = os.path.join(lab.root, "training")
+    os.makedirs(root)
+    rng = np.random.default_rng(0)
+    matrix = rng.random((384, 384))
+    weights = rng.integers(0, 256, size, dtype=np.uint8).tobytes()  # incompressible
+
+    def compute() -> None:
+        product = matrix
+        for _ in range(products):
+            product = matrix @ product
+            product /= product.max()
+
+    products = 20
+    start = time.perf_counter()
+    compute()
+    one = (time.perf_counter() - start) / products
+    products = max(1, int(0.075 / max(one, 1e-5)))  # about 75 ms of compute per step
+
+    def loop(r: int, handoff) -> float:  # type: ignore[no-untyped-def]
+        path = os.path.join(root, "checkpoint.pt")
+        steps = []
+        for step in range(STEPS + 1):  # the first step warms up and is not counted
+            began = time.perf_counter()
+            compute()
+            with open(path, "wb") as out:
+                out.write(weights)
+            handoff(path, r, step)
+            if step:
+                steps.append(time.perf_counter() - began)
+        os.unlink(path)
+        return sum(steps) / len(steps)
+
+    client = lab.s3_client()
+    bucket = lab.s3().bucket
+
+    def none(r: int) -> float:
+        return loop(r, lambda path, r, step: None)
+
+    def with_boto3(r: int) -> float:
+        return loop(r, lambda path, r, step: client.upload_file(path, bucket, f"train/{r}/{step}"))
+
+    def with_hoist(r: int) -> float:
+        logger = lab.logger("s3", f"train-{r}", wait_on_close=False)
+        try:
+            seconds = loop(
+                r, lambda path, r, step: logger.file_artifact(LogLevel.BATCH, f"ep{step}.pt", path)
+            )
+            logger.wait()  # untimed: the next run starts with an idle fleet
+        finally:
+            logger.close()
+        return seconds
+
+    def settle() -> None:
+        lab.clear_bucket()
+        os.sync()
+
+    with lab.fleet(2, concurrency=2):
+        samples = alternate(
+            {"none": none, "hoist": with_hoist, "boto3 sync": with_boto3},
+            cfg.repeats,
+            between=settle,
+        )
+    base = median(samples["none"])
+    note = (
+        f"{STEPS} steps of ~{base * 1e3:.0f} ms, a {size // MIB} MiB checkpoint every step; "
+        f"{cfg.repeats_note(cfg.repeats)}"
+    )
+    for peer, name in (("none", "no upload"), ("boto3 sync", "boto3 upload_file (sync)")):
+        report.add(
+            Figure(
+                NAME,
+                "training step, checkpoint every step",
+                "s",
+                median(samples["hoist"]),
+                median(samples[peer]),
+                name,
+                samples={"hoist": samples["hoist"], peer: samples[peer]},
+                note=note,
+            )
+        )
+    slowdown = median(samples["hoist"]) / base - 1
+    sync_slowdown = median(samples["boto3 sync"]) / base - 1
+    report.details["training_loop"] = {"slowdown_hoist": slowdown, "slowdown_boto3": sync_slowdown}
+    report.target(Target("training loop slowdown with hoist, %", slowdown * 100, 5, False))
+    report.target(
+        Target(
+            "training loop slowdown with sync boto3, % (expected > 20)",
+            sync_slowdown * 100,
+            20,
+            True,
+        )
+    )
