@@ -21,6 +21,7 @@ _EXPORTS = {
     "SFTPObjectStore": "hoist.stores.sftp",
     "LibcloudObjectStore": "hoist.stores.libcloud",
     "download_artifact": "hoist.download",
+    "download_checkpoint": "hoist.download",
     "errors": "hoist",
 }
 

@@ -30,7 +30,13 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from hoist.errors import ConfigurationError, ObjectNotFoundError, PermanentStoreError
+from hoist.checkpoints import DownloadedCheckpoint, fetch_checkpoint, is_manifest
+from hoist.errors import (
+    CheckpointError,
+    ConfigurationError,
+    ObjectNotFoundError,
+    PermanentStoreError,
+)
 from hoist.stores.base import ObjectStat, ObjectStore
 from hoist.stores.checksum import Checksum, Progress
 from hoist.tasks.records import ArtifactStatus, Records, State
@@ -124,6 +130,38 @@ def download_artifact(
     """
     resolved = resolve(source, run=run, store=store, state_url=state_url, fleet_key=fleet_key)
     return fetch(resolved, dest, progress=progress)
+
+
+def download_checkpoint(
+    source: str,
+    dest: str | os.PathLike[str],
+    *,
+    run: str | None = None,
+    store: str | ObjectStore | None = None,
+    state_url: str | None = None,
+    fleet_key: str | None = None,
+) -> DownloadedCheckpoint:
+    """Download a committed sharded checkpoint into the directory ``dest``.
+
+    ``source`` is found as for :func:`download_artifact`; it must resolve to a
+    checkpoint's manifest, which is what a run's ``latest`` pointer names
+    (see :mod:`hoist.checkpoints`). Every file is checked against the manifest.
+
+    Example:
+        >>> hoist.download_checkpoint("latest", "/tmp/resume", run="bert-3").manifest.step
+        1200
+    """
+    resolved = resolve(source, run=run, store=store, state_url=state_url, fleet_key=fleet_key)
+    try:
+        if not is_manifest(resolved.object_name):
+            raise CheckpointError(
+                f"{source} resolves to {resolved.uri}, not a checkpoint committed by "
+                "log_checkpoint_dir; download it with download_artifact"
+            )
+        return fetch_checkpoint(resolved.store, resolved.object_name, os.fspath(dest))
+    finally:
+        if resolved.owned:
+            resolved.store.close()
 
 
 def resolve(

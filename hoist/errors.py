@@ -117,3 +117,7 @@ class UploadFailedError(HoistError):
 
 class WaitTimeoutError(HoistError, TimeoutError):
     """``wait()`` ran out of time with uploads still pending."""
+
+
+class CheckpointError(HoistError):
+    """A sharded checkpoint is incomplete, or its files do not match its manifest."""

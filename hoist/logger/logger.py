@@ -11,11 +11,13 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 
+from hoist.checkpoints import checkpoint_name, files_under, relative_inside, step_order
+from hoist.download import POINTER_SUFFIX
 from hoist.errors import (
     ConfigurationError,
     EnqueueError,
@@ -31,13 +33,16 @@ from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, fleet_key_from_environment, kind_of
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import (
+    COMMIT_TASK,
     NODE_QUEUE_ENV,
     SYMLINK_TASK,
     UPLOAD_TASK,
+    CommitRequest,
     Message,
     SymlinkRequest,
     UploadRequest,
     artifact_id,
+    commit_id,
     order_key,
     send,
 )
@@ -50,6 +55,8 @@ log = logging.getLogger("hoist.logger")
 
 ShouldLog = Callable[[Any, LogLevel, str], bool]
 DEFAULT_OBJECT_NAME = "{run_name}/artifacts/{artifact_name}"
+DEFAULT_CHECKPOINT_OBJECT_NAME = "{run_name}/{artifact_name}"
+"""Sharded checkpoints: one directory per step for all ranks, and the run's pointer."""
 SEQ_BLOCK = 16
 """Sequence numbers a rank reserves in one round trip to Redis."""
 ENQUEUE_TIMEOUT_ENV = "HOIST_ENQUEUE_TIMEOUT"
@@ -118,6 +125,7 @@ class ObjectStoreLogger:
         object_store_cls: type[ObjectStore] | None = None,
         object_store_kwargs: dict[str, Any] | None = None,
         object_name: str = DEFAULT_OBJECT_NAME,
+        checkpoint_object_name: str = DEFAULT_CHECKPOINT_OBJECT_NAME,
         should_log_artifact: ShouldLog | None = None,
         num_concurrent_uploads: int = 4,
         upload_staging_folder: str | None = None,
@@ -150,6 +158,7 @@ class ObjectStoreLogger:
             node_rank=node_rank,
         )
         self.template = ObjectNameTemplate(object_name)
+        self.checkpoint_template = ObjectNameTemplate(checkpoint_object_name)
         self.run_name = validate_run_name(_run_name(run_name, self.ranks))
         self.staging_root = staging_root_from(upload_staging_folder)
         self.spec = _store_spec(
@@ -212,14 +221,91 @@ class ObjectStoreLogger:
             state, log_level, artifact_name
         ):
             return None
-        object_name = self._object_name(artifact_name)
+        mode = StagingMode.MOVE if move else _staging_mode(staging or self.staging)
+        return self._upload(
+            artifact_name, self._object_name(artifact_name), file_path, overwrite, mode
+        )
+
+    def log_checkpoint_dir(
+        self,
+        step: int,
+        path: str | os.PathLike[str],
+        *,
+        files: Iterable[str | os.PathLike[str]] | None = None,
+        name: str | None = None,
+        pointer: str = "latest",
+        staging: StagingMode | str | None = None,
+    ) -> list[str]:
+        """Upload this rank's files of a sharded checkpoint; move the run's pointer when all landed.
+
+        Every rank of the run calls it for the same ``step``. Each file
+        becomes the object ``checkpoint_object_name`` gives for
+        ``<name>/<path inside the directory>`` (by default
+        ``<run>/checkpoints/step-00000100/…``: one directory for all ranks).
+        Once every rank's files of the step are uploaded and verified, a
+        worker writes the step's manifest and points ``<run>/<pointer>.symlink``
+        at it, never at an older step than the one it names; a step with a
+        file that failed is never pointed to. Ranks may finish minutes apart.
+        Returns at once with this rank's artifact ids; ``wait()`` waits for
+        them (and, on the rank whose files completed the step, for the commit).
+
+        Parameters:
+            step: the training step; pointers only move to higher steps.
+            path: the step's checkpoint directory.
+            files: this rank's files in it (default: every file below
+                ``path``). On a filesystem every rank sees, pass the files
+                this rank wrote, e.g. ``__{rank}_*.distcp`` (and ``.metadata``
+                on rank 0) for ``torch.distributed.checkpoint``.
+            name: the directory's artifact name (default ``checkpoints/step-<step>``).
+            pointer: the run-wide pointer's name, without ``.symlink``.
+            staging: as for :meth:`file_artifact`.
+
+        Example:
+            >>> dcp.save(state, checkpoint_id=f"/ckpt/step-{step}")
+            >>> logger.log_checkpoint_dir(step, f"/ckpt/step-{step}",
+            ...                           files=glob.glob(f"/ckpt/step-{step}/__{rank}_*"))
+        """
+        self._check_open()
+        name = name or checkpoint_name(step)
+        validate_artifact_name(name)
+        root = os.fspath(path)
+        chosen = [os.fspath(f) for f in files] if files is not None else files_under(root)
+        mode = _staging_mode(staging or self.staging)
+        prefix = self._checkpoint_object(name)
+        ids = []
+        for file in chosen:
+            artifact = f"{name}/{relative_inside(root, file)}"
+            object_name = self._checkpoint_object(artifact)
+            if not object_name.startswith(prefix + "/"):
+                raise ConfigurationError(
+                    f"checkpoint_object_name {self.checkpoint_template.template!r} must end with "
+                    "{artifact_name}, so that a step's files share one directory"
+                )
+            artifact_id = self._upload(artifact, object_name, file, True, mode)
+            assert artifact_id is not None
+            ids.append(artifact_id)
+        world = self.ranks.world_size
+        registered = self._redis(
+            lambda: self._records.register_shards(self.run_name, name, self.ranks.rank, world, ids)
+        )
+        if registered == world:
+            self._send_commit(step, name, prefix, pointer)
+        return ids
+
+    def _upload(
+        self,
+        artifact_name: str,
+        object_name: str,
+        file_path: str | os.PathLike[str],
+        overwrite: bool,
+        mode: StagingMode,
+    ) -> str:
         if not overwrite and self._is_pending(object_name):
             raise FileExistsError(
                 f"artifact {artifact_name!r} ({object_name}) is still being uploaded; pass "
                 "overwrite=True to replace it with this version"
             )
         seq = self._next_seq()
-        mode = StagingMode.MOVE if move else _staging_mode(staging or self.staging)
         staged = stage_file(
             os.fspath(file_path),
             staged_path(self.staging_root, self.run_name, self.ranks.rank, seq, artifact_name),
@@ -237,6 +323,36 @@ class ObjectStoreLogger:
         self._enqueue(UPLOAD_TASK, message, staged.path)
         self._latest_by_object[object_name] = message.id
         return message.id
+
+    def _send_commit(self, step: int, name: str, prefix: str, pointer: str) -> None:
+        validate_artifact_name(pointer)
+        message = CommitRequest(
+            id=commit_id(self.run_name, name),
+            run_name=self.run_name,
+            rank=self.ranks.rank,
+            seq=0,
+            artifact_name=name,
+            object_name=self._checkpoint_object(pointer) + POINTER_SUFFIX,
+            order=step_order(step),
+            store=self.spec.to_json(),
+            step=step,
+            world_size=self.ranks.world_size,
+            prefix=prefix,
+        )
+        if self._redis(lambda: self._records.create_once(message, COMMIT_TASK)):
+            self._send(COMMIT_TASK, message, None)
+
+    def _checkpoint_object(self, artifact_name: str) -> str:
+        ranks = self.ranks
+        return self.checkpoint_template.format(
+            artifact_name=artifact_name,
+            run_name=self.run_name,
+            rank=ranks.rank,
+            local_rank=ranks.local_rank,
+            world_size=ranks.world_size,
+            local_world_size=ranks.local_world_size,
+            node_rank=ranks.node_rank,
+        )
 
     def symlink_artifact(
         self,
@@ -431,6 +547,10 @@ class ObjectStoreLogger:
     def _enqueue(self, task: str, message: Message, staged: str | None) -> None:
         kept = f"; the staged file is kept at {staged}" if staged else ""
         self._redis(lambda: self._records.create(message, task, self.spec.store_id), kept)
+        self._send(task, message, staged)
+
+    def _send(self, task: str, message: Message, staged: str | None) -> None:
+        kept = f"; the staged file is kept at {staged}" if staged else ""
         try:
             send(self._app, task, message, retry_seconds=self.enqueue_timeout)
         except Exception as exc:

@@ -17,7 +17,13 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery, signals
 
 from hoist.errors import ConfigurationError, InvalidMessageError
-from hoist.tasks.messages import SYMLINK_QUEUE, SYMLINK_TASK, UPLOAD_QUEUE, UPLOAD_TASK
+from hoist.tasks.messages import (
+    COMMIT_TASK,
+    SYMLINK_QUEUE,
+    SYMLINK_TASK,
+    UPLOAD_QUEUE,
+    UPLOAD_TASK,
+)
 from hoist.tasks.settings import Settings
 
 log = logging.getLogger("hoist.worker")
@@ -120,6 +126,7 @@ def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, 
         "task_routes": {
             UPLOAD_TASK: {"queue": UPLOAD_QUEUE},
             SYMLINK_TASK: {"queue": SYMLINK_QUEUE},
+            COMMIT_TASK: {"queue": SYMLINK_QUEUE},
         },
         "task_default_queue": UPLOAD_QUEUE,
         # Flower needs events to show tasks as they run. Not the "sent" event:
@@ -179,6 +186,18 @@ def symlink(self: Any, message: dict[str, Any]) -> dict[str, Any]:
         job = SymlinkJob(context(), message, self.request.id)
     except InvalidMessageError as exc:
         return refused(SYMLINK_TASK, self.request.id, exc)
+    return job.run()
+
+
+@app.task(name=COMMIT_TASK, bind=True)
+def commit(self: Any, message: dict[str, Any]) -> dict[str, Any]:
+    from hoist.tasks.jobs import CommitJob
+    from hoist.tasks.worker_context import context
+
+    try:
+        job = CommitJob(context(), message, self.request.id)
+    except InvalidMessageError as exc:
+        return refused(COMMIT_TASK, self.request.id, exc)
     return job.run()
 
 

@@ -20,13 +20,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from hoist.checkpoints import Manifest, ManifestFile
 from hoist.errors import HoistError, SourceFileError, StoreError
 from hoist.logger.staging import Fingerprint, resolve_inside
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.leases import Leases, Limit, name_lock, rank_limit, store_limit
 from hoist.tasks.messages import (
+    COMMIT_TASK,
     SYMLINK_TASK,
     UPLOAD_TASK,
+    CommitRequest,
     Message,
     SymlinkRequest,
     UploadRequest,
@@ -366,6 +369,84 @@ class SymlinkJob(Job):
     def _newest_version(self, object_name: str) -> ArtifactStatus | None:
         latest = self.ctx.records.marker(latest_key(self.spec.store_id, object_name))
         return None if latest is None else self.ctx.records.get(latest.partition("|")[2])
+
+
+class CommitJob(Job):
+    """Commit a sharded checkpoint: manifest, then pointer, once every file is verified.
+
+    See :mod:`hoist.checkpoints`. Files still uploading hold the commit back
+    (deferred, not sleeping in a worker slot); a failed file fails it; a
+    pointer already at this step or a later one is left alone.
+    """
+
+    task = COMMIT_TASK
+    message_type = CommitRequest
+    message: CommitRequest
+
+    def work(self) -> dict[str, Any]:
+        message = self.message
+        records = self.ctx.records
+        shards = records.shards(message.run_name, message.artifact_name)
+        if len(shards) < message.world_size:
+            return self.hold_back(f"{message.world_size - len(shards)} rank(s) to register")
+        files = {artifact: records.get(artifact) for ids in shards.values() for artifact in ids}
+        broken = [
+            f"{status.artifact_name if status else artifact}: "
+            + (status.error or status.state.value if status else "its record is gone")
+            for artifact, status in files.items()
+            if status is None or status.state in (State.FAILED, State.SUPERSEDED)
+        ]
+        if broken:
+            return self.settle(
+                State.FAILED,
+                error=f"step {message.step} is not committed: {len(broken)} file(s) did not "
+                f"land ({'; '.join(broken[:5])}); the pointer stays where it was",
+            )
+        waiting = [a for a, status in files.items() if status and status.state is not State.DONE]
+        if waiting:
+            return self.hold_back(f"{len(waiting)} file(s) of step {message.step}")
+        key = pointer_key(self.spec.store_id, message.object_name)
+        if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
+            return self.hold_back("another write of the same pointer")
+        current = records.marker(key)
+        if current is not None and current > message.order:
+            return self.settle(State.SUPERSEDED)
+        manifest = self._manifest([s for s in files.values() if s is not None])
+        store = self.ctx.store(self.spec)
+        store.put_bytes(manifest.object_name, manifest.to_bytes())
+        result = store.put_bytes(message.object_name, manifest.object_name.encode())
+        records.raise_marker(key, message.order)
+        return self.settle(
+            State.DONE,
+            uri=result.uri,
+            size=result.size,
+            checksum=str(result.checksum),
+            manifest=manifest.object_name,
+            files=len(manifest.files),
+        )
+
+    def _manifest(self, files: list[ArtifactStatus]) -> Manifest:
+        message = self.message
+        entries = []
+        for status in files:
+            object_name = status.message["object_name"]
+            entries.append(
+                ManifestFile(
+                    path=object_name.removeprefix(message.prefix + "/"),
+                    object_name=object_name,
+                    size=int(status.fields["size"]),
+                    checksum=status.fields["checksum"],
+                    rank=int(status.fields["rank"]),
+                )
+            )
+        return Manifest(
+            run=message.run_name,
+            step=message.step,
+            name=message.artifact_name,
+            prefix=message.prefix,
+            world_size=message.world_size,
+            files=tuple(sorted(entries, key=lambda entry: entry.path)),
+        )
 
 
 def _now() -> float:

@@ -21,6 +21,7 @@ from hoist.errors import InvalidMessageError
 
 UPLOAD_TASK = "hoist.upload"
 SYMLINK_TASK = "hoist.symlink"
+COMMIT_TASK = "hoist.commit"
 UPLOAD_QUEUE = "hoist.uploads"
 SYMLINK_QUEUE = "hoist.symlinks"
 """Short pointer writes have their own queue, so that they never wait behind
@@ -186,6 +187,46 @@ class SymlinkRequest(Message):
         return {**super().summary(), "target": self.target_object_name}
 
 
+@dataclass(frozen=True)
+class CommitRequest(Message):
+    """Commit one step of a sharded checkpoint once every rank's files are verified.
+
+    ``object_name`` is the run-wide pointer (``…/latest.symlink``),
+    ``artifact_name`` the checkpoint's directory name, ``order`` the step's
+    :func:`hoist.checkpoints.step_order`.
+
+    Parameters:
+        step: the training step.
+        world_size: how many ranks register files for it.
+        prefix: the object name of the step's directory (no trailing ``/``).
+    """
+
+    step: int = 0
+    world_size: int = 1
+    prefix: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "step": self.step, "ranks": self.world_size}
+
+
+def commit_id(run_name: str, checkpoint: str) -> str:
+    """The id of a checkpoint's commit; the same whichever rank sends it.
+
+    Example:
+        >>> commit_id("bert-3", "checkpoints/step-00000100")
+        'hoist-bert-3-commit-checkpoints/step-00000100'
+    """
+    return f"hoist-{run_name}-commit-{checkpoint}"
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    UPLOAD_TASK: UploadRequest,
+    SYMLINK_TASK: SymlinkRequest,
+    COMMIT_TASK: CommitRequest,
+}
+QUEUES = {UPLOAD_TASK: UPLOAD_QUEUE, SYMLINK_TASK: SYMLINK_QUEUE, COMMIT_TASK: SYMLINK_QUEUE}
+
+
 _JSON_TYPES: dict[Any, type] = {str: str, int: int, bool: bool, dict: dict, list: list}
 
 
@@ -257,10 +298,6 @@ def check_message_size(data: Any) -> None:
         raise InvalidMessageError(
             f"the message is {size} bytes, more than the {MAX_MESSAGE_BYTES} a hoist message can be"
         )
-
-
-MESSAGE_TYPES: dict[str, type[Message]] = {UPLOAD_TASK: UploadRequest, SYMLINK_TASK: SymlinkRequest}
-QUEUES = {UPLOAD_TASK: UPLOAD_QUEUE, SYMLINK_TASK: SYMLINK_QUEUE}
 
 
 def queue_for(task: str, message: Message) -> str:

@@ -16,6 +16,7 @@ Keys (all under ``hoist:``):
 ``latest:<store>:<object>``     order key of the newest version logged of a name
 ``pointer:<store>:<object>``    order key of the pointer version last written
 ``deferred``                    sorted set: artifact id -> when to send it again
+``ckpt:<run>:<checkpoint>``     hash: each rank's artifact ids of a sharded checkpoint
 ==============================  ==================================================
 
 Nothing is kept for ever: a record that reaches a terminal state, the run's
@@ -50,7 +51,9 @@ from enum import Enum
 from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT
 
+from hoist.errors import ConfigurationError
 from hoist.tasks.messages import Message
 
 PREFIX = "hoist:"
@@ -68,8 +71,6 @@ def retention_seconds() -> int:
     try:
         days = float(raw)
     except ValueError:
-        from hoist.errors import ConfigurationError
-
         raise ConfigurationError(f"HOIST_RETENTION_DAYS={raw!r} is not a number of days") from None
     return max(1, int(days * 86400))
 
@@ -177,6 +178,27 @@ redis.call('HDEL', KEYS[1], 'finished_at')
 return 1
 """
 
+# Register a rank's files of a checkpoint. KEYS: checkpoint hash.
+# ARGV: rank, ids (JSON), world size, retention (s).
+# Returns the number of ranks registered, or -1 if the world size disagrees.
+_REGISTER = """
+local ws = redis.call('HGET', KEYS[1], 'world_size')
+if ws and ws ~= ARGV[3] then return -1 end
+redis.call('HSET', KEYS[1], 'world_size', ARGV[3], 'rank:' .. ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return redis.call('HLEN', KEYS[1]) - 1
+"""
+
+# Create a record unless one is already pending or done. KEYS: record.
+# ARGV: field/value pairs. Returns 1 if created.
+_CREATE_ONCE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'failed' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
 # Fail a record whose message never reached the broker, unless a worker has it
 # already (a send can fail after the broker took the message). KEYS: record.
 # ARGV: now (s), error
@@ -240,6 +262,8 @@ class Records:
         self._raise = client.register_script(_RAISE)
         self._take_due = client.register_script(_TAKE_DUE)
         self._reset = client.register_script(_RESET)
+        self._register = client.register_script(_REGISTER)
+        self._create_once = client.register_script(_CREATE_ONCE)
         self._unsent = client.register_script(_UNSENT)
         self._recheck = client.register_script(_RECHECK)
 
@@ -261,19 +285,7 @@ class Records:
         """Record a newly staged artifact and mark it the newest version of its name."""
         now = time.time()
         pipe = self.client.pipeline()
-        pipe.hset(
-            _record(message.id),
-            mapping={
-                "state": State.QUEUED.value,
-                "message": json.dumps(message.to_json()),
-                "task": task,
-                "run": message.run_name,
-                "rank": message.rank,
-                "enqueued_at": now,
-                "attempts": 0,
-                "deliveries": 0,
-            },
-        )
+        pipe.hset(_record(message.id), mapping=_new_record(message, task, now))
         keep = retention_seconds()
         run_index = f"{PREFIX}run:{message.run_name}"
         pipe.zadd(run_index, {message.id: now})
@@ -286,6 +298,45 @@ class Records:
         latest = [latest_key(store_id, message.object_name)]
         self._raise(keys=latest, args=[f"{message.order}|{message.id}", keep], client=pipe)
         pipe.execute()
+
+    def register_shards(
+        self, run_name: str, checkpoint: str, rank: int, world_size: int, artifacts: list[str]
+    ) -> int:
+        """Record ``rank``'s artifacts of a checkpoint; return how many ranks have registered.
+
+        Raises:
+            ConfigurationError: another rank registered with a different world size.
+        """
+        key = _checkpoint(run_name, checkpoint)
+        args: list[EncodableT] = [rank, json.dumps(artifacts), world_size, retention_seconds()]
+        count = int(self._register(keys=[key], args=args))
+        if count < 0:
+            raise ConfigurationError(
+                f"checkpoint {checkpoint!r} of run {run_name!r} was registered with another "
+                f"world size than {world_size}; every rank must agree on world_size"
+            )
+        return count
+
+    def shards(self, run_name: str, checkpoint: str) -> dict[int, list[str]]:
+        """Each registered rank's artifact ids of a checkpoint."""
+        fields = cast(dict[str, str], self.client.hgetall(_checkpoint(run_name, checkpoint)))
+        return {
+            int(name.removeprefix("rank:")): json.loads(value)
+            for name, value in fields.items()
+            if name.startswith("rank:")
+        }
+
+    def create_once(self, message: Message, task: str) -> bool:
+        """Record ``message`` unless its record is pending or done; True if this call created it.
+
+        Several ranks may ask for the same commit; only one sends it.
+        """
+        record = _new_record(message, task, time.time())
+        args: list[EncodableT] = [x for pair in record.items() for x in pair]
+        pipe = self.client.pipeline()
+        self._create_once(keys=[_record(message.id)], args=args, client=pipe)
+        pipe.zadd(f"{PREFIX}run:{message.run_name}", {message.id: time.time()})
+        return bool(pipe.execute()[0])
 
     def reserve_seqs(self, run_name: str, rank: int, count: int = 1) -> range:
         """Reserve the rank's next ``count`` sequence numbers; unique across restarts of a run.
@@ -438,6 +489,23 @@ class Records:
 
     def mark_resent(self, artifact: str, now: float) -> None:
         self.client.hset(_record(artifact), "resent_at", now)
+
+
+def _new_record(message: Message, task: str, now: float) -> dict[EncodableT, EncodableT]:
+    return {
+        "state": State.QUEUED.value,
+        "message": json.dumps(message.to_json()),
+        "task": task,
+        "run": message.run_name,
+        "rank": message.rank,
+        "enqueued_at": now,
+        "attempts": 0,
+        "deliveries": 0,
+    }
+
+
+def _checkpoint(run_name: str, checkpoint: str) -> str:
+    return f"{PREFIX}ckpt:{run_name}:{checkpoint}"
 
 
 def latest_key(store_id: str, object_name: str) -> str:
