@@ -408,14 +408,16 @@ class CommitJob(Job):
         key = pointer_key(self.spec.store_id, message.object_name)
         if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
             return self.hold_back("another write of the same pointer")
-        current = records.marker(key)
-        if current is not None and current > message.order:
-            return self.settle(State.SUPERSEDED)
         manifest = self._manifest([s for s in files.values() if s is not None])
         store = self.ctx.store(self.spec)
-        store.put_bytes(manifest.object_name, manifest.to_bytes())
-        result = store.put_bytes(message.object_name, manifest.object_name.encode())
-        records.raise_marker(key, message.order)
+        with Heartbeat(self):  # as for pointers: a stalled write keeps its name lock
+            current = records.marker(key)
+            if current is not None and current > message.order:
+                return self.settle(State.SUPERSEDED)
+            self.begin_attempt()
+            store.put_bytes(manifest.object_name, manifest.to_bytes())
+            result = store.put_bytes(message.object_name, manifest.object_name.encode())
+            records.raise_marker(key, message.order)
         return self.settle(
             State.DONE,
             uri=result.uri,

@@ -333,9 +333,12 @@ class Records:
         """
         record = _new_record(message, task, time.time())
         args: list[EncodableT] = [x for pair in record.items() for x in pair]
+        now = time.time()
         pipe = self.client.pipeline()
         self._create_once(keys=[_record(message.id)], args=args, client=pipe)
-        pipe.zadd(f"{PREFIX}run:{message.run_name}", {message.id: time.time()})
+        pipe.zadd(f"{PREFIX}run:{message.run_name}", {message.id: now})
+        # Watched like any new artifact, in case its message is lost unclaimed.
+        pipe.zadd(DEFERRED, {message.id: int(now * 1000)}, nx=True)
         return bool(pipe.execute()[0])
 
     def reserve_seqs(self, run_name: str, rank: int, count: int = 1) -> range:
