@@ -179,7 +179,9 @@ def test_resender_and_retry_send_back_to_the_same_node(
     artifact = str(logger.file_artifact(LogLevel.EPOCH, "model.pt", source))
     assert wait_until(lambda: client.llen(queue) == 1, timeout=10)
 
-    # The watchdog path: a deferred entry falls due and a worker's resender sends it again.
+    # The watchdog path: an artifact queued longer than HOIST_QUEUED_TIMEOUT (here:
+    # made to look an hour old) falls due, and a worker's resender sends it again.
+    client.hset(f"hoist:artifact:{artifact}", "enqueued_at", time.time() - 3600)
     client.zadd(DEFERRED, {artifact: int(time.time() * 1000) - 1000})  # scores are ms
     wait_until(lambda: client.llen(queue) == 2, timeout=30)
     # Taken entries stay, 30 s ahead, until a worker claims the artifact; none can yet.
