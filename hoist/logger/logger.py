@@ -343,8 +343,11 @@ class ObjectStoreLogger:
             self._send(COMMIT_TASK, message, None)
 
     def _checkpoint_object(self, artifact_name: str) -> str:
+        return self._format(self.checkpoint_template, artifact_name)
+
+    def _format(self, template: ObjectNameTemplate, artifact_name: str) -> str:
         ranks = self.ranks
-        return self.checkpoint_template.format(
+        return template.format(
             artifact_name=artifact_name,
             run_name=self.run_name,
             rank=ranks.rank,
@@ -497,16 +500,7 @@ class ObjectStoreLogger:
             raise ConfigurationError("this ObjectStoreLogger is closed; make a new one")
 
     def _object_name(self, artifact_name: str) -> str:
-        ranks = self.ranks
-        name = self.template.format(
-            artifact_name=artifact_name,
-            run_name=self.run_name,
-            rank=ranks.rank,
-            local_rank=ranks.local_rank,
-            world_size=ranks.world_size,
-            local_world_size=ranks.local_world_size,
-            node_rank=ranks.node_rank,
-        )
+        name = self._format(self.template, artifact_name)
         try:
             # The store's own limits (a file name's 255 bytes on SFTP and local
             # stores), so that such a name fails here, not on a worker.

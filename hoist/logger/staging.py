@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import NoReturn
@@ -319,29 +320,10 @@ def _unlink_quietly(path: str) -> None:
 
 def _rename_into(source: str, destination: str) -> bool:
     """Rename ``source`` onto ``destination``; return False where a copy must do instead."""
-    for attempt in range(2):
-        try:
-            os.replace(source, destination)
-            return True
-        except FileNotFoundError as exc:
-            if not os.path.lexists(source):
-                _source_failure(source, exc)
-            if attempt:
-                _staging_failure(source, destination, exc)
-            # Only the rank directory can be missing: create it on first use
-            # rather than check for it on every call.
-            try:
-                os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
-            except OSError as mkdir_exc:
-                _staging_failure(source, destination, mkdir_exc)
-        except OSError as exc:
-            # Across filesystems a rename cannot work; without permission to
-            # take the file out of its directory a copy still stages it (and
-            # if the staging side is what refuses, the copy says so clearly).
-            if exc.errno in _RENAME_FALLBACK:
-                return False
-            _staging_failure(source, destination, exc)
-    return False
+    # Across filesystems a rename cannot work; without permission to take the
+    # file out of its directory a copy still stages it (and if the staging
+    # side is what refuses, the copy says so clearly).
+    return _place(os.replace, source, destination, destination, _RENAME_FALLBACK, os.path.lexists)
 
 
 def _link_into(source: str, destination: str) -> bool:
@@ -351,31 +333,54 @@ def _link_into(source: str, destination: str) -> bool:
     replaced as a copy would replace it.
     """
     temp = _temporary_name(destination)
-    for attempt in range(2):
-        try:
-            os.link(source, temp, follow_symlinks=True)
-            break
-        except FileNotFoundError as exc:
-            if not os.path.exists(source):
-                _source_failure(source, exc)
-            if attempt:
-                _staging_failure(source, destination, exc)
-            try:
-                os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
-            except OSError as mkdir_exc:
-                _staging_failure(source, destination, mkdir_exc)
-        except OSError as exc:
-            # Another filesystem, a filesystem without hard links, or the
-            # kernel's protected_hardlinks refusing a file we do not own.
-            if exc.errno in _LINK_FALLBACK:
-                return False
-            _staging_failure(source, destination, exc)
+    # Falls back on another filesystem, a filesystem without hard links, or
+    # the kernel's protected_hardlinks refusing a file we do not own.
+    if not _place(_hard_link, source, temp, destination, _LINK_FALLBACK, os.path.exists):
+        return False
     try:
         os.replace(temp, destination)
     except OSError as exc:
         _unlink_quietly(temp)
         _staging_failure(source, destination, exc)
     return True
+
+
+def _hard_link(source: str, target: str) -> None:
+    os.link(source, target, follow_symlinks=True)
+
+
+def _place(
+    place: Callable[[str, str], None],
+    source: str,
+    target: str,
+    destination: str,
+    fallback: frozenset[int],
+    source_exists: Callable[[str], bool],
+) -> bool:
+    """``place(source, target)``; False where it failed with an errno in ``fallback``.
+
+    Only the rank directory can be missing: it is created on first use
+    rather than checked for on every call. Other errors become the caller's
+    :class:`SourceFileError` or :class:`StagingError` about ``destination``.
+    """
+    for attempt in range(2):
+        try:
+            place(source, target)
+            return True
+        except FileNotFoundError as exc:
+            if not source_exists(source):
+                _source_failure(source, exc)
+            if attempt:
+                _staging_failure(source, destination, exc)
+            try:
+                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            except OSError as mkdir_exc:
+                _staging_failure(source, destination, mkdir_exc)
+        except OSError as exc:
+            if exc.errno in fallback:
+                return False
+            _staging_failure(source, destination, exc)
+    return False
 
 
 def _temporary_name(destination: str) -> str:

@@ -165,40 +165,31 @@ def refused(task: str, task_id: str, exc: InvalidMessageError) -> dict[str, Any]
     return {"id": task_id, "outcome": "refused", "error": str(exc)}
 
 
-@app.task(name=UPLOAD_TASK, bind=True)
-def upload(self: Any, message: dict[str, Any]) -> dict[str, Any]:
-    from hoist.tasks.jobs import UploadJob
+def run_job(task: Any, message: dict[str, Any]) -> dict[str, Any]:
+    """Run the job of ``task`` (a bound Celery task) on ``message``; refuse it if malformed."""
+    from hoist.tasks.jobs import JOBS
     from hoist.tasks.worker_context import context
 
     try:
-        job = UploadJob(context(), message, self.request.id, self.send_event)
+        job = JOBS[task.name](context(), message, task.request.id, task.send_event)
     except InvalidMessageError as exc:
-        return refused(UPLOAD_TASK, self.request.id, exc)
+        return refused(task.name, task.request.id, exc)
     return job.run()
+
+
+@app.task(name=UPLOAD_TASK, bind=True)
+def upload(self: Any, message: dict[str, Any]) -> dict[str, Any]:
+    return run_job(self, message)
 
 
 @app.task(name=SYMLINK_TASK, bind=True)
 def symlink(self: Any, message: dict[str, Any]) -> dict[str, Any]:
-    from hoist.tasks.jobs import SymlinkJob
-    from hoist.tasks.worker_context import context
-
-    try:
-        job = SymlinkJob(context(), message, self.request.id)
-    except InvalidMessageError as exc:
-        return refused(SYMLINK_TASK, self.request.id, exc)
-    return job.run()
+    return run_job(self, message)
 
 
 @app.task(name=COMMIT_TASK, bind=True)
 def commit(self: Any, message: dict[str, Any]) -> dict[str, Any]:
-    from hoist.tasks.jobs import CommitJob
-    from hoist.tasks.worker_context import context
-
-    try:
-        job = CommitJob(context(), message, self.request.id)
-    except InvalidMessageError as exc:
-        return refused(COMMIT_TASK, self.request.id, exc)
-    return job.run()
+    return run_job(self, message)
 
 
 @signals.worker_ready.connect

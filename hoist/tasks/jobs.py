@@ -451,5 +451,9 @@ class CommitJob(Job):
         )
 
 
+JOBS: dict[str, type[Job]] = {job.task: job for job in (UploadJob, SymlinkJob, CommitJob)}
+"""The job class of each task name."""
+
+
 def _now() -> float:
     return time.time()
