@@ -8,10 +8,16 @@ and on two shared cores an upload of 100 MiB every step would otherwise
 measure the workers' appetite for CPU, not the hand-off. Four variants,
 alternated run by run:
 
-- ``none``: write the checkpoint, hand it to nobody (the baseline);
-- ``hoist``: ``file_artifact`` in the default copy mode (the checkpoint is
-  rewritten at the same path every step, as ``torch.save(path)`` does);
-- ``hoist move``: a new file per step, given away with ``move=True``;
+Every variant writes each step's checkpoint to a new file, as a trainer that
+keeps its checkpoints does (rewriting one path would let the page cache drop
+the previous step's dirty pages unwritten, which no real run does):
+
+- ``none``: write the checkpoint, hand it to nobody (the baseline); the file
+  of the step before is deleted, so the disk holds one;
+- ``hoist``: ``file_artifact`` in the default copy mode, the previous file
+  deleted likewise;
+- ``hoist move``: the file given away with ``move=True`` (the worker deletes
+  it once uploaded);
 - ``boto3 sync``: a synchronous ``upload_file`` to the same server.
 
 The figure is the mean step time of a run (median over runs); the slowdown is
@@ -88,15 +94,18 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     one = (time.perf_counter() - start) / products
     products = max(1, int(0.075 / max(one, 1e-5)))  # about 75 ms of compute per step
 
-    def loop(r: int, handoff, fresh: bool = False) -> float:  # type: ignore[no-untyped-def]
+    def loop(r: int, handoff, keep: bool = True) -> float:  # type: ignore[no-untyped-def]
         steps = []
         for step in range(STEPS + 1):  # the first step warms up and is not counted
-            path = os.path.join(root, f"checkpoint-{step}.pt" if fresh else "checkpoint.pt")
+            path = os.path.join(root, f"checkpoint-{step}.pt")
             began = time.perf_counter()
             compute()
             with open(path, "wb") as out:
                 out.write(weights)
             handoff(path, r, step)
+            previous = os.path.join(root, f"checkpoint-{step - 1}.pt")
+            if keep and os.path.exists(previous):
+                os.unlink(previous)
             if step:
                 steps.append(time.perf_counter() - began)
         for name in os.listdir(root):
@@ -120,7 +129,7 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
                 lambda path, r, step: logger.file_artifact(
                     LogLevel.BATCH, f"ep{step}.pt", path, move=move
                 ),
-                fresh=move,
+                keep=not move,
             )
             logger.wait()  # untimed: the next run starts with an idle fleet
         finally:

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from hoist.download import download_checkpoint
 from hoist.errors import CheckpointError, UploadFailedError
 from hoist.tasks.records import Records, State
 from tests.services.redis import RedisServer
+from tests.services.watch import ValueWatch
 from tests.services.workers import WorkerFleet, wait_until
 
 WORLD = 4
@@ -109,6 +109,13 @@ class Run:
         manifest = Manifest.from_bytes((self.store / "artifacts" / target).read_bytes())
         return manifest.step
 
+    def readable_step(self) -> int | None:
+        """:meth:`pointed_step`, or None while the pointer is being replaced."""
+        try:
+            return self.pointed_step()
+        except (FileNotFoundError, CheckpointError):
+            return None  # the pointer is replaced by a rename: read it again
+
     def wait_all(self) -> list[UploadFailedError]:
         failures = []
         for logger in self.loggers:
@@ -117,33 +124,6 @@ class Run:
             except UploadFailedError as exc:
                 failures.append(exc)
         return failures
-
-
-class PointerWatch:
-    """Reads the pointer every few milliseconds, in a thread; keeps every step it saw."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.seen: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> PointerWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            try:
-                step = self.run.pointed_step()
-            except (FileNotFoundError, CheckpointError):
-                continue  # the pointer is replaced by a rename: read it again
-            if step is not None and (not self.seen or self.seen[-1] != step):
-                self.seen.append(step)
 
 
 def check_landed(run: Run, step: int) -> Manifest:
@@ -171,7 +151,7 @@ def test_the_pointer_moves_only_forward_to_complete_steps_with_a_worker_killed(
         run.write_step(step, 64 * 1024)
     run.write_step(3, 24 * MiB)
 
-    with PointerWatch(run) as watch:
+    with ValueWatch(run.readable_step, interval=0.005) as watch:
         # Step 1 waits for rank 3 while step 2 completes: ranks minutes apart,
         # steps out of order.
         for rank in range(3):

@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
 from tests.services.throttle import ForwardedRequest, ThrottlingProxy
+from tests.services.watch import ValueWatch
 from tests.services.workers import WorkerFleet, wait_until
 
 MiB = 1024 * 1024
@@ -577,36 +577,17 @@ def pointer_request(
     )
 
 
-class PointerWatch:
-    """Reads a pointer object at the server over and over, recording each new value."""
+def pointer_watch(server: S3Server, key: str) -> ValueWatch[str]:
+    """Every value the pointer object ``key`` takes at the server, read every 20 ms."""
+    client = server.client()
 
-    def __init__(self, server: S3Server, key: str) -> None:
-        self.client = server.client()
-        self.key = key
-        self.seen: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PointerWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._read()
-
-    def _read(self) -> None:
+    def read() -> str | None:
         try:
-            value = self.client.get_object(Bucket=BUCKET, Key=self.key)["Body"].read().decode()
-        except self.client.exceptions.NoSuchKey:
-            return
-        if not self.seen or self.seen[-1] != value:
-            self.seen.append(value)
+            return str(client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode())
+        except client.exceptions.NoSuchKey:
+            return None
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self._read()
+    return ValueWatch(read)
 
 
 def version_of(pointer_value: str) -> int:
@@ -637,7 +618,7 @@ def test_pointer_never_moves_backwards_under_shuffled_redelivery(
     random.Random(run).shuffle(shuffled)
     app = make_app(broker.url)
     records = Records.from_url(broker.url)
-    with PointerWatch(store, f"{run}/latest.pt.symlink") as watch:
+    with pointer_watch(store, f"{run}/latest.pt.symlink") as watch:
         for n in shuffled:
             send(app, SYMLINK_TASK, pointer_request(logger, run, n, targets[n], orders[n - 1]))
         for n in range(1, versions_n + 1):
@@ -692,7 +673,7 @@ def test_pointer_write_stalled_past_its_lease_does_not_land_over_a_newer_one(
     old, new = order_key(0, 1001), order_key(0, 1002)
     first = pointer_request(logger, run, 1, targets[1], old)
     second = pointer_request(logger, run, 2, targets[2], new)
-    with PointerWatch(store, f"{run}/latest.pt.symlink") as watch:
+    with pointer_watch(store, f"{run}/latest.pt.symlink") as watch:
         send(app, SYMLINK_TASK, first)
         wait_until(lambda: held, timeout=60)
         send(app, SYMLINK_TASK, second)

@@ -9,10 +9,7 @@ directory), not through hoist's store code.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +24,12 @@ from hoist.stores.spec import new_fleet_key
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, send
 from hoist.tasks.records import Records, State
+from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
 from tests.services.secrets import assert_not_in_redis
 from tests.services.sshd import SshServer
-from tests.services.workers import WorkerFleet, clean_environment, wait_until
+from tests.services.workers import WorkerFleet, wait_until
 
 MiB = 1024 * 1024
 FLEET_KEY = new_fleet_key()
@@ -128,39 +126,9 @@ def run_ranks(
     actions: list[list[Any]],
     world_size: int = 4,
 ) -> list[dict[str, Any]]:
-    """Start ``world_size`` rank processes with torchrun's variables; return their reports."""
-    job = tmp_path / f"{run_name}.json"
-    job.write_text(json.dumps({"logger": logger, "actions": actions, "timeout": 180}))
-    procs = []
-    for rank in range(world_size):
-        env = {
-            **clean_environment(),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "LOCAL_WORLD_SIZE": str(world_size),
-            "GROUP_RANK": "0",
-            "HOIST_RUN_NAME": run_name,
-            "HOIST_BROKER_URL": fleet.broker_url,
-            "HOIST_STAGING_DIR": str(fleet.staging_root),
-            "HOIST_FLEET_KEY": FLEET_KEY,
-            "PYTHONPATH": str(REPO),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.rank_job", str(job)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=REPO,
-            )
-        )
-    reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err.decode()
-        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return reports
+    """Run ``world_size`` rank processes with torchrun's variables; return their reports."""
+    job = RankJob(run_name, logger, actions, fleet.broker_url, fleet.staging_root, FLEET_KEY)
+    return collect_ranks(start_ranks(job, tmp_path, world_size), timeout=240)
 
 
 def settled(records: Records, artifact: str) -> Any:
