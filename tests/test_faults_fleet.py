@@ -208,6 +208,21 @@ def random_bytes(size: int, seed: str) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def log_random(
+    logger: ObjectStoreLogger, tmp_path: Path, run: str, name: str, size: int
+) -> tuple[str, bytes]:
+    """Write ``size`` seeded random bytes to ``tmp_path/name`` and log them as ``name``.
+
+    Returns the artifact id and the bytes.
+    """
+    data = random_bytes(size, f"{run}-{name}")
+    source = tmp_path / name
+    source.write_bytes(data)
+    artifact = logger.file_artifact(LogLevel.EPOCH, name, source)
+    assert artifact is not None
+    return artifact, data
+
+
 # ----- 1. a worker killed mid-upload ----------------------------------------
 
 
@@ -235,10 +250,7 @@ def test_worker_killed_mid_upload(
     records = Records.from_url(broker.url)
     recoveries = []
     for n in range(kills):
-        data = random_bytes(size_mib * MiB, f"{run}-{n}")
-        source = tmp_path / f"ckpt{n}.pt"
-        source.write_bytes(data)
-        artifact = logger.file_artifact(LogLevel.EPOCH, f"ckpt{n}.pt", source)
+        artifact, data = log_random(logger, tmp_path, run, f"ckpt{n}.pt", size_mib * MiB)
         key = f"{run}/ckpt{n}.pt"
         victim = fleet.workers[-1]
 
@@ -261,7 +273,7 @@ def test_worker_killed_mid_upload(
         writes = check_landed_once(store, key, data)
         recoveries.append(time.monotonic() - killed)
         assert writes == 1, f"{key} reached the store {writes} times"
-        source.unlink()
+        (tmp_path / f"ckpt{n}.pt").unlink()  # frees its disk space before the next kill
     logger.wait(timeout=60)
     logger.close()
     assert staged_files(staging_root, run) == []
@@ -356,11 +368,10 @@ def test_worker_sigterm_with_uploads_in_flight(
     expected = {}
     ids = []
     for n in range(4):
-        data = random_bytes(32 * MiB, f"{run}-{n}")
-        source = tmp_path / f"f{n}.bin"
-        source.write_bytes(data)
-        ids.append(logger.file_artifact(LogLevel.BATCH, f"f{n}.bin", source))
-        expected[f"{run}/f{n}.bin"] = data
+        artifact, expected[f"{run}/f{n}.bin"] = log_random(
+            logger, tmp_path, run, f"f{n}.bin", 32 * MiB
+        )
+        ids.append(artifact)
     worker = fleet.workers[0]
     assert worker.proc is not None
 
@@ -537,11 +548,10 @@ def test_upload_outliving_visibility_timeout_is_not_uploaded_twice(
     expected = {}
     ids = []
     for n in range(2):
-        data = random_bytes(24 * MiB, f"{run}-{n}")
-        source = tmp_path / f"ckpt{n}.pt"
-        source.write_bytes(data)
-        ids.append(logger.file_artifact(LogLevel.EPOCH, f"ckpt{n}.pt", source))
-        expected[f"{run}/ckpt{n}.pt"] = data
+        artifact, expected[f"{run}/ckpt{n}.pt"] = log_random(
+            logger, tmp_path, run, f"ckpt{n}.pt", 24 * MiB
+        )
+        ids.append(artifact)
     logger.wait(timeout=180)
     logger.close()
     deliveries = {artifact: deliveries_in_logs(fleet, artifact) for artifact in ids}
