@@ -396,6 +396,36 @@ def test_malformed_messages_are_refused_logged_and_never_run(
     assert Path(good["staged_path"]).read_bytes() == b"staged bytes"
 
 
+@pytest.mark.parametrize("own", [True, False], ids=["its own message", "a forged one"])
+def test_a_refused_message_fails_its_own_record_only(
+    own: bool, hostile_fleet: WorkerFleet, redis_server: RedisServer, store_dir: Path
+) -> None:
+    """A rank's message the workers refuse fails its record (instead of being re-sent for
+    ever); a forged message under the same id leaves the rank's record alone."""
+    good = valid_upload(hostile_fleet, store_dir, "model.pt", b"staged bytes")
+    bad = {**good, "size": "a lot"}
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    record = f"hoist:artifact:{good['id']}"
+    stored = bad if own else good
+    client.hset(
+        record, mapping={"state": "queued", "message": json.dumps(stored), "task": UPLOAD_TASK}
+    )
+    make_app(hostile_fleet.broker_url).send_task(
+        UPLOAD_TASK, kwargs={"message": bad}, task_id=good["id"], queue=UPLOAD_QUEUE
+    )
+    wait_until(
+        lambda: worker_said(hostile_fleet, "refused a malformed hoist.upload message", good["id"]),
+        timeout=60,
+    )
+    fields = client.hgetall(record)
+    if own:
+        assert fields["state"] == "failed"
+        assert "the workers refused its message" in fields["error"] and "'size'" in fields["error"]
+    else:
+        assert fields["state"] == "queued"
+    assert list((store_dir / "artifacts").rglob("*")) == []
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"message": {}, "extra": 1}, {}, {"msg": {}}],

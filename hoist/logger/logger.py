@@ -556,7 +556,7 @@ class ObjectStoreLogger:
                 f"{self.enqueue_timeout:g} s ({exc})"
             )
             try:
-                marked = self._records.mark_unsent(message.id, reason)
+                marked = self._records.fail_queued(message.id, reason)
             except redis.RedisError:
                 marked = False
             retry = f"hoist retry --run {self.run_name}" + ("" if marked else " --queued")

@@ -170,9 +170,17 @@ def run_job(task: Any, message: dict[str, Any]) -> dict[str, Any]:
     from hoist.tasks.jobs import JOBS
     from hoist.tasks.worker_context import context
 
+    ctx = context()
     try:
-        job = JOBS[task.name](context(), message, task.request.id, task.send_event)
+        job = JOBS[task.name](ctx, message, task.request.id, task.send_event)
     except InvalidMessageError as exc:
+        # A rank's own message that workers refuse (a newer or broken sender)
+        # would stay queued and be re-sent for ever: fail its record, but only
+        # when the record holds this very message, so a forged message cannot
+        # fail another artifact.
+        status = ctx.records.get(task.request.id)
+        if status is not None and status.message == message:
+            ctx.records.fail_queued(status.id, f"the workers refused its message: {exc}")
         return refused(task.name, task.request.id, exc)
     return job.run()
 

@@ -359,11 +359,11 @@ class Records:
         end = int(pipe.execute()[0])
         return range(end - count + 1, end + 1)
 
-    def mark_unsent(self, artifact: str, error: str) -> bool:
-        """Mark a record failed because its message never reached the broker.
+    def fail_queued(self, artifact: str, error: str) -> bool:
+        """Mark a queued record failed: its message never reached the broker, or was refused.
 
-        ``hoist retry`` then sends it, and ``wait`` and ``hoist status`` show
-        ``error``. False (and nothing changed) if a worker has it already.
+        ``wait`` and ``hoist status`` show ``error``, and ``hoist retry`` sends
+        it again. False (and nothing changed) if a worker has it already.
         """
         return bool(self._unsent(keys=[_record(artifact)], args=[time.time(), error]))
 
