@@ -393,6 +393,15 @@ class ObjectStoreLogger:
         self._enqueue(SYMLINK_TASK, message, None)
         return message.id
 
+    def has_logged(self, artifact_name: str) -> bool:
+        """Whether this logger logged ``artifact_name`` (so it can be a symlink's target)."""
+        return self._object_name(artifact_name) in self._latest_by_object
+
+    @property
+    def store(self) -> ObjectStore:
+        """The store the artifacts go to, for reading them back (as built on this rank)."""
+        return self._store
+
     def get_uri_for_artifact(self, artifact_name: str) -> str:
         """The URI the artifact has (or will have) in the store.
 

@@ -1,0 +1,1 @@
+"""Adapters that plug hoist into trainers (Composer, ...)."""

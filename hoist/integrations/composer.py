@@ -1,0 +1,153 @@
+"""hoist as a MosaicML Composer logger destination: ``Trainer(loggers=[HoistDestination(...)])``.
+
+Composer's ``Trainer`` hands checkpoints to its loggers through
+``LoggerDestination.upload_file(state, remote_file_name, file_path,
+overwrite=...)``, reads them back for autoresume and ``load_path`` through
+``download_file(remote_file_name, destination, overwrite, progress_bar)``
+(following a ``<name>.symlink`` object whose text is the target's remote
+name), and waits for uploads at ``fit_end``. This class keeps those
+signatures, on top of :class:`hoist.ObjectStoreLogger`:
+
+- ``upload_file`` stages the file and returns (the training thread never
+  uploads); the remote file name is the object name, as Composer formats it.
+- a ``.symlink`` Composer uploads becomes hoist's pointer to the artifact it
+  names: written only once that checkpoint is uploaded and verified, and never
+  moved back to an older one. Composer uploads its symlink file right after
+  the checkpoint, without waiting for it.
+- ``fit_end`` waits until every upload of this rank is uploaded *and
+  verified* and raises the real cause of any failure; Composer's own
+  ``wait_for_workers`` returns when its queue is empty, which can be while
+  an upload is still in flight.
+- ``download_file`` returns objects as they are (a ``.symlink`` object as its
+  text), raising ``FileNotFoundError`` for a missing one, which Composer's
+  ``get_file`` relies on to try ``<name>.symlink``.
+
+Composer is not a dependency: when it is installed the class is a real
+``LoggerDestination``; otherwise it has the same methods, so code and tests
+can drive it the way the ``Trainer`` does.
+
+Example:
+    >>> from composer import Trainer
+    >>> destination = HoistDestination(provider="s3", container="ckpts")
+    >>> trainer = Trainer(..., loggers=[destination], save_folder="{run_name}/checkpoints",
+    ...                   save_interval="1ep")
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+from hoist.errors import ConfigurationError
+from hoist.logger.levels import LogLevel
+from hoist.logger.logger import ObjectStoreLogger
+
+try:  # a real LoggerDestination where Composer is installed
+    from composer.loggers import LoggerDestination as _Base
+except ImportError:
+    _Base = object
+
+SYMLINK_SUFFIX = ".symlink"
+
+
+class HoistDestination(_Base):
+    """A Composer logger destination that uploads through a hoist fleet.
+
+    Parameters:
+        **logger_kwargs: :class:`hoist.ObjectStoreLogger` arguments (the store,
+            ``broker_url``, ``upload_staging_folder``, …). ``object_name`` is
+            always ``"{artifact_name}"``: Composer formats remote file names
+            itself. The logger is built at ``init``, when Composer's run name
+            is known.
+    """
+
+    def __init__(self, **logger_kwargs: Any) -> None:
+        if "object_name" in logger_kwargs:
+            raise ConfigurationError(
+                "HoistDestination names objects as Composer formats them; set Composer's "
+                "save_filename / remote_file_name instead of object_name"
+            )
+        super().__init__()
+        self.logger_kwargs = logger_kwargs
+        self.logger: ObjectStoreLogger | None = None
+
+    # ----- Composer's events -------------------------------------------------
+
+    def run_event(self, event: Any, state: Any, logger: Any) -> None:
+        """Call the method named after ``event``, as Composer's ``Callback`` does."""
+        hook = getattr(self, str(getattr(event, "value", event)), None)
+        if callable(hook):
+            hook(state, logger)
+
+    def init(self, state: Any, logger: Any) -> None:
+        self.logger = ObjectStoreLogger(
+            **{"run_name": state.run_name, **self.logger_kwargs},
+            object_name="{artifact_name}",
+        )
+
+    def fit_end(self, state: Any, logger: Any) -> None:
+        self._logger().wait()
+
+    def eval_standalone_end(self, state: Any, logger: Any) -> None:
+        self._logger().wait()
+
+    def predict_end(self, state: Any, logger: Any) -> None:
+        self._logger().wait()
+
+    def close(self, state: Any, logger: Any) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def post_close(self) -> None:
+        """Composer calls it after ``close``; everything was waited for there."""
+
+    # ----- files ---------------------------------------------------------------
+
+    def can_upload_files(self) -> bool:
+        return True
+
+    def upload_file(
+        self, state: Any, remote_file_name: str, file_path: pathlib.Path | str, *, overwrite: bool
+    ) -> None:
+        """Stage ``file_path`` as the object ``remote_file_name``; a ``.symlink``: a pointer."""
+        hoist = self._logger()
+        if remote_file_name.endswith(SYMLINK_SUFFIX):
+            target = pathlib.Path(file_path).read_text().strip()
+            if hoist.has_logged(target):
+                hoist.symlink_artifact(target, remote_file_name.removesuffix(SYMLINK_SUFFIX))
+                return
+            # A target this rank did not log (another rank's file, a sharded
+            # checkpoint's directory): the pointer is an ordinary small object.
+        hoist.file_artifact(LogLevel.FIT, remote_file_name, file_path, overwrite=overwrite)
+
+    def download_file(
+        self,
+        remote_file_name: str,
+        destination: str,
+        overwrite: bool = False,
+        progress_bar: bool = True,
+    ) -> None:
+        """Download the object as it is; ``FileNotFoundError`` if there is none."""
+        if os.path.exists(destination) and not overwrite:
+            raise FileExistsError(f"{destination} exists; pass overwrite=True to replace it")
+        self._logger().store.download_file(remote_file_name, destination)
+
+    def get_uri_for_file(self, remote_file_name: str) -> str:
+        return self._logger().get_uri_for_artifact(remote_file_name)
+
+    # ----- what other destinations log: not hoist's business --------------------
+
+    def log_hyperparameters(self, hyperparameters: dict[str, Any]) -> None:
+        """Hyperparameters go to metric loggers; hoist uploads files."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Metrics go to metric loggers; hoist uploads files."""
+
+    def _logger(self) -> ObjectStoreLogger:
+        if self.logger is None:
+            raise ConfigurationError(
+                "HoistDestination was used before Composer's INIT event; pass it to "
+                "Trainer(loggers=[...]) rather than calling it directly"
+            )
+        return self.logger
