@@ -235,6 +235,7 @@ class ObjectStoreLogger:
         name: str | None = None,
         pointer: str = "latest",
         staging: StagingMode | str | None = None,
+        ranks: int | None = None,
     ) -> list[str]:
         """Upload this rank's files of a sharded checkpoint; move the run's pointer when all landed.
 
@@ -259,6 +260,9 @@ class ObjectStoreLogger:
             name: the directory's artifact name (default ``checkpoints/step-<step>``).
             pointer: the run-wide pointer's name, without ``.symlink``.
             staging: as for :meth:`file_artifact`.
+            ranks: how many ranks log files for this step (default: the world
+                size); 1 where only the main process writes the checkpoint,
+                as Hugging Face's ``Trainer`` does.
 
         Example:
             >>> dcp.save(state, checkpoint_id=f"/ckpt/step-{step}")
@@ -284,12 +288,12 @@ class ObjectStoreLogger:
             artifact_id = self._upload(artifact, object_name, file, True, mode)
             assert artifact_id is not None
             ids.append(artifact_id)
-        world = self.ranks.world_size
+        world = self.ranks.world_size if ranks is None else ranks
         registered = self._redis(
             lambda: self._records.register_shards(self.run_name, name, self.ranks.rank, world, ids)
         )
         if registered == world:
-            self._send_commit(step, name, prefix, pointer)
+            self._send_commit(step, name, prefix, pointer, world)
         return ids
 
     def _upload(
@@ -324,7 +328,7 @@ class ObjectStoreLogger:
         self._latest_by_object[object_name] = message.id
         return message.id
 
-    def _send_commit(self, step: int, name: str, prefix: str, pointer: str) -> None:
+    def _send_commit(self, step: int, name: str, prefix: str, pointer: str, world: int) -> None:
         validate_artifact_name(pointer)
         message = CommitRequest(
             id=commit_id(self.run_name, name),
@@ -336,7 +340,7 @@ class ObjectStoreLogger:
             order=step_order(step),
             store=self.spec.to_json(),
             step=step,
-            world_size=self.ranks.world_size,
+            world_size=world,
             prefix=prefix,
         )
         if self._redis(lambda: self._records.create_once(message, COMMIT_TASK)):

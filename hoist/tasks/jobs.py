@@ -411,11 +411,13 @@ class CommitJob(Job):
         manifest = self._manifest([s for s in files.values() if s is not None])
         store = self.ctx.store(self.spec)
         with Heartbeat(self):  # as for pointers: a stalled write keeps its name lock
+            self.begin_attempt()
+            # The step is complete: its manifest is written even when a newer
+            # step already holds the pointer, so any complete step can be read.
+            store.put_bytes(manifest.object_name, manifest.to_bytes())
             current = records.marker(key)
             if current is not None and current > message.order:
-                return self.settle(State.SUPERSEDED)
-            self.begin_attempt()
-            store.put_bytes(manifest.object_name, manifest.to_bytes())
+                return self.settle(State.SUPERSEDED, manifest=manifest.object_name)
             result = store.put_bytes(message.object_name, manifest.object_name.encode())
             records.raise_marker(key, message.order)
         return self.settle(

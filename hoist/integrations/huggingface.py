@@ -1,0 +1,60 @@
+"""hoist for Hugging Face ``transformers.Trainer``: ``callbacks=[HoistCallback(...)]``.
+
+On every save the ``Trainer`` writes ``<output_dir>/checkpoint-<step>/``;
+:class:`HoistCallback` hands that directory to hoist as a sharded checkpoint
+(:meth:`hoist.ObjectStoreLogger.log_checkpoint_dir`: hard links, so the
+training loop waits microseconds, not for a copy) and returns. Workers
+upload it, verify it, and move ``<run>/latest.symlink`` to its manifest once
+every file landed. At the end of training the callback waits until every
+checkpoint is uploaded and verified, and raises the real cause of a failure.
+
+Hard links are safe here: the ``Trainer`` writes each checkpoint to a new
+directory and never rewrites its files; deleting old ones
+(``save_total_limit``) does not touch the staged links.
+
+Example:
+    >>> trainer = Trainer(model, args, train_dataset=data,
+    ...                   callbacks=[HoistCallback(provider="s3", container="ckpts")])
+    >>> trainer.train()  # returns once every checkpoint is in the store, verified
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from hoist.logger.logger import ObjectStoreLogger
+
+
+class HoistCallback(TrainerCallback):
+    """Uploads the Trainer's checkpoints through a hoist fleet.
+
+    Parameters:
+        **logger_kwargs: :class:`hoist.ObjectStoreLogger` arguments (the store,
+            ``broker_url``, ``upload_staging_folder``, …). ``run_name``
+            defaults to the ``TrainingArguments``' ``run_name``.
+    """
+
+    def __init__(self, **logger_kwargs: Any) -> None:
+        self.logger_kwargs = logger_kwargs
+        self.logger: ObjectStoreLogger | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.logger is None and state.is_world_process_zero:
+            run_name = self.logger_kwargs.pop("run_name", None) or args.run_name
+            self.logger = ObjectStoreLogger(run_name=run_name, **self.logger_kwargs)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.logger is None:  # not the main process: it writes no checkpoint
+            return
+        step = state.global_step
+        path = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        self.logger.log_checkpoint_dir(step, path, staging="link", ranks=1)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.logger is not None:
+            self.logger.close()  # waits for every upload, verified
+            self.logger = None
