@@ -74,6 +74,13 @@ class Resolved:
     def uri(self) -> str:
         return self.store.get_uri(self.object_name)
 
+    def __enter__(self) -> Resolved:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.owned:  # a store the caller passed in stays open
+            self.store.close()
+
 
 @dataclass(frozen=True)
 class Downloaded:
@@ -151,17 +158,13 @@ def download_checkpoint(
         >>> hoist.download_checkpoint("latest", "/tmp/resume", run="bert-3").manifest.step
         1200
     """
-    resolved = resolve(source, run=run, store=store, state_url=state_url, fleet_key=fleet_key)
-    try:
-        if not is_manifest(resolved.object_name):
+    with resolve(source, run=run, store=store, state_url=state_url, fleet_key=fleet_key) as found:
+        if not is_manifest(found.object_name):
             raise CheckpointError(
-                f"{source} resolves to {resolved.uri}, not a checkpoint committed by "
+                f"{source} resolves to {found.uri}, not a checkpoint committed by "
                 "log_checkpoint_dir; download it with download_artifact"
             )
-        return fetch_checkpoint(resolved.store, resolved.object_name, os.fspath(dest))
-    finally:
-        if resolved.owned:
-            resolved.store.close()
+        return fetch_checkpoint(found.store, found.object_name, os.fspath(dest))
 
 
 def resolve(
@@ -209,11 +212,8 @@ def fetch(
         '/tmp/ep2.pt'
     """
     path = destination(dest, resolved.object_name)
-    try:
+    with resolved:
         held = resolved.store.download_file(resolved.object_name, path, progress=progress)
-    finally:
-        if resolved.owned:
-            resolved.store.close()
     assert held.checksum is not None  # download_file always hashes what it writes
     return Downloaded(
         resolved.uri, resolved.object_name, path, held.size, held.checksum, resolved.hops

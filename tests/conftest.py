@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from tests.services.redis import RedisServer
 from tests.services.s3 import MotoServer, RcloneServer, S3Server
 from tests.services.sshd import SshServer
+from tests.services.workers import WorkerFleet
 
 _running: list[Any] = []
 
@@ -53,6 +54,16 @@ def _serve(server: Any) -> Iterator[Any]:
     finally:
         _running.remove(server)
         server.stop()
+
+
+def serve_fleet(
+    tmp_path_factory: pytest.TempPathFactory, broker_url: str, name: str, **options: Any
+) -> Iterator[WorkerFleet]:
+    """Run a module's ``WorkerFleet`` (``options``: count, concurrency, env, …) with its own
+    log directory and staging root, logs attached to failing tests; for ``yield from``."""
+    staging = tmp_path_factory.mktemp(f"{name}-staging")
+    workdir = tmp_path_factory.mktemp(f"{name}-workers")
+    yield from _serve(WorkerFleet(workdir, broker_url, staging, **options))
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from hoist.checkpoints import Manifest
 from hoist.download import download_checkpoint
 from hoist.errors import CheckpointError, UploadFailedError
 from hoist.tasks.records import Records, State
+from tests.conftest import serve_fleet
 from tests.services.redis import RedisServer
 from tests.services.watch import ValueWatch
 from tests.services.workers import WorkerFleet, wait_until
@@ -40,13 +41,7 @@ MiB = 1024 * 1024
 def fleet(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerFleet]:
-    from tests.conftest import _serve
-
-    staging = tmp_path_factory.mktemp("ckpt-staging")
-    workers = WorkerFleet(
-        tmp_path_factory.mktemp("ckpt-workers"), redis_server.url, staging, count=2, concurrency=1
-    )
-    yield from _serve(workers)
+    yield from serve_fleet(tmp_path_factory, redis_server.url, "ckpt", count=2, concurrency=1)
 
 
 class Run:

@@ -23,6 +23,7 @@ import pytest
 
 from hoist.errors import UploadFailedError
 from hoist.integrations.composer import HoistDestination
+from tests.conftest import serve_fleet
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
 
@@ -45,16 +46,7 @@ class State:
 def fleet(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerFleet]:
-    from tests.conftest import _serve
-
-    workers = WorkerFleet(
-        tmp_path_factory.mktemp("composer-workers"),
-        redis_server.url,
-        tmp_path_factory.mktemp("composer-staging"),
-        count=1,
-        concurrency=2,
-    )
-    yield from _serve(workers)
+    yield from serve_fleet(tmp_path_factory, redis_server.url, "composer", count=1, concurrency=2)
 
 
 def destination_for(fleet: WorkerFleet, store: Path, state: State) -> HoistDestination:

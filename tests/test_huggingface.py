@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hoist.checkpoints import Manifest
+from tests.conftest import serve_fleet
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
 
@@ -29,16 +30,7 @@ RUN = "hf-run"
 def fleet(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerFleet]:
-    from tests.conftest import _serve
-
-    workers = WorkerFleet(
-        tmp_path_factory.mktemp("hf-workers"),
-        redis_server.url,
-        tmp_path_factory.mktemp("hf-staging"),
-        count=1,
-        concurrency=2,
-    )
-    yield from _serve(workers)
+    yield from serve_fleet(tmp_path_factory, redis_server.url, "hf", count=1, concurrency=2)
 
 
 class Tiny(torch.nn.Module):  # type: ignore[misc]

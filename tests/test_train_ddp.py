@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import serve_fleet
 from tests.services.process import free_port
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet, clean_environment
@@ -31,16 +32,7 @@ RANKS = 4
 def fleet(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerFleet]:
-    from tests.conftest import _serve
-
-    workers = WorkerFleet(
-        tmp_path_factory.mktemp("ddp-workers"),
-        redis_server.url,
-        tmp_path_factory.mktemp("ddp-staging"),
-        count=2,
-        concurrency=2,
-    )
-    yield from _serve(workers)
+    yield from serve_fleet(tmp_path_factory, redis_server.url, "ddp", count=2, concurrency=2)
 
 
 def torchrun(fleet: WorkerFleet, store: Path, *args: str) -> dict[str, float]:

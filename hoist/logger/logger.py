@@ -344,10 +344,10 @@ class ObjectStoreLogger:
             prefix=prefix,
         )
         if self._redis(lambda: self._records.create_once(message, COMMIT_TASK)):
-            self._send(COMMIT_TASK, message, None)
+            self._send(COMMIT_TASK, message)
 
     def _checkpoint_object(self, artifact_name: str) -> str:
-        return self._format(self.checkpoint_template, artifact_name)
+        return self._object_name(artifact_name, self.checkpoint_template)
 
     def _format(self, template: ObjectNameTemplate, artifact_name: str) -> str:
         ranks = self.ranks
@@ -512,8 +512,8 @@ class ObjectStoreLogger:
         if self._closed:
             raise ConfigurationError("this ObjectStoreLogger is closed; make a new one")
 
-    def _object_name(self, artifact_name: str) -> str:
-        name = self._format(self.template, artifact_name)
+    def _object_name(self, artifact_name: str, template: ObjectNameTemplate | None = None) -> str:
+        name = self._format(template or self.template, artifact_name)
         try:
             # The store's own limits (a file name's 255 bytes on SFTP and local
             # stores), so that such a name fails here, not on a worker.
@@ -554,10 +554,9 @@ class ObjectStoreLogger:
     def _enqueue(self, task: str, message: Message, staged: str | None) -> None:
         kept = f"; the staged file is kept at {staged}" if staged else ""
         self._redis(lambda: self._records.create(message, task, self.spec.store_id), kept)
-        self._send(task, message, staged)
+        self._send(task, message, kept)
 
-    def _send(self, task: str, message: Message, staged: str | None) -> None:
-        kept = f"; the staged file is kept at {staged}" if staged else ""
+    def _send(self, task: str, message: Message, kept: str = "") -> None:
         try:
             send(self._app, task, message, retry_seconds=self.enqueue_timeout)
         except Exception as exc:

@@ -159,6 +159,40 @@ class Job:
         self.attempt = self.ctx.records.count_attempt(self.message.id)
         return self.attempt
 
+    def write_pointer(
+        self, target: str, before: Callable[[], None] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Point ``message.object_name`` at ``target``, never back to an older order key.
+
+        Runs under the pointer's name lock and a heartbeat: a PUT the store
+        holds past a lease time must keep its lock, or a newer pointer is
+        written meanwhile and this older one lands over it (measured: a PUT
+        stalled 12 s with 3 s leases moved the pointer back;
+        tests/test_faults_fleet.py).
+
+        Parameters:
+            target: what the pointer holds (an object name).
+            before: written first, under the same lock (a checkpoint's manifest).
+            fields: recorded with the outcome.
+        """
+        message = self.message
+        key = pointer_key(self.spec.store_id, message.object_name)
+        if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
+            return self.hold_back("another write of the same pointer")
+        with Heartbeat(self):
+            if before is not None:
+                before()
+            current = self.ctx.records.marker(key)
+            if current is not None and current > message.order:
+                return self.settle(State.SUPERSEDED, **fields)
+            if self.attempt is None:
+                self.begin_attempt()
+            result = self.ctx.store(self.spec).put_bytes(message.object_name, target.encode())
+            self.ctx.records.raise_marker(key, message.order)
+        return self.settle(
+            State.DONE, uri=result.uri, size=result.size, checksum=str(result.checksum), **fields
+        )
+
     # ----- outcomes ---------------------------------------------------------
 
     def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
@@ -346,25 +380,7 @@ class SymlinkJob(Job):
             )
         if target.state is not State.DONE:
             return self.hold_back(f"its target {target.artifact_name!r}")
-        key = pointer_key(self.spec.store_id, message.object_name)
-        if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
-            return self.hold_back("another write of the same pointer")
-        # The write runs under a heartbeat: a PUT the store holds past a lease
-        # time must keep its name lock, or a newer pointer is written meanwhile
-        # and this older one lands over it (measured: a PUT stalled 12 s with
-        # 3 s leases moved the pointer back; tests/test_faults_fleet.py).
-        with Heartbeat(self):
-            current = self.ctx.records.marker(key)
-            if current is not None and current > message.order:
-                return self.settle(State.SUPERSEDED)
-            self.begin_attempt()
-            result = self.ctx.store(self.spec).put_bytes(
-                message.object_name, message.target_object_name.encode()
-            )
-            self.ctx.records.raise_marker(key, message.order)
-        return self.settle(
-            State.DONE, uri=result.uri, size=result.size, checksum=str(result.checksum)
-        )
+        return self.write_pointer(message.target_object_name)
 
     def _newest_version(self, object_name: str) -> ArtifactStatus | None:
         latest = self.ctx.records.marker(latest_key(self.spec.store_id, object_name))
@@ -405,26 +421,18 @@ class CommitJob(Job):
         waiting = [a for a, status in files.items() if status and status.state is not State.DONE]
         if waiting:
             return self.hold_back(f"{len(waiting)} file(s) of step {message.step}")
-        key = pointer_key(self.spec.store_id, message.object_name)
-        if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
-            return self.hold_back("another write of the same pointer")
         manifest = self._manifest([s for s in files.values() if s is not None])
         store = self.ctx.store(self.spec)
-        with Heartbeat(self):  # as for pointers: a stalled write keeps its name lock
-            self.begin_attempt()
+
+        def write_manifest() -> None:
             # The step is complete: its manifest is written even when a newer
             # step already holds the pointer, so any complete step can be read.
+            self.begin_attempt()
             store.put_bytes(manifest.object_name, manifest.to_bytes())
-            current = records.marker(key)
-            if current is not None and current > message.order:
-                return self.settle(State.SUPERSEDED, manifest=manifest.object_name)
-            result = store.put_bytes(message.object_name, manifest.object_name.encode())
-            records.raise_marker(key, message.order)
-        return self.settle(
-            State.DONE,
-            uri=result.uri,
-            size=result.size,
-            checksum=str(result.checksum),
+
+        return self.write_pointer(
+            manifest.object_name,
+            before=write_manifest,
             manifest=manifest.object_name,
             files=len(manifest.files),
         )

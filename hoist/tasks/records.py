@@ -202,7 +202,7 @@ return 1
 # Fail a record whose message never reached the broker, unless a worker has it
 # already (a send can fail after the broker took the message). KEYS: record.
 # ARGV: now (s), error
-_UNSENT = """
+_FAIL_QUEUED = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[1], 'error', ARGV[2])
 return 1
@@ -264,7 +264,7 @@ class Records:
         self._reset = client.register_script(_RESET)
         self._register = client.register_script(_REGISTER)
         self._create_once = client.register_script(_CREATE_ONCE)
-        self._unsent = client.register_script(_UNSENT)
+        self._fail_queued = client.register_script(_FAIL_QUEUED)
         self._recheck = client.register_script(_RECHECK)
 
     @classmethod
@@ -286,17 +286,11 @@ class Records:
         now = time.time()
         pipe = self.client.pipeline()
         pipe.hset(_record(message.id), mapping=_new_record(message, task, now))
-        keep = retention_seconds()
-        run_index = f"{PREFIX}run:{message.run_name}"
-        pipe.zadd(run_index, {message.id: now})
-        pipe.expire(run_index, keep)
-        # The watchdog of an artifact not yet claimed (see the module's docstring).
-        pipe.zadd(DEFERRED, {message.id: int(now * 1000)}, nx=True)
-        pipe.zadd(f"{PREFIX}runs", {message.run_name: now})
-        pipe.zremrangebyscore(f"{PREFIX}runs", "-inf", now - keep)
+        _index(pipe, message, now)
         # "<order>|<id>": sorts by order, and names the artifact holding it.
         latest = [latest_key(store_id, message.object_name)]
-        self._raise(keys=latest, args=[f"{message.order}|{message.id}", keep], client=pipe)
+        args: list[EncodableT] = [f"{message.order}|{message.id}", retention_seconds()]
+        self._raise(keys=latest, args=args, client=pipe)
         pipe.execute()
 
     def register_shards(
@@ -331,14 +325,12 @@ class Records:
 
         Several ranks may ask for the same commit; only one sends it.
         """
-        record = _new_record(message, task, time.time())
-        args: list[EncodableT] = [x for pair in record.items() for x in pair]
         now = time.time()
+        record = _new_record(message, task, now)
+        args: list[EncodableT] = [x for pair in record.items() for x in pair]
         pipe = self.client.pipeline()
         self._create_once(keys=[_record(message.id)], args=args, client=pipe)
-        pipe.zadd(f"{PREFIX}run:{message.run_name}", {message.id: now})
-        # Watched like any new artifact, in case its message is lost unclaimed.
-        pipe.zadd(DEFERRED, {message.id: int(now * 1000)}, nx=True)
+        _index(pipe, message, now)
         return bool(pipe.execute()[0])
 
     def reserve_seqs(self, run_name: str, rank: int, count: int = 1) -> range:
@@ -365,7 +357,7 @@ class Records:
         ``wait`` and ``hoist status`` show ``error``, and ``hoist retry`` sends
         it again. False (and nothing changed) if a worker has it already.
         """
-        return bool(self._unsent(keys=[_record(artifact)], args=[time.time(), error]))
+        return bool(self._fail_queued(keys=[_record(artifact)], args=[time.time(), error]))
 
     # ----- worker side ------------------------------------------------------
 
@@ -505,6 +497,19 @@ def _new_record(message: Message, task: str, now: float) -> dict[EncodableT, Enc
         "attempts": 0,
         "deliveries": 0,
     }
+
+
+def _index(pipe: Any, message: Message, now: float) -> None:
+    """Queue on ``pipe`` what every new record needs besides itself: its run's index
+    and the run list (both kept for the retention), and its watchdog entry."""
+    keep = retention_seconds()
+    run_index = f"{PREFIX}run:{message.run_name}"
+    pipe.zadd(run_index, {message.id: now})
+    pipe.expire(run_index, keep)
+    pipe.zadd(f"{PREFIX}runs", {message.run_name: now})
+    pipe.zremrangebyscore(f"{PREFIX}runs", "-inf", now - keep)
+    # The watchdog of an artifact not yet claimed (see the module's docstring).
+    pipe.zadd(DEFERRED, {message.id: int(now * 1000)}, nx=True)
 
 
 def _checkpoint(run_name: str, checkpoint: str) -> str:
