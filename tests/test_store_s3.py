@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hoist.errors import (
+    ChecksumMismatchError,
     ContainerNotFoundError,
     InvalidObjectNameError,
     ObjectExistsError,
@@ -20,6 +21,7 @@ from hoist.errors import (
 from hoist.stores.base import Verification
 from hoist.stores.checksum import Checksum, checksum_file
 from hoist.stores.s3 import S3ObjectStore, S3TransferConfig
+from tests.services.faultproxy import FaultProxy
 from tests.services.process import free_port
 from tests.services.s3 import S3Server
 
@@ -103,9 +105,45 @@ def test_moto_full_object_checksum_is_used_when_trusted(moto_server: S3Server, m
         assert store.stat("trusted/obj.bin").checksum == checksum_file(str(source))[1]
 
 
-def test_non_aws_endpoints_read_back_by_default(store: S3ObjectStore, make_file) -> None:  # type: ignore[no-untyped-def]
-    result = store.upload_file("auto/obj.bin", make_file(1000))
-    assert result.verified_by is Verification.READ_BACK
+@pytest.mark.parametrize("size", [1000, 20 * MiB])
+def test_non_aws_endpoints_verify_by_the_servers_md5_by_default(
+    store: S3ObjectStore, make_file, size: int
+) -> None:  # type: ignore[no-untyped-def]
+    """Each request's ETag is the MD5 the server computed; no read-back is needed."""
+    source = make_file(size)
+    result = store.upload_file(f"auto/{size}.bin", source)
+    assert result.verified_by is Verification.STORE_MD5
+    assert store.read_back(f"auto/{size}.bin").checksum == checksum_file(str(source))[1]
+
+
+def test_read_back_on_request(s3_server: S3Server, make_file) -> None:  # type: ignore[no-untyped-def]
+    with make_store(s3_server, verify="read-back") as store:
+        assert (
+            store.upload_file("rb/obj.bin", make_file(1000)).verified_by is Verification.READ_BACK
+        )
+        assert store.put_bytes("rb/p.symlink", b"x").verified_by is Verification.READ_BACK
+
+
+def test_an_etag_that_is_no_md5_falls_back_to_a_read_back(moto_server: S3Server, make_file) -> None:  # type: ignore[no-untyped-def]
+    """Servers that encrypt objects answer with an ETag that is not an MD5."""
+    proxy = FaultProxy(moto_server.endpoint_url, rate=0, opaque_etags=True)
+    with proxy, make_store(moto_server, endpoint_url=proxy.url) as store:
+        result = store.upload_file("opaque/obj.bin", make_file(1000))
+        assert result.verified_by is Verification.READ_BACK
+        assert store.put_bytes("opaque/p.symlink", b"x").verified_by is Verification.READ_BACK
+
+
+def test_bytes_the_server_received_wrong_are_caught_by_its_md5(
+    moto_server: S3Server, make_file
+) -> None:  # type: ignore[no-untyped-def]
+    """moto accepts a body that does not match Content-MD5; its ETag still gives it away."""
+    script = [("PUT", "", "corrupt_upload")]
+    proxy = FaultProxy(moto_server.endpoint_url, rate=0, script=script)
+    with proxy, make_store(moto_server, endpoint_url=proxy.url) as store:
+        with pytest.raises(ChecksumMismatchError, match="MD5"):
+            store.upload_file("corrupt/obj.bin", make_file(1000))
+        assert proxy.stats.faults == {"corrupt_upload": 1}
+        assert not store.exists("corrupt/obj.bin"), "the bad object must not stay"
 
 
 def test_echoed_checksum_is_not_trusted_by_default(moto_server: S3Server) -> None:

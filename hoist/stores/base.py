@@ -7,7 +7,8 @@ supplies a handful of primitives that each talk to its server once:
 ==================  =========================================================
 ``_put_file``       upload a local file, hashing it in the same pass, and
                     make it visible only once complete and verified
-``_put_bytes``      write a small object in one request
+``_put_bytes``      write a small object in one request (and say whether
+                    the store's answer already proved its bytes)
 ``_read_chunks``    stream an object's bytes
 ``_stat``           size and, where the store reports one, its checksum
 ``_delete``         remove an object
@@ -50,6 +51,9 @@ class Verification(str, Enum):
 
     STORE_CHECKSUM = "store-checksum"
     """The store reported a whole-object checksum equal to ours."""
+    STORE_MD5 = "store-md5"
+    """The store computed the MD5 of every request's bytes (its ETag) and each
+    equalled ours; for a multipart upload the assembled size was checked too."""
     READ_BACK = "read-back"
     """hoist read the object back and hashed it."""
 
@@ -256,8 +260,8 @@ class ObjectStore(ABC):
                 f"{self.get_uri(name)} exists; pass overwrite=True to replace it"
             )
         checksum = Checksum.of(data)
-        self._call(self._put_bytes, name, data, name=name)
-        verified_by = self.verify(name, len(data), checksum)
+        proved = self._call(self._put_bytes, name, data, name=name)
+        verified_by = proved or self.verify(name, len(data), checksum)
         return UploadResult(
             name, self.get_uri(name), len(data), checksum, verified_by, time.monotonic() - started
         )
@@ -376,7 +380,9 @@ class ObjectStore(ABC):
         The object must not be visible under ``name`` before it is complete."""
 
     @abstractmethod
-    def _put_bytes(self, name: str, data: bytes) -> None: ...
+    def _put_bytes(self, name: str, data: bytes) -> Verification | None:
+        """Write ``data``; return how the write itself proved the bytes, or None
+        to have :meth:`verify` check them afterwards."""
 
     @abstractmethod
     def _read_chunks(self, name: str) -> Iterator[bytes]: ...

@@ -186,11 +186,12 @@ class LibcloudObjectStore(ObjectStore):
             self._publish(target, name)
         return checksum, verified_by
 
-    def _put_bytes(self, name: str, data: bytes) -> None:
+    def _put_bytes(self, name: str, data: bytes) -> Verification | None:
         target = temporary_name(name) if self._renames_into_place else name
         self._upload(iter([data]), target, cleanup_on_error=self._renames_into_place)
         if target != name:
             self._publish(target, name)
+        return None  # Libcloud reports no checksum of what it wrote: verify reads back
 
     def _read_chunks(self, name: str) -> Iterator[bytes]:
         obj = self._object(name)

@@ -8,19 +8,36 @@ with at most ``max_concurrency`` parts in memory. The multipart upload is
 created with ``ChecksumType=FULL_OBJECT`` so S3 checks the whole-object
 checksum we send at completion and reports it back on ``HeadObject``.
 
-Verification: AWS S3 validates the checksum a client sends and computes the
-full-object CRC64NVME itself, so its reported checksum proves the bytes.
-S3-compatible servers often do not: moto and ``rclone serve s3`` echo a single
-PUT's checksum unchecked (../shared/FACTS.md). ``verify="auto"`` therefore
-trusts the reported checksum only on AWS endpoints and reads the object back
-elsewhere; ``verify="checksum"`` opts in for a server known to validate
-(MinIO, Ceph RGW recent releases).
+Verification (``verify=``):
+
+- ``"checksum"`` (the ``"auto"`` choice on AWS): AWS validates the checksum a
+  client sends and computes the full-object CRC64NVME itself, so the checksum
+  ``HeadObject`` reports proves the bytes.
+- ``"md5"`` (the ``"auto"`` choice elsewhere): every PUT and UploadPart carries
+  ``Content-MD5``, and the ETag the server answers with, the MD5 it computed of
+  the bytes it received, must equal ours. Servers that validate Content-MD5
+  (rclone, MinIO, Ceph) refuse corrupted bytes outright; those that do not
+  (moto) still answer with the MD5 of what they got, so the comparison catches
+  them. A multipart object is then the parts the server vouched for, in the
+  order we listed them; one ``HeadObject`` checks its assembled size. This is
+  the integrity model of the AWS CLI and s5cmd, and it costs no second
+  transfer: a read-back doubled the time of a large upload
+  (docs/benchmarks.md). An ETag that is not an MD5 (SSE-KMS, some gateways)
+  falls back to a read-back for that object.
+- ``"read-back"``: stream the object back and hash it; for servers whose ETag
+  is something else entirely.
+
+Checksums echoed unchecked are never trusted: moto and ``rclone serve s3``
+store whatever ``x-amz-checksum-*`` a PUT sends (../shared/FACTS.md).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import math
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +51,7 @@ from awscrt.checksums import crc64nvme
 from botocore.config import Config
 
 from hoist.errors import (
+    ChecksumMismatchError,
     ConfigurationError,
     ContainerNotFoundError,
     HoistError,
@@ -48,6 +66,7 @@ from hoist.stores.checksum import Checksum, HashingReader, Progress
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
+_MD5_HEX = re.compile("[0-9a-f]{32}")
 
 _AUTH_CODES = {
     "AccessDenied",
@@ -110,7 +129,8 @@ class S3ObjectStore(ObjectStore):
             hoist sends its own checksum, so the default ``"when_required"``
             avoids a second hash pass and the ``aws-chunked`` encoding that
             many S3-compatible servers mishandle.
-        verify: ``"auto"``, ``"checksum"`` or ``"read-back"`` (see the module docs).
+        verify: ``"auto"``, ``"checksum"``, ``"md5"`` or ``"read-back"`` (see the
+            module docs).
         connect_timeout, read_timeout: seconds, per request.
         max_attempts: boto3's retries of one request, before hoist's own.
 
@@ -136,7 +156,7 @@ class S3ObjectStore(ObjectStore):
         profile_name: str | None = None,
         transfer_config: S3TransferConfig | dict[str, int] | None = None,
         request_checksum_calculation: Literal["when_required", "when_supported"] = "when_required",
-        verify: Literal["auto", "checksum", "read-back"] = "auto",
+        verify: Literal["auto", "checksum", "md5", "read-back"] = "auto",
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         max_attempts: int = 3,
@@ -145,17 +165,20 @@ class S3ObjectStore(ObjectStore):
             raise ConfigurationError(
                 f"bucket name {bucket!r} is invalid; give the bare bucket name"
             )
-        if verify not in ("auto", "checksum", "read-back"):
-            raise ConfigurationError(f"verify={verify!r}; use 'auto', 'checksum' or 'read-back'")
+        if verify not in ("auto", "checksum", "md5", "read-back"):
+            raise ConfigurationError(
+                f"verify={verify!r}; use 'auto', 'checksum', 'md5' or 'read-back'"
+            )
         self.bucket = bucket
         self.prefix = prefix.lstrip("/")
         self.endpoint_url = endpoint_url
         if isinstance(transfer_config, dict):  # as it arrives in a task message
             transfer_config = S3TransferConfig(**transfer_config)
         self.transfer = transfer_config or S3TransferConfig()
-        self.trusts_reported_checksum = verify == "checksum" or (
-            verify == "auto" and _is_aws(endpoint_url)
-        )
+        if verify == "auto":
+            verify = "checksum" if _is_aws(endpoint_url) else "md5"
+        self.trusts_reported_checksum = verify == "checksum"
+        self.checks_md5 = verify == "md5"
         session = boto3.session.Session(
             aws_access_key_id=aws_access_key_id,
             aws_secret_access_key=aws_secret_access_key,
@@ -193,36 +216,90 @@ class S3ObjectStore(ObjectStore):
     def _put_file(
         self, name: str, path: str, size: int, progress: Progress | None
     ) -> tuple[Checksum, Verification]:
+        try:
+            checksum, proved = self._send_file(name, path, size, progress)
+        except ChecksumMismatchError:
+            self._delete_unverified(name)
+            raise
+        if proved is not None:
+            return checksum, proved
+        try:
+            return checksum, self.verify(name, size, checksum)
+        except HoistError:
+            self._delete_unverified(name)
+            raise
+
+    def _send_file(
+        self, name: str, path: str, size: int, progress: Progress | None
+    ) -> tuple[Checksum, Verification | None]:
+        """Write the object; return its checksum and, when the server's MD5s proved
+        the bytes, STORE_MD5."""
         with open(path, "rb") as raw:
             if size < self.transfer.multipart_threshold:
                 reader = HashingReader(raw, progress)
                 data = reader.read()
                 checksum = reader.hasher.checksum
-                self._client.put_object(
-                    Bucket=self.bucket,
-                    Key=self._key(name),
-                    Body=data,
-                    ChecksumCRC64NVME=checksum.to_base64(),
-                )
-            else:
-                checksum = _MultipartUpload(self, name, size, progress).run(raw)
-        try:
-            return checksum, self.verify(name, size, checksum)
-        except HoistError:
-            # A bad object should not stay under the name. If deleting it fails
-            # too, the verification's error is still the one to report; the
-            # next attempt replaces the object (see replace_own_leftover).
-            with contextlib.suppress(boto_errors.BotoCoreError, boto_errors.ClientError):
-                self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
-            raise
+                return checksum, self._put_object(name, data, checksum)
+            upload = _MultipartUpload(self, name, size, progress)
+            checksum = upload.run(raw)
+        return checksum, self._assembled_proof(name, size, upload.proved_by_md5)
 
-    def _put_bytes(self, name: str, data: bytes) -> None:
-        self._client.put_object(
+    def _delete_unverified(self, name: str) -> None:
+        # A bad object should not stay under the name. If deleting it fails
+        # too, the verification's error is still the one to report; the next
+        # attempt replaces the object (see replace_own_leftover).
+        with contextlib.suppress(boto_errors.BotoCoreError, boto_errors.ClientError):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    def _put_object(self, name: str, data: bytes, checksum: Checksum) -> Verification | None:
+        """One PutObject; returns STORE_MD5 when the server's ETag proved the bytes."""
+        md5_hex, headers = self._content_md5(data)
+        response = self._client.put_object(
             Bucket=self.bucket,
             Key=self._key(name),
             Body=data,
-            ChecksumCRC64NVME=Checksum.of(data).to_base64(),
+            ChecksumCRC64NVME=checksum.to_base64(),
+            **headers,
         )
+        if md5_hex is not None and self._etag_matches(name, response["ETag"], md5_hex):
+            return Verification.STORE_MD5
+        return None
+
+    def _content_md5(self, data: bytes) -> tuple[str | None, dict[str, str]]:
+        """The MD5 to compare with the ETag, and the header that sends it (none
+        unless ``verify="md5"``: MD5 runs at 0.7 GB/s, worth it only in place of a
+        read-back)."""
+        if not self.checks_md5:
+            return None, {}
+        digest = hashlib.md5(data).digest()
+        return digest.hex(), {"ContentMD5": base64.b64encode(digest).decode()}
+
+    def _etag_matches(self, name: str, etag: str, md5_hex: str) -> bool:
+        """Whether ``etag`` is the MD5 we sent; False when it is no MD5 at all.
+
+        Raises:
+            ChecksumMismatchError: the server computed another MD5 than ours,
+                so it received other bytes.
+        """
+        held = etag.strip('"').lower()
+        if not _MD5_HEX.fullmatch(held):
+            return False  # an encrypted object's or a gateway's ETag: read back instead
+        if held != md5_hex:
+            raise ChecksumMismatchError(
+                f"{self.get_uri(name)} received other bytes than were sent: the server's "
+                f"MD5 (ETag) is {held}, expected {md5_hex}"
+            )
+        return True
+
+    def _assembled_proof(self, name: str, size: int, parts_proved: bool) -> Verification | None:
+        """STORE_MD5 when every part's ETag matched and the object has the size sent."""
+        if not parts_proved:
+            return None
+        self._compare(name, "size", size, self._stat(name).size)
+        return Verification.STORE_MD5
+
+    def _put_bytes(self, name: str, data: bytes) -> Verification | None:
+        return self._put_object(name, data, Checksum.of(data))
 
     def _read_chunks(self, name: str) -> Iterator[bytes]:
         response = self._client.get_object(Bucket=self.bucket, Key=self._key(name))
@@ -320,11 +397,14 @@ class _MultipartUpload:
     def __init__(self, store: S3ObjectStore, name: str, size: int, progress: Progress | None):
         self.store = store
         self.client = store._client
+        self.name = name
         self.key = store._key(name)
         self.part_size = max(store.transfer.part_size, math.ceil(size / MAX_PARTS))
         self.progress = progress
         self.in_flight = threading.BoundedSemaphore(store.transfer.max_concurrency)
         self.failed = threading.Event()
+        self.proved_by_md5 = store.checks_md5
+        """Stays True while every part's ETag is the MD5 we computed."""
 
     def run(self, raw: Any) -> Checksum:
         upload_id = self.client.create_multipart_upload(
@@ -371,6 +451,7 @@ class _MultipartUpload:
     def _send(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         try:
             part_checksum = Checksum.from_int(crc64nvme(data)).to_base64()
+            md5_hex, headers = self.store._content_md5(data)
             response = self.client.upload_part(
                 Bucket=self.store.bucket,
                 Key=self.key,
@@ -378,7 +459,12 @@ class _MultipartUpload:
                 PartNumber=number,
                 Body=data,
                 ChecksumCRC64NVME=part_checksum,
+                **headers,
             )
+            if md5_hex is not None and not self.store._etag_matches(
+                self.name, response["ETag"], md5_hex
+            ):
+                self.proved_by_md5 = False
             if self.progress is not None:
                 self.progress(len(data))
             return {"ETag": response["ETag"], "PartNumber": number}

@@ -255,13 +255,14 @@ class SFTPObjectStore(ObjectStore):
             raise
         return sent.checksum, verified_by
 
-    def _put_bytes(self, name: str, data: bytes) -> None:
+    def _put_bytes(self, name: str, data: bytes) -> Verification | None:
         temp = self._write_temporary(name, [data] if data else [])
         try:
             self._publish(temp, name)
         except BaseException as exc:
             self._abandon(temp, exc)
             raise
+        return None  # SFTP servers report no checksum: verify reads back
 
     def _read_chunks(self, name: str) -> Iterator[bytes]:
         try:

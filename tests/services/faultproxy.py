@@ -193,6 +193,8 @@ class FaultProxy:
         script: faults for chosen requests, each used once, before any random
             one: ``(method, text in the target, kind)``; the first request
             that matches gets the fault. For tests of one exact sequence.
+        opaque_etags: answer every PutObject/UploadPart with an ETag that is no
+            MD5, as servers that encrypt objects do.
 
     Example:
         >>> with FaultProxy(moto.endpoint_url, rate=0.2, seed=5, stall_seconds=3) as proxy:
@@ -208,6 +210,7 @@ class FaultProxy:
         stall_seconds: float = 3.0,
         kinds: tuple[str, ...] = FAULT_KINDS,
         script: list[tuple[str, str, str]] | None = None,
+        opaque_etags: bool = False,
     ) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -218,6 +221,7 @@ class FaultProxy:
         # every kind is exercised even in a short run.
         self._unused = set(kinds) if rate > 0 else set()
         self._script = list(script or [])
+        self.opaque_etags = opaque_etags
         self.stats = FaultStats()
         self._random = random.Random(seed)
         self._corrupted_uploads: set[str] = set()  # multipart upload ids with a corrupted part
@@ -315,6 +319,9 @@ class FaultProxy:
                 if kind == "corrupt_read":
                     response.body = self._flip(response.body)
                 headers = response.without("Transfer-Encoding", "Content-Length")
+                if self.opaque_etags and _is_upload(request) and response.header("ETag"):
+                    headers = [(k, v) for k, v in headers if k.lower() != "etag"]
+                    headers.append(("ETag", '"opaque-etag-of-an-encrypted-object"'))
                 status = int(response.start.split()[1])
                 if request.start.split()[0] != "HEAD" and _has_body(status):
                     headers.append(("Content-Length", str(len(response.body))))
