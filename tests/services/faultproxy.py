@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import socket
 import struct
 import threading
@@ -195,6 +196,7 @@ class FaultProxy:
             that matches gets the fault. For tests of one exact sequence.
         opaque_etags: answer every PutObject/UploadPart with an ETag that is no
             MD5, as servers that encrypt objects do.
+        complete_etag: put this ETag in every CompleteMultipartUpload answer.
 
     Example:
         >>> with FaultProxy(moto.endpoint_url, rate=0.2, seed=5, stall_seconds=3) as proxy:
@@ -211,6 +213,7 @@ class FaultProxy:
         kinds: tuple[str, ...] = FAULT_KINDS,
         script: list[tuple[str, str, str]] | None = None,
         opaque_etags: bool = False,
+        complete_etag: str | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -222,6 +225,7 @@ class FaultProxy:
         self._unused = set(kinds) if rate > 0 else set()
         self._script = list(script or [])
         self.opaque_etags = opaque_etags
+        self.complete_etag = complete_etag
         self.stats = FaultStats()
         self._random = random.Random(seed)
         self._corrupted_uploads: set[str] = set()  # multipart upload ids with a corrupted part
@@ -318,6 +322,12 @@ class FaultProxy:
                     return
                 if kind == "corrupt_read":
                     response.body = self._flip(response.body)
+                if self.complete_etag is not None and _is_complete(request):
+                    response.body = re.sub(
+                        rb"<ETag>.*?</ETag>",
+                        f"<ETag>{self.complete_etag}</ETag>".encode(),
+                        response.body,
+                    )
                 headers = response.without("Transfer-Encoding", "Content-Length")
                 if self.opaque_etags and _is_upload(request) and response.header("ETag"):
                     headers = [(k, v) for k, v in headers if k.lower() != "etag"]
@@ -458,6 +468,11 @@ def _is_upload(request: _Message) -> bool:
         return False
     query = parse_qs(urlsplit(target).query, keep_blank_values=True)
     return "partNumber" in query or not query
+
+
+def _is_complete(request: _Message) -> bool:
+    method, target = request.start.split()[:2]
+    return method == "POST" and "uploadId" in parse_qs(urlsplit(target).query)
 
 
 def _is_object_read(request: _Message) -> bool:
