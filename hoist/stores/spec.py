@@ -119,23 +119,32 @@ class StoreSpec:
         token = _fernet(fleet_key).encrypt(json.dumps(secrets).encode()).decode("ascii")
         return cls(kind, public, token)
 
+    def unseal(self, fleet_key: str | None) -> dict[str, Any]:
+        """The sealed credentials, opened with ``fleet_key`` (empty when none were sealed)."""
+        if self.sealed is None:
+            return {}
+        if not fleet_key:
+            raise ConfigurationError(
+                f"this upload's store credentials are sealed, but the worker has no "
+                f"{FLEET_KEY_ENV}; start workers with the same key as the ranks"
+            )
+        try:
+            return dict(json.loads(_fernet(fleet_key).decrypt(self.sealed.encode("ascii"))))
+        except InvalidToken:
+            raise ConfigurationError(
+                f"the worker's {FLEET_KEY_ENV} does not open this upload's sealed "
+                "credentials; ranks and workers must share one key"
+            ) from None
+
+    def client_identity(self, fleet_key: str | None) -> str:
+        """What makes two specs share one client: the store and the credentials inside the
+        seal (each logger seals with a fresh nonce, so the sealed text differs)."""
+        secrets = json.dumps(self.unseal(fleet_key), sort_keys=True, default=str)
+        return f"{self.store_id}:{hashlib.sha256(secrets.encode()).hexdigest()[:32]}"
+
     def build(self, fleet_key: str | None) -> ObjectStore:
         """Construct the store, unsealing credentials with ``fleet_key``."""
-        kwargs = dict(self.kwargs)
-        if self.sealed is not None:
-            if not fleet_key:
-                raise ConfigurationError(
-                    f"this upload's store credentials are sealed, but the worker has no "
-                    f"{FLEET_KEY_ENV}; start workers with the same key as the ranks"
-                )
-            try:
-                secrets = json.loads(_fernet(fleet_key).decrypt(self.sealed.encode("ascii")))
-            except InvalidToken:
-                raise ConfigurationError(
-                    f"the worker's {FLEET_KEY_ENV} does not open this upload's sealed "
-                    "credentials; ranks and workers must share one key"
-                ) from None
-            kwargs = _merge(kwargs, secrets)
+        kwargs = _merge(dict(self.kwargs), self.unseal(fleet_key))
         return store_class(self.kind)(**kwargs)
 
     def to_json(self) -> dict[str, Any]:

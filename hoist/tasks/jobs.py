@@ -122,6 +122,7 @@ class Job:
         self.token = f"{task_id}:{uuid.uuid4().hex[:12]}"
         self.leases = Leases(ctx.records.client, self.token, ctx.settings.lease_ms)
         self.attempt: int | None = None
+        self.earlier_write = False
 
     def run(self) -> dict[str, Any]:
         refusal = self.refuse()
@@ -150,13 +151,14 @@ class Job:
     def work(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def begin_attempt(self) -> int:
+    def begin_attempt(self, **fields: str | float) -> int:
         """Count one try at the store in the record (being held back is not one).
 
         Every try is counted, not only failed ones, so a record says how often
         the store was tried: 1 for a first-time success or a permanent error.
+        Sets :attr:`earlier_write`: whether an earlier attempt began writing.
         """
-        self.attempt = self.ctx.records.count_attempt(self.message.id)
+        self.attempt, self.earlier_write = self.ctx.records.count_attempt(self.message.id, **fields)
         return self.attempt
 
     def write_pointer(
@@ -273,17 +275,9 @@ class UploadJob(Job):
             return self.settle(State.FAILED, error=rewritten)
         if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
             return self.hold_back("a concurrency limit or an upload of the same name")
-        attempt = self.begin_attempt()
-        # S3 has no write-then-rename: an attempt that wrote and then failed
-        # (a bad copy it could not delete, a lost answer) leaves its object under
-        # the name. With overwrite=False the next attempt would take that for
-        # someone else's object and fail for good, so it may replace it.
-        own_leftover = self.ctx.records.write_started(message.id)
+        attempt = self.begin_attempt(upload_started_at=_now())
         store = self.ctx.store(self.spec)
         with Heartbeat(self) as heartbeat:
-            self.ctx.records.client.hset(
-                f"hoist:artifact:{message.id}", "upload_started_at", _now()
-            )
             progress = TransferProgress(
                 os.path.getsize(self.path),
                 self._report_progress,
@@ -304,7 +298,11 @@ class UploadJob(Job):
                 self.path,
                 overwrite=message.overwrite,
                 progress=on_bytes,
-                replace_own_leftover=own_leftover,
+                # S3 has no write-then-rename: an attempt that wrote and then failed
+                # (a bad copy it could not delete, a lost answer) leaves its object
+                # under the name. With overwrite=False the next attempt would take
+                # that for someone else's object and fail for good, so it may replace it.
+                replace_own_leftover=self.earlier_write,
             )
         if (rewritten := self._rewritten()) is not None:
             # The bytes sent may mix two versions: take the object back.

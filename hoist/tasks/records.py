@@ -405,16 +405,24 @@ class Records:
             args=[token, artifact, due, keep, *values],
         )
 
-    def count_attempt(self, artifact: str) -> int:
-        return int(self.client.hincrby(_record(artifact), "attempts", 1))
+    def count_attempt(self, artifact: str, **fields: str | float) -> tuple[int, bool]:
+        """Count one try at the store and record ``fields`` with it, in one round trip.
+
+        Returns the attempt's number, and whether an earlier attempt began
+        writing (see :meth:`mark_write_started`): an object it left may be unverified.
+        """
+        record = _record(artifact)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(record, "attempts", 1)
+        pipe.hexists(record, "write_started")
+        if fields:
+            pipe.hset(record, items=[part for pair in fields.items() for part in pair])
+        attempts, started, *_ = pipe.execute()
+        return int(attempts), bool(started)
 
     def mark_write_started(self, artifact: str, attempt: int) -> None:
         """Note that an attempt began sending the artifact's bytes to the store."""
         self.client.hsetnx(_record(artifact), "write_started", attempt)
-
-    def write_started(self, artifact: str) -> bool:
-        """Whether an earlier attempt began writing: an object it left may be unverified."""
-        return bool(self.client.hexists(_record(artifact), "write_started"))
 
     def raise_marker(self, key: str, order: str) -> bool:
         """Set ``key`` to ``order`` unless it already holds a later one."""

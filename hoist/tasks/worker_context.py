@@ -10,6 +10,8 @@ from hoist.stores.spec import StoreSpec, fleet_key_from_environment
 from hoist.tasks.records import Records
 from hoist.tasks.settings import Settings
 
+_MAX_IDENTITIES = 4096
+
 
 class WorkerContext:
     """Per-process state of a worker.
@@ -23,15 +25,23 @@ class WorkerContext:
         self.records = Records.from_url(settings.state_url, lease_ms=settings.lease_ms)
         self.fleet_key = fleet_key_from_environment()
         self._stores: dict[str, ObjectStore] = {}
+        self._identities: dict[tuple[str, str | None], str] = {}
         self._lock = threading.Lock()
 
     def store(self, spec: StoreSpec) -> ObjectStore:
-        """The store for ``spec``, built once per process and reused by every task."""
-        key = f"{spec.store_id}:{spec.sealed or ''}"
+        """The store for ``spec``, built once per process and credentials, reused by
+        every task: building an S3 client costs tens of milliseconds, more than
+        uploading a small file."""
         with self._lock:
-            if key not in self._stores:
-                self._stores[key] = spec.build(self.fleet_key)
-            return self._stores[key]
+            identity = self._identities.get((spec.store_id, spec.sealed))
+            if identity is None:
+                if len(self._identities) >= _MAX_IDENTITIES:  # one per logger ever seen
+                    self._identities.clear()
+                identity = spec.client_identity(self.fleet_key)
+                self._identities[(spec.store_id, spec.sealed)] = identity
+            if identity not in self._stores:
+                self._stores[identity] = spec.build(self.fleet_key)
+            return self._stores[identity]
 
 
 _context: WorkerContext | None = None
