@@ -179,6 +179,9 @@ class ObjectStore(ABC):
     True only where the server computes or validates it; otherwise
     verification reads the object back."""
 
+    thread_safe: ClassVar[bool] = True
+    """Whether threads may share one instance (a ``--pool threads`` worker does)."""
+
     max_segment_bytes: int | None = None
     """Longest ``/``-separated segment of an object name, in UTF-8 bytes; None for no
     limit. Stores that keep objects as files set :data:`FILE_SEGMENT_MAX_BYTES`."""

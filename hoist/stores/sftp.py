@@ -114,6 +114,7 @@ class SFTPObjectStore(ObjectStore):
 
     scheme = "sftp"
     max_segment_bytes = FILE_SEGMENT_MAX_BYTES
+    thread_safe = False
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ import os
 import threading
 
 from hoist.stores.base import ObjectStore
-from hoist.stores.spec import StoreSpec, fleet_key_from_environment
+from hoist.stores.spec import StoreSpec, fleet_key_from_environment, store_class
 from hoist.tasks.records import Records
 from hoist.tasks.settings import Settings
 
@@ -39,9 +39,12 @@ class WorkerContext:
                     self._identities.clear()
                 identity = spec.client_identity(self.fleet_key)
                 self._identities[(spec.store_id, spec.sealed)] = identity
-            if identity not in self._stores:
-                self._stores[identity] = spec.build(self.fleet_key)
-            return self._stores[identity]
+            key = identity
+            if not store_class(spec.kind).thread_safe:  # one per thread of a threads pool
+                key = f"{identity}:{threading.get_ident()}"
+            if key not in self._stores:
+                self._stores[key] = spec.build(self.fleet_key)
+            return self._stores[key]
 
 
 _context: WorkerContext | None = None
