@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -166,6 +167,7 @@ class Lab:
         os.makedirs(self.staging_root, exist_ok=True)
         self.fleet_key = new_fleet_key()
         self._s3: RcloneServer | None = None
+        self._s3_tmpfs: RcloneServer | None = None
         self._sshd: SshServer | None = None
         self._fleets = 0
 
@@ -180,6 +182,23 @@ class Lab:
             self.stack.callback(server.stop)
             self._s3 = server
         return self._s3
+
+    def s3_tmpfs(self) -> RcloneServer:
+        """A second ``rclone serve s3`` keeping its objects on tmpfs (``/dev/shm``).
+
+        For the training loop: in production the store is another machine, so
+        its disk writes must not land in the training node's page cache and
+        writeback as they would with a store on the local disk.
+        """
+        if self._s3_tmpfs is None:
+            workdir = Path(tempfile.mkdtemp(prefix="hoist-bench-s3-", dir="/dev/shm"))
+            self.stack.callback(shutil.rmtree, workdir, True)
+            server = RcloneServer(workdir)
+            server.bucket = BENCH_BUCKET
+            server.start()
+            self.stack.callback(server.stop)
+            self._s3_tmpfs = server
+        return self._s3_tmpfs
 
     def sshd(self) -> SshServer:
         """A private ``sshd`` serving SFTP; objects go under its ``root``."""
@@ -215,8 +234,8 @@ class Lab:
 
     def store_arguments(self, store: str, verify: str = "auto") -> dict[str, Any]:
         """The ``ObjectStoreLogger`` arguments that upload to ``store`` (``s3`` or ``sftp``)."""
-        if store == "s3":
-            s3 = self.s3()
+        if store in ("s3", "s3-tmpfs"):
+            s3 = self.s3() if store == "s3" else self.s3_tmpfs()
             kwargs: dict[str, Any] = {
                 "bucket": s3.bucket,
                 "endpoint_url": s3.endpoint_url,
@@ -236,7 +255,7 @@ class Lab:
                 "cwd": str(sshd.root),
             }
             return {"object_store_cls": SFTPObjectStore, "object_store_kwargs": kwargs}
-        raise ValueError(f"unknown store {store!r}; use 's3' or 'sftp'")
+        raise ValueError(f"unknown store {store!r}; use 's3', 's3-tmpfs' or 'sftp'")
 
     def logger(self, store: str, run_name: str, **options: Any) -> ObjectStoreLogger:
         """A rank's logger uploading to ``store`` through this lab's Redis and staging root."""
@@ -261,9 +280,9 @@ class Lab:
             "AWS_REGION": "us-east-1",
         }
 
-    def s3_client(self) -> Any:
+    def s3_client(self, server: RcloneServer | None = None) -> Any:
         """A boto3 client as a user would make one (default transfer and checksum settings)."""
-        s3 = self.s3()
+        s3 = server or self.s3()
         return boto3.client(
             "s3",
             endpoint_url=s3.endpoint_url,
@@ -273,15 +292,16 @@ class Lab:
             config=Config(s3={"addressing_style": "path"}),
         )
 
-    def clear_bucket(self) -> None:
+    def clear_bucket(self, server: RcloneServer | None = None) -> None:
         """Delete every object of the bucket (untimed, between samples), so disk use stays flat."""
-        client = self.s3_client()
+        server = server or self.s3()
+        client = self.s3_client(server)
         paginator = client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.s3().bucket):
+        for page in paginator.paginate(Bucket=server.bucket):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             for start in range(0, len(keys), 1000):
                 client.delete_objects(
-                    Bucket=self.s3().bucket, Delete={"Objects": keys[start : start + 1000]}
+                    Bucket=server.bucket, Delete={"Objects": keys[start : start + 1000]}
                 )
 
     def rank_spec(self, store: str, run_name: str, rank: int, world_size: int) -> dict[str, Any]:
