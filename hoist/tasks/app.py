@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery, signals
 
 from hoist.errors import ConfigurationError, InvalidMessageError
+from hoist.tasks.broker import transport_for
 from hoist.tasks.messages import (
     COMMIT_TASK,
     SYMLINK_QUEUE,
@@ -150,6 +151,7 @@ def make_app(broker_url: str) -> Celery:
         # Ranks never read task results; with a result backend set, every send
         # would also SUBSCRIBE to the task's result channel (measured: +0.7 ms).
         sender.conf.result_backend = None
+        sender.conf.broker_transport = transport_for(broker_url)
         _apps[broker_url] = sender
     return _apps[broker_url]
 

@@ -263,7 +263,6 @@ class Records:
         self._take_due = client.register_script(_TAKE_DUE)
         self._reset = client.register_script(_RESET)
         self._register = client.register_script(_REGISTER)
-        self._create_once = client.register_script(_CREATE_ONCE)
         self._fail_queued = client.register_script(_FAIL_QUEUED)
         self._recheck = client.register_script(_RECHECK)
 
@@ -288,9 +287,10 @@ class Records:
         pipe.hset(_record(message.id), mapping=_new_record(message, task, now))
         _index(pipe, message, now)
         # "<order>|<id>": sorts by order, and names the artifact holding it.
-        latest = [latest_key(store_id, message.object_name)]
-        args: list[EncodableT] = [f"{message.order}|{message.id}", retention_seconds()]
-        self._raise(keys=latest, args=args, client=pipe)
+        # EVAL, not the registered script: redis-py sends SCRIPT EXISTS before
+        # every pipeline holding a script, one round trip more on the training thread.
+        latest = latest_key(store_id, message.object_name)
+        pipe.eval(_RAISE, 1, latest, f"{message.order}|{message.id}", retention_seconds())
         pipe.execute()
 
     def register_shards(
@@ -329,7 +329,7 @@ class Records:
         record = _new_record(message, task, now)
         args: list[EncodableT] = [x for pair in record.items() for x in pair]
         pipe = self.client.pipeline()
-        self._create_once(keys=[_record(message.id)], args=args, client=pipe)
+        pipe.eval(_CREATE_ONCE, 1, _record(message.id), *args)  # see create()
         _index(pipe, message, now)
         return bool(pipe.execute()[0])
 
