@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="sizes / 16, to check the suite itself"
     )
+    parser.add_argument(
+        "--pool",
+        choices=["prefork", "threads"],
+        default="prefork",
+        help="the workers' Celery pool (hoist worker --pool); results get a -threads suffix",
+    )
     parser.add_argument("--output", default=RESULTS_DIR, help="where the JSON and PNG go")
     args = parser.parse_args(argv)
     chosen = BENCHMARKS if not args.only else [b.strip() for b in args.only.split(",")]
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     timings: dict[str, float] = {}
     with bench_dir() as root, ExitStack() as stack:
-        lab = Lab(root, stack)
+        lab = Lab(root, stack, pool=args.pool)
         fstype = filesystem_of(root)
         print(
             f"hoist benchmarks: {', '.join(chosen)}; files on {fstype}; {os.cpu_count()} CPUs",
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + target.line())
     date = dt.date.today().isoformat()
     os.makedirs(args.output, exist_ok=True)
-    suffix = "" if not args.quick else "-quick"
+    suffix = ("" if not args.quick else "-quick") + ("" if args.pool == "prefork" else "-threads")
     json_path = os.path.join(args.output, f"{date}{suffix}.json")
     png_path = os.path.join(args.output, f"{date}{suffix}.png")
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])

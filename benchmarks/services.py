@@ -151,6 +151,7 @@ class Lab:
     Parameters:
         root: the run's directory (on the filesystem a staging root would use).
         stack: stops everything started here when it closes.
+        pool: the workers' Celery pool, ``"prefork"`` (hoist's default) or ``"threads"``.
 
     Example:
         >>> with ExitStack() as stack:  # doctest: +SKIP
@@ -159,8 +160,9 @@ class Lab:
         ...         logger.file_artifact(LogLevel.BATCH, "ep1.pt", "/ckpt/ep1.pt")
     """
 
-    def __init__(self, root: str, stack: ExitStack) -> None:
+    def __init__(self, root: str, stack: ExitStack, pool: str = "prefork") -> None:
         self.root = root
+        self.pool = pool
         self.stack = stack
         self.redis_url = stack.enter_context(private_redis(os.path.join(root, "redis")))
         self.staging_root = os.path.join(root, "staging")
@@ -214,7 +216,8 @@ class Lab:
 
     @contextmanager
     def fleet(self, count: int, concurrency: int = 2) -> Iterator[WorkerFleet]:
-        """``count`` real ``hoist worker`` processes (prefork, ``concurrency`` each)."""
+        """``count`` real ``hoist worker`` processes (``concurrency`` pool processes or
+        threads each)."""
         self._fleets += 1
         fleet = WorkerFleet(
             Path(self.root) / f"workers-{self._fleets}",
@@ -223,6 +226,7 @@ class Lab:
             count=count,
             concurrency=concurrency,
             env={**WORKER_ENVIRONMENT, "HOIST_FLEET_KEY": self.fleet_key},
+            args=["--pool", self.pool],
         )
         fleet.start()
         try:

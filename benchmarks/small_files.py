@@ -73,7 +73,8 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
             "s5cmd cp",
             higher_is_better=True,
             samples=rates,
-            note=f"verified by read-back; {cfg.repeats_note(cfg.large_repeats)}",
+            note=f"workers: 2 x {lab.pool} 2; verified by the server's MD5 (ETags); "
+            + cfg.repeats_note(cfg.large_repeats),
         )
     )
     report.add(

@@ -150,33 +150,6 @@ def test_four_ranks_land_verified_with_symlinks(
     four_ranks_land_verified(backend, fleet, tmp_path, "e2e")
 
 
-@pytest.fixture(scope="module")
-def threads_fleet(
-    redis_server: RedisServer, staging_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerFleet]:
-    """One worker with Celery's threads pool: its tasks share one process and its stores."""
-    from tests.conftest import _serve
-
-    workers = WorkerFleet(
-        tmp_path_factory.mktemp("threads-workers"),
-        redis_server.url,
-        staging_root,
-        count=1,
-        concurrency=4,
-        env={"HOIST_FLEET_KEY": FLEET_KEY},
-        args=["--pool", "threads"],
-    )
-    yield from _serve(workers)
-
-
-def test_a_threads_pool_worker_uploads_to_every_store(
-    backend: Backend, threads_fleet: WorkerFleet, tmp_path: Path
-) -> None:
-    """Four uploads at once in one process: an SFTP store, which threads may not share,
-    is built once per thread; S3 and Libcloud stores are shared."""
-    four_ranks_land_verified(backend, threads_fleet, tmp_path, "threads")
-
-
 def four_ranks_land_verified(
     backend: Backend, fleet: WorkerFleet, tmp_path: Path, prefix: str
 ) -> None:

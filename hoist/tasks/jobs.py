@@ -198,7 +198,11 @@ class Job:
     # ----- outcomes ---------------------------------------------------------
 
     def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
-        self.ctx.records.settle(self.message.id, self.token, state, retry_in=retry_in, **fields)
+        # The leases go in the same round trip; the job ends here.
+        held = self.leases.forget_all()
+        self.ctx.records.settle(
+            self.message.id, self.token, state, retry_in=retry_in, release=held, **fields
+        )
         if state is State.FAILED:
             log.error("%s (%s) failed: %s", self.message.id, self.message.object_name, fields)
         return {"id": self.message.id, "outcome": state.value, **fields}

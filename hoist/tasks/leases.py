@@ -123,6 +123,13 @@ class Leases:
         args: list[str | int] = [self.token, expiry, 2 * self.lease_ms]
         return all(self._renew(keys=[limit.key], args=args) for limit in self.held)
 
+    def forget_all(self) -> list[str]:
+        """Stop tracking every held lease and return their keys, for a caller that
+        releases them itself (a job's settle does, in the same round trip)."""
+        keys = [limit.key for limit in self.held]
+        self.held = []
+        return keys
+
     def release_all(self) -> None:
         if self.held:
             pipe = self.client.pipeline()

@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, cast
@@ -137,11 +138,12 @@ redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4])
 return 1
 """
 
-# Record an outcome and let go. KEYS: record, owner, deferred.
-# ARGV: token, id, due (ms, or '' to leave deferred), retention (s, or '' to
-# keep), then field/value pairs
+# Record an outcome and let go. KEYS: record, owner, deferred, then leases to
+# release. ARGV: token, id, due (ms, or '' to leave deferred), retention (s, or
+# '' to keep), then field/value pairs
 _SETTLE = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 if ARGV[3] == '' then
   redis.call('ZREM', KEYS[3], ARGV[2])
 else
@@ -390,9 +392,11 @@ class Records:
         state: State,
         *,
         retry_in: float | None = None,
+        release: Sequence[str] = (),
         **fields: Any,
     ) -> None:
-        """Record ``state`` and ``fields``, release the claim; send again after ``retry_in`` s."""
+        """Record ``state`` and ``fields``, release the claim and the leases held
+        under ``release`` (keys); send again after ``retry_in`` s."""
         due = "" if retry_in is None else str(int((time.time() + retry_in) * 1000))
         keep = str(retention_seconds()) if state.terminal else ""
         values: list[Any] = ["state", state.value]
@@ -401,7 +405,7 @@ class Records:
         for name, value in fields.items():
             values += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
         self._settle(
-            keys=[_record(artifact), _owner(artifact), DEFERRED],
+            keys=[_record(artifact), _owner(artifact), DEFERRED, *release],
             args=[token, artifact, due, keep, *values],
         )
 
