@@ -66,7 +66,10 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     n = cfg.large_repeats
     with lab.fleet(2, concurrency=2):
         _s3(lab, report, cfg, cases, n)
-        _sftp(lab, report, cfg, cases, n)
+        # SFTP: the 1 GiB case only. paramiko moves about a quarter of OpenSSH's
+        # rate, so 8 x 256 MiB would add over two minutes to a 10-minute budget
+        # and say nothing the 1 GiB case does not.
+        _sftp(lab, report, cfg, cases[:1], n)
     shutil.rmtree(root)
 
 

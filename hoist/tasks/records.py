@@ -191,13 +191,28 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return redis.call('HLEN', KEYS[1]) - 1
 """
 
-# Create a record unless one is already pending or done. KEYS: record.
-# ARGV: field/value pairs. Returns 1 if created.
-_CREATE_ONCE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'failed' then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV))
+# Create a record and index it, in one call: the rank's file_artifact waits
+# for it. KEYS: record, run index, run list, deferred, then optionally the
+# name's latest marker. ARGV: id, run, now (s), now (ms), retention (s),
+# once ('1': only if no record is pending or done), marker value, then
+# field/value pairs. Returns 1 if created.
+_CREATE = """
+if ARGV[6] == '1' then
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if state and state ~= 'failed' then return 0 end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[5]))
+-- The watchdog of an artifact not yet claimed (see the module's docstring).
+redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[1])
+if KEYS[5] then
+  local current = redis.call('GET', KEYS[5])
+  if not current or current < ARGV[7] then redis.call('SET', KEYS[5], ARGV[7], 'EX', ARGV[5]) end
+end
 return 1
 """
 
@@ -267,6 +282,7 @@ class Records:
         self._register = client.register_script(_REGISTER)
         self._fail_queued = client.register_script(_FAIL_QUEUED)
         self._recheck = client.register_script(_RECHECK)
+        self._create = client.register_script(_CREATE)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Records:
@@ -284,16 +300,9 @@ class Records:
 
     def create(self, message: Message, task: str, store_id: str) -> None:
         """Record a newly staged artifact and mark it the newest version of its name."""
-        now = time.time()
-        pipe = self.client.pipeline()
-        pipe.hset(_record(message.id), mapping=_new_record(message, task, now))
-        _index(pipe, message, now)
         # "<order>|<id>": sorts by order, and names the artifact holding it.
-        # EVAL, not the registered script: redis-py sends SCRIPT EXISTS before
-        # every pipeline holding a script, one round trip more on the training thread.
-        latest = latest_key(store_id, message.object_name)
-        pipe.eval(_RAISE, 1, latest, f"{message.order}|{message.id}", retention_seconds())
-        pipe.execute()
+        marker = f"{message.order}|{message.id}"
+        self._create_record(message, task, latest_key(store_id, message.object_name), marker)
 
     def register_shards(
         self, run_name: str, checkpoint: str, rank: int, world_size: int, artifacts: list[str]
@@ -327,13 +336,25 @@ class Records:
 
         Several ranks may ask for the same commit; only one sends it.
         """
+        return self._create_record(message, task, once=True)
+
+    def _create_record(
+        self,
+        message: Message,
+        task: str,
+        latest: str | None = None,
+        marker: str = "",
+        *,
+        once: bool = False,
+    ) -> bool:
         now = time.time()
-        record = _new_record(message, task, now)
-        args: list[EncodableT] = [x for pair in record.items() for x in pair]
-        pipe = self.client.pipeline()
-        pipe.eval(_CREATE_ONCE, 1, _record(message.id), *args)  # see create()
-        _index(pipe, message, now)
-        return bool(pipe.execute()[0])
+        keys = [_record(message.id), f"{PREFIX}run:{message.run_name}", f"{PREFIX}runs", DEFERRED]
+        fields = [x for pair in _new_record(message, task, now).items() for x in pair]
+        args: list[EncodableT] = [
+            message.id, message.run_name, now, int(now * 1000), retention_seconds(),
+            "1" if once else "", marker, *fields,
+        ]  # fmt: skip
+        return bool(self._create(keys=keys + ([latest] if latest else []), args=args))
 
     def reserve_seqs(self, run_name: str, rank: int, count: int = 1) -> range:
         """Reserve the rank's next ``count`` sequence numbers; unique across restarts of a run.
@@ -509,19 +530,6 @@ def _new_record(message: Message, task: str, now: float) -> dict[EncodableT, Enc
         "attempts": 0,
         "deliveries": 0,
     }
-
-
-def _index(pipe: Any, message: Message, now: float) -> None:
-    """Queue on ``pipe`` what every new record needs besides itself: its run's index
-    and the run list (both kept for the retention), and its watchdog entry."""
-    keep = retention_seconds()
-    run_index = f"{PREFIX}run:{message.run_name}"
-    pipe.zadd(run_index, {message.id: now})
-    pipe.expire(run_index, keep)
-    pipe.zadd(f"{PREFIX}runs", {message.run_name: now})
-    pipe.zremrangebyscore(f"{PREFIX}runs", "-inf", now - keep)
-    # The watchdog of an artifact not yet claimed (see the module's docstring).
-    pipe.zadd(DEFERRED, {message.id: int(now * 1000)}, nx=True)
 
 
 def _checkpoint(run_name: str, checkpoint: str) -> str:
