@@ -55,32 +55,20 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     )
     os.unlink(path)
     rates = {k: [size / MIB / s for s in v] for k, v in samples.items()}
-    report.add(
-        Figure(
-            NAME,
-            f"CRC64NVME over {label(size)} (read + hash)",
-            "MiB/s",
-            median(rates["crc64nvme"]),
-            median(rates["read"]),
-            "read alone (floor)",
-            higher_is_better=True,
-            samples={k: rates[k] for k in ("crc64nvme", "read")},
-            note=cfg.repeats_note(cfg.repeats),
+    for key, name in (("crc64nvme", "CRC64NVME"), ("md5", "MD5")):
+        report.add(
+            Figure(
+                NAME,
+                f"{name} over {label(size)} (read + hash)",
+                "MiB/s",
+                median(rates[key]),
+                median(rates["read"]),
+                "read alone (floor)",
+                higher_is_better=True,
+                samples={k: rates[k] for k in (key, "read")},
+                note=cfg.repeats_note(cfg.repeats),
+            )
         )
-    )
-    report.add(
-        Figure(
-            NAME,
-            f"MD5 over {label(size)} (read + hash)",
-            "MiB/s",
-            median(rates["md5"]),
-            median(rates["read"]),
-            "read alone (floor)",
-            higher_is_better=True,
-            samples={k: rates[k] for k in ("md5", "read")},
-            note=cfg.repeats_note(cfg.repeats),
-        )
-    )
     floor = median(samples["read"])
     crc_seconds = max(median(samples["crc64nvme"]) - floor, 0.0)
     md5_seconds = max(median(samples["md5"]) - floor, 0.0)
