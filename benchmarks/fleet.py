@@ -72,7 +72,7 @@ def _top_frames(raw: str, count: int = 6) -> list[tuple[str, float]]:
 
 
 def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
-    total = cfg.count(600)
+    total = cfg.count(400)
     root = os.path.join(lab.root, "fleet")
     files = write_small_files(root, total, 1)
     rclone = lab.s3().process.proc
