@@ -346,19 +346,20 @@ def _one_size(
             )
         )
     default = "file_artifact[copy]"
-    if "boto3 sync" in medians:
-        report.add(
-            Figure(
-                NAME,
-                f"stall {label(size)} copy",
-                "s",
-                medians[default],
-                medians["boto3 sync"],
-                "boto3 upload_file (sync)",
-                samples={default: samples[default], "boto3 sync": samples["boto3 sync"]},
-                note=note,
+    for peer, peer_name in (("boto3 sync", "boto3 upload_file (sync)"), ("cp", "cp")):
+        if peer in medians:
+            report.add(
+                Figure(
+                    NAME,
+                    f"stall {label(size)} copy",
+                    "s",
+                    medians[default],
+                    medians[peer],
+                    peer_name,
+                    samples={default: samples[default], peer: samples[peer]},
+                    note=note,
+                )
             )
-        )
     if size == KIB:
         report.target(
             Target(
@@ -384,18 +385,6 @@ def _one_size(
                 medians["copy2+put"] / medians["file_artifact[move]"],
                 100,
                 True,
-            )
-        )
-        report.add(
-            Figure(
-                NAME,
-                f"stall {label(size)} copy",
-                "s",
-                medians[default],
-                medians["cp"],
-                "cp",
-                samples={default: samples[default], "cp": samples["cp"]},
-                note=note,
             )
         )
         report.target(
