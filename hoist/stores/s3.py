@@ -292,7 +292,8 @@ class S3ObjectStore(ObjectStore):
         if held != md5_hex:
             raise ChecksumMismatchError(
                 f"{self.get_uri(name)} received other bytes than were sent: the server's "
-                f"MD5 (ETag) is {held}, expected {md5_hex}"
+                f"MD5 (ETag) is {held}, expected {md5_hex}; if this keeps failing, the server "
+                "may answer ETags that are no MD5 (encrypted objects): use verify='read-back'"
             )
         return True
 
