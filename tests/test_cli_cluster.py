@@ -339,6 +339,13 @@ def test_flower_shows_a_running_demo_in_chromium(cluster: Cluster) -> None:
                     table = page.locator("#tasks-table tbody")
                     with contextlib.suppress(PlaywrightError):
                         table.get_by_text("hoist.upload").first.wait_for(timeout=5_000)
+                        # Flower shows the newest 15 tasks first; once the demo has
+                        # logged more, its step-2 uploads are on page 2. A person
+                        # would show more rows; the choice is saved for each reload.
+                        length = page.locator("#tasks-table_length select")
+                        if length.input_value(timeout=2_000) != "100":
+                            length.select_option("100", timeout=2_000)
+                            page.wait_for_timeout(1_000)
                     text = table.inner_text()
                     return text if all(w in text for w in wanted) else None
 
