@@ -66,6 +66,23 @@ def serve_fleet(
     yield from _serve(WorkerFleet(workdir, broker_url, staging, **options))
 
 
+def single_rank_local_store(fleet: WorkerFleet, store: Path) -> dict[str, Any]:
+    """Logger arguments for rank 0 of 1 uploading through ``fleet`` to a Libcloud
+    ``local`` store at ``store`` (for the integrations' loggers)."""
+    return {
+        "provider": "local",
+        "container": "artifacts",
+        "provider_kwargs": {"key": str(store)},
+        "broker_url": fleet.broker_url,
+        "upload_staging_folder": str(fleet.staging_root),
+        "rank": 0,
+        "local_rank": 0,
+        "world_size": 1,
+        "local_world_size": 1,
+        "node_rank": 0,
+    }
+
+
 @pytest.fixture(scope="session")
 def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("services")

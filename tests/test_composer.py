@@ -23,7 +23,7 @@ import pytest
 
 from hoist.errors import UploadFailedError
 from hoist.integrations.composer import HoistDestination
-from tests.conftest import serve_fleet
+from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
 
@@ -50,18 +50,7 @@ def fleet(
 
 
 def destination_for(fleet: WorkerFleet, store: Path, state: State) -> HoistDestination:
-    destination = HoistDestination(
-        provider="local",
-        container="artifacts",
-        provider_kwargs={"key": str(store)},
-        broker_url=fleet.broker_url,
-        upload_staging_folder=str(fleet.staging_root),
-        rank=0,
-        local_rank=0,
-        world_size=1,
-        local_world_size=1,
-        node_rank=0,
-    )
+    destination = HoistDestination(**single_rank_local_store(fleet, store))
     destination.run_event(Event("init"), state, None)
     return destination
 

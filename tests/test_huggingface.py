@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hoist.checkpoints import Manifest
-from tests.conftest import serve_fleet
+from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
 
@@ -66,18 +66,7 @@ def test_every_saved_checkpoint_lands_and_latest_names_the_last(
         logging_steps=100,
         dataloader_num_workers=0,
     )
-    callback = HoistCallback(
-        provider="local",
-        container="artifacts",
-        provider_kwargs={"key": str(store)},
-        broker_url=fleet.broker_url,
-        upload_staging_folder=str(fleet.staging_root),
-        rank=0,
-        local_rank=0,
-        world_size=1,
-        local_world_size=1,
-        node_rank=0,
-    )
+    callback = HoistCallback(**single_rank_local_store(fleet, store))
     trainer = transformers.Trainer(
         model=Tiny(), args=args, train_dataset=data, callbacks=[callback]
     )
