@@ -53,7 +53,8 @@ class Verification(str, Enum):
     """The store reported a whole-object checksum equal to ours."""
     STORE_MD5 = "store-md5"
     """The store computed the MD5 of every request's bytes (its ETag) and each
-    equalled ours; for a multipart upload the assembled size was checked too."""
+    equalled ours; a multipart object was also shown to be exactly those parts
+    (its composite ETag, or where the server answers none, its size)."""
     READ_BACK = "read-back"
     """hoist read the object back and hashed it."""
 
