@@ -40,7 +40,15 @@ from hoist.logger.staging import (
 from hoist.stores.base import validate_object_name
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.app import make_app
-from hoist.tasks.messages import UPLOAD_QUEUE, UPLOAD_TASK, UploadRequest, order_key, send
+from hoist.tasks.messages import (
+    MAX_BATCH,
+    UPLOAD_BATCH_TASK,
+    UPLOAD_QUEUE,
+    UPLOAD_TASK,
+    UploadRequest,
+    order_key,
+    send,
+)
 from hoist.tasks.records import Records, State
 from tests.services.bad_input import Tally, names, run_names, templates
 from tests.services.redis import RedisServer
@@ -496,6 +504,64 @@ def test_unknown_fields_are_ignored_not_stored(
     assert status.state is State.DONE, status.error
     assert (store_dir / "artifacts" / "hostile" / "extra.pt").read_bytes() == b"extra"
     assert "/etc/shadow" not in status.fields["message"]
+
+
+def test_a_malformed_batch_member_is_refused_and_the_others_land(
+    hostile_fleet: WorkerFleet, redis_server: RedisServer, store_dir: Path
+) -> None:
+    """A batch is as strict as its members alone: a bad one is refused by its own id."""
+    TALLY.add("explicit: hostile messages")
+    first = valid_upload(hostile_fleet, store_dir, "first.pt", b"first")
+    last = valid_upload(hostile_fleet, store_dir, "last.pt", b"last")
+    bad = {**valid_upload(hostile_fleet, store_dir, "bad.pt", b"bad"), "rank": "0"}
+    batch = f"{first['id']}+2"
+    make_app(hostile_fleet.broker_url).send_task(
+        UPLOAD_BATCH_TASK,
+        kwargs={"messages": [first, bad, last]},
+        task_id=batch,
+        queue=UPLOAD_QUEUE,
+    )
+    records = Records.from_url(redis_server.url)
+    for good, payload in ((first, b"first"), (last, b"last")):
+        status = wait_until(lambda g=good: settled(records, g["id"]), timeout=60)
+        assert status.state is State.DONE, status.error
+        assert (store_dir / "artifacts" / good["object_name"]).read_bytes() == payload
+    assert worker_said(hostile_fleet, "refused a malformed hoist.upload message", bad["id"])
+    assert not (store_dir / "artifacts" / bad["object_name"]).exists()
+
+
+@pytest.mark.parametrize(
+    "messages", [{"id": "x"}, [], "hoist-x"], ids=["an object", "empty", "a string"]
+)
+def test_a_batch_that_is_no_list_of_messages_is_refused(
+    messages: Any, hostile_fleet: WorkerFleet
+) -> None:
+    TALLY.add("explicit: hostile messages")
+    task_id = f"hostile-batch-{time.time_ns()}"
+    make_app(hostile_fleet.broker_url).send_task(
+        UPLOAD_BATCH_TASK, kwargs={"messages": messages}, task_id=task_id, queue=UPLOAD_QUEUE
+    )
+    said = "refused a malformed hoist.upload_batch message"
+    wait_until(lambda: worker_said(hostile_fleet, said, task_id), timeout=60)
+    assert worker_said(hostile_fleet, task_id, "a batch must be a list of 1 to 32 uploads")
+
+
+def test_a_batch_larger_than_allowed_is_refused_before_any_upload(
+    hostile_fleet: WorkerFleet, redis_server: RedisServer, store_dir: Path
+) -> None:
+    TALLY.add("explicit: hostile messages")
+    good = valid_upload(hostile_fleet, store_dir, "many.pt", b"many")
+    task_id = f"{good['id']}+{MAX_BATCH}"
+    make_app(hostile_fleet.broker_url).send_task(
+        UPLOAD_BATCH_TASK,
+        kwargs={"messages": [good] * (MAX_BATCH + 1)},
+        task_id=task_id,
+        queue=UPLOAD_QUEUE,
+    )
+    said = "refused a malformed hoist.upload_batch message"
+    wait_until(lambda: worker_said(hostile_fleet, said, task_id), timeout=60)
+    assert not redis.Redis.from_url(redis_server.url).exists(f"hoist:artifact:{good['id']}")
+    assert list((store_dir / "artifacts").rglob("*")) == []
 
 
 def test_worker_keeps_serving_after_hostile_messages(

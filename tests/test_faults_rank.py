@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from hoist import LogLevel, ObjectStoreLogger
-from hoist.errors import EnqueueError, StagingError
+from hoist.errors import EnqueueError, StagingError, UploadFailedError
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, send
 from hoist.tasks.records import Records, State
@@ -155,7 +155,9 @@ def test_broker_down_record_kept_failed_then_hoist_retry_lands_it(
     staging_root: Path,
     redis_server: RedisServer,
 ) -> None:
-    """Broker on its own Redis, down; records up: staged and recorded, then `hoist retry`."""
+    """Broker on its own Redis, down; records up: the call returns at once (staged and
+    recorded), the sending thread gives up after enqueue_timeout, wait() says how to
+    send it, and `hoist retry` lands it."""
     broker = RedisServer(tmp_path_factory.mktemp("lone-broker"))
     run_name = f"broker-down-{time.time_ns()}"
     source = tmp_path / "ep1.pt"
@@ -169,16 +171,21 @@ def test_broker_down_record_kept_failed_then_hoist_retry_lands_it(
         enqueue_timeout=1.5,
         wait_on_close=False,
     )
-    with pytest.raises(EnqueueError) as caught:
-        logger.file_artifact(LogLevel.EPOCH, "ep1.pt", source)
+    started = time.monotonic()
+    artifact = logger.file_artifact(LogLevel.EPOCH, "ep1.pt", source)
+    blocked = time.monotonic() - started
+    assert blocked < 1.0, f"file_artifact waited {blocked:.2f} s for the broker"
+    with pytest.raises(UploadFailedError) as caught:
+        logger.wait(timeout=30)
     message = str(caught.value)
-    print(f"\nerror: {message}")
+    print(f"\nfile_artifact blocked {blocked * 1000:.1f} ms; wait(): {message}")
+    assert "ep1.pt" in message and "never sent" in message
     assert f"hoist retry --run {run_name}`" in message  # no --queued: the record says failed
     [staged] = staged_files(staging_root, run_name)
     assert staged.read_bytes() == source.read_bytes()
     assert str(staged) in message
     [record] = Records.from_url(redis_server.url).run_artifacts(run_name)
-    assert record.state is State.FAILED
+    assert record.id == artifact and record.state is State.FAILED
     assert "never sent" in record.error and broker.url in record.error
 
     env = {

@@ -15,6 +15,7 @@ import pytest
 
 from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
 from hoist.logger.naming import OBJECT_NAME_FIELDS, ObjectNameTemplate, validate_artifact_name
+from hoist.logger.publisher import Outgoing, group_for_sending
 from hoist.logger.ranks import RankInfo
 from hoist.logger.staging import (
     MAX_STAGED_NAME_BYTES,
@@ -25,6 +26,14 @@ from hoist.logger.staging import (
     stage_file,
     staged_path,
     staging_root_from,
+)
+from hoist.tasks.messages import (
+    BATCH_FILE_BYTES,
+    MAX_BATCH,
+    SYMLINK_TASK,
+    UPLOAD_TASK,
+    SymlinkRequest,
+    UploadRequest,
 )
 from tests.services.tmpfs import small_tmpfs
 
@@ -653,3 +662,34 @@ def test_resolve_inside_refuses_escapes(tmp_path: Path, path: str) -> None:
     (root / "run" / "link-dir").symlink_to(tmp_path)
     with pytest.raises(SourceFileError, match="refusing to read"):
         resolve_inside(str(root), path.format(root=root))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _outgoing(size: int, queue: str = "", task: str = UPLOAD_TASK) -> Outgoing:
+    message = UploadRequest("hoist-r-r0-1", "r", 0, 1, "a", "a", "o", {}, size=size, queue=queue)
+    return Outgoing(task, message)
+
+
+def test_small_uploads_in_a_row_share_a_task_and_the_order_is_kept() -> None:
+    small, large = _outgoing(64 * 1024), _outgoing(BATCH_FILE_BYTES + 1)
+    groups = group_for_sending([small, small, large, small, small, small])
+    assert [[item is large for item in group] for group in groups] == [
+        [False, False],
+        [True],
+        [False, False, False],
+    ]
+
+
+def test_a_batch_holds_at_most_max_batch_and_one_queue() -> None:
+    assert [len(g) for g in group_for_sending([_outgoing(1)] * (MAX_BATCH + 3))] == [MAX_BATCH, 3]
+    mixed = [_outgoing(1, "a"), _outgoing(1, "a"), _outgoing(1, "b")]
+    assert [len(g) for g in group_for_sending(mixed)] == [2, 1]
+
+
+def test_pointers_and_commits_are_never_batched() -> None:
+    pointer = Outgoing(
+        SYMLINK_TASK, SymlinkRequest("hoist-r-r0-2", "r", 0, 2, "l", "l.symlink", "o", {})
+    )
+    assert [len(g) for g in group_for_sending([_outgoing(1), pointer, _outgoing(1)])] == [1, 1, 1]

@@ -1,7 +1,9 @@
 """The rank-side logger: name, filter, stage, record, enqueue; wait at the end.
 
-A training rank blocks only for the staging copy (or rename) and two short
-Redis writes; the upload happens on the worker fleet.
+A training rank blocks only for the staging copy (or rename) and one short
+Redis write, the artifact's record; the message goes to the broker from a
+background thread (:mod:`hoist.logger.publisher`) and the upload happens on
+the worker fleet.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hoist.errors import (
 )
 from hoist.logger.levels import LogLevel
 from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name, validate_run_name
+from hoist.logger.publisher import Outgoing, Publisher
 from hoist.logger.ranks import RankInfo
 from hoist.logger.staging import StagingMode, stage_file, staged_path, staging_root_from
 from hoist.stores.base import ObjectStore
@@ -44,7 +47,6 @@ from hoist.tasks.messages import (
     artifact_id,
     commit_id,
     order_key,
-    send,
 )
 from hoist.tasks.messages import node_queue as node_queue_name
 from hoist.tasks.records import Records, State
@@ -95,11 +97,15 @@ class ObjectStoreLogger:
         rank, local_rank, world_size, local_world_size, node_rank: override
             what the launcher's environment says.
         fleet_key: seals credentials in store arguments (default ``HOIST_FLEET_KEY``).
-        enqueue_timeout: seconds to keep trying an unreachable broker or state
-            Redis before ``file_artifact`` raises :class:`~hoist.errors.EnqueueError`
+        enqueue_timeout: seconds to keep trying an unreachable state Redis
+            before ``file_artifact`` raises :class:`~hoist.errors.EnqueueError`
             (default ``HOIST_ENQUEUE_TIMEOUT``, else 30). The training step is
             blocked meanwhile, so keep it short where a stall costs more than a
-            lost checkpoint upload; the error says how to send it later.
+            lost checkpoint upload; the error says how to send it later. The
+            broker is sent to from a background thread (see
+            :mod:`hoist.logger.publisher`), which tries it as long and then
+            marks the artifacts failed, for ``wait()`` to report and ``hoist
+            retry`` to send.
         staging: the default :class:`~hoist.logger.staging.StagingMode`.
         node_queue: for a node-local staging folder (default
             ``HOIST_NODE_QUEUE``): the name of this node's upload queue, which
@@ -186,6 +192,7 @@ class ObjectStoreLogger:
         self._state_shown = mask_url(state)
         self._app = make_app(broker)
         self._records = Records.from_url(state)
+        self._publisher = Publisher(self._app, self._unsent, self.enqueue_timeout)
         self._pending: dict[str, Message] = {}
         self._latest_by_object: dict[str, str] = {}
         self._closed = False
@@ -424,6 +431,9 @@ class ObjectStoreLogger:
         ``timeout`` seconds (failures seen so far are reported by a later wait).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Messages still in this process first: a record the publisher gives up
+        # on turns failed, and is reported below.
+        self._publisher.flush(timeout)
         failures = self._failures  # kept across a timeout, reported once
         unreachable = False
         while True:
@@ -469,6 +479,8 @@ class ObjectStoreLogger:
         try:
             if self.wait_on_close:
                 self.wait()
+            else:  # fire-and-forget still hands everything to the broker
+                self._publisher.flush(self.enqueue_timeout)
         finally:
             self._store.close()
 
@@ -557,27 +569,34 @@ class ObjectStoreLogger:
         self._send(task, message, kept)
 
     def _send(self, task: str, message: Message, kept: str = "") -> None:
-        try:
-            send(self._app, task, message, retry_seconds=self.enqueue_timeout)
-        except Exception as exc:
-            # The record exists, so the artifact is not lost. Marked failed, it is
-            # what `hoist retry --run` sends again (and `wait` reports); if the state
-            # Redis is down too, it stays queued and needs `--queued`.
+        # Recorded: from here on the artifact is pending whatever the broker does.
+        self._pending[message.id] = message
+        self._publisher.put(Outgoing(task, message, kept))
+
+    def _unsent(self, items: list[Outgoing], exc: Exception) -> None:
+        """The publisher gave up on ``items``: mark their records failed, say how to resend."""
+        retry = f"hoist retry --run {self.run_name}"
+        for item in items:
             reason = (
                 f"never sent: the broker at {self._broker_shown} was unreachable for "
-                f"{self.enqueue_timeout:g} s ({exc})"
+                f"{self.enqueue_timeout:g} s ({exc}); start it or fix HOIST_BROKER_URL, then "
+                f"run `{retry}`{item.kept}"
             )
             try:
-                marked = self._records.fail_queued(message.id, reason)
+                marked = self._records.fail_queued(item.message.id, reason)
             except redis.RedisError:
                 marked = False
-            retry = f"hoist retry --run {self.run_name}" + ("" if marked else " --queued")
-            raise EnqueueError(
-                f"the broker at {self._broker_shown} is unreachable: start it or fix "
-                f"HOIST_BROKER_URL, then run `{retry}` to send {message.artifact_name!r} "
-                f"(or log it again); {exc}{kept}"
-            ) from exc
-        self._pending[message.id] = message
+            if not marked:
+                # The record stays queued: wait() goes on waiting for it, and the
+                # workers' watchdog or `hoist retry --queued` sends it later.
+                log.error(
+                    "%s (%s) was not sent and its record could not be marked; run `%s "
+                    "--queued` once the broker is back%s",
+                    item.message.artifact_name,
+                    item.message.id,
+                    retry,
+                    item.kept,
+                )
 
     def _redis(self, call: Callable[[], Any], kept: str = "") -> Any:
         deadline = time.monotonic() + self.enqueue_timeout

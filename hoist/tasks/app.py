@@ -20,8 +20,10 @@ from hoist.errors import ConfigurationError, InvalidMessageError
 from hoist.tasks.broker import transport_for
 from hoist.tasks.messages import (
     COMMIT_TASK,
+    MAX_BATCH,
     SYMLINK_QUEUE,
     SYMLINK_TASK,
+    UPLOAD_BATCH_TASK,
     UPLOAD_QUEUE,
     UPLOAD_TASK,
 )
@@ -126,6 +128,7 @@ def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, 
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_routes": {
             UPLOAD_TASK: {"queue": UPLOAD_QUEUE},
+            UPLOAD_BATCH_TASK: {"queue": UPLOAD_QUEUE},
             SYMLINK_TASK: {"queue": SYMLINK_QUEUE},
             COMMIT_TASK: {"queue": SYMLINK_QUEUE},
         },
@@ -169,27 +172,59 @@ def refused(task: str, task_id: str, exc: InvalidMessageError) -> dict[str, Any]
 
 def run_job(task: Any, message: dict[str, Any]) -> dict[str, Any]:
     """Run the job of ``task`` (a bound Celery task) on ``message``; refuse it if malformed."""
+    return _run_one(task.name, message, task.request.id, task.send_event)
+
+
+def run_batch(task: Any, messages: Any) -> dict[str, Any]:
+    """Run the upload job of each message of a batch (:func:`~hoist.tasks.messages.send_batch`).
+
+    One after the other: a batch holds small files, and a worker's slots are
+    the concurrency. Each member is claimed, uploaded and settled as if it
+    had come alone; the batch's result counts their outcomes.
+    """
+    if not isinstance(messages, list) or not 0 < len(messages) <= MAX_BATCH:
+        shown = len(messages) if isinstance(messages, list) else type(messages).__name__
+        exc = InvalidMessageError(
+            f"a batch must be a list of 1 to {MAX_BATCH} uploads, not {shown}"
+        )
+        return refused(task.name, task.request.id, exc)
+    outcomes: dict[str, int] = {}
+    for message in messages:
+        member = message.get("id") if isinstance(message, dict) else None
+        # A member names its own artifact; the claim and the refusal go by it.
+        task_id = member if isinstance(member, str) else f"{task.request.id}?"
+        outcome = _run_one(UPLOAD_TASK, message, task_id, task.send_event)["outcome"]
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return {"id": task.request.id, "outcome": "batch", "files": len(messages), **outcomes}
+
+
+def _run_one(task: str, message: dict[str, Any], task_id: str, send_event: Any) -> dict[str, Any]:
     from hoist.tasks.jobs import JOBS
     from hoist.tasks.worker_context import context
 
     ctx = context()
     try:
-        job = JOBS[task.name](ctx, message, task.request.id, task.send_event)
+        job = JOBS[task](ctx, message, task_id, send_event)
     except InvalidMessageError as exc:
         # A rank's own message that workers refuse (a newer or broken sender)
         # would stay queued and be re-sent for ever: fail its record, but only
         # when the record holds this very message, so a forged message cannot
         # fail another artifact.
-        status = ctx.records.get(task.request.id)
+        status = ctx.records.get(task_id)
         if status is not None and status.message == message:
             ctx.records.fail_queued(status.id, f"the workers refused its message: {exc}")
-        return refused(task.name, task.request.id, exc)
+        return refused(task, task_id, exc)
     return job.run()
 
 
 @app.task(name=UPLOAD_TASK, bind=True)
 def upload(self: Any, message: dict[str, Any]) -> dict[str, Any]:
     return run_job(self, message)
+
+
+@app.task(name=UPLOAD_BATCH_TASK, bind=True)
+def upload_batch(self: Any, messages: Any) -> dict[str, Any]:
+    return run_batch(self, messages)
 
 
 @app.task(name=SYMLINK_TASK, bind=True)

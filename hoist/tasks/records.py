@@ -30,9 +30,11 @@ weeks of artifacts, not every artifact since the fleet started.
   lease, pushed forward by the owner's heartbeat. If the worker dies, the
   entry falls due and the task is sent again, without waiting for the
   broker's visibility timeout.
-- a newly logged artifact is put there by the rank, due at once. While its
-  record stays ``queued`` (sent, never claimed), the resender looks at it
-  again every ``queued_timeout`` and, past that, sends it again. This covers
+- a newly logged artifact is put there by the rank, due
+  :data:`FIRST_LOOK_SECONDS` later (most are claimed by then, which moves
+  the entry, so the resender need not read them). While its record stays
+  ``queued`` (sent, never claimed), the resender looks at it again every
+  ``queued_timeout`` and, past that, sends it again. This covers
   a message the broker no longer holds or will only hand back after its
   visibility timeout (2 h): a worker killed between taking the message and
   claiming it, or a Redis restart under a message taken but not claimed
@@ -60,6 +62,11 @@ from hoist.tasks.messages import Message
 PREFIX = "hoist:"
 DEFERRED = f"{PREFIX}deferred"
 RETENTION_DAYS = 14.0
+FIRST_LOOK_SECONDS = 5.0
+"""When the watchdog first looks at a newly logged artifact (see above). Due at
+once, as it was, the resender read and rescheduled every artifact a moment
+after it was logged: three round trips per artifact in the worker's main
+process, which a burst of small files pays for in throughput."""
 
 
 def retention_seconds() -> int:
@@ -351,7 +358,8 @@ class Records:
         keys = [_record(message.id), f"{PREFIX}run:{message.run_name}", f"{PREFIX}runs", DEFERRED]
         fields = [x for pair in _new_record(message, task, now).items() for x in pair]
         args: list[EncodableT] = [
-            message.id, message.run_name, now, int(now * 1000), retention_seconds(),
+            message.id, message.run_name, now, int((now + FIRST_LOOK_SECONDS) * 1000),
+            retention_seconds(),
             "1" if once else "", marker, *fields,
         ]  # fmt: skip
         return bool(self._create(keys=keys + ([latest] if latest else []), args=args))
