@@ -47,9 +47,10 @@ def main() -> int:
     if spec["measure"] == "throughput":
         print("ready", flush=True)
         sys.stdin.readline()
+    overwrite = bool(spec.get("overwrite", False))
     start = time.time()
     for path in files:
-        logger.file_artifact(LogLevel.BATCH, os.path.basename(path), path)
+        logger.file_artifact(LogLevel.BATCH, os.path.basename(path), path, overwrite=overwrite)
     enqueued = time.time()
     logger.wait(poll_interval=0.01)
     done = time.time()

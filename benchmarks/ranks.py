@@ -31,8 +31,14 @@ class RanksResult:
         return self.count / self.seconds
 
 
-def run_ranks(lab: Lab, store: str, run_name: str, files_by_rank: list[list[str]]) -> RanksResult:
-    """Start one process per rank, release them together, and collect their stamps."""
+def run_ranks(
+    lab: Lab, store: str, run_name: str, files_by_rank: list[list[str]], overwrite: bool = False
+) -> RanksResult:
+    """Start one process per rank, release them together, and collect their stamps.
+
+    ``overwrite`` is passed to every ``file_artifact``: True skips the check
+    that the name is free (one HEAD per file on S3), as ``s5cmd cp`` does.
+    """
     world = len(files_by_rank)
     procs = []
     for rank, files in enumerate(files_by_rank):
@@ -40,6 +46,7 @@ def run_ranks(lab: Lab, store: str, run_name: str, files_by_rank: list[list[str]
             "logger": lab.rank_spec(store, run_name, rank, world),
             "files": files,
             "measure": "throughput",
+            "overwrite": overwrite,
         }
         procs.append(
             subprocess.Popen(

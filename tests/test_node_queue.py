@@ -93,7 +93,9 @@ def logger_for(
 
 
 def received(fleet: WorkerFleet, artifact: str) -> bool:
-    return f"[{artifact}] received" in fleet.logs()
+    """Whether ``fleet`` took ``artifact``'s task, alone or in a batch."""
+    logs = fleet.logs()
+    return f"[{artifact}] received" in logs or f"'{artifact}'" in logs
 
 
 def test_worker_queues_default_and_with_a_node() -> None:

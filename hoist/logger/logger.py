@@ -479,9 +479,9 @@ class ObjectStoreLogger:
         try:
             if self.wait_on_close:
                 self.wait()
-            else:  # fire-and-forget still hands everything to the broker
-                self._publisher.flush(self.enqueue_timeout)
         finally:
+            # Fire-and-forget too hands everything to the broker before it returns.
+            self._publisher.close(self.enqueue_timeout)
             self._store.close()
 
     def __enter__(self) -> ObjectStoreLogger:

@@ -99,6 +99,7 @@ class Publisher:
         self._queue: deque[Outgoing] = deque()
         self._unsent = 0  # handed over and neither sent nor given up
         self._flushing = 0
+        self._closing = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
@@ -109,6 +110,7 @@ class Publisher:
         with self._changed:
             self._queue.append(item)
             self._unsent += 1
+            self._closing = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="hoist-send")
                 self._thread.start()
@@ -124,15 +126,28 @@ class Publisher:
             finally:
                 self._flushing -= 1
 
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush, then let the thread end; False if something was still unsent at ``timeout``."""
+        flushed = self.flush(timeout)
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        return flushed
+
     def _run(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: bool(self._queue))
+                self._changed.wait_for(lambda: bool(self._queue) or self._closing)
+                if not self._queue:
+                    self._thread = None
+                    return
                 self._linger()
                 items = list(self._queue)
                 self._queue.clear()
             try:
                 self._send_all(items)
+            except Exception:  # this thread is the rank's only sender: it must not die
+                log.exception("hoist: sending %d message(s) failed", len(items))
             finally:
                 with self._changed:
                     self._unsent -= len(items)

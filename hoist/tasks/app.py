@@ -188,6 +188,9 @@ def run_batch(task: Any, messages: Any) -> dict[str, Any]:
             f"a batch must be a list of 1 to {MAX_BATCH} uploads, not {shown}"
         )
         return refused(task.name, task.request.id, exc)
+    # Celery logs the batch's id only; this says which artifacts it carried.
+    members = [m.get("id") if isinstance(m, dict) else None for m in messages]
+    log.info("%s carries %s", task.request.id, ", ".join(f"{m!r:.100}" for m in members))
     outcomes: dict[str, int] = {}
     for message in messages:
         member = message.get("id") if isinstance(message, dict) else None
