@@ -8,6 +8,7 @@ the worker fleet.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -62,6 +63,8 @@ DEFAULT_CHECKPOINT_OBJECT_NAME = "{run_name}/{artifact_name}"
 SEQ_BLOCK = 16
 """Sequence numbers a rank reserves in one round trip to Redis."""
 ENQUEUE_TIMEOUT_ENV = "HOIST_ENQUEUE_TIMEOUT"
+WAIT_WINDOW = 64
+"""Pending artifacts ``wait()`` asks after in one poll, the oldest first."""
 
 
 class ObjectStoreLogger:
@@ -198,6 +201,7 @@ class ObjectStoreLogger:
         self._closed = False
         self._seqs: deque[int] = deque()  # reserved sequence numbers not used yet
         self._failures: list[tuple[str, str, str]] = []  # found by wait(), not yet raised
+        self._state_unreachable = False  # warned once per outage
 
     # ----- the API ----------------------------------------------------------
 
@@ -435,26 +439,15 @@ class ObjectStoreLogger:
         # on turns failed, and is reported below.
         self._publisher.flush(timeout)
         failures = self._failures  # kept across a timeout, reported once
-        unreachable = False
-        while True:
-            try:
-                states = self._records.states(list(self._pending)) if self._pending else {}
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # The uploads go on without Redis' answers; keep asking until the deadline.
-                if not unreachable:
-                    log.warning(
-                        "wait: Redis at %s unreachable (%s); still waiting", self._state_shown, exc
-                    )
-                unreachable = True
-                states = {}
-            for artifact, state in states.items():
-                if state.terminal:
-                    message = self._pending.pop(artifact)
-                    if state is State.FAILED:
-                        failures.append(self._failure(message))
-            if not self._pending:
-                break
+        while self._pending:
+            # The oldest first, a window at a time: uploads finish roughly in the
+            # order they were logged, and asking after thousands of pending
+            # artifacts every poll cost a rank more CPU than logging them.
+            window = list(itertools.islice(self._pending, WAIT_WINDOW))
+            if self._collect(window, failures) == WAIT_WINDOW:
+                continue  # the whole window finished: look at the next one now
             if deadline is not None and time.monotonic() >= deadline:
+                self._collect(list(self._pending), failures)  # the count below is exact
                 raise WaitTimeoutError(
                     f"{len(self._pending)} upload(s) of run {self.run_name!r} rank "
                     f"{self.ranks.rank} still pending after {timeout} s"
@@ -470,6 +463,28 @@ class ObjectStoreLogger:
                 f"failed:\n{lines}",
                 failures,
             )
+
+    def _collect(self, artifacts: list[str], failures: list[tuple[str, str, str]]) -> int:
+        """Drop finished ``artifacts`` from the pending ones, noting failures; return how many."""
+        try:
+            states = self._records.states(artifacts) if artifacts else {}
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The uploads go on without Redis' answers; wait() keeps asking until its deadline.
+            if not self._state_unreachable:
+                log.warning(
+                    "wait: Redis at %s unreachable (%s); still waiting", self._state_shown, exc
+                )
+            self._state_unreachable = True
+            return 0
+        self._state_unreachable = False
+        finished = 0
+        for artifact, state in states.items():
+            if state.terminal:
+                finished += 1
+                message = self._pending.pop(artifact)
+                if state is State.FAILED:
+                    failures.append(self._failure(message))
+        return finished
 
     def close(self) -> None:
         """Wait for this rank's uploads (unless ``wait_on_close=False``) and let go."""

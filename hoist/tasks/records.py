@@ -235,6 +235,13 @@ return 1
 # Take due entries of `deferred`, pushing each a little into the future so a
 # sender that dies before sending does not lose it. KEYS: deferred.
 # ARGV: now (ms), limit, guard due (ms)
+# The state of each record (false where there is none). KEYS: records.
+_STATES = """
+local states = {}
+for i, key in ipairs(KEYS) do states[i] = redis.call('HGET', key, 'state') end
+return states
+"""
+
 _TAKE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
@@ -290,6 +297,7 @@ class Records:
         self._fail_queued = client.register_script(_FAIL_QUEUED)
         self._recheck = client.register_script(_RECHECK)
         self._create = client.register_script(_CREATE)
+        self._states = client.register_script(_STATES)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Records:
@@ -479,11 +487,10 @@ class Records:
         return ArtifactStatus(artifact, State(fields["state"]), fields)
 
     def states(self, artifacts: list[str]) -> dict[str, State]:
-        pipe = self.client.pipeline()
-        for artifact in artifacts:
-            pipe.hget(_record(artifact), "state")
-        answers = pipe.execute()
-        return {a: State(s) for a, s in zip(artifacts, answers, strict=True) if s is not None}
+        """The state of each artifact that has a record."""
+        # One script call: a pipeline of HGETs costs ~10 µs of Python per artifact.
+        answers = self._states(keys=[_record(artifact) for artifact in artifacts])
+        return {a: State(s) for a, s in zip(artifacts, answers, strict=True) if s}
 
     def run_artifacts(self, run_name: str) -> list[ArtifactStatus]:
         ids = cast(list[str], self.client.zrange(f"{PREFIX}run:{run_name}", 0, -1))
