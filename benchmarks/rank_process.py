@@ -52,7 +52,9 @@ def main() -> int:
     for path in files:
         logger.file_artifact(LogLevel.BATCH, os.path.basename(path), path, overwrite=overwrite)
     enqueued = time.time()
-    logger.wait(poll_interval=0.01)
+    # 50 ms: a finished upload is seen within 50 ms (about 1% of the shortest
+    # measured run), and asking 100 times a second took 15% of a rank's CPU.
+    logger.wait(poll_interval=0.05)
     done = time.time()
     logger.close()
     if spec["measure"] == "memory":
