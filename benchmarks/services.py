@@ -169,29 +169,38 @@ class Lab:
         os.makedirs(self.staging_root, exist_ok=True)
         self.fleet_key = new_fleet_key()
         self._s3: RcloneServer | None = None
+        self._s3_tmpfs: RcloneServer | None = None
         self._sshd: SshServer | None = None
         self._fleets = 0
 
     # ----- servers ----------------------------------------------------------
 
     def s3(self) -> RcloneServer:
-        """``rclone serve s3`` with the bucket :data:`BENCH_BUCKET`, keeping its objects
-        on tmpfs (``/dev/shm``).
-
-        In production the store is another machine: its disk writes must not
-        land in this machine's page cache and writeback, where they slowed
-        whichever upload came next (and ``os.sync()`` between runs took
-        seconds). Every benchmark sends to this one server.
-        """
+        """``rclone serve s3`` with the bucket :data:`BENCH_BUCKET`."""
         if self._s3 is None:
+            server = RcloneServer(Path(self.root) / "rclone")
+            server.bucket = BENCH_BUCKET
+            server.start()
+            self.stack.callback(server.stop)
+            self._s3 = server
+        return self._s3
+
+    def s3_tmpfs(self) -> RcloneServer:
+        """A second ``rclone serve s3`` keeping its objects on tmpfs (``/dev/shm``).
+
+        For the training loop: in production the store is another machine, so
+        its disk writes must not land in the training node's page cache and
+        writeback as they would with a store on the local disk.
+        """
+        if self._s3_tmpfs is None:
             workdir = Path(tempfile.mkdtemp(prefix="hoist-bench-s3-", dir="/dev/shm"))
             self.stack.callback(shutil.rmtree, workdir, True)
             server = RcloneServer(workdir)
             server.bucket = BENCH_BUCKET
             server.start()
             self.stack.callback(server.stop)
-            self._s3 = server
-        return self._s3
+            self._s3_tmpfs = server
+        return self._s3_tmpfs
 
     def sshd(self) -> SshServer:
         """A private ``sshd`` serving SFTP; objects go under its ``root``."""
@@ -229,8 +238,8 @@ class Lab:
 
     def store_arguments(self, store: str, verify: str = "auto") -> dict[str, Any]:
         """The ``ObjectStoreLogger`` arguments that upload to ``store`` (``s3`` or ``sftp``)."""
-        if store == "s3":
-            s3 = self.s3()
+        if store in ("s3", "s3-tmpfs"):
+            s3 = self.s3() if store == "s3" else self.s3_tmpfs()
             kwargs: dict[str, Any] = {
                 "bucket": s3.bucket,
                 "endpoint_url": s3.endpoint_url,
@@ -250,7 +259,7 @@ class Lab:
                 "cwd": str(sshd.root),
             }
             return {"object_store_cls": SFTPObjectStore, "object_store_kwargs": kwargs}
-        raise ValueError(f"unknown store {store!r}; use 's3' or 'sftp'")
+        raise ValueError(f"unknown store {store!r}; use 's3', 's3-tmpfs' or 'sftp'")
 
     def logger(self, store: str, run_name: str, **options: Any) -> ObjectStoreLogger:
         """A rank's logger uploading to ``store`` through this lab's Redis and staging root."""

@@ -11,8 +11,7 @@ disk; one extra copy-mode upload of 1 GiB shows it.
 
 On a non-AWS endpoint such as ``rclone serve s3`` hoist verifies by the MD5
 the server computes of every part (``verify="auto"`` is ``"md5"``
-there); one extra upload with ``verify="read-back"`` shows what reading the
-object back would cost. s5cmd and boto3 send no checksum the server checks
+there). s5cmd and boto3 send no checksum the server checks
 by default. The verification mode each upload used is read from its record
 and printed.
 """
@@ -145,12 +144,11 @@ def _s3(
 
 
 def _other_modes(lab: Lab, report: Report, files: list[str]) -> None:
-    """One upload each in the default copy staging and with ``verify="read-back"``."""
+    """One upload in the default copy staging. (A ``verify="read-back"`` upload, timed
+    the same way until 2026-11-23, took 8.0-9.4 s against 6.1-8.2 s for the MD5 proof;
+    dropped to fit the 10-minute budget.)"""
     size = label(os.path.getsize(files[0]))
-    for options, what in (
-        ({"staging": "copy"}, "staging='copy' (the default)"),
-        ({"verify": "read-back"}, "verify='read-back'"),
-    ):
+    for options, what in (({"staging": "copy"}, "staging='copy' (the default)"),):
         _settle_s3(lab)
         seconds, modes = hoist_upload(lab, "s3", f"tp-s3-{what[:12]}", files, **options)
         report.note(

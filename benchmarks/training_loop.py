@@ -5,7 +5,7 @@ thread (about 0.75 s here; BLAS is held to one thread), then writes a 100 MiB
 checkpoint and hands it off. The loop is pinned to CPU 0 and the workers,
 rclone and Redis to CPU 1: in production the fleet runs on its own machines.
 
-The S3 server keeps its objects on tmpfs (:meth:`Lab.s3`): in
+The S3 server keeps its objects on tmpfs (:meth:`Lab.s3_tmpfs`): in
 production the store is another machine, and a store writing 100 MiB per
 step to the training node's own disk would add its writeback to the
 measurement. Every thread of the services is pinned, not only their main
@@ -147,7 +147,7 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
         # a mean of three steps would decide the comparison.
         return median(steps)
 
-    server = lab.s3()
+    server = lab.s3_tmpfs()
     client = lab.s3_client(server)
     bucket = server.bucket
 
@@ -158,7 +158,7 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
         return loop(r, lambda path, r, step: client.upload_file(path, bucket, f"train/{r}/{step}"))
 
     def with_hoist(r: int, staging: str = "copy") -> float:
-        logger = lab.logger("s3", f"train-{r}-{staging}", wait_on_close=False)
+        logger = lab.logger("s3-tmpfs", f"train-{r}-{staging}", wait_on_close=False)
         move = staging == "move"
         try:
             seconds = loop(
