@@ -102,6 +102,16 @@ class EnqueueError(HoistError):
     """The broker could not be reached to enqueue an upload; the staged file is kept."""
 
 
+class ArtifactFailed(HoistError):
+    """Raised by a worker's task whose artifact (or a batch member) failed for good.
+
+    The record already holds the outcome; raising makes Celery report the task
+    as failed too, so Flower shows it as ``FAILURE`` with this text and
+    ``flower_events_total{type="task-failed"}`` counts it. The worker logs it
+    at INFO ("raised expected"), without a traceback: the job logged it already.
+    """
+
+
 class UploadFailedError(HoistError):
     """One or more uploads failed for good; the message names each with its cause.
 

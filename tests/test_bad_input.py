@@ -528,6 +528,9 @@ def test_a_malformed_batch_member_is_refused_and_the_others_land(
         assert (store_dir / "artifacts" / good["object_name"]).read_bytes() == payload
     assert worker_said(hostile_fleet, "refused a malformed hoist.upload message", bad["id"])
     assert not (store_dir / "artifacts" / bad["object_name"]).exists()
+    # The batch counts as failed (Flower's FAILURE), naming the member that failed.
+    said = f"Task hoist.upload_batch[{batch}] raised expected: ArtifactFailed("
+    wait_until(lambda: worker_said(hostile_fleet, said, "1 of 3 failed", bad["id"]), timeout=30)
 
 
 @pytest.mark.parametrize(

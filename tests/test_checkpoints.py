@@ -191,7 +191,9 @@ def busy_worker(fleet: WorkerFleet) -> Any:
             continue
         log = worker.log_path.read_text(errors="replace")
         received = set(re.findall(r"Task hoist\.upload\[([^\]]+)\] received", log))
-        finished = set(re.findall(r"Task hoist\.upload\[([^\]]+)\] succeeded", log))
+        finished = set(
+            re.findall(r"Task hoist\.upload\[([^\]]+)\] (?:succeeded|raised expected)", log)
+        )
         if received - finished:
             return worker
     return None

@@ -28,6 +28,7 @@ from celery import Celery
 from celery.events.state import State
 
 from hoist import LogLevel, ObjectStoreLogger
+from hoist.errors import UploadFailedError
 from hoist.workers.envfile import apply_env_file
 from tests.services.cluster import (
     REPO,
@@ -372,6 +373,30 @@ def test_flower_shows_a_running_demo_in_chromium(cluster: Cluster) -> None:
     assert names == {"hoist.upload", "hoist.symlink"}
     assert any("step0002-rank0.pt" in t["kwargs"] for t in demo_tasks)
     assert all(t["state"] == "SUCCESS" for t in demo_tasks)
+
+
+def test_flower_shows_a_failed_upload_as_failed(
+    cluster: Cluster, uploaded: tuple[str, Path, bytes]
+) -> None:
+    """An artifact that fails for good is a failed task to Celery and Flower too, so that
+    Flower's FAILURE state and `flower_events_total{type="task-failed"}` count it."""
+    with pytest.raises(UploadFailedError, match="ep1.pt") as caught:
+        upload_through(cluster, "ep1.pt", os.urandom(1000))  # the name holds other bytes
+    print(f"\n{caught.value}")
+
+    def failed_task() -> dict[str, Any] | None:
+        status, body = cluster.flower("/api/tasks", cluster.login)
+        assert status == 200, body
+        failed = [
+            task
+            for task in json.loads(body).values()
+            if "'artifact': 'ep1.pt'" in task["kwargs"] and task["state"] == "FAILURE"
+        ]
+        return failed[0] if failed else None
+
+    task = wait_until(failed_task, timeout=30, interval=0.3)
+    assert task["name"] == "hoist.upload"
+    assert "ArtifactFailed" in task["exception"] and "overwrite=True" in task["exception"]
 
 
 def test_flower_refuses_an_open_address_without_auth(tmp_path: Path) -> None:

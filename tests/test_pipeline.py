@@ -321,6 +321,9 @@ def test_message_naming_a_path_outside_staging_is_refused(
     assert repr(path) in status.error
     # The worker says so in its log, naming the artifact.
     wait_until(lambda: f"{message.id} (evil/secret) failed" in fleet.logs(), timeout=10)
+    # Celery counts it failed too (Flower's FAILURE), without a traceback in the log.
+    failed = f"Task hoist.upload[{message.id}] raised expected: ArtifactFailed("
+    wait_until(lambda: failed in fleet.logs(), timeout=10)
     assert not (tmp_path / "store" / "artifacts" / "evil").exists()
 
 

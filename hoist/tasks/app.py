@@ -11,12 +11,13 @@ import logging
 import os
 import ssl
 import threading
+from collections import Counter
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery, signals
 
-from hoist.errors import ConfigurationError, InvalidMessageError
+from hoist.errors import ArtifactFailed, ConfigurationError, InvalidMessageError
 from hoist.tasks.broker import transport_for
 from hoist.tasks.messages import (
     COMMIT_TASK,
@@ -27,6 +28,7 @@ from hoist.tasks.messages import (
     UPLOAD_QUEUE,
     UPLOAD_TASK,
 )
+from hoist.tasks.records import Claim, State
 from hoist.tasks.settings import Settings
 
 log = logging.getLogger("hoist.worker")
@@ -170,9 +172,32 @@ def refused(task: str, task_id: str, exc: InvalidMessageError) -> dict[str, Any]
     return {"id": task_id, "outcome": "refused", "error": str(exc)}
 
 
+FAILED_OUTCOMES = frozenset({State.FAILED.value, Claim.POISON.value, "refused"})
+"""Job outcomes that end an artifact for good without it landing."""
+
+
 def run_job(task: Any, message: dict[str, Any]) -> dict[str, Any]:
-    """Run the job of ``task`` (a bound Celery task) on ``message``; refuse it if malformed."""
-    return _run_one(task.name, message, task.request.id, task.send_event)
+    """Run the job of ``task`` (a bound Celery task) on ``message``; refuse it if malformed.
+
+    Raises:
+        ArtifactFailed: the artifact failed for good (see :func:`raise_failures`).
+    """
+    result = _run_one(task.name, message, task.request.id, task.send_event)
+    raise_failures([result])
+    return result
+
+
+def raise_failures(results: list[dict[str, Any]]) -> None:
+    """Raise :class:`~hoist.errors.ArtifactFailed` naming each failed result, if any."""
+    failed = [result for result in results if result["outcome"] in FAILED_OUTCOMES]
+    if not failed:
+        return
+    shown = "; ".join(f"{result['id']}: {result.get('error') or _POISON}" for result in failed[:5])
+    more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+    raise ArtifactFailed(f"{len(failed)} of {len(results)} failed: {shown}{more}")
+
+
+_POISON = "delivered too often without an outcome (workers killed?); see the record"
 
 
 def run_batch(task: Any, messages: Any) -> dict[str, Any]:
@@ -181,23 +206,30 @@ def run_batch(task: Any, messages: Any) -> dict[str, Any]:
     One after the other: a batch holds small files, and a worker's slots are
     the concurrency. Each member is claimed, uploaded and settled as if it
     had come alone; the batch's result counts their outcomes.
+
+    Raises:
+        ArtifactFailed: a member failed for good (the others were done first),
+            or the batch itself is malformed.
     """
     if not isinstance(messages, list) or not 0 < len(messages) <= MAX_BATCH:
         shown = len(messages) if isinstance(messages, list) else type(messages).__name__
         exc = InvalidMessageError(
             f"a batch must be a list of 1 to {MAX_BATCH} uploads, not {shown}"
         )
-        return refused(task.name, task.request.id, exc)
+        result = refused(task.name, task.request.id, exc)
+        raise_failures([result])
+        return result  # not reached: a refusal is a failure
     # Celery logs the batch's id only; this says which artifacts it carried.
     members = [m.get("id") if isinstance(m, dict) else None for m in messages]
     log.info("%s carries %s", task.request.id, ", ".join(f"{m!r:.100}" for m in members))
-    outcomes: dict[str, int] = {}
+    results = []
     for message in messages:
         member = message.get("id") if isinstance(message, dict) else None
         # A member names its own artifact; the claim and the refusal go by it.
         task_id = member if isinstance(member, str) else f"{task.request.id}?"
-        outcome = _run_one(UPLOAD_TASK, message, task_id, task.send_event)["outcome"]
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        results.append(_run_one(UPLOAD_TASK, message, task_id, task.send_event))
+    raise_failures(results)
+    outcomes = Counter(result["outcome"] for result in results)
     return {"id": task.request.id, "outcome": "batch", "files": len(messages), **outcomes}
 
 
@@ -220,22 +252,22 @@ def _run_one(task: str, message: dict[str, Any], task_id: str, send_event: Any) 
     return job.run()
 
 
-@app.task(name=UPLOAD_TASK, bind=True)
+@app.task(name=UPLOAD_TASK, bind=True, throws=(ArtifactFailed,))
 def upload(self: Any, message: dict[str, Any]) -> dict[str, Any]:
     return run_job(self, message)
 
 
-@app.task(name=UPLOAD_BATCH_TASK, bind=True)
+@app.task(name=UPLOAD_BATCH_TASK, bind=True, throws=(ArtifactFailed,))
 def upload_batch(self: Any, messages: Any) -> dict[str, Any]:
     return run_batch(self, messages)
 
 
-@app.task(name=SYMLINK_TASK, bind=True)
+@app.task(name=SYMLINK_TASK, bind=True, throws=(ArtifactFailed,))
 def symlink(self: Any, message: dict[str, Any]) -> dict[str, Any]:
     return run_job(self, message)
 
 
-@app.task(name=COMMIT_TASK, bind=True)
+@app.task(name=COMMIT_TASK, bind=True, throws=(ArtifactFailed,))
 def commit(self: Any, message: dict[str, Any]) -> dict[str, Any]:
     return run_job(self, message)
 
