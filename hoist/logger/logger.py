@@ -108,7 +108,8 @@ class ObjectStoreLogger:
             broker is sent to from a background thread (see
             :mod:`hoist.logger.publisher`), which tries it as long and then
             marks the artifacts failed, for ``wait()`` to report and ``hoist
-            retry`` to send.
+            retry`` to send; ``close()`` and the interpreter's exit wait up
+            to this long for that thread to hand its messages over.
         staging: the default :class:`~hoist.logger.staging.StagingMode`.
         node_queue: for a node-local staging folder (default
             ``HOIST_NODE_QUEUE``): the name of this node's upload queue, which
