@@ -1,8 +1,10 @@
-"""Small uploads logged close together travel as one task: real logger, Redis, workers.
+"""The rank's sending thread, and the batches it makes: real logger, Redis, workers.
 
-What must hold: every file lands and is verified as if sent alone, a batch
-delivered twice uploads nothing twice, and a logger closed without waiting
-has put everything on the broker before ``close()`` returns.
+What must hold: small uploads logged close together travel as one task and
+every file lands and is verified as if sent alone; a batch delivered twice
+uploads nothing twice; a rank that ends without waiting has put everything
+on the broker first; and a forked child (a data-loader worker) gets a
+sending thread of its own.
 """
 
 from __future__ import annotations
@@ -160,3 +162,46 @@ def test_a_rank_that_ends_without_waiting_has_sent_everything(
         status = wait_until(lambda a=artifact: settled(records, a), timeout=60)
         assert status.state is State.DONE, status.error
         assert status.fields["attempts"] == "1"
+
+
+def test_a_forked_child_logs_through_its_own_sending_thread(
+    fleet: WorkerFleet, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Threads do not survive fork: the child must not hand messages to its parent's
+    thread (which it does not have), nor wait for it at exit."""
+    run_name = f"fork-{os.getpid()}-{id(tmp_path)}"
+    logger = logger_for(fleet, tmp_path / "store", run_name, wait_on_close=False)
+    (tmp_path / "parent.txt").write_bytes(b"parent")
+    parent = logger.file_artifact(LogLevel.BATCH, "parent.txt", tmp_path / "parent.txt")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: log one file, report its id, end as a script ends
+        code = 1
+        try:
+            os.close(read)
+            (tmp_path / "child.txt").write_bytes(b"child")
+            artifact = logger.file_artifact(LogLevel.BATCH, "child.txt", tmp_path / "child.txt")
+            logger.close()
+            os.write(write, str(artifact).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        artifact = answer.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    (tmp_path / "after.txt").write_bytes(b"after")
+    after = logger.file_artifact(LogLevel.BATCH, "after.txt", tmp_path / "after.txt")
+    assert len({parent, artifact, after}) == 3  # the child did not reuse reserved numbers
+    logger.close()
+    records = Records.from_url(redis_server.url)
+    for name, artifact_id in (
+        ("parent.txt", parent),
+        ("child.txt", artifact),
+        ("after.txt", after),
+    ):
+        status_ = wait_until(lambda a=artifact_id: settled(records, a), timeout=60)
+        assert status_.state is State.DONE, status_.error
+        landed = tmp_path / "store" / "artifacts" / run_name / name
+        assert landed.read_bytes() == name.removesuffix(".txt").encode()

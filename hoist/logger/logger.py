@@ -201,6 +201,7 @@ class ObjectStoreLogger:
         self._latest_by_object: dict[str, str] = {}
         self._closed = False
         self._seqs: deque[int] = deque()  # reserved sequence numbers not used yet
+        self._pid = os.getpid()  # whose reserved numbers those are
         self._failures: list[tuple[str, str, str]] = []  # found by wait(), not yet raised
         self._state_unreachable = False  # warned once per outage
 
@@ -572,6 +573,12 @@ class ObjectStoreLogger:
         return state is not None and not state.terminal
 
     def _next_seq(self) -> int:
+        if self._pid != os.getpid():
+            # A forked child (a data-loader worker, say) must not reuse the numbers
+            # its parent reserved, nor wait for the parent's uploads.
+            self._pid = os.getpid()
+            self._seqs.clear()
+            self._pending.clear()
         if not self._seqs:
             reserve = self._records.reserve_seqs
             self._seqs.extend(
