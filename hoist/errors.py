@@ -99,7 +99,13 @@ class InvalidMessageError(HoistError, ValueError):
 
 
 class EnqueueError(HoistError):
-    """The broker could not be reached to enqueue an upload; the staged file is kept."""
+    """Redis could not be reached to record an upload (``file_artifact``) or to send it
+    again (``hoist retry``); the message names the URL, password masked, and what to do.
+
+    A broker unreachable while the records' Redis is up does not raise this in
+    ``file_artifact``: the rank's sending thread marks the artifact failed,
+    and ``wait()`` reports it (see :mod:`hoist.logger.publisher`).
+    """
 
 
 class ArtifactFailed(HoistError):
