@@ -357,7 +357,7 @@ class ObjectStoreLogger:
             prefix=prefix,
         )
         if self._redis(lambda: self._records.create_once(message, COMMIT_TASK)):
-            self._send(COMMIT_TASK, message)
+            self._publish(COMMIT_TASK, message)
 
     def _checkpoint_object(self, artifact_name: str) -> str:
         return self._object_name(artifact_name, self.checkpoint_template)
@@ -589,9 +589,9 @@ class ObjectStoreLogger:
     def _enqueue(self, task: str, message: Message, staged: str | None) -> None:
         kept = f"; the staged file is kept at {staged}" if staged else ""
         self._redis(lambda: self._records.create(message, task, self.spec.store_id), kept)
-        self._send(task, message, kept)
+        self._publish(task, message, kept)
 
-    def _send(self, task: str, message: Message, kept: str = "") -> None:
+    def _publish(self, task: str, message: Message, kept: str = "") -> None:
         # Recorded: from here on the artifact is pending whatever the broker does.
         self._pending[message.id] = message
         self._publisher.put(Outgoing(task, message, kept))

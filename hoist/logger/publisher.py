@@ -24,12 +24,14 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from hoist.tasks.messages import (
     BATCH_FILE_BYTES,
     MAX_BATCH,
     Message,
     UploadRequest,
+    queue_for,
     send,
     send_batch,
 )
@@ -181,7 +183,8 @@ class Publisher:
         if len(group) == 1:
             send(self.app, group[0].task, group[0].message, retry_seconds=self.timeout)
             return
-        uploads = [item.message for item in group if isinstance(item.message, UploadRequest)]
+        # Only small uploads share a task (group_for_sending).
+        uploads = [cast(UploadRequest, item.message) for item in group]
         send_batch(self.app, uploads, retry_seconds=self.timeout)
 
 
@@ -201,16 +204,12 @@ def group_for_sending(items: list[Outgoing]) -> list[list[Outgoing]]:
             and item.batchable
             and last[0].batchable
             and len(last) < MAX_BATCH
-            and _queue_of(last[0]) == _queue_of(item)
+            and queue_for(item.task, item.message) == queue_for(last[0].task, last[0].message)
         ):
             last.append(item)
         else:
             groups.append([item])
     return groups
-
-
-def _queue_of(item: Outgoing) -> str:
-    return getattr(item.message, "queue", "")
 
 
 def _flush_at_exit(ref: weakref.ref[Publisher]) -> None:

@@ -166,13 +166,17 @@ app = Celery("hoist")
 app.conf.update(celery_config(settings.broker_url, settings.visibility_timeout))
 
 
+REFUSED = "refused"
+"""The outcome of a malformed message: acknowledged, never run."""
+
+
 def refused(task: str, task_id: str, exc: InvalidMessageError) -> dict[str, Any]:
     """Log a malformed message and drop it: it is acknowledged, never run, never retried."""
     log.error("refused a malformed %s message (task id %.100r): %s", task, task_id, exc)
-    return {"id": task_id, "outcome": "refused", "error": str(exc)}
+    return {"id": task_id, "outcome": REFUSED, "error": str(exc)}
 
 
-FAILED_OUTCOMES = frozenset({State.FAILED.value, Claim.POISON.value, "refused"})
+FAILED_OUTCOMES = frozenset({State.FAILED.value, Claim.POISON.value, REFUSED})
 """Job outcomes that end an artifact for good without it landing."""
 
 
@@ -216,18 +220,21 @@ def run_batch(task: Any, messages: Any) -> dict[str, Any]:
         exc = InvalidMessageError(
             f"a batch must be a list of 1 to {MAX_BATCH} uploads, not {shown}"
         )
-        result = refused(task.name, task.request.id, exc)
-        raise_failures([result])
-        return result  # not reached: a refusal is a failure
-    # Celery logs the batch's id only; this says which artifacts it carried.
+        refused(task.name, task.request.id, exc)
+        raise ArtifactFailed(str(exc))
+    # A member names its own artifact; the claim and the refusal go by it.
     members = [m.get("id") if isinstance(m, dict) else None for m in messages]
+    # Celery logs the batch's id only; this says which artifacts it carried.
     log.info("%s carries %s", task.request.id, ", ".join(f"{m!r:.100}" for m in members))
-    results = []
-    for message in messages:
-        member = message.get("id") if isinstance(message, dict) else None
-        # A member names its own artifact; the claim and the refusal go by it.
-        task_id = member if isinstance(member, str) else f"{task.request.id}?"
-        results.append(_run_one(UPLOAD_TASK, message, task_id, task.send_event))
+    results = [
+        _run_one(
+            UPLOAD_TASK,
+            message,
+            member if isinstance(member, str) else f"{task.request.id}?",
+            task.send_event,
+        )
+        for member, message in zip(members, messages, strict=True)
+    ]
     raise_failures(results)
     outcomes = Counter(result["outcome"] for result in results)
     return {"id": task.request.id, "outcome": "batch", "files": len(messages), **outcomes}

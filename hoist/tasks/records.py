@@ -161,13 +161,18 @@ if ARGV[4] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 return 1
 """
 
-# Raise a sorted marker only upward. KEYS: marker. ARGV: value, retention (s)
-_RAISE = """
-local current = redis.call('GET', KEYS[1])
-if current and current >= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
+# Raise a sorted marker only upward; 1 if raised. Shared by the scripts below.
+_RAISE_MARKER = """
+local function raise_marker(key, value, retention)
+  local current = redis.call('GET', key)
+  if current and current >= value then return 0 end
+  redis.call('SET', key, value, 'EX', retention)
+  return 1
+end
 """
+
+# KEYS: marker. ARGV: value, retention (s)
+_RAISE = _RAISE_MARKER + "return raise_marker(KEYS[1], ARGV[1], ARGV[2])\n"
 
 # Look at a queued artifact again later, unless a worker claimed it meanwhile
 # (the claim set its own due time). KEYS: record, deferred. ARGV: due (ms), id
@@ -203,7 +208,9 @@ return redis.call('HLEN', KEYS[1]) - 1
 # name's latest marker. ARGV: id, run, now (s), now (ms), retention (s),
 # once ('1': only if no record is pending or done), marker value, then
 # field/value pairs. Returns 1 if created.
-_CREATE = """
+_CREATE = (
+    _RAISE_MARKER
+    + """
 if ARGV[6] == '1' then
   local state = redis.call('HGET', KEYS[1], 'state')
   if state and state ~= 'failed' then return 0 end
@@ -216,12 +223,10 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[5]))
 -- The watchdog of an artifact not yet claimed (see the module's docstring).
 redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[1])
-if KEYS[5] then
-  local current = redis.call('GET', KEYS[5])
-  if not current or current < ARGV[7] then redis.call('SET', KEYS[5], ARGV[7], 'EX', ARGV[5]) end
-end
+if KEYS[5] then raise_marker(KEYS[5], ARGV[7], ARGV[5]) end
 return 1
 """
+)
 
 # Fail a record whose message never reached the broker, unless a worker has it
 # already (a send can fail after the broker took the message). KEYS: record.
@@ -235,17 +240,17 @@ return 1
 # Take due entries of `deferred`, pushing each a little into the future so a
 # sender that dies before sending does not lose it. KEYS: deferred.
 # ARGV: now (ms), limit, guard due (ms)
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+return due
+"""
+
 # The state of each record (false where there is none). KEYS: records.
 _STATES = """
 local states = {}
 for i, key in ipairs(KEYS) do states[i] = redis.call('HGET', key, 'state') end
 return states
-"""
-
-_TAKE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
-return due
 """
 
 
