@@ -98,6 +98,26 @@ class InvalidMessageError(HoistError, ValueError):
     """A task message on the broker is malformed: refused by the worker, never run."""
 
 
+class UnauthenticMessageError(InvalidMessageError):
+    """A task message that no rank of this fleet signed: dropped without touching a record.
+
+    Unlike other malformed messages, it may not fail the record of the id it
+    names: whoever sent it could not have made that record's message.
+    """
+
+
+class UnsignedMessageError(UnauthenticMessageError):
+    """A task message without a signature, on a worker that requires one."""
+
+
+class ForgedMessageError(UnauthenticMessageError):
+    """A task message whose signature does not match its body under any fleet key."""
+
+
+class StoreNotAllowedError(InvalidMessageError):
+    """A signed message names a store this fleet does not upload to (``--allow-store``)."""
+
+
 class EnqueueError(HoistError):
     """Redis could not be reached to record an upload (``file_artifact``) or to send it
     again (``hoist retry``); the message names the URL, password masked, and what to do.

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.services.keys import FLEET_KEY as FLEET_KEY  # sets HOIST_FLEET_KEY for the suite
 from tests.services.redis import RedisServer
 from tests.services.s3 import MotoServer, RcloneServer, S3Server
 from tests.services.sshd import SshServer

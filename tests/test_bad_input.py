@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import ConfigurationError, InvalidObjectNameError, SourceFileError
+from hoist.keys import FleetKeys
 from hoist.logger.naming import ObjectNameTemplate
 from hoist.logger.staging import (
     MAX_STAGED_NAME_BYTES,
@@ -50,7 +51,9 @@ from hoist.tasks.messages import (
     send,
 )
 from hoist.tasks.records import Records, State
+from hoist.tasks.signing import sign
 from tests.services.bad_input import Tally, names, run_names, templates
+from tests.services.keys import FLEET_KEY
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet, wait_until
 from tests.test_pipeline import settled
@@ -302,6 +305,9 @@ def test_bad_names_end_to_end_land_inside_the_prefix_or_fail_in_the_caller(
 # --------------------------------------------------------------------------- hostile messages
 
 
+KEYS = FleetKeys.parse(FLEET_KEY)
+
+
 @pytest.fixture(scope="module")
 def hostile_fleet(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
@@ -344,7 +350,13 @@ def valid_upload(fleet: WorkerFleet, store: Path, name: str, payload: bytes) -> 
         staged_path=str(staged),
         size=len(payload),
     )
-    return message.to_json()
+    return message.signed(KEYS).to_json()
+
+
+def resigned(body: Any) -> Any:
+    """``body`` signed with the fleet key after tampering, as a buggy rank would send it: the
+    signature holds, so what is refused is the body itself."""
+    return sign(body, KEYS) if isinstance(body, dict) else body
 
 
 def _set(**fields: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -392,10 +404,15 @@ def test_malformed_messages_are_refused_logged_and_never_run(
     good = valid_upload(hostile_fleet, store_dir, "model.pt", b"staged bytes")
     task_id = f"hostile-{time.time_ns()}"
     make_app(hostile_fleet.broker_url).send_task(
-        UPLOAD_TASK, kwargs={"message": MALFORMED[case](good)}, task_id=task_id, queue=UPLOAD_QUEUE
+        UPLOAD_TASK,
+        kwargs={"message": resigned(MALFORMED[case](good))},
+        task_id=task_id,
+        queue=UPLOAD_QUEUE,
     )
+    # A body that is no JSON object cannot carry a signature at all.
+    said = "a malformed" if isinstance(MALFORMED[case](good), dict) else "an unauthenticated"
     wait_until(
-        lambda: worker_said(hostile_fleet, "refused a malformed hoist.upload message", task_id),
+        lambda: worker_said(hostile_fleet, f"refused {said} hoist.upload message", task_id),
         timeout=60,
     )
     client = redis.Redis.from_url(redis_server.url)
@@ -411,7 +428,8 @@ def test_a_refused_message_fails_its_own_record_only(
     """A rank's message the workers refuse fails its record (instead of being re-sent for
     ever); a forged message under the same id leaves the rank's record alone."""
     good = valid_upload(hostile_fleet, store_dir, "model.pt", b"staged bytes")
-    bad = {**good, "size": "a lot"}
+    # Its own: signed by the rank. Forged: altered after the rank signed it.
+    bad = resigned({**good, "size": "a lot"}) if own else {**good, "size": "a lot"}
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     record = f"hoist:artifact:{good['id']}"
     stored = bad if own else good
@@ -421,9 +439,9 @@ def test_a_refused_message_fails_its_own_record_only(
     make_app(hostile_fleet.broker_url).send_task(
         UPLOAD_TASK, kwargs={"message": bad}, task_id=good["id"], queue=UPLOAD_QUEUE
     )
+    said = "refused a malformed" if own else "refused an unauthenticated"
     wait_until(
-        lambda: worker_said(hostile_fleet, "refused a malformed hoist.upload message", good["id"]),
-        timeout=60,
+        lambda: worker_said(hostile_fleet, said, "hoist.upload message", good["id"]), timeout=60
     )
     fields = client.hgetall(record)
     if own:
@@ -495,7 +513,7 @@ def test_unknown_fields_are_ignored_not_stored(
     """A newer rank's extra field does not stop an older worker; it is never used or kept."""
     TALLY.add("explicit: hostile messages")
     good = valid_upload(hostile_fleet, store_dir, "extra.pt", b"extra")
-    message = {**good, "staged_path_override": "/etc/shadow", "exec": "rm -rf /"}
+    message = resigned({**good, "staged_path_override": "/etc/shadow", "exec": "rm -rf /"})
     make_app(hostile_fleet.broker_url).send_task(
         UPLOAD_TASK, kwargs={"message": message}, task_id=good["id"], queue=UPLOAD_QUEUE
     )
@@ -513,7 +531,7 @@ def test_a_malformed_batch_member_is_refused_and_the_others_land(
     TALLY.add("explicit: hostile messages")
     first = valid_upload(hostile_fleet, store_dir, "first.pt", b"first")
     last = valid_upload(hostile_fleet, store_dir, "last.pt", b"last")
-    bad = {**valid_upload(hostile_fleet, store_dir, "bad.pt", b"bad"), "rank": "0"}
+    bad = resigned({**valid_upload(hostile_fleet, store_dir, "bad.pt", b"bad"), "rank": "0"})
     batch = f"{first['id']}+2"
     make_app(hostile_fleet.broker_url).send_task(
         UPLOAD_BATCH_TASK,

@@ -28,6 +28,7 @@ from hoist.stores.spec import StoreSpec
 from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, order_key
 from hoist.tasks.records import Records
 from tests import test_pipeline
+from tests.services.keys import KEYS
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
 from tests.test_pipeline import FLEET_KEY, local_backend, run_ranks
@@ -297,7 +298,7 @@ def test_wait_times_out_then_retry_queued_sends_a_lost_message(
         store=spec.to_json(),
         staged_path=str(staged),
         size=staged.stat().st_size,
-    )
+    ).signed(KEYS)
     records.create(message, UPLOAD_TASK, spec.store_id)
 
     code, _, err = cli("wait", "--run", run_name, "--timeout", "0.5")

@@ -31,11 +31,11 @@ import awscrt.checksums
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
-from hoist.stores.spec import new_fleet_key
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import SYMLINK_TASK, SymlinkRequest, order_key, send
 from hoist.tasks.records import ArtifactStatus, Records, State
 from tests.conftest import _running
+from tests.services.keys import FLEET_KEY, KEYS
 from tests.services.process import ServerProcess, descendants
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
@@ -45,7 +45,6 @@ from tests.services.watch import ValueWatch
 from tests.services.workers import WorkerFleet, wait_until
 
 MiB = 1024 * 1024
-FLEET_KEY = new_fleet_key()
 BUCKET = "hoist-faults"
 LEASE_SECONDS = 3
 """Short leases, so that recovery from a dead worker (about two lease times) is quick."""
@@ -584,7 +583,7 @@ def pointer_request(
         store=logger.spec.to_json(),
         target_id=target,
         target_object_name=f"{run}/ep{n}.pt",
-    )
+    ).signed(KEYS)
 
 
 def pointer_watch(server: S3Server, key: str) -> ValueWatch[str]:

@@ -24,6 +24,7 @@ from hoist.errors import EnqueueError, StagingError, UploadFailedError
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, send
 from hoist.tasks.records import Records, State
+from tests.services.keys import KEYS
 from tests.services.process import free_port
 from tests.services.redis import RedisServer
 from tests.services.tls import make_tls_files
@@ -373,7 +374,7 @@ def test_rediss_broker_certificate_is_checked(
         object_name="tls/x",
         order="0",
         store={"kind": "libcloud", "kwargs": {}, "sealed": None},
-    )
+    ).signed(KEYS)
     with pytest.raises(Exception, match="certificate verify failed"):
         send(make_app(url), UPLOAD_TASK, message, retry_seconds=1)
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):

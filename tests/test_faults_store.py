@@ -38,9 +38,9 @@ import pytest
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore, SFTPObjectStore
 from hoist.errors import UploadFailedError
-from hoist.stores.spec import new_fleet_key
 from hoist.tasks.records import ArtifactStatus, Records, State
 from tests.services.faultproxy import FAULT_KINDS, FaultProxy
+from tests.services.keys import FLEET_KEY
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
 from tests.services.sshd import SshServer
@@ -48,7 +48,6 @@ from tests.services.tmpfs import small_tmpfs
 from tests.services.workers import WorkerFleet, clean_environment
 
 MiB = 1024 * 1024
-FLEET_KEY = new_fleet_key()
 REPO = Path(__file__).resolve().parent.parent
 
 # The workers' retry policy (hoist's own, above boto3's per-request retries).

@@ -20,10 +20,10 @@ import redis
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import ConfigurationError, UploadFailedError
-from hoist.stores.spec import new_fleet_key
 from hoist.tasks.app import make_app
-from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, send
+from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, order_key, send
 from hoist.tasks.records import Records, State
+from tests.services.keys import FLEET_KEY, KEYS
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
@@ -32,7 +32,6 @@ from tests.services.sshd import SshServer
 from tests.services.workers import WorkerFleet, wait_until
 
 MiB = 1024 * 1024
-FLEET_KEY = new_fleet_key()
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -309,11 +308,11 @@ def test_message_naming_a_path_outside_staging_is_refused(
         seq=1,
         artifact_name="secret",
         object_name="evil/secret",
-        order="0",
+        order=order_key(0, 1),
         store=spec.to_json(),
         staged_path=path,
         size=1,
-    )
+    ).signed(KEYS)
     send(make_app(fleet.broker_url), UPLOAD_TASK, message)
     status = wait_until(lambda: settled(records, message.id), timeout=30)
     assert status.state is State.FAILED
@@ -398,7 +397,7 @@ def test_pointer_never_moves_backwards(
             store=logger.spec.to_json(),
             target_id=ids[n - 1],
             target_object_name=f"{run_name}/ep{n}.pt",
-        )
+        ).signed(KEYS)
 
     send(app, SYMLINK_TASK, pointer(2, late))
     assert wait_until(lambda: settled(records, pointer(2, late).id)).state is State.DONE

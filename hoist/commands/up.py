@@ -57,6 +57,14 @@ def register(commands: Any) -> None:
         default=DEFAULT_ADDRESS,
         help=f"Flower's address (default {DEFAULT_ADDRESS}; Flower always requires a login)",
     )
+    parser.add_argument(
+        "--allow-store",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="another store the workers may upload to besides the embedded one (repeatable; "
+        "a store URI as `hoist worker --allow-store` takes it); kept in <home>/env",
+    )
     parser.set_defaults(func=run)
 
 
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         flower_port=args.flower_port,
         flower_address=args.flower_address,
+        allow_stores=tuple(args.allow_store),
     )
     if args.detach:
         info, reused = cluster.start()

@@ -22,6 +22,7 @@ from rich.table import Table
 from hoist.commands.cluster_access import records_for
 from hoist.commands.console import console, out
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError, ObjectNotFoundError
+from hoist.keys import FleetKeys
 from hoist.stores.base import ObjectStore
 from hoist.stores.checksum import Checksum
 from hoist.stores.spec import StoreSpec, fleet_key_from_environment
@@ -65,7 +66,7 @@ class Stores:
         fleet_key: opens sealed store credentials (``HOIST_FLEET_KEY``).
     """
 
-    def __init__(self, fleet_key: str | None) -> None:
+    def __init__(self, fleet_key: str | FleetKeys | None) -> None:
         self.fleet_key = fleet_key
         self._built: dict[str, ObjectStore | HoistError] = {}
 

@@ -28,13 +28,14 @@ from hoist.errors import (
     UploadFailedError,
     WaitTimeoutError,
 )
+from hoist.keys import FLEET_KEY_ENV, FleetKeys, keys_from
 from hoist.logger.levels import LogLevel
 from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name, validate_run_name
 from hoist.logger.publisher import Outgoing, Publisher
 from hoist.logger.ranks import RankInfo
 from hoist.logger.staging import StagingMode, stage_file, staged_path, staging_root_from
 from hoist.stores.base import ObjectStore
-from hoist.stores.spec import StoreSpec, fleet_key_from_environment, kind_of
+from hoist.stores.spec import StoreSpec, kind_of
 from hoist.tasks.app import make_app
 from hoist.tasks.messages import (
     COMMIT_TASK,
@@ -99,7 +100,9 @@ class ObjectStoreLogger:
             fire-and-forget (then ``hoist wait --run NAME`` in the job epilogue).
         rank, local_rank, world_size, local_world_size, node_rank: override
             what the launcher's environment says.
-        fleet_key: seals credentials in store arguments (default ``HOIST_FLEET_KEY``).
+        fleet_key: signs every message and seals credentials in store arguments
+            (default ``HOIST_FLEET_KEY``; several keys separated by commas sign
+            with the first). Required: workers act only on signed messages.
         enqueue_timeout: seconds to keep trying an unreachable state Redis
             before ``file_artifact`` raises :class:`~hoist.errors.EnqueueError`
             (default ``HOIST_ENQUEUE_TIMEOUT``, else 30). The training step is
@@ -171,16 +174,12 @@ class ObjectStoreLogger:
         self.checkpoint_template = ObjectNameTemplate(checkpoint_object_name)
         self.run_name = validate_run_name(_run_name(run_name, self.ranks))
         self.staging_root = staging_root_from(upload_staging_folder)
+        self._keys = _fleet_keys(fleet_key)
         self.spec = _store_spec(
-            provider,
-            container,
-            provider_kwargs,
-            object_store_cls,
-            object_store_kwargs,
-            fleet_key or fleet_key_from_environment(),
+            provider, container, provider_kwargs, object_store_cls, object_store_kwargs, self._keys
         )
         # Built here so bad arguments fail in the caller; used for URIs only.
-        self._store = self.spec.build(fleet_key or fleet_key_from_environment())
+        self._store = self.spec.build(self._keys)
         self.should_log_artifact = should_log_artifact
         self.num_concurrent_uploads = num_concurrent_uploads
         self.use_procs = use_procs
@@ -355,7 +354,7 @@ class ObjectStoreLogger:
             step=step,
             world_size=world,
             prefix=prefix,
-        )
+        ).signed(self._keys)
         if self._redis(lambda: self._records.create_once(message, COMMIT_TASK)):
             self._publish(COMMIT_TASK, message)
 
@@ -587,6 +586,7 @@ class ObjectStoreLogger:
         return self._seqs.popleft()
 
     def _enqueue(self, task: str, message: Message, staged: str | None) -> None:
+        message = message.signed(self._keys)
         kept = f"; the staged file is kept at {staged}" if staged else ""
         self._redis(lambda: self._records.create(message, task, self.spec.store_id), kept)
         self._publish(task, message, kept)
@@ -690,13 +690,24 @@ def _run_name(explicit: str | None, ranks: RankInfo) -> str:
     return generated
 
 
+def _fleet_keys(fleet_key: str | None) -> FleetKeys:
+    keys = keys_from(fleet_key) if fleet_key else FleetKeys.from_environment()
+    if keys is None:
+        raise ConfigurationError(
+            f"the logger has no fleet key, and hoist workers act only on messages signed with "
+            f"it: set {FLEET_KEY_ENV} to the fleet's key (`hoist up` writes it to "
+            "./.hoist/env; `hoist keygen` makes one for a fleet of your own), or pass fleet_key="
+        )
+    return keys
+
+
 def _store_spec(
     provider: str | None,
     container: Any,
     provider_kwargs: dict[str, Any] | None,
     object_store_cls: type[ObjectStore] | None,
     object_store_kwargs: dict[str, Any] | None,
-    fleet_key: str | None,
+    fleet_key: FleetKeys,
 ) -> StoreSpec:
     if object_store_cls is not None:
         if provider is not None:

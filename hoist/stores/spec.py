@@ -1,11 +1,18 @@
 """A store described in a message: which class, which arguments, no secret in the clear.
 
-Ranks describe the store they log to; workers build it. Arguments that are
-credentials (``secret``, ``password``, ``aws_secret_access_key`` …) are never
-put on the broker as they are: they travel sealed with the fleet key
-(``HOIST_FLEET_KEY``, a Fernet key that ranks and workers share; ``hoist up``
-makes one), or stay out of the message entirely when the workers have their
-own credentials (boto3's chain, an SSH key file on the worker).
+Ranks describe the store they log to; workers build it. Only arguments known
+to be public (:data:`PUBLIC_ARGUMENTS`: bucket, prefix, endpoint, host, port,
+timeouts …) travel as they are; every other argument, whatever its name
+(``secret``, ``password``, ``ex_force_auth_token`` …), is sealed with the fleet
+key (``HOIST_FLEET_KEY``; see :mod:`hoist.keys`) or stays out of the message
+entirely when the workers have their own credentials (boto3's chain, an SSH
+key file on the worker).
+
+A seal is bound to its store: it holds the identity of the store it was made
+for (the kind and every public argument: endpoint or host, bucket or
+container, prefix …) and opens only for a spec with that identity, so sealed
+credentials pasted into another spec are refused instead of being sent to
+another endpoint.
 """
 
 from __future__ import annotations
@@ -13,30 +20,56 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 
 from hoist.errors import ConfigurationError, InvalidMessageError, UnknownProviderError
+from hoist.keys import FLEET_KEY_ENV, FleetKeys, keys_from
+from hoist.keys import new_fleet_key as new_fleet_key
 from hoist.stores.base import ObjectStore
 
-FLEET_KEY_ENV = "HOIST_FLEET_KEY"
-
-SECRET_ARGUMENTS = frozenset(
+PUBLIC_ARGUMENTS = frozenset(
     {
-        "secret",
-        "key",  # Libcloud's name for an access key; for `local` it is a path (see below)
-        "password",
-        "passphrase",
-        "token",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "pkey",
+        # where: the store's identity
+        "bucket",
+        "container",
+        "prefix",
+        "provider",
+        "endpoint_url",
+        "region_name",
+        "region",
+        "host",
+        "port",
+        "secure",
+        "path",
+        "cwd",
+        "username",
+        "profile_name",
+        "key_filename",
+        "known_hosts",
+        "api_version",
+        # how: transfer and timeouts
+        "provider_kwargs",
+        "transfer_config",
+        "multipart_threshold",
+        "part_size",
+        "max_concurrency",
+        "request_checksum_calculation",
+        "verify",
+        "connect_timeout",
+        "read_timeout",
+        "io_timeout",
+        "timeout",
+        "max_attempts",
     }
 )
+"""Store arguments that travel in the clear; every other argument is sealed.
+
+An allow-list, not a list of secrets: a credential under a name nobody
+thought of (Libcloud's ``ex_force_auth_token``) is sealed all the same.
+"""
 
 STORE_KINDS = ("s3", "sftp", "libcloud")
 
@@ -69,11 +102,17 @@ def kind_of(store_cls: type[ObjectStore]) -> str:
     )
 
 
-def _secret_names(kind: str, kwargs: dict[str, Any]) -> frozenset[str]:
-    # Libcloud's `local` driver takes its base directory as `key`: a path, not a credential.
+def _public_names(kind: str, kwargs: dict[str, Any]) -> frozenset[str]:
+    # Libcloud's `local` driver takes its base directory as `key`: a path, not a
+    # credential, and the allow-list of stores must see it.
     if kind == "libcloud" and str(kwargs.get("provider", "")).lower() == "local":
-        return SECRET_ARGUMENTS - {"key"}
-    return SECRET_ARGUMENTS
+        return PUBLIC_ARGUMENTS | {"key"}
+    return PUBLIC_ARGUMENTS
+
+
+def store_identity(kind: str, kwargs: dict[str, Any]) -> str:
+    """The canonical text of a store's kind and public arguments: what a seal is bound to."""
+    return json.dumps([kind, kwargs], sort_keys=True, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True)
@@ -98,17 +137,20 @@ class StoreSpec:
 
     def __post_init__(self) -> None:
         if not self.store_id:
-            identity = json.dumps([self.kind, self.kwargs], sort_keys=True, default=str)
+            identity = store_identity(self.kind, self.kwargs)
             object.__setattr__(self, "store_id", hashlib.sha256(identity.encode()).hexdigest()[:16])
 
     @classmethod
-    def describe(cls, kind: str, kwargs: dict[str, Any], fleet_key: str | None) -> StoreSpec:
-        """Split ``kwargs`` into public arguments and sealed credentials."""
+    def describe(
+        cls, kind: str, kwargs: dict[str, Any], fleet_key: str | FleetKeys | None
+    ) -> StoreSpec:
+        """Split ``kwargs`` into public arguments and credentials sealed for this store."""
         store_class(kind)  # unknown kinds fail here, in the caller
-        public, secrets = _split(kwargs, _secret_names(kind, kwargs))
+        public, secrets = _split(kwargs, _public_names(kind, kwargs))
         if not secrets:
             return cls(kind, public)
-        if not fleet_key:
+        keys = keys_from(fleet_key)
+        if keys is None:
             names = ", ".join(sorted(_flatten_names(secrets)))
             raise ConfigurationError(
                 f"the store arguments carry credentials ({names}) and hoist never puts them on "
@@ -116,33 +158,49 @@ class StoreSpec:
                 "workers (`hoist keygen` makes one), or give the workers the credentials in "
                 "their own environment and leave them out here"
             )
-        token = _fernet(fleet_key).encrypt(json.dumps(secrets).encode()).decode("ascii")
+        sealed = {"store": store_identity(kind, public), "secrets": secrets}
+        token = keys.sealer.encrypt(json.dumps(sealed).encode()).decode("ascii")
         return cls(kind, public, token)
 
-    def unseal(self, fleet_key: str | None) -> dict[str, Any]:
-        """The sealed credentials, opened with ``fleet_key`` (empty when none were sealed)."""
+    def unseal(self, fleet_key: str | FleetKeys | None) -> dict[str, Any]:
+        """The sealed credentials, opened with ``fleet_key`` (empty when none were sealed).
+
+        Raises:
+            ConfigurationError: no key, a key that does not open the seal, or a
+                seal made for another store (another endpoint, bucket, kind …).
+        """
         if self.sealed is None:
             return {}
-        if not fleet_key:
+        keys = keys_from(fleet_key)
+        if keys is None:
             raise ConfigurationError(
                 f"this upload's store credentials are sealed, but the worker has no "
                 f"{FLEET_KEY_ENV}; start workers with the same key as the ranks"
             )
         try:
-            return dict(json.loads(_fernet(fleet_key).decrypt(self.sealed.encode("ascii"))))
-        except InvalidToken:
+            opened = json.loads(keys.sealer.decrypt(self.sealed.encode("ascii")))
+        except (InvalidToken, UnicodeEncodeError):
             raise ConfigurationError(
                 f"the worker's {FLEET_KEY_ENV} does not open this upload's sealed "
                 "credentials; ranks and workers must share one key"
             ) from None
+        if not isinstance(opened, dict) or opened.get("store") != store_identity(
+            self.kind, self.kwargs
+        ):
+            raise ConfigurationError(
+                "this upload's sealed credentials were sealed for another store; a seal opens "
+                "only for the store (kind, endpoint or host, bucket or container, prefix) it "
+                "was made for"
+            )
+        return dict(opened["secrets"])
 
-    def client_identity(self, fleet_key: str | None) -> str:
+    def client_identity(self, fleet_key: str | FleetKeys | None) -> str:
         """What makes two specs share one client: the store and the credentials inside the
         seal (each logger seals with a fresh nonce, so the sealed text differs)."""
         secrets = json.dumps(self.unseal(fleet_key), sort_keys=True, default=str)
         return f"{self.store_id}:{hashlib.sha256(secrets.encode()).hexdigest()[:32]}"
 
-    def build(self, fleet_key: str | None) -> ObjectStore:
+    def build(self, fleet_key: str | FleetKeys | None) -> ObjectStore:
         """Construct the store, unsealing credentials with ``fleet_key``."""
         kwargs = _merge(dict(self.kwargs), self.unseal(fleet_key))
         return store_class(self.kind)(**kwargs)
@@ -166,35 +224,26 @@ class StoreSpec:
         return cls(data["kind"], dict(data["kwargs"]), data.get("sealed"))
 
 
-def new_fleet_key() -> str:
-    """A new key for ``HOIST_FLEET_KEY``."""
-    return Fernet.generate_key().decode("ascii")
-
-
-def _fernet(key: str) -> Fernet:
-    try:
-        return Fernet(key.encode("ascii"))
-    except (ValueError, TypeError):
-        raise ConfigurationError(
-            f"{FLEET_KEY_ENV} is not a valid key; make one with `hoist keygen`"
-        ) from None
-
-
 def _split(
-    kwargs: dict[str, Any], secret_names: frozenset[str]
+    kwargs: dict[str, Any], public_names: frozenset[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate credentials from the other arguments, at any depth of nesting."""
+    """Separate public arguments from the rest, at any depth of nesting."""
     public: dict[str, Any] = {}
     secrets: dict[str, Any] = {}
     for name, value in kwargs.items():
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = dataclasses.asdict(value)  # e.g. S3TransferConfig, rebuilt by the store
         if isinstance(value, dict):
-            inner_public, inner_secrets = _split(value, secret_names)
+            if name not in public_names:  # a dict under an unknown name is sealed whole
+                _check_serializable(name, value)
+                secrets[name] = value
+                continue
+            inner_public, inner_secrets = _split(value, public_names)
             public[name] = inner_public
             if inner_secrets:
                 secrets[name] = inner_secrets
-        elif name in secret_names and value is not None:
+        elif name not in public_names and value is not None:
+            _check_serializable(name, value)
             secrets[name] = value
         else:
             _check_serializable(name, value)
@@ -229,5 +278,6 @@ def _check_serializable(name: str, value: Any) -> None:
         ) from None
 
 
-def fleet_key_from_environment() -> str | None:
-    return os.environ.get(FLEET_KEY_ENV) or None
+def fleet_key_from_environment() -> FleetKeys | None:
+    """The fleet keys in ``HOIST_FLEET_KEY``, or None."""
+    return FleetKeys.from_environment()

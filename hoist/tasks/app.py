@@ -17,8 +17,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery, signals
 
-from hoist.errors import ArtifactFailed, ConfigurationError, InvalidMessageError
+from hoist.errors import (
+    ArtifactFailed,
+    ConfigurationError,
+    InvalidMessageError,
+    UnauthenticMessageError,
+)
 from hoist.tasks.broker import transport_for
+from hoist.tasks.control import restrict_remote_control
 from hoist.tasks.messages import (
     COMMIT_TASK,
     MAX_BATCH,
@@ -164,6 +170,8 @@ def make_app(broker_url: str) -> Celery:
 settings = Settings.from_environment()
 app = Celery("hoist")
 app.conf.update(celery_config(settings.broker_url, settings.visibility_timeout))
+# From the broker, workers take read-only inspections only (see hoist.tasks.control).
+signals.worker_init.connect(restrict_remote_control)
 
 
 REFUSED = "refused"
@@ -172,7 +180,8 @@ REFUSED = "refused"
 
 def refused(task: str, task_id: str, exc: InvalidMessageError) -> dict[str, Any]:
     """Log a malformed message and drop it: it is acknowledged, never run, never retried."""
-    log.error("refused a malformed %s message (task id %.100r): %s", task, task_id, exc)
+    what = "an unauthenticated" if isinstance(exc, UnauthenticMessageError) else "a malformed"
+    log.error("refused %s %s message (task id %.100r): %s", what, task, task_id, exc)
     return {"id": task_id, "outcome": REFUSED, "error": str(exc)}
 
 
@@ -247,11 +256,16 @@ def _run_one(task: str, message: dict[str, Any], task_id: str, send_event: Any) 
     ctx = context()
     try:
         job = JOBS[task](ctx, message, task_id, send_event)
+    except UnauthenticMessageError as exc:
+        # Not from a rank of this fleet: no record is touched, only counted.
+        ctx.records.count_refusal(type(exc).__name__)
+        return refused(task, task_id, exc)
     except InvalidMessageError as exc:
-        # A rank's own message that workers refuse (a newer or broken sender)
-        # would stay queued and be re-sent for ever: fail its record, but only
-        # when the record holds this very message, so a forged message cannot
-        # fail another artifact.
+        # A rank's own message that workers refuse (a newer or broken sender, a
+        # store this fleet does not allow) would stay queued and be re-sent for
+        # ever: fail its record, but only when the record holds this very
+        # message, so a forged message cannot fail another artifact.
+        ctx.records.count_refusal(type(exc).__name__)
         status = ctx.records.get(task_id)
         if status is not None and status.message == message:
             ctx.records.fail_queued(status.id, f"the workers refused its message: {exc}")

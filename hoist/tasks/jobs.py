@@ -10,9 +10,7 @@ message unacknowledged in a worker's memory.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import random
 import threading
 import time
@@ -21,8 +19,14 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from hoist.checkpoints import Manifest, ManifestFile
-from hoist.errors import HoistError, SourceFileError, StoreError
-from hoist.logger.staging import Fingerprint, resolve_inside
+from hoist.errors import (
+    HoistError,
+    InvalidMessageError,
+    SourceFileError,
+    StoreError,
+    StoreNotAllowedError,
+)
+from hoist.logger.staging import Fingerprint
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.leases import Leases, Limit, name_lock, rank_limit, store_limit
 from hoist.tasks.messages import (
@@ -34,9 +38,19 @@ from hoist.tasks.messages import (
     SymlinkRequest,
     UploadRequest,
     check_message_size,
+    check_order,
 )
 from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
 from hoist.tasks.records import ArtifactStatus, Claim, State, latest_key, pointer_key
+from hoist.tasks.signing import verify
+from hoist.tasks.staged_file import (
+    NO_PROC_FD,
+    OpenStagedFile,
+    StagedFileMissing,
+    open_staged_file,
+    proc_fd_available,
+    staged_components,
+)
 from hoist.tasks.worker_context import WorkerContext
 
 log = logging.getLogger("hoist.worker")
@@ -113,11 +127,18 @@ class Job:
     ) -> None:
         self.ctx = ctx
         self.send_event = send_event
-        # Messages come off a shared broker: anything malformed raises
-        # InvalidMessageError here, before a record is touched; the task refuses it.
+        # Messages come off a shared broker: anything malformed, unsigned, forged
+        # or aimed at a store this fleet does not allow raises InvalidMessageError
+        # here, before a record is touched; the task refuses it.
+        settings = ctx.settings
         check_message_size(message)
+        verify(message, settings.keys, insecure=settings.insecure_unsigned)
         self.message = self.message_type.from_json(message)
+        check_order(self.message.order)
         self.spec = StoreSpec.from_json(self.message.store)
+        refusal = settings.allowed.refusal(self.spec.kind, self.spec.kwargs, *self.objects())
+        if refusal is not None:
+            raise StoreNotAllowedError(refusal)
         # A fresh token per delivery: a redelivered message is another claimant.
         self.token = f"{task_id}:{uuid.uuid4().hex[:12]}"
         self.leases = Leases(ctx.records.client, self.token, ctx.settings.lease_ms)
@@ -129,6 +150,13 @@ class Job:
         claim = self.ctx.records.claim(
             self.message, self.task, self.token, self.ctx.settings.max_deliveries
         )
+        if claim is Claim.MISMATCH:
+            log.error(
+                "refused a %s message for %s: its record holds another message under that id "
+                "(replayed or forged); nothing was changed",
+                self.task,
+                self.message.id,
+            )
         if claim is not Claim.CLAIMED:
             return {"id": self.message.id, "outcome": claim.value}
         if refusal is not None:
@@ -148,8 +176,21 @@ class Job:
         """A reason to fail the message without doing anything, or None."""
         return None
 
+    def objects(self) -> list[str]:
+        """Every object name this job may write or name in its store (checked against
+        the fleet's allowed stores)."""
+        return [self.message.object_name]
+
     def work(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _same_store(self, recorded: dict[str, Any]) -> bool:
+        """Whether a recorded message names this job's store (kind and public arguments;
+        each logger seals its credentials apart, so the sealed text may differ)."""
+        try:
+            return StoreSpec.from_json(recorded.get("store", {})).store_id == self.spec.store_id
+        except InvalidMessageError:
+            return False
 
     def begin_attempt(self, **fields: str | float) -> int:
         """Count one try at the store in the record (being held back is not one).
@@ -237,11 +278,17 @@ class Job:
 
 
 class UploadJob(Job):
-    """Upload one staged file, verify it, then delete the staged copy."""
+    """Upload one staged file, verify it, then delete the staged copy.
+
+    The staged file is opened once, without following any symlink, and
+    uploaded and deleted through its descriptors (:mod:`hoist.tasks.staged_file`):
+    whoever can write in the staging root cannot swap what gets read or deleted.
+    """
 
     task = UPLOAD_TASK
     message_type = UploadRequest
     message: UploadRequest
+    staging_root: str
 
     def refuse(self) -> str | None:
         root = self.ctx.settings.staging_root
@@ -249,8 +296,12 @@ class UploadJob(Job):
             return (
                 "the worker has no staging root; start it with --staging-dir or HOIST_STAGING_DIR"
             )
+        if not proc_fd_available():
+            return NO_PROC_FD
+        self.staging_root = root
         try:
-            self.path = resolve_inside(root, self.message.staged_path)
+            # Only the text here, before the claim; the file is opened in work().
+            staged_components(root, self.message.staged_path)
         except SourceFileError as exc:
             return str(exc)
         return None
@@ -269,13 +320,16 @@ class UploadJob(Job):
         if latest is not None and latest.partition("|")[0] > message.order:
             self._remove_staged()
             return self.settle(State.SUPERSEDED)
-        if not os.path.isfile(self.path):
-            return self.settle(
-                State.FAILED,
-                error=f"the staged file {self.path} is gone (deleted by hand, or the staging "
-                "root is not the one the rank wrote to); log the artifact again",
-            )
-        if (rewritten := self._rewritten()) is not None:
+        try:
+            staged = open_staged_file(self.staging_root, message.staged_path)
+        except SourceFileError as exc:  # gone, or a hostile path: a refusal, never retried
+            return self.settle(State.FAILED, error=str(exc))
+        with staged:  # both descriptors close however the upload ends
+            return self._upload(staged)
+
+    def _upload(self, staged: OpenStagedFile) -> dict[str, Any]:
+        message = self.message
+        if (rewritten := self._rewritten(staged)) is not None:
             return self.settle(State.FAILED, error=rewritten)
         if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
             return self.hold_back("a concurrency limit or an upload of the same name")
@@ -283,7 +337,7 @@ class UploadJob(Job):
         store = self.ctx.store(self.spec)
         with Heartbeat(self) as heartbeat:
             progress = TransferProgress(
-                os.path.getsize(self.path),
+                staged.size,
                 self._report_progress,
                 interval=self.ctx.settings.progress_seconds,
             )
@@ -299,7 +353,8 @@ class UploadJob(Job):
 
             result = store.upload_file(
                 message.object_name,
-                self.path,
+                # The opened file itself, whatever its name leads to by now.
+                staged.proc_path,
                 overwrite=message.overwrite,
                 progress=on_bytes,
                 # S3 has no write-then-rename: an attempt that wrote and then failed
@@ -308,12 +363,12 @@ class UploadJob(Job):
                 # that for someone else's object and fail for good, so it may replace it.
                 replace_own_leftover=self.earlier_write,
             )
-        if (rewritten := self._rewritten()) is not None:
+        if (rewritten := self._rewritten(staged)) is not None:
             # The bytes sent may mix two versions: take the object back.
             if not result.already_present:
                 store.delete(message.object_name)
             return self.settle(State.FAILED, error=rewritten)
-        self._remove_staged()
+        staged.unlink()
         return self.settle(
             State.DONE,
             uri=result.uri,
@@ -326,11 +381,11 @@ class UploadJob(Job):
             error="",
         )
 
-    def _rewritten(self) -> str | None:
+    def _rewritten(self, staged: OpenStagedFile) -> str | None:
         """Why a hard-linked staged file no longer holds what was logged, or None."""
         if self.message.fingerprint is None:
             return None
-        change = Fingerprint.from_json(self.message.fingerprint).change(Fingerprint.of(self.path))
+        change = Fingerprint.from_json(self.message.fingerprint).change(staged.fingerprint())
         if change is None:
             return None
         return (
@@ -355,8 +410,21 @@ class UploadJob(Job):
             log.debug("progress event of %s not sent: %s", self.message.id, exc)
 
     def _remove_staged(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        """Delete a superseded upload's staged copy, through the same safe open as an upload.
+
+        Only a name that holds the file opened is deleted, and a path that cannot
+        be opened safely is left alone (logged): being superseded is the outcome
+        either way.
+        """
+        try:
+            staged = open_staged_file(self.staging_root, self.message.staged_path)
+        except StagedFileMissing:
+            return
+        except (SourceFileError, OSError) as exc:
+            log.warning("%s: its staged copy is not deleted: %s", self.message.id, exc)
+            return
+        with staged:
+            staged.unlink()
 
 
 class SymlinkJob(Job):
@@ -365,6 +433,9 @@ class SymlinkJob(Job):
     task = SYMLINK_TASK
     message_type = SymlinkRequest
     message: SymlinkRequest
+
+    def objects(self) -> list[str]:
+        return [self.message.object_name, self.message.target_object_name]
 
     def work(self) -> dict[str, Any]:
         message = self.message
@@ -375,6 +446,8 @@ class SymlinkJob(Job):
             # A newer version of the target's name was logged; the pointer names
             # the object, so it waits for that version instead.
             target = self._newest_version(message.target_object_name) or target
+        if (foreign := self._foreign(target)) is not None:
+            return self.settle(State.FAILED, error=foreign)
         if target.state is State.FAILED:
             return self.settle(
                 State.FAILED,
@@ -383,6 +456,25 @@ class SymlinkJob(Job):
         if target.state is not State.DONE:
             return self.hold_back(f"its target {target.artifact_name!r}")
         return self.write_pointer(message.target_object_name)
+
+    def _foreign(self, target: ArtifactStatus) -> str | None:
+        """Why ``target`` is not the object this pointer names, or None.
+
+        A pointer may only name its own target: the target record's object, in
+        the same store, of the same run.
+        """
+        held = target.message
+        if (
+            held.get("object_name") != self.message.target_object_name
+            or held.get("run_name") != self.message.run_name
+            or not self._same_store(held)
+        ):
+            return (
+                f"its target {self.message.target_id} is not the object "
+                f"{self.message.target_object_name!r} of this run in this store; "
+                "a pointer names only its own target"
+            )
+        return None
 
     def _newest_version(self, object_name: str) -> ArtifactStatus | None:
         latest = self.ctx.records.marker(latest_key(self.spec.store_id, object_name))
@@ -400,6 +492,9 @@ class CommitJob(Job):
     task = COMMIT_TASK
     message_type = CommitRequest
     message: CommitRequest
+
+    def objects(self) -> list[str]:
+        return [self.message.object_name, self.message.prefix + "/"]
 
     def work(self) -> dict[str, Any]:
         message = self.message
@@ -423,6 +518,21 @@ class CommitJob(Job):
         waiting = [a for a, status in files.items() if status and status.state is not State.DONE]
         if waiting:
             return self.hold_back(f"{len(waiting)} file(s) of step {message.step}")
+        outside = [
+            status.artifact_name
+            for status in files.values()
+            if status is not None
+            and (
+                not str(status.message.get("object_name", "")).startswith(message.prefix + "/")
+                or not self._same_store(status.message)
+            )
+        ]
+        if outside:
+            return self.settle(
+                State.FAILED,
+                error=f"step {message.step} is not committed: {len(outside)} registered file(s) "
+                f"lie outside {message.prefix!r} in this store ({', '.join(outside[:5])})",
+            )
         manifest = self._manifest([s for s in files.values() if s is not None])
         store = self.ctx.store(self.spec)
 

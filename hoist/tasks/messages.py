@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hoist.errors import InvalidMessageError
+from hoist.keys import FleetKeys
+from hoist.tasks.signing import MAC_FIELD, sign
 
 UPLOAD_TASK = "hoist.upload"
 SYMLINK_TASK = "hoist.symlink"
@@ -81,6 +83,40 @@ def artifact_id(run_name: str, rank: int, seq: int) -> str:
     return f"hoist-{run_name}-r{rank}-{seq}"
 
 
+MAX_CLOCK_SKEW_SECONDS = 120.0
+"""How far in the future a message's order key may be. Order keys decide which
+version of a name wins; one far in the future would freeze a pointer for ever."""
+
+_ORDER = re.compile(r"(\d{20}):\d{6}:\d{12}|step:\d{20}")
+
+
+def check_order(order: str, now_ns: int | None = None) -> None:
+    """Refuse an order key that is not of :func:`order_key`'s (or a step's) form, or that
+    lies more than :data:`MAX_CLOCK_SKEW_SECONDS` in the future.
+
+    Raises:
+        InvalidMessageError: what is wrong with it.
+
+    Example:
+        >>> check_order(order_key(0, 1))
+        >>> check_order("tomorrow")
+        Traceback (most recent call last):
+        ...
+        hoist.errors.InvalidMessageError: the message's order key 'tomorrow' is not one hoist makes
+    """
+    match = _ORDER.fullmatch(order)
+    if match is None:
+        raise InvalidMessageError(f"the message's order key {order[:60]!r} is not one hoist makes")
+    if match.group(1) is None:  # a checkpoint step: ordered by step, not by time
+        return
+    ahead = (int(match.group(1)) - (now_ns or time.time_ns())) / 1e9
+    if ahead > MAX_CLOCK_SKEW_SECONDS:
+        raise InvalidMessageError(
+            f"the message's order key lies {ahead:.0f} s in the future, more than the "
+            f"{MAX_CLOCK_SKEW_SECONDS:.0f} s of clock skew allowed; check the rank's clock"
+        )
+
+
 def order_key(rank: int, seq: int) -> str:
     """A key that sorts by the moment of logging: later calls sort higher.
 
@@ -102,6 +138,8 @@ class Message:
         object_name: the object it becomes in the store.
         order: :func:`order_key` at logging time.
         store: :meth:`hoist.stores.spec.StoreSpec.to_json` of the target store.
+        mac: the rank's signature over every other field
+            (:mod:`hoist.tasks.signing`); empty until :meth:`signed`.
     """
 
     id: str
@@ -112,6 +150,11 @@ class Message:
     object_name: str
     order: str
     store: dict[str, Any]
+    mac: str = ""
+
+    def signed(self: M, keys: FleetKeys) -> M:
+        """This message with its :mod:`~hoist.tasks.signing` MAC made with the newest key."""
+        return dataclasses.replace(self, mac=sign(self.to_json(), keys)[MAC_FIELD])
 
     def to_json(self) -> dict[str, Any]:
         # Shallow: dataclasses.asdict deep-copies every value, 0.17 ms per call,

@@ -45,6 +45,7 @@ weeks of artifacts, not every artifact since the fleet started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -61,6 +62,7 @@ from hoist.tasks.messages import Message
 
 PREFIX = "hoist:"
 DEFERRED = f"{PREFIX}deferred"
+REFUSED = f"{PREFIX}refused"
 RETENTION_DAYS = 14.0
 FIRST_LOOK_SECONDS = 5.0
 """When the watchdog first looks at a newly logged artifact (see above). Due at
@@ -110,16 +112,23 @@ class Claim(str, Enum):
     """Already in a terminal state: nothing to do."""
     POISON = "poison"
     """Delivered too often without an outcome; marked failed."""
+    MISMATCH = "mismatch"
+    """The record holds another message under this id: this one is not acted on."""
 
 
 # Claim an artifact for one task. KEYS: record, owner, deferred.
-# ARGV: token, lease ms, max deliveries, now (s), watchdog due (ms), message, task
+# ARGV: token, lease ms, max deliveries, now (s), watchdog due (ms), message, task, id
+# A worker acts only on the very message its record holds: another message
+# under a known id (even a signed one) touches nothing.
 _CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   redis.call('HSET', KEYS[1], 'state', 'queued', 'message', ARGV[6], 'task', ARGV[7],
              'enqueued_at', ARGV[4], 'attempts', 0, 'deliveries', 0)
   state = 'queued'
+else
+  local held = redis.call('HMGET', KEYS[1], 'message', 'task')
+  if held[1] ~= ARGV[6] or held[2] ~= ARGV[7] then return 'mismatch' end
 end
 if state == 'done' or state == 'failed' or state == 'superseded' then return 'finished' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'busy' end
@@ -394,6 +403,16 @@ class Records:
         pipe.expire(key, retention_seconds())
         end = int(pipe.execute()[0])
         return range(end - count + 1, end + 1)
+
+    def count_refusal(self, reason: str) -> None:
+        """Count one refused message by reason (``hoist:refused``, a hash; never raises:
+        a refusal must not fail for want of a counter)."""
+        with contextlib.suppress(redis.RedisError):
+            self.client.hincrby(REFUSED, reason, 1)
+
+    def refusals(self) -> dict[str, int]:
+        """How many messages the workers refused, by reason."""
+        return {str(k): int(v) for k, v in self.client.hgetall(REFUSED).items()}
 
     def fail_queued(self, artifact: str, error: str) -> bool:
         """Mark a queued record failed: its message never reached the broker, or was refused.

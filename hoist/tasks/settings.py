@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hoist.errors import ConfigurationError
+from hoist.keys import FleetKeys
+from hoist.stores.allowed import AllowedStores
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
@@ -28,6 +30,10 @@ def _float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,13 @@ class Settings:
             (``HOIST_QUEUED_TIMEOUT``). It bounds the delay of a message the
             broker lost; each queued artifact gets at most one extra copy per
             period while the queue is long, and copies are harmless.
+        keys: the fleet keys (``HOIST_FLEET_KEY``, newest first): messages
+            must be signed with one, seals opened with one.
+        insecure_unsigned: accept unsigned messages (``--insecure-unsigned``,
+            ``HOIST_INSECURE_UNSIGNED=1``); for a fleet nobody else can reach.
+        allowed: the stores this fleet uploads to (``--allow-store``,
+            ``HOIST_ALLOWED_STORES``; ``--allow-any-store``,
+            ``HOIST_ALLOW_ANY_STORE=1``).
     """
 
     broker_url: str
@@ -75,6 +88,9 @@ class Settings:
     progress_seconds: float = 0.5
     visibility_timeout: int = 7200
     queued_timeout: float = 300.0
+    keys: FleetKeys | None = None
+    insecure_unsigned: bool = False
+    allowed: AllowedStores = field(default_factory=AllowedStores)
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -93,7 +109,29 @@ class Settings:
             progress_seconds=_float("HOIST_PROGRESS_SECONDS", 0.5),
             visibility_timeout=_int("HOIST_VISIBILITY_TIMEOUT", 7200),
             queued_timeout=_float("HOIST_QUEUED_TIMEOUT", 300.0),
+            keys=FleetKeys.from_environment(),
+            insecure_unsigned=_flag("HOIST_INSECURE_UNSIGNED"),
+            allowed=AllowedStores.from_environment(),
         )
+
+    def startup_refusal(self) -> str | None:
+        """Why a worker with these settings must not start, or None.
+
+        A worker that checks nothing would act on anything written to the
+        broker, so both defences are on unless explicitly turned off.
+        """
+        if self.keys is None and not self.insecure_unsigned:
+            return (
+                "the worker has no fleet key, so it cannot tell a rank's messages from forged "
+                "ones: set HOIST_FLEET_KEY to the ranks' key (`hoist keygen` makes one), or "
+                "start it with --insecure-unsigned on a broker nobody else can write to"
+            )
+        if not self.allowed.configured:
+            return (
+                "the worker has no list of stores it may upload to: give each with "
+                "--allow-store URI (or HOIST_ALLOWED_STORES), or start it with --allow-any-store"
+            )
+        return None
 
     @property
     def lease_ms(self) -> int:

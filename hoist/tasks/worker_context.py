@@ -6,7 +6,7 @@ import os
 import threading
 
 from hoist.stores.base import ObjectStore
-from hoist.stores.spec import StoreSpec, fleet_key_from_environment, store_class
+from hoist.stores.spec import StoreSpec, store_class
 from hoist.tasks.records import Records
 from hoist.tasks.settings import Settings
 
@@ -23,7 +23,7 @@ class WorkerContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.records = Records.from_url(settings.state_url, lease_ms=settings.lease_ms)
-        self.fleet_key = fleet_key_from_environment()
+        self.fleet_key = settings.keys
         self._stores: dict[str, ObjectStore] = {}
         self._identities: dict[tuple[str, str | None], str] = {}
         self._lock = threading.Lock()

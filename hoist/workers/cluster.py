@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import redis
 
 from hoist.errors import ConfigurationError, HoistError
+from hoist.stores.allowed import ALLOWED_STORES_ENV
 from hoist.workers.envfile import env_path, read_env_file, write_env_file
 from hoist.workers.flower import DEFAULT_ADDRESS, DEFAULT_PORT
 
@@ -346,8 +347,10 @@ class LocalCluster:
         flower_port: int = DEFAULT_PORT,
         flower_address: str = DEFAULT_ADDRESS,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
+        allow_stores: tuple[str, ...] = (),
     ) -> None:
         self.home_arg = os.fspath(home)
+        self.allow_stores = allow_stores
         self.home = Path(home).absolute()
         self.workers = workers if workers is not None else (os.cpu_count() or 2)
         self.concurrency = concurrency
@@ -491,6 +494,17 @@ class LocalCluster:
             "HOIST_STAGING_DIR": str(self.home / "staging"),
             "HOIST_FLEET_KEY": previous.get("HOIST_FLEET_KEY") or _new_fleet_key(),
             "HOIST_STORE_URI": store_uri(self.home),
+            # The workers upload to the embedded store, and to what `--allow-store`
+            # added now or before, nowhere else.
+            ALLOWED_STORES_ENV: " ".join(
+                dict.fromkeys(
+                    [
+                        store_uri(self.home),
+                        *previous.get(ALLOWED_STORES_ENV, "").split(),
+                        *self.allow_stores,
+                    ]
+                )
+            ),
             "HOIST_FLOWER_URL": http_url(flower_host, self.flower_port),
             "HOIST_FLOWER_USER": previous.get("HOIST_FLOWER_USER") or FLOWER_USER,
             # token_urlsafe has no comma, which Flower would read as a second user.

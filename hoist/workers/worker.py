@@ -7,10 +7,15 @@ imported, so that every pool process reads the same settings.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
+import sys
 
+from hoist.stores.allowed import ALLOWED_STORES_ENV
 from hoist.tasks.messages import NODE_QUEUE_ENV, SYMLINK_QUEUE, UPLOAD_QUEUE, node_queue
+
+log = logging.getLogger("hoist.worker")
 
 OPTION_ENVIRONMENT = {
     "broker_url": "HOIST_BROKER_URL",
@@ -61,6 +66,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="seconds before the broker redelivers an unacknowledged message",
     )
+    parser.add_argument(
+        "--allow-store",
+        action="append",
+        metavar="URI",
+        help="a store this fleet may upload to, as a store URI (s3://BUCKET/PREFIX?endpoint_url="
+        "URL, sftp://USER@HOST/DIR, file:///DIR, libcloud://PROVIDER/CONTAINER?host=H); "
+        "repeatable; added to HOIST_ALLOWED_STORES",
+    )
+    parser.add_argument(
+        "--allow-any-store",
+        action="store_true",
+        help="upload wherever a signed message says (no allow-list); for trusted ranks only",
+    )
+    parser.add_argument(
+        "--insecure-unsigned",
+        action="store_true",
+        help="accept unsigned messages when the worker has no HOIST_FLEET_KEY; only on a "
+        "broker nobody else can write to",
+    )
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     parser.add_argument("-n", "--hostname", default=f"hoist@{socket.gethostname()}")
     parser.add_argument("-l", "--loglevel", default="INFO")
@@ -97,7 +121,29 @@ def run_worker(args: argparse.Namespace) -> int:
         value = getattr(args, option, None)
         if value is not None:
             os.environ[variable] = str(value)
-    from hoist.tasks.app import app  # reads the environment set above
+    if args.allow_store:
+        os.environ[ALLOWED_STORES_ENV] = " ".join(
+            [*os.environ.get(ALLOWED_STORES_ENV, "").split(), *args.allow_store]
+        )
+    for flag, variable in (
+        (args.allow_any_store, "HOIST_ALLOW_ANY_STORE"),
+        (args.insecure_unsigned, "HOIST_INSECURE_UNSIGNED"),
+    ):
+        if flag:
+            os.environ[variable] = "1"
+    from hoist.tasks.app import app, settings  # reads the environment set above
+
+    refusal = settings.startup_refusal()
+    if refusal is not None:
+        print(f"hoist worker: {refusal}", file=sys.stderr)
+        return 2
+    if settings.keys is None:
+        log.warning(
+            "hoist worker: --insecure-unsigned: acting on UNSIGNED messages; anyone who can "
+            "write to the broker can make this worker upload, read staged files and write stores"
+        )
+    if settings.allowed.any_store:
+        log.warning("hoist worker: --allow-any-store: uploading to any store a message names")
     from hoist.tasks.broker import transport_for
 
     # kombu's Redis transport with a repair: without it a worker exits when
