@@ -29,7 +29,7 @@ from benchmarks.files import RESULTS_DIR, bench_dir, filesystem_of
 from benchmarks.report import Report
 from benchmarks.services import Lab
 
-BENCHMARKS = ["stall", "throughput", "small_files", "fleet", "memory", "checksum"]
+BENCHMARKS = ["stall", "throughput", "small_files", "fleet", "memory", "checksum", "signing"]
 """Modules of this package, in the order they run (checksum reuses throughput's figure)."""
 
 

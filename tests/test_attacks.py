@@ -8,7 +8,7 @@ asserts that the attack fails *and* that nothing legitimate broke: the
 rank's own upload behind it lands, the worker keeps running, other records
 are unchanged. The broker-level attacks (compression, nesting, remote
 control) are in tests/test_broker_boundary.py, the staging-root race in
-tests/test_staged_file.py.
+tests/test_staged_race.py.
 """
 
 from __future__ import annotations
