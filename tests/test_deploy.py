@@ -241,6 +241,7 @@ def filled_env() -> dict[str, str]:
         "REDIS_PASSWORD": "0123abcd",
         "HOIST_FLEET_KEY": "k" * 44,
         "HOIST_FLOWER_PASSWORD": "pw",
+        "HOIST_ALLOWED_STORES": "s3://ckpts/runs/",
     }
 
 
@@ -263,6 +264,9 @@ def test_compose_validates_against_the_compose_spec() -> None:
     assert "appendonly yes" in redis_command and "requirepass" in redis_command
     assert "staging:/staging" in services["worker"]["volumes"]
     assert services["flower"]["environment"]["HOIST_FLOWER_PASSWORD"] == "pw"
+    # Workers need a fleet key and the stores they may upload to, or refuse to start.
+    assert services["worker"]["environment"]["HOIST_ALLOWED_STORES"] == "s3://ckpts/runs/"
+    assert services["worker"]["environment"]["HOIST_FLEET_KEY"] == "k" * 44
 
 
 def test_compose_has_no_secret_defaults() -> None:

@@ -11,10 +11,14 @@ without this check (``tests/test_broker_boundary.py`` sends each):
   worker's main process exit (``RecursionError … pickling``, when Celery
   hands the task to a pool process), and the message, back in the queue,
   killed the next worker;
-- raw bytes that are no JSON, an unknown ``body_encoding``, or a list as
-  the task name each made the main process exit
+- raw bytes that are no JSON, an envelope without ``properties``, an
+  unknown ``body_encoding``, a list as the task name or a string as the
+  ``timelimit`` each made the main process exit or its consumer restart
   (``Unrecoverable error: JSONDecodeError`` / ``AttributeError`` /
-  ``TypeError: unhashable type``).
+  ``TypeError: unhashable type`` / ``ValueError: not enough values to
+  unpack``). Other headers of the wrong type (``eta``, ``expires``,
+  ``retries``, ``argsrepr``, ``root_id``, ``stamps``, …) Celery survives;
+  they were tried.
 
 Everything else is left to kombu and Celery as before: a content type other
 than JSON is refused by kombu without decoding it (``accept_content``), an
@@ -119,7 +123,8 @@ def admit(raw: bytes | str) -> Admitted:
     envelope's nesting (:data:`MAX_JSON_DEPTH`), that it is a JSON object of
     the shape that kombu and Celery's consumer read without guarding
     (properties with a string delivery tag and delivery info, string
-    ``task`` and ``id`` headers, a body string in a known encoding), that
+    ``task`` and ``id`` headers, a ``timelimit`` of two numbers or nulls,
+    a body string in a known encoding), that
     it does not ask for decompression, and the nesting of a JSON body once
     its base64 is undone.
 
@@ -158,6 +163,10 @@ def admit(raw: bytes | str) -> Admitted:
         raise InvalidMessageError("it has a compression header; hoist never compresses messages")
     for name in ("task", "id"):
         _field(headers, name, str, required=False, where="header")
+    limits = _field(headers, "timelimit", list, required=False, where="header")
+    if limits is not None and not (len(limits) == 2 and all(map(_seconds, limits))):
+        # Celery's consumer unpacks it into two numbers, in the main process.
+        raise InvalidMessageError("the header 'timelimit' is not two numbers of seconds or nulls")
     for name in ("content-type", "content-encoding"):
         _field(envelope, name, str, required=False)
     properties = _field(envelope, "properties", dict)
@@ -182,6 +191,10 @@ def admit(raw: bytes | str) -> Admitted:
         if too_deep(text):
             raise InvalidMessageError(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
     return Admitted(envelope, decoded)
+
+
+def _seconds(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _field(
