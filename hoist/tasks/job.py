@@ -1,0 +1,260 @@
+"""One delivery of one message: the steps every job follows, and its heartbeat.
+
+Every job (:mod:`hoist.tasks.jobs` names them) follows the same steps
+(:class:`Job`): check the message (size, signature, shape, order key, the
+fleet's allowed stores), claim the artifact's record (a duplicate delivery
+stops here), do the work under leases kept alive by a heartbeat, and settle
+the record with an outcome: done, failed, superseded, or deferred to be sent
+again later (held back by a limit, or a transient error with backoff).
+Deferring never holds a worker slot and never leaves a message
+unacknowledged in a worker's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from hoist.errors import (
+    HoistError,
+    InvalidMessageError,
+    StoreError,
+    StoreNotAllowedError,
+)
+from hoist.stores.spec import StoreSpec
+from hoist.tasks.leases import Leases, name_lock
+from hoist.tasks.messages import (
+    Message,
+    check_message_size,
+    check_order,
+)
+from hoist.tasks.records import Claim, State, pointer_key
+from hoist.tasks.signing import verify
+from hoist.tasks.worker_context import WorkerContext
+
+log = logging.getLogger("hoist.worker")
+
+
+class LeaseLost(HoistError):
+    """A heartbeat could not renew this task's claim or leases; the work stops."""
+
+
+class Heartbeat:
+    """Renews a job's claim and leases every third of a lease time, in a thread.
+
+    Parameters:
+        job: the job whose claim and leases to renew.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="hoist-heartbeat")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self, _bytes: int = 0) -> None:
+        """A progress callback: stop the transfer once the claim is lost."""
+        if self.lost.is_set():
+            raise LeaseLost(f"{self.job.message.id}: lost its claim; another worker may take over")
+
+    def _run(self) -> None:
+        settings = self.job.ctx.settings
+        interval = settings.lease_seconds / 3
+        missed = 0
+        while not self._stop.wait(interval):
+            try:
+                alive = self.job.ctx.records.renew(self.job.message.id, self.job.token)
+                alive = self.job.leases.renew_all() and alive
+                missed = 0
+            except Exception as exc:  # Redis away: the lease survives until it expires
+                missed += 1
+                log.warning("heartbeat of %s failed: %s", self.job.message.id, exc)
+                alive = missed * interval < settings.lease_seconds
+            if not alive:
+                self.lost.set()
+                return
+
+
+class Job:
+    """One delivery of one message.
+
+    Parameters:
+        ctx: the worker process's context.
+        message: the message as it came from the broker.
+        task_id: the Celery task id (the artifact id).
+        send_event: sends a Celery event about this task (``Task.send_event``),
+            if the job runs inside one; Flower shows what it is told.
+    """
+
+    task: ClassVar[str]
+    message_type: ClassVar[type[Message]]
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        message: dict[str, Any],
+        task_id: str,
+        send_event: Callable[..., Any] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.send_event = send_event
+        # Messages come off a shared broker: anything malformed, unsigned, forged
+        # or aimed at a store this fleet does not allow raises InvalidMessageError
+        # here, before a record is touched; the task refuses it.
+        settings = ctx.settings
+        check_message_size(message)
+        verify(message, settings.keys, insecure=settings.insecure_unsigned)
+        self.message = self.message_type.from_json(message)
+        check_order(self.message.order)
+        self.spec = StoreSpec.from_json(self.message.store)
+        refusal = settings.allowed.refusal(self.spec.kind, self.spec.kwargs, *self.objects())
+        if refusal is not None:
+            raise StoreNotAllowedError(refusal)
+        # A fresh token per delivery: a redelivered message is another claimant.
+        self.token = f"{task_id}:{uuid.uuid4().hex[:12]}"
+        self.leases = Leases(ctx.records.client, self.token, ctx.settings.lease_ms)
+        self.attempt: int | None = None
+        self.earlier_write = False
+
+    def run(self) -> dict[str, Any]:
+        refusal = self.refuse()
+        claim = self.ctx.records.claim(
+            self.message, self.task, self.token, self.ctx.settings.max_deliveries
+        )
+        if claim is Claim.MISMATCH:
+            log.error(
+                "refused a %s message for %s: its record holds another message under that id "
+                "(replayed or forged); nothing was changed",
+                self.task,
+                self.message.id,
+            )
+        if claim is not Claim.CLAIMED:
+            return {"id": self.message.id, "outcome": claim.value}
+        if refusal is not None:
+            return self.settle(State.FAILED, error=refusal)
+        try:
+            return self.work()
+        except LeaseLost as exc:
+            return self.settle(
+                State.RETRYING, retry_in=self.ctx.settings.wait_seconds, error=str(exc)
+            )
+        except Exception as exc:
+            return self.settle_error(exc)
+        finally:
+            self.leases.release_all()
+
+    def refuse(self) -> str | None:
+        """A reason to fail the message without doing anything, or None."""
+        return None
+
+    def objects(self) -> list[str]:
+        """Every object name this job may write or name in its store (checked against
+        the fleet's allowed stores)."""
+        return [self.message.object_name]
+
+    def work(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _same_store(self, recorded: dict[str, Any]) -> bool:
+        """Whether a recorded message names this job's store (kind and public arguments;
+        each logger seals its credentials apart, so the sealed text may differ)."""
+        try:
+            return StoreSpec.from_json(recorded.get("store", {})).store_id == self.spec.store_id
+        except InvalidMessageError:
+            return False
+
+    def begin_attempt(self, **fields: str | float) -> int:
+        """Count one try at the store in the record (being held back is not one).
+
+        Every try is counted, not only failed ones, so a record says how often
+        the store was tried: 1 for a first-time success or a permanent error.
+        Sets :attr:`earlier_write`: whether an earlier attempt began writing.
+        """
+        self.attempt, self.earlier_write = self.ctx.records.count_attempt(self.message.id, **fields)
+        return self.attempt
+
+    def write_pointer(
+        self, target: str, before: Callable[[], None] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Point ``message.object_name`` at ``target``, never back to an older order key.
+
+        Runs under the pointer's name lock and a heartbeat: a PUT the store
+        holds past a lease time must keep its lock, or a newer pointer is
+        written meanwhile and this older one lands over it (measured: a PUT
+        stalled 12 s with 3 s leases moved the pointer back;
+        tests/test_faults_fleet.py).
+
+        Parameters:
+            target: what the pointer holds (an object name).
+            before: written first, under the same lock (a checkpoint's manifest).
+            fields: recorded with the outcome.
+        """
+        message = self.message
+        key = pointer_key(self.spec.store_id, message.object_name)
+        if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
+            return self.hold_back("another write of the same pointer")
+        with Heartbeat(self):
+            if before is not None:
+                before()
+            current = self.ctx.records.marker(key)
+            if current is not None and current > message.order:
+                return self.settle(State.SUPERSEDED, **fields)
+            if self.attempt is None:
+                self.begin_attempt()
+            result = self.ctx.store(self.spec).put_bytes(message.object_name, target.encode())
+            self.ctx.records.raise_marker(key, message.order)
+        return self.settle(
+            State.DONE, uri=result.uri, size=result.size, checksum=str(result.checksum), **fields
+        )
+
+    # ----- outcomes ---------------------------------------------------------
+
+    def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
+        # The leases go in the same round trip; the job ends here.
+        held = self.leases.forget_all()
+        self.ctx.records.settle(
+            self.message.id, self.token, state, retry_in=retry_in, release=held, **fields
+        )
+        if state is State.FAILED:
+            log.error("%s (%s) failed: %s", self.message.id, self.message.object_name, fields)
+        return {"id": self.message.id, "outcome": state.value, **fields}
+
+    def hold_back(self, reason: str) -> dict[str, Any]:
+        """Try again shortly: a limit is full or a dependency is not ready. Not an attempt."""
+        jitter = random.uniform(1.0, 1.5)
+        return self.settle(
+            State.WAITING, retry_in=self.ctx.settings.wait_seconds * jitter, waiting_for=reason
+        )
+
+    def settle_error(self, exc: Exception) -> dict[str, Any]:
+        """Retry transient errors with backoff up to ``max_retries``; fail the rest at once."""
+        error = f"{type(exc).__name__}: {exc}"
+        retryable = (
+            exc.retryable if isinstance(exc, StoreError) else not isinstance(exc, HoistError)
+        )
+        # An error before the store was tried (building it, say) still counts as a try.
+        attempt = self.attempt if self.attempt is not None else self.begin_attempt()
+        if not retryable:
+            return self.settle(State.FAILED, error=error)
+        settings = self.ctx.settings
+        if attempt > settings.max_retries:
+            return self.settle(State.FAILED, error=f"gave up after {attempt} attempts: {error}")
+        ceiling = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
+        delay = ceiling * random.uniform(0.5, 1.0)
+        # The delay logged is the one used, jitter included, so the log shows the backoff.
+        log.warning(
+            "%s: attempt %d failed (%s); again in %.2f s", self.message.id, attempt, error, delay
+        )
+        return self.settle(State.RETRYING, retry_in=delay, error=error)

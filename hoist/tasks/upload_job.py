@@ -1,0 +1,184 @@
+"""The upload job: one staged file, opened safely, uploaded, verified, then deleted."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from hoist.errors import (
+    SourceFileError,
+)
+from hoist.logger.staging import Fingerprint
+from hoist.tasks.job import Heartbeat, Job
+from hoist.tasks.leases import Limit, name_lock, rank_limit, store_limit
+from hoist.tasks.messages import (
+    UPLOAD_TASK,
+    UploadRequest,
+)
+from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
+from hoist.tasks.records import State, latest_key
+from hoist.tasks.staged_file import (
+    NO_PROC_FD,
+    OpenStagedFile,
+    StagedFileMissing,
+    open_staged_file,
+    proc_fd_available,
+    staged_components,
+)
+
+log = logging.getLogger("hoist.worker")
+
+
+class UploadJob(Job):
+    """Upload one staged file, verify it, then delete the staged copy.
+
+    The staged file is opened once, without following any symlink, and
+    uploaded and deleted through its descriptors (:mod:`hoist.tasks.staged_file`):
+    whoever can write in the staging root cannot swap what gets read or deleted.
+    """
+
+    task = UPLOAD_TASK
+    message_type = UploadRequest
+    message: UploadRequest
+    staging_root: str
+
+    def refuse(self) -> str | None:
+        root = self.ctx.settings.staging_root
+        if root is None:
+            return (
+                "the worker has no staging root; start it with --staging-dir or HOIST_STAGING_DIR"
+            )
+        if not proc_fd_available():
+            return NO_PROC_FD
+        self.staging_root = root
+        try:
+            # Only the text here, before the claim; the file is opened in work().
+            staged_components(root, self.message.staged_path)
+        except SourceFileError as exc:
+            return str(exc)
+        return None
+
+    def limits(self) -> list[Limit]:
+        message = self.message
+        return [
+            name_lock(self.spec.store_id, message.object_name),
+            rank_limit(message.run_name, message.rank, message.rank_limit),
+            store_limit(self.spec.store_id, self.ctx.settings.store_limit),
+        ]
+
+    def work(self) -> dict[str, Any]:
+        message = self.message
+        latest = self.ctx.records.marker(latest_key(self.spec.store_id, message.object_name))
+        if latest is not None and latest.partition("|")[0] > message.order:
+            self._remove_staged()
+            return self.settle(State.SUPERSEDED)
+        try:
+            staged = open_staged_file(self.staging_root, message.staged_path)
+        except SourceFileError as exc:  # gone, or a hostile path: a refusal, never retried
+            return self.settle(State.FAILED, error=str(exc))
+        with staged:  # both descriptors close however the upload ends
+            return self._upload(staged)
+
+    def _upload(self, staged: OpenStagedFile) -> dict[str, Any]:
+        message = self.message
+        if (rewritten := self._rewritten(staged)) is not None:
+            return self.settle(State.FAILED, error=rewritten)
+        if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
+            return self.hold_back("a concurrency limit or an upload of the same name")
+        attempt = self.begin_attempt(upload_started_at=_now())
+        store = self.ctx.store(self.spec)
+        with Heartbeat(self) as heartbeat:
+            progress = TransferProgress(
+                staged.size,
+                self._report_progress,
+                interval=self.ctx.settings.progress_seconds,
+            )
+            writing = False
+
+            def on_bytes(nbytes: int) -> None:
+                nonlocal writing
+                heartbeat.check()
+                if not writing:  # bytes flow only after the name was found free (or ours)
+                    writing = True
+                    self.ctx.records.mark_write_started(message.id, attempt)
+                progress(nbytes)
+
+            result = store.upload_file(
+                message.object_name,
+                # The opened file itself, whatever its name leads to by now.
+                staged.proc_path,
+                overwrite=message.overwrite,
+                progress=on_bytes,
+                # S3 has no write-then-rename: an attempt that wrote and then failed
+                # (a bad copy it could not delete, a lost answer) leaves its object
+                # under the name. With overwrite=False the next attempt would take
+                # that for someone else's object and fail for good, so it may replace it.
+                replace_own_leftover=self.earlier_write,
+            )
+        if (rewritten := self._rewritten(staged)) is not None:
+            # The bytes sent may mix two versions: take the object back.
+            if not result.already_present:
+                store.delete(message.object_name)
+            return self.settle(State.FAILED, error=rewritten)
+        staged.unlink()
+        return self.settle(
+            State.DONE,
+            uri=result.uri,
+            size=result.size,
+            checksum=str(result.checksum),
+            verified_by=result.verified_by.value,
+            seconds=round(result.seconds, 3),
+            already_present=int(result.already_present),
+            upload_finished_at=_now(),
+            error="",
+        )
+
+    def _rewritten(self, staged: OpenStagedFile) -> str | None:
+        """Why a hard-linked staged file no longer holds what was logged, or None."""
+        if self.message.fingerprint is None:
+            return None
+        change = Fingerprint.from_json(self.message.fingerprint).change(staged.fingerprint())
+        if change is None:
+            return None
+        return (
+            f"the file was rewritten after it was logged with staging='link' ({change}); "
+            "with 'link' it must not change until uploaded: log it again, or use the "
+            "default staging='copy' for files rewritten in place"
+        )
+
+    def _report_progress(self, done: int, total: int) -> None:
+        if self.send_event is None:
+            return
+        try:
+            # Flower keeps only Celery's own task fields, so the reading goes in
+            # `result`, as Celery's PROGRESS idiom (update_state meta) does.
+            self.send_event(
+                PROGRESS_EVENT,
+                bytes_done=done,
+                bytes_total=total,
+                result=f"uploading: {describe_progress(done, total)}",
+            )
+        except Exception as exc:  # a lost event must never fail the upload
+            log.debug("progress event of %s not sent: %s", self.message.id, exc)
+
+    def _remove_staged(self) -> None:
+        """Delete a superseded upload's staged copy, through the same safe open as an upload.
+
+        Only a name that holds the file opened is deleted, and a path that cannot
+        be opened safely is left alone (logged): being superseded is the outcome
+        either way.
+        """
+        try:
+            staged = open_staged_file(self.staging_root, self.message.staged_path)
+        except StagedFileMissing:
+            return
+        except (SourceFileError, OSError) as exc:
+            log.warning("%s: its staged copy is not deleted: %s", self.message.id, exc)
+            return
+        with staged:
+            staged.unlink()
+
+
+def _now() -> float:
+    return time.time()
