@@ -13,6 +13,7 @@ tests/test_staged_race.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -516,3 +517,63 @@ def test_the_logger_refuses_to_start_without_a_fleet_key(
     with pytest.raises(ConfigurationError, match="no fleet key"):
         victim_logger(guarded, moto_server, "nokey")
     assert os.environ.get("HOIST_FLEET_KEY") is None
+
+
+def acl_from_docs() -> str:
+    """The ACL file of docs/reliability.md, as written there."""
+    text = (Path(__file__).parent.parent / "docs" / "reliability.md").read_text()
+    block = text.split("```acl\n", 1)[1].split("```", 1)[0]
+    return "\n".join(line.strip() for line in block.splitlines() if line.strip()) + "\n"
+
+
+def test_the_rank_acl_keeps_ranks_off_the_control_channels_and_still_logs(
+    tmp_path: Path,
+) -> None:
+    import redis
+
+    from tests.conftest import _serve
+
+    acl = tmp_path / "users.acl"
+    acl.write_text(
+        acl_from_docs()
+        .replace("WORKER_PASSWORD", "worker-pw-123")
+        .replace("RANK_PASSWORD", "rank-pw-456")
+    )
+    server = RedisServer(tmp_path / "redis", extra_args=["--aclfile", str(acl)])
+    server.url = f"redis://worker:worker-pw-123@127.0.0.1:{server.port}/0"
+    rank_url = f"redis://rank:rank-pw-456@127.0.0.1:{server.port}/0"
+    with contextlib.ExitStack() as stack:
+        for service in (server, WorkerFleet(tmp_path / "w", server.url, tmp_path / "staging", 1)):
+            running = _serve(service)
+            next(running)
+            stack.callback(running.close)  # stops it, in the reverse order
+        fleet = service
+        rank = redis.Redis.from_url(rank_url)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            rank.publish("/0.celery.pidbox", "{}")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            rank.lpush("celery", "{}")
+        with pytest.raises(Exception, match="no permissions"):
+            make_app(rank_url).control.broadcast("shutdown")
+        store = tmp_path / "store"
+        (store / "artifacts").mkdir(parents=True)
+        source = tmp_path / "f.txt"
+        source.write_bytes(b"logged through the rank's ACL")
+        logger = ObjectStoreLogger(
+            provider="local",
+            container="artifacts",
+            provider_kwargs={"key": str(store)},
+            object_name="{run_name}/{artifact_name}",
+            run_name="acl",
+            broker_url=rank_url,
+            upload_staging_folder=str(fleet.staging_root),
+            rank=0,
+            local_rank=0,
+            world_size=1,
+            local_world_size=1,
+            node_rank=0,
+        )
+        logger.file_artifact(LogLevel.EPOCH, "f.txt", source)
+        logger.close()
+        assert (store / "artifacts" / "acl" / "f.txt").read_bytes() == source.read_bytes()
+        assert alive(fleet)
