@@ -22,7 +22,6 @@ from hoist.logger.staging import (
     NAME_MAX,
     Fingerprint,
     StagedFile,
-    resolve_inside,
     stage_file,
     staged_path,
     staging_root_from,
@@ -35,6 +34,7 @@ from hoist.tasks.messages import (
     SymlinkRequest,
     UploadRequest,
 )
+from hoist.tasks.staged_file import open_staged_file
 from tests.services.tmpfs import small_tmpfs
 
 RANKS = {"rank": 9, "local_rank": 1, "world_size": 16, "local_world_size": 8, "node_rank": 1}
@@ -620,22 +620,28 @@ def test_staging_root_from_argument_and_environment(
         staging_root_from(str(tmp_path / "file"))
 
 
-# --------------------------------------------------------------------------- resolve_inside
+# ------------------------------------------------------------- staged paths, as workers open them
 
 
-def test_resolve_inside_accepts_inside_paths(tmp_path: Path) -> None:
+def _opens(root: str, path: str) -> int:
+    """The inode a worker opens for ``path`` under ``root``."""
+    with open_staged_file(root, path) as staged:
+        return staged.info.st_ino
+
+
+def test_workers_open_staged_paths_inside_the_root(tmp_path: Path) -> None:
     root = tmp_path / "staging"
     (root / "run" / "rank0").mkdir(parents=True)
     inside = root / "run" / "rank0" / "00000001-a"
-    assert resolve_inside(str(root), str(inside)) == str(inside)
-    assert resolve_inside(str(root), "run/rank0/00000001-a") == str(inside)
-    assert resolve_inside(str(root) + "/", str(root / "run" / ".." / "run" / "x")) == str(
-        root / "run" / "x"
-    )
+    inside.write_bytes(b"a")
+    inode = inside.stat().st_ino
+    assert _opens(str(root), str(inside)) == inode
+    assert _opens(str(root), "run/rank0/00000001-a") == inode
+    assert _opens(str(root) + "/", str(inside)) == inode
     # The root itself may be reached through a symlink.
     alias = tmp_path / "alias"
     alias.symlink_to(root)
-    assert resolve_inside(str(alias), str(alias / "run" / "x")) == str(root / "run" / "x")
+    assert _opens(str(alias), str(alias / "run" / "rank0" / "00000001-a")) == inode
 
 
 @pytest.mark.parametrize(
@@ -643,25 +649,29 @@ def test_resolve_inside_accepts_inside_paths(tmp_path: Path) -> None:
     [
         "{root}/../secret",
         "{root}/run/../../secret",
+        "{root}/run/../run/x",
         "../secret",
         "/etc/passwd",
         "{root}",
         "{root}/.",
         "{root}-sibling/x",
         "{root}/link-out",
-        "{root}/run/link-dir/x",
+        "{root}/run/link-dir/secret",
         "{root}/a\0b",
     ],
 )
-def test_resolve_inside_refuses_escapes(tmp_path: Path, path: str) -> None:
+def test_workers_refuse_staged_paths_that_escape(tmp_path: Path, path: str) -> None:
     root = tmp_path / "staging"
     (root / "run").mkdir(parents=True)
+    (root / "run" / "x").write_bytes(b"inside, but named with '..'")
     secret = tmp_path / "secret"
     secret.write_bytes(b"secret")
     (root / "link-out").symlink_to(secret)
     (root / "run" / "link-dir").symlink_to(tmp_path)
+    (tmp_path / "staging-sibling").mkdir()
+    (tmp_path / "staging-sibling" / "x").write_bytes(b"sibling")
     with pytest.raises(SourceFileError, match="refusing to read"):
-        resolve_inside(str(root), path.format(root=root))
+        _opens(str(root), path.format(root=root))
 
 
 # --------------------------------------------------------------------------- batches

@@ -4,8 +4,8 @@ A file handed to the logger is placed under the staging root, which the
 workers read, as ``<staging>/<run_name>/rank<rank>/<seq>-<name>``. The copy is
 as cheap as the filesystem allows (see :func:`stage_file`) and a staged file
 appears under its final name only once it is complete, so a worker never
-uploads half a file. Workers use :func:`resolve_inside` to refuse any path a
-message names outside the staging root.
+uploads half a file. Workers open staged files without following links and
+refuse any path outside the staging root (:mod:`hoist.tasks.staged_file`).
 """
 
 from __future__ import annotations
@@ -248,50 +248,6 @@ def staging_root_from(path: str | None) -> str:
             f"set {STAGING_DIR_ENV} or pass upload_staging_folder"
         ) from exc
     return root
-
-
-def resolve_inside(staging_root: str, path: str) -> str:
-    """Return the real path of a staged file, refusing any outside the staging root.
-
-    The worker calls this on every path a task message names, so a message
-    cannot make it read (and upload) an arbitrary file. Symlinks and ``..`` are
-    resolved before the check. A relative ``path`` is taken relative to the
-    staging root, so ranks and workers may mount a shared root at different
-    places. The file is neither opened nor read.
-
-    Parameters:
-        staging_root: the worker's staging root.
-        path: the path from the task message.
-
-    Returns:
-        The resolved path, inside the resolved staging root.
-
-    Raises:
-        SourceFileError: the resolved path is not strictly inside the root.
-
-    Example:
-        >>> resolve_inside("/staging", "run/rank0/00000001-ep1.pt")
-        '/staging/run/rank0/00000001-ep1.pt'
-    """
-    if not isinstance(path, str):
-        raise SourceFileError(f"refusing to read {path!r}: a staged path is a string")
-    if "\0" in path or "\0" in staging_root:
-        raise SourceFileError(f"refusing to read {path!r}: it contains a NUL character")
-    try:
-        # A lone surrogate (JSON can carry "\ud800") cannot become a file name;
-        # os.path would raise UnicodeEncodeError, which is no refusal.
-        os.fsencode(path)
-    except UnicodeEncodeError:
-        raise SourceFileError(
-            f"refusing to read {path!r}: it is not a valid file name (a lone surrogate)"
-        ) from None
-    root = os.path.realpath(staging_root)
-    resolved = os.path.realpath(os.path.join(root, path))
-    if resolved == root or os.path.commonpath([root, resolved]) != root:
-        raise SourceFileError(
-            f"refusing to read {path!r}: it is outside the staging root {staging_root!r}"
-        )
-    return resolved
 
 
 def _staging_failure(source: str, destination: str, exc: OSError) -> NoReturn:
