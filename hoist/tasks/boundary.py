@@ -82,10 +82,10 @@ class Admitted(NamedTuple):
 def too_deep(text: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether the JSON ``text`` nests arrays and objects deeper than ``limit``.
 
-    Brackets inside strings do not count; text whose brackets do not
-    balance counts as too deep (it is no JSON). Exact for valid JSON; what
-    is not JSON is refused later by whoever decodes it. No recursion and no
-    parse: a few passes of ``bytes`` methods, never a Python loop over
+    Brackets inside strings do not count. Exact for valid JSON; for text
+    that is none, a guess (unbalanced brackets beyond ``limit`` count as
+    too deep), and whoever decodes it refuses it anyway. No recursion and
+    no parse: a few passes of ``bytes`` methods, never a Python loop over
     characters.
 
     Example:
