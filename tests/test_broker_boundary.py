@@ -256,8 +256,10 @@ def test_an_oversized_envelope_is_refused_unread(
     task_id = new_id("large")
     body = task_body({"id": task_id, "padding": "x" * MAX_ENVELOPE_BYTES})
     push(broker, envelope(task_id, body))
-    # Too large to read its headers safely: the line names no task.
-    refused(fleet, f"more than the {MAX_ENVELOPE_BYTES} a worker takes")
+    # Too large to parse for the log line: its names are found by a bounded scan.
+    refused(
+        fleet, f"{UPLOAD_TASK} message (task id {task_id!r})", f"more than the {MAX_ENVELOPE_BYTES}"
+    )
     upload_lands(fleet, tmp_path)
     assert not received(fleet, task_id)
     assert_gone(broker, task_id)
@@ -277,7 +279,7 @@ def test_a_message_nested_900_deep_is_refused_and_no_worker_dies(
         reason = "the envelope is nested deeper than 32 levels"
     assert len(json.dumps(raw)) < 8 * KiB
     push(broker, raw)
-    refused(fleet, reason)
+    refused(fleet, repr(task_id), reason)
     upload_lands(fleet, tmp_path)
     assert not received(fleet, task_id)
     assert_gone(broker, task_id)
@@ -554,6 +556,13 @@ def test_a_refusal_line_names_the_task_on_one_short_line() -> None:
     assert refusal_line(b"\xff" * 10, "q", "why").startswith(
         "refused a malformed (unreadable) message (task id (unreadable))"
     )
+    # Too large or too deep to parse: the names are still found, by a bounded scan.
+    for raw in (
+        envelope(task_id, b"x" * MAX_ENVELOPE_BYTES),
+        envelope(task_id, b"[]", headers={"root_id": nested(100)}),
+    ):
+        line = refusal_line(json.dumps(raw).encode(), UPLOAD_QUEUE, "why")
+        assert line.startswith(f"refused a malformed {UPLOAD_TASK} message (task id {task_id!r})")
 
 
 def test_the_panel_keeps_only_read_only_inspections() -> None:

@@ -5,12 +5,13 @@ message it takes off Redis, before kombu adds it to the unacknowledged set
 and before kombu or Celery decode it. Measured against real workers
 without this check (``tests/test_broker_boundary.py`` sends each):
 
-- a 340 KiB message with a ``compression`` header grew a worker by 1.5 GiB:
-  kombu inflates the body before hoist's 64 KiB message check can run;
-- a valid 3.4 KB body nested 900 deep, or a header nested as deep, made the
-  worker's main process exit (``RecursionError … pickling``, when Celery
-  hands the task to a pool process), and the message, back in the queue,
-  killed the next worker;
+- a 338 KiB message with a ``compression`` header (340 MiB of zeros) grew
+  two workers by 2.7 GiB at the peak: kombu inflates the body before
+  hoist's 64 KiB message check can run;
+- a body nested 900 deep, or a header nested as deep (under 8 KiB), made
+  the worker's main process exit (``RecursionError … pickling``, when
+  Celery hands the task to a pool process), and the message, back in the
+  queue, killed the other worker too;
 - raw bytes that are no JSON, an envelope without ``properties``, an
   unknown ``body_encoding``, a list as the task name or a string as the
   ``timelimit`` each made the main process exit or its consumer restart
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any, NamedTuple
 
 from kombu.utils.encoding import bytes_to_str
@@ -63,6 +65,10 @@ about a hundred of them.
 SHOWN = 100
 """Most characters of a sender's task name or id that a log line quotes."""
 
+_NAMED = {
+    name: re.compile(rb'"%s"\s*:\s*"([^"\\]{1,%d})"' % (name.encode(), SHOWN))
+    for name in ("task", "id")
+}
 _AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 _NOT_SYNTAX = bytes(sorted(set(range(256)) - set(b'"[]{}')))
 
@@ -234,7 +240,11 @@ def _names(raw: bytes | str) -> tuple[Any, Any]:
     """The ``task`` and ``id`` headers of ``raw``; None for what cannot be read safely."""
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
     if len(data) > MAX_ENVELOPE_BYTES or too_deep(data):
-        return None, None
+        # Too large or deep to parse: the first plain string under each name,
+        # by a scan that never builds more than the name.
+        found = (_NAMED[name].search(data) for name in ("task", "id"))
+        task, task_id = (m[1].decode("utf-8", "replace") if m else None for m in found)
+        return task, task_id
     try:
         headers = loads(bytes_to_str(data)).get("headers")
         return headers.get("task"), headers.get("id")
