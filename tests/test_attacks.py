@@ -35,7 +35,7 @@ from hoist.tasks.app import make_app
 from hoist.tasks.messages import SYMLINK_TASK, UPLOAD_TASK
 from hoist.tasks.records import Records, State
 from hoist.tasks.signing import sign, verify
-from tests.conftest import serve_fleet
+from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.keys import FLEET_KEY, KEYS
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
@@ -43,6 +43,7 @@ from tests.services.workers import WorkerFleet, clean_environment, wait_until
 from tests.test_pipeline import settled
 
 VICTIM_PREFIX = "victim/"
+SINGLE_RANK = {"rank": 0, "local_rank": 0, "world_size": 1, "local_world_size": 1, "node_rank": 0}
 FOREIGN = FleetKeys.parse(new_fleet_key())
 
 
@@ -92,11 +93,7 @@ def victim_logger(fleet: WorkerFleet, server: S3Server, run_name: str) -> Object
         run_name=run_name,
         broker_url=fleet.broker_url,
         upload_staging_folder=str(fleet.staging_root),
-        rank=0,
-        local_rank=0,
-        world_size=1,
-        local_world_size=1,
-        node_rank=0,
+        **SINGLE_RANK,
     )
 
 
@@ -560,18 +557,9 @@ def test_the_rank_acl_keeps_ranks_off_the_control_channels_and_still_logs(
         source = tmp_path / "f.txt"
         source.write_bytes(b"logged through the rank's ACL")
         logger = ObjectStoreLogger(
-            provider="local",
-            container="artifacts",
-            provider_kwargs={"key": str(store)},
+            **{**single_rank_local_store(fleet, store), "broker_url": rank_url},
             object_name="{run_name}/{artifact_name}",
             run_name="acl",
-            broker_url=rank_url,
-            upload_staging_folder=str(fleet.staging_root),
-            rank=0,
-            local_rank=0,
-            world_size=1,
-            local_world_size=1,
-            node_rank=0,
         )
         logger.file_artifact(LogLevel.EPOCH, "f.txt", source)
         logger.close()
