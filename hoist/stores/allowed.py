@@ -64,9 +64,9 @@ class Destination:
     path: str
 
     def describe(self) -> str:
-        noun = {"s3": "bucket", "sftp": "host"}.get(self.kind, "container")
         if self.kind == "sftp":
             return f"sftp host {self.location} path {self.path}"
+        noun = "bucket" if self.kind == "s3" else "container"
         return f"{self.kind} {noun} {self.container} at {self.location}"
 
 
@@ -154,11 +154,6 @@ class AllowedStores:
         """
         kept = tuple(uri for uri in uris if uri.strip())
         return cls(tuple(_entry(uri) for uri in kept), kept, any_store)
-
-    @classmethod
-    def from_environment(cls) -> AllowedStores:
-        any_store = os.environ.get("HOIST_ALLOW_ANY_STORE", "") not in ("", "0")
-        return cls.parse(os.environ.get(ALLOWED_STORES_ENV, "").split(), any_store)
 
     @property
     def configured(self) -> bool:

@@ -256,19 +256,17 @@ def _run_one(task: str, message: dict[str, Any], task_id: str, send_event: Any) 
     ctx = context()
     try:
         job = JOBS[task](ctx, message, task_id, send_event)
-    except UnauthenticMessageError as exc:
-        # Not from a rank of this fleet: no record is touched, only counted.
-        ctx.records.count_refusal(type(exc).__name__)
-        return refused(task, task_id, exc)
     except InvalidMessageError as exc:
+        ctx.records.count_refusal(type(exc).__name__)
         # A rank's own message that workers refuse (a newer or broken sender, a
         # store this fleet does not allow) would stay queued and be re-sent for
         # ever: fail its record, but only when the record holds this very
-        # message, so a forged message cannot fail another artifact.
-        ctx.records.count_refusal(type(exc).__name__)
-        status = ctx.records.get(task_id)
-        if status is not None and status.message == message:
-            ctx.records.fail_queued(status.id, f"the workers refused its message: {exc}")
+        # message, so a forged message cannot fail another artifact. One no rank
+        # of this fleet signed touches no record at all.
+        if not isinstance(exc, UnauthenticMessageError):
+            status = ctx.records.get(task_id)
+            if status is not None and status.message == message:
+                ctx.records.fail_queued(status.id, f"the workers refused its message: {exc}")
         return refused(task, task_id, exc)
     return job.run()
 

@@ -410,10 +410,6 @@ class Records:
         with contextlib.suppress(redis.RedisError):
             self.client.hincrby(REFUSED, reason, 1)
 
-    def refusals(self) -> dict[str, int]:
-        """How many messages the workers refused, by reason."""
-        return {str(k): int(v) for k, v in self.client.hgetall(REFUSED).items()}
-
     def fail_queued(self, artifact: str, error: str) -> bool:
         """Mark a queued record failed: its message never reached the broker, or was refused.
 

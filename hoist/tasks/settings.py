@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from hoist.errors import ConfigurationError
 from hoist.keys import FleetKeys
-from hoist.stores.allowed import AllowedStores
+from hoist.stores.allowed import ALLOWED_STORES_ENV, AllowedStores
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
@@ -111,7 +111,9 @@ class Settings:
             queued_timeout=_float("HOIST_QUEUED_TIMEOUT", 300.0),
             keys=FleetKeys.from_environment(),
             insecure_unsigned=_flag("HOIST_INSECURE_UNSIGNED"),
-            allowed=AllowedStores.from_environment(),
+            allowed=AllowedStores.parse(
+                os.environ.get(ALLOWED_STORES_ENV, "").split(), _flag("HOIST_ALLOW_ANY_STORE")
+            ),
         )
 
     def startup_refusal(self) -> str | None:
