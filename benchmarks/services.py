@@ -27,10 +27,10 @@ import boto3
 import redis
 from botocore.config import Config
 
+from hoist.keys import new_fleet_key
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.stores.s3 import S3ObjectStore
 from hoist.stores.sftp import SFTPObjectStore
-from hoist.stores.spec import new_fleet_key
 from tests.services.s3 import RcloneServer
 from tests.services.sshd import SshServer
 from tests.services.workers import WorkerFleet

@@ -18,7 +18,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hoist.stores.spec import new_fleet_key
+    from hoist.keys import new_fleet_key
 
     print(new_fleet_key())
     return 0

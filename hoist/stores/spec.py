@@ -27,7 +27,6 @@ from cryptography.fernet import InvalidToken
 
 from hoist.errors import ConfigurationError, InvalidMessageError, UnknownProviderError
 from hoist.keys import FLEET_KEY_ENV, FleetKeys, keys_from
-from hoist.keys import new_fleet_key as new_fleet_key
 from hoist.stores.base import ObjectStore
 
 PUBLIC_ARGUMENTS = frozenset(

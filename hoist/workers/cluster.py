@@ -706,7 +706,7 @@ def _http_ok(url: str) -> bool:
 
 
 def _new_fleet_key() -> str:
-    from hoist.stores.spec import new_fleet_key
+    from hoist.keys import new_fleet_key
 
     return new_fleet_key()
 
