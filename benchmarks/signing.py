@@ -7,7 +7,7 @@ out; candidates alternate batch by batch:
 
 - ``sign``: :meth:`Message.signed`, what ``file_artifact`` adds on the
   training thread (the issue's goal: at most 20 µs more stall for a 1 KiB file).
-- ``verify``: :func:`hoist.tasks.signing.verify`, what a worker adds before it
+- ``verify``: :func:`hoist.protocol.signing.verify`, what a worker adds before it
   reads a message.
 - the peer, ``json.dumps``: the serialization of the same message that every
   send already pays (kombu's JSON serializer), so the ratio says how many such
@@ -34,9 +34,9 @@ from benchmarks.timing import alternate
 from hoist.keys import FleetKeys, new_fleet_key
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
+from hoist.protocol.messages import Message, UploadRequest, order_key
+from hoist.protocol.signing import verify
 from hoist.stores.spec import StoreSpec
-from hoist.tasks.messages import Message, UploadRequest, order_key
-from hoist.tasks.signing import verify
 
 NAME = "signing"
 SINGLE_RANK = {"rank": 0, "local_rank": 0, "world_size": 1, "local_world_size": 1, "node_rank": 0}

@@ -46,8 +46,9 @@ from benchmarks.report import Figure, Report, Target, median
 from benchmarks.services import Lab, private_redis
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
-from hoist.logger.staging import stage_file, staged_path
-from hoist.tasks.records import Records
+from hoist.logger.staging import stage_file
+from hoist.protocol.layout import staged_path
+from hoist.state.records import Records
 
 NAME = "stall"
 

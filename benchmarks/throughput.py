@@ -29,7 +29,7 @@ from benchmarks.report import Figure, Report, Target, median
 from benchmarks.services import Lab
 from benchmarks.timing import alternate
 from hoist.logger.levels import LogLevel
-from hoist.tasks.records import Records
+from hoist.state.records import Records
 
 NAME = "throughput"
 

@@ -30,26 +30,20 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from hoist.checkpoints import DownloadedCheckpoint, fetch_checkpoint, is_manifest
+from hoist.checkpoints import DownloadedCheckpoint, fetch_checkpoint
 from hoist.errors import (
     CheckpointError,
     ConfigurationError,
     ObjectNotFoundError,
-    PermanentStoreError,
 )
+from hoist.protocol.manifest import is_manifest
+from hoist.protocol.pointers import POINTER_SUFFIX, PointerError, read_pointer
+from hoist.state.records import ArtifactStatus, Records, State
 from hoist.stores.base import ObjectStat, ObjectStore
 from hoist.stores.checksum import Checksum, Progress
-from hoist.tasks.records import ArtifactStatus, Records, State
 
-POINTER_SUFFIX = ".symlink"
 MAX_HOPS = 8
-MAX_POINTER_SIZE = 4096
-"""A pointer holds one object name; a larger object is not read as one."""
 STORE_URI_ENV = "HOIST_STORE_URI"
-
-
-class PointerError(PermanentStoreError):
-    """A ``.symlink`` pointer is empty, too large, part of a loop, or names nothing."""
 
 
 @dataclass(frozen=True)
@@ -251,25 +245,6 @@ def follow_pointers(
         target = read_pointer(store, current)
         hops.append((current, target))
         current = target
-
-
-def read_pointer(store: ObjectStore, name: str) -> str:
-    """The object name a ``.symlink`` pointer holds.
-
-    Example:
-        >>> read_pointer(store, "bert-3/latest.pt.symlink")
-        'bert-3/ep2.pt'
-    """
-    held = store.stat(name)
-    if held.size > MAX_POINTER_SIZE:
-        raise PointerError(
-            f"{store.get_uri(name)} is {held.size} bytes, too large to be a pointer; "
-            "download it by its own name"
-        )
-    target = store.get_bytes(name).decode("utf-8", errors="replace").strip()
-    if not target:
-        raise PointerError(f"the pointer {store.get_uri(name)} is empty; log the symlink again")
-    return target
 
 
 def destination(dest: str | os.PathLike[str], object_name: str) -> str:

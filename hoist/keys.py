@@ -7,7 +7,7 @@ messages can never open a seal, and a later purpose cannot weaken an earlier
 one.
 
 - **message MAC** (``hoist/v1/message-mac``): HMAC-SHA256 over each
-  message's canonical body (:mod:`hoist.tasks.signing`).
+  message's canonical body (:mod:`hoist.protocol.signing`).
 - **seal** (``hoist/v1/seal``): the Fernet key that encrypts store
   credentials, bound to their store (:mod:`hoist.stores.spec`).
 

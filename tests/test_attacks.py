@@ -28,13 +28,13 @@ import pytest
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import ConfigurationError, ForgedMessageError, UnsignedMessageError
 from hoist.keys import FleetKeys, new_fleet_key
+from hoist.protocol.messages import SYMLINK_TASK, UPLOAD_TASK
+from hoist.protocol.sending import sender
+from hoist.protocol.signing import sign, verify
+from hoist.state.records import Records, State
 from hoist.stores.allowed import AllowedStores
 from hoist.stores.s3 import S3ObjectStore
 from hoist.stores.spec import StoreSpec
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import SYMLINK_TASK, UPLOAD_TASK
-from hoist.tasks.records import Records, State
-from hoist.tasks.signing import sign, verify
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.keys import FLEET_KEY, KEYS
 from tests.services.redis import RedisServer
@@ -100,9 +100,7 @@ def victim_logger(fleet: WorkerFleet, server: S3Server, run_name: str) -> Object
 def send_raw(fleet: WorkerFleet, task: str, body: dict[str, Any], task_id: str) -> None:
     """Put ``body`` on the broker as the attacker does: Celery's own envelope, any body."""
     queue = "hoist.symlinks" if task == SYMLINK_TASK else "hoist.uploads"
-    make_app(fleet.broker_url).send_task(
-        task, kwargs={"message": body}, task_id=task_id, queue=queue
-    )
+    sender(fleet.broker_url).send_task(task, kwargs={"message": body}, task_id=task_id, queue=queue)
 
 
 def logged(fleet: WorkerFleet, *fragments: str, timeout: float = 60) -> None:
@@ -551,7 +549,7 @@ def test_the_rank_acl_keeps_ranks_off_the_control_channels_and_still_logs(
         with pytest.raises(redis.exceptions.NoPermissionError):
             rank.lpush("celery", "{}")
         with pytest.raises(Exception, match="no permissions"):
-            make_app(rank_url).control.broadcast("shutdown")
+            sender(rank_url).control.broadcast("shutdown")
         store = tmp_path / "store"
         (store / "artifacts").mkdir(parents=True)
         source = tmp_path / "f.txt"

@@ -31,27 +31,23 @@ from hypothesis import strategies as st
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import ConfigurationError, InvalidObjectNameError, SourceFileError
 from hoist.keys import FleetKeys
-from hoist.logger.naming import ObjectNameTemplate
-from hoist.logger.staging import (
-    MAX_STAGED_NAME_BYTES,
-    stage_file,
-    staged_path,
-)
-from hoist.stores.base import validate_object_name
-from hoist.stores.spec import StoreSpec
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import (
+from hoist.logger.staging import stage_file
+from hoist.protocol.layout import MAX_STAGED_NAME_BYTES, staged_path
+from hoist.protocol.messages import (
     MAX_BATCH,
     UPLOAD_BATCH_TASK,
     UPLOAD_QUEUE,
     UPLOAD_TASK,
     UploadRequest,
     order_key,
-    send,
 )
-from hoist.tasks.records import Records, State
-from hoist.tasks.signing import sign
-from hoist.tasks.staged_file import open_staged_file, staged_components
+from hoist.protocol.naming import ObjectNameTemplate
+from hoist.protocol.sending import send, sender
+from hoist.protocol.signing import sign
+from hoist.protocol.staged_file import open_staged_file, staged_components
+from hoist.state.records import Records, State
+from hoist.stores.base import validate_object_name
+from hoist.stores.spec import StoreSpec
 from tests.services.bad_input import Tally, names, run_names, templates
 from tests.services.keys import FLEET_KEY
 from tests.services.redis import RedisServer
@@ -403,7 +399,7 @@ def test_malformed_messages_are_refused_logged_and_never_run(
     TALLY.add("explicit: hostile messages")
     good = valid_upload(hostile_fleet, store_dir, "model.pt", b"staged bytes")
     task_id = f"hostile-{time.time_ns()}"
-    make_app(hostile_fleet.broker_url).send_task(
+    sender(hostile_fleet.broker_url).send_task(
         UPLOAD_TASK,
         kwargs={"message": resigned(MALFORMED[case](good))},
         task_id=task_id,
@@ -437,7 +433,7 @@ def test_a_refused_message_fails_its_own_record_only(
     client.hset(
         record, mapping={"state": "queued", "message": json.dumps(stored), "task": UPLOAD_TASK}
     )
-    make_app(hostile_fleet.broker_url).send_task(
+    sender(hostile_fleet.broker_url).send_task(
         UPLOAD_TASK, kwargs={"message": bad}, task_id=good["id"], queue=UPLOAD_QUEUE
     )
     said = "refused a malformed" if own else "refused an unauthenticated"
@@ -463,7 +459,7 @@ def test_wrong_task_arguments_are_refused_by_celery_and_logged(
 ) -> None:
     TALLY.add("explicit: hostile messages")
     task_id = f"hostile-args-{time.time_ns()}"
-    make_app(hostile_fleet.broker_url).send_task(
+    sender(hostile_fleet.broker_url).send_task(
         UPLOAD_TASK, kwargs=kwargs, task_id=task_id, queue=UPLOAD_QUEUE
     )
     wait_until(lambda: worker_said(hostile_fleet, task_id, "TypeError"), timeout=60)
@@ -491,7 +487,7 @@ def test_pickled_message_is_refused_and_never_unpickled(
 
     marker = tmp_path / "worker-unpickled-this"
     task_id = f"hostile-pickle-{time.time_ns()}"
-    make_app(hostile_fleet.broker_url).send_task(
+    sender(hostile_fleet.broker_url).send_task(
         UPLOAD_TASK,
         kwargs={"message": PickleBomb(marker)},
         task_id=task_id,
@@ -515,7 +511,7 @@ def test_unknown_fields_are_ignored_not_stored(
     TALLY.add("explicit: hostile messages")
     good = valid_upload(hostile_fleet, store_dir, "extra.pt", b"extra")
     message = resigned({**good, "staged_path_override": "/etc/shadow", "exec": "rm -rf /"})
-    make_app(hostile_fleet.broker_url).send_task(
+    sender(hostile_fleet.broker_url).send_task(
         UPLOAD_TASK, kwargs={"message": message}, task_id=good["id"], queue=UPLOAD_QUEUE
     )
     records = Records.from_url(redis_server.url)
@@ -534,7 +530,7 @@ def test_a_malformed_batch_member_is_refused_and_the_others_land(
     last = valid_upload(hostile_fleet, store_dir, "last.pt", b"last")
     bad = resigned({**valid_upload(hostile_fleet, store_dir, "bad.pt", b"bad"), "rank": "0"})
     batch = f"{first['id']}+2"
-    make_app(hostile_fleet.broker_url).send_task(
+    sender(hostile_fleet.broker_url).send_task(
         UPLOAD_BATCH_TASK,
         kwargs={"messages": [first, bad, last]},
         task_id=batch,
@@ -560,7 +556,7 @@ def test_a_batch_that_is_no_list_of_messages_is_refused(
 ) -> None:
     TALLY.add("explicit: hostile messages")
     task_id = f"hostile-batch-{time.time_ns()}"
-    make_app(hostile_fleet.broker_url).send_task(
+    sender(hostile_fleet.broker_url).send_task(
         UPLOAD_BATCH_TASK, kwargs={"messages": messages}, task_id=task_id, queue=UPLOAD_QUEUE
     )
     said = "refused a malformed hoist.upload_batch message"
@@ -574,7 +570,7 @@ def test_a_batch_larger_than_allowed_is_refused_before_any_upload(
     TALLY.add("explicit: hostile messages")
     good = valid_upload(hostile_fleet, store_dir, "many.pt", b"many")
     task_id = f"{good['id']}+{MAX_BATCH}"
-    make_app(hostile_fleet.broker_url).send_task(
+    sender(hostile_fleet.broker_url).send_task(
         UPLOAD_BATCH_TASK,
         kwargs={"messages": [good] * (MAX_BATCH + 1)},
         task_id=task_id,
@@ -592,7 +588,7 @@ def test_worker_keeps_serving_after_hostile_messages(
     """Runs last in this module: every hostile message above went to this same worker."""
     good = valid_upload(hostile_fleet, store_dir, "after.pt", b"still serving")
     message = UploadRequest.from_json(good)
-    send(make_app(hostile_fleet.broker_url), UPLOAD_TASK, message)
+    send(sender(hostile_fleet.broker_url), UPLOAD_TASK, message)
     records = Records.from_url(redis_server.url)
     status = wait_until(lambda: settled(records, message.id), timeout=60)
     assert status.state is State.DONE, status.error

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import BATCH_FILE_BYTES, UploadRequest, send_batch
-from hoist.tasks.records import Records, State
+from hoist.protocol.messages import BATCH_FILE_BYTES, UploadRequest
+from hoist.protocol.sending import send_batch, sender
+from hoist.state.records import Records, State
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet, wait_until
@@ -103,7 +103,7 @@ def test_a_batch_delivered_twice_uploads_nothing_twice(
     statuses = sorted(records.run_artifacts(run_name), key=lambda status: status.id)
     before = {status.id: status.fields for status in statuses}
     again = [UploadRequest.from_json(status.message) for status in statuses]
-    send_batch(make_app(fleet.broker_url), again)
+    send_batch(sender(fleet.broker_url), again)
     batch = f"{again[0].id}+4"
     wait_until(lambda: ("hoist.upload_batch", batch) in tasks_run(fleet, run_name), timeout=30)
     for status in records.run_artifacts(run_name):

@@ -12,7 +12,7 @@ running, and an upload logged after the attack by a real
 compression bomb grew a worker by 1.5 GiB, the nested messages, the raw
 bytes and the broken envelopes made the worker's main process exit, and a
 broadcast ``shutdown`` or ``revoke`` stopped a worker or an upload
-(:mod:`hoist.tasks.boundary`, :mod:`hoist.tasks.control`). The pure checks
+(:mod:`hoist.protocol.boundary`, :mod:`hoist.tasks.control`). The pure checks
 get many examples at the end.
 """
 
@@ -37,17 +37,17 @@ from kombu.transport import redis as kombu_redis
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import InvalidMessageError
-from hoist.tasks.app import make_app
-from hoist.tasks.boundary import (
+from hoist.protocol.boundary import (
     MAX_ENVELOPE_BYTES,
     MAX_JSON_DEPTH,
     admit,
     refusal_line,
     too_deep,
 )
+from hoist.protocol.messages import UPLOAD_QUEUE, UPLOAD_TASK, artifact_id
+from hoist.protocol.sending import sender
+from hoist.state.records import Records, State
 from hoist.tasks.control import KEPT, read_only_panel
-from hoist.tasks.messages import UPLOAD_QUEUE, UPLOAD_TASK, artifact_id
-from hoist.tasks.records import Records, State
 from tests.conftest import _serve, serve_fleet, single_rank_local_store
 from tests.services.process import descendants
 from tests.services.redis import RedisServer
@@ -352,7 +352,7 @@ def replies_disabled(replies: list[dict[str, Any]] | None, fleet: WorkerFleet) -
 
 
 def test_a_broadcast_shutdown_stops_no_worker(fleet: WorkerFleet, tmp_path: Path) -> None:
-    control = make_app(fleet.broker_url).control
+    control = sender(fleet.broker_url).control
     replies_disabled(control.shutdown(reply=True, timeout=5, limit=2), fleet)
     control.shutdown()  # and once without asking for a reply
     wait_until(lambda: fleet.logs().count("command 'shutdown' from the broker ignored") >= 4)
@@ -367,7 +367,7 @@ def test_a_revoke_before_logging_does_not_stop_the_upload(
     at every delivery, so it stayed queued for ever."""
     run = f"revoked-{time.time_ns()}"
     victim = artifact_id(run, 0, 1)
-    control = make_app(fleet.broker_url).control
+    control = sender(fleet.broker_url).control
     replies_disabled(control.revoke(victim, reply=True, timeout=5, limit=2), fleet)
     replies_disabled(control.revoke(victim, terminate=True, reply=True, timeout=5, limit=2), fleet)
     store = tmp_path / "store"
@@ -415,7 +415,7 @@ ACTING_COMMANDS: dict[str, dict[str, Any]] = {
 def test_commands_that_act_do_nothing_and_flower_still_sees_the_fleet(
     fleet: WorkerFleet, tmp_path: Path
 ) -> None:
-    control = make_app(fleet.broker_url).control
+    control = sender(fleet.broker_url).control
     for command, arguments in ACTING_COMMANDS.items():
         replies = control.broadcast(
             command, arguments=arguments, reply=True, timeout=5, limit=len(fleet.workers)
@@ -511,7 +511,8 @@ def test_admit_refuses_anything_with_a_reason_and_never_raises_another_error(
 
 def test_admit_takes_what_celery_sends_single_and_in_a_batch(broker: RedisServer) -> None:
     """A real send and a real batch of 32 through Celery and kombu, read back raw."""
-    from hoist.tasks.messages import UploadRequest, order_key, send_batch
+    from hoist.protocol.messages import UploadRequest, order_key
+    from hoist.protocol.sending import send_batch
 
     queue = f"boundary-unit-{time.time_ns()}"
     members = [
@@ -530,7 +531,7 @@ def test_admit_takes_what_celery_sends_single_and_in_a_batch(broker: RedisServer
         )
         for seq in range(1, 33)
     ]
-    app = make_app(broker.url)
+    app = sender(broker.url)
     send_batch(app, members)
     app.send_task(UPLOAD_TASK, kwargs={"message": members[0].to_json()}, queue=queue)
     client = redis.Redis.from_url(broker.url)

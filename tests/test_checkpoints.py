@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from hoist import ObjectStoreLogger
-from hoist.checkpoints import Manifest
 from hoist.download import download_checkpoint
 from hoist.errors import CheckpointError, UploadFailedError
-from hoist.tasks.records import Records, State
+from hoist.protocol.manifest import Manifest
+from hoist.state.records import Records, State
 from tests.conftest import serve_fleet
 from tests.services.redis import RedisServer
 from tests.services.watch import ValueWatch

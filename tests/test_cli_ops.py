@@ -23,10 +23,10 @@ import pytest
 import hoist
 from hoist.cli import main
 from hoist.commands import console as console_module
-from hoist.download import PointerError
+from hoist.protocol.messages import UPLOAD_TASK, UploadRequest, order_key
+from hoist.protocol.pointers import PointerError
+from hoist.state.records import Records
 from hoist.stores.spec import StoreSpec
-from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, order_key
-from hoist.tasks.records import Records
 from tests import test_pipeline
 from tests.services.keys import KEYS
 from tests.services.redis import RedisServer

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from hoist.cli import build_parser
-from hoist.tasks.messages import SYMLINK_QUEUE, UPLOAD_QUEUE
+from hoist.protocol.messages import SYMLINK_QUEUE, UPLOAD_QUEUE
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
 

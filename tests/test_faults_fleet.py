@@ -31,9 +31,9 @@ import awscrt.checksums
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import SYMLINK_TASK, SymlinkRequest, order_key, send
-from hoist.tasks.records import ArtifactStatus, Records, State
+from hoist.protocol.messages import SYMLINK_TASK, SymlinkRequest, order_key
+from hoist.protocol.sending import send, sender
+from hoist.state.records import ArtifactStatus, Records, State
 from tests.conftest import _running
 from tests.services.keys import FLEET_KEY, KEYS
 from tests.services.process import ServerProcess, descendants
@@ -625,7 +625,7 @@ def test_pointer_never_moves_backwards_under_shuffled_redelivery(
         targets[n] = logger.file_artifact(LogLevel.EPOCH, f"ep{n}.pt", source)
     shuffled = [n for n in range(1, versions_n + 1) for _ in range(2)]
     random.Random(run).shuffle(shuffled)
-    app = make_app(broker.url)
+    app = sender(broker.url)
     records = Records.from_url(broker.url)
     with pointer_watch(store, f"{run}/latest.pt.symlink") as watch:
         for n in shuffled:
@@ -677,7 +677,7 @@ def test_pointer_write_stalled_past_its_lease_does_not_land_over_a_newer_one(
         return False
 
     proxy.hold(first_pointer_put)
-    app = make_app(broker.url)
+    app = sender(broker.url)
     records = Records.from_url(broker.url)
     old, new = order_key(0, 1001), order_key(0, 1002)
     first = pointer_request(logger, run, 1, targets[1], old)

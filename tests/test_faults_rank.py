@@ -21,9 +21,9 @@ import redis
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import EnqueueError, StagingError, UploadFailedError
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, send
-from hoist.tasks.records import Records, State
+from hoist.protocol.messages import UPLOAD_TASK, UploadRequest
+from hoist.protocol.sending import send, sender
+from hoist.state.records import Records, State
 from tests.services.keys import KEYS
 from tests.services.process import free_port
 from tests.services.redis import RedisServer
@@ -376,6 +376,6 @@ def test_rediss_broker_certificate_is_checked(
         store={"kind": "libcloud", "kwargs": {}, "sealed": None},
     ).signed(KEYS)
     with pytest.raises(Exception, match="certificate verify failed"):
-        send(make_app(url), UPLOAD_TASK, message, retry_seconds=1)
+        send(sender(url), UPLOAD_TASK, message, retry_seconds=1)
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         Records.from_url(url).client.ping()

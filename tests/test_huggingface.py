@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hoist.checkpoints import Manifest
+from hoist.protocol.manifest import Manifest
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet

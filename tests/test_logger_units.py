@@ -14,19 +14,17 @@ from pathlib import Path
 import pytest
 
 from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
-from hoist.logger.naming import OBJECT_NAME_FIELDS, ObjectNameTemplate, validate_artifact_name
 from hoist.logger.publisher import Outgoing, group_for_sending
 from hoist.logger.ranks import RankInfo
-from hoist.logger.staging import (
+from hoist.logger.staging import StagedFile, stage_file
+from hoist.protocol.layout import (
     MAX_STAGED_NAME_BYTES,
     NAME_MAX,
     Fingerprint,
-    StagedFile,
-    stage_file,
     staged_path,
     staging_root_from,
 )
-from hoist.tasks.messages import (
+from hoist.protocol.messages import (
     BATCH_FILE_BYTES,
     MAX_BATCH,
     SYMLINK_TASK,
@@ -34,7 +32,8 @@ from hoist.tasks.messages import (
     SymlinkRequest,
     UploadRequest,
 )
-from hoist.tasks.staged_file import open_staged_file
+from hoist.protocol.naming import OBJECT_NAME_FIELDS, ObjectNameTemplate, validate_artifact_name
+from hoist.protocol.staged_file import open_staged_file
 from tests.services.tmpfs import small_tmpfs
 
 RANKS = {"rank": 9, "local_rank": 1, "world_size": 16, "local_world_size": 8, "node_rank": 1}

@@ -21,9 +21,9 @@ import redis
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.commands.retry import retry
 from hoist.errors import ConfigurationError
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import SYMLINK_QUEUE, UPLOAD_QUEUE, node_queue
-from hoist.tasks.records import DEFERRED, Records, State
+from hoist.protocol.messages import SYMLINK_QUEUE, UPLOAD_QUEUE, node_queue
+from hoist.protocol.sending import sender
+from hoist.state.records import DEFERRED, Records, State
 from hoist.workers.worker import worker_queues
 from tests.conftest import _serve
 from tests.services.redis import RedisServer
@@ -192,7 +192,7 @@ def test_resender_and_retry_send_back_to_the_same_node(
     # `hoist retry --queued`'s path.
     records = Records.from_url(redis_server.url)
     [status] = [a for a in records.run_artifacts(run_name) if a.id == artifact]
-    [outcome] = retry(records, make_app(redis_server.url), [status])
+    [outcome] = retry(records, sender(redis_server.url), [status])
     assert outcome.resent
     assert client.llen(queue) == 3
     assert not received(shared_worker, artifact)

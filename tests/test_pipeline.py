@@ -20,9 +20,9 @@ import redis
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import ConfigurationError, UploadFailedError
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, order_key, send
-from hoist.tasks.records import Records, State
+from hoist.protocol.messages import UPLOAD_TASK, UploadRequest, order_key
+from hoist.protocol.sending import send, sender
+from hoist.state.records import Records, State
 from tests.services.keys import FLEET_KEY, KEYS
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
@@ -313,7 +313,7 @@ def test_message_naming_a_path_outside_staging_is_refused(
         staged_path=path,
         size=1,
     ).signed(KEYS)
-    send(make_app(fleet.broker_url), UPLOAD_TASK, message)
+    send(sender(fleet.broker_url), UPLOAD_TASK, message)
     status = wait_until(lambda: settled(records, message.id), timeout=30)
     assert status.state is State.FAILED
     assert "outside the staging root" in status.error
@@ -371,7 +371,7 @@ def test_pointer_never_moves_backwards(
     redis_server: RedisServer,
 ) -> None:
     """A late-running pointer task for checkpoint 1 does not undo the pointer to checkpoint 2."""
-    from hoist.tasks.messages import SYMLINK_TASK, SymlinkRequest, order_key
+    from hoist.protocol.messages import SYMLINK_TASK, SymlinkRequest, order_key
 
     run_name = f"pointer-{int(time.time() * 1000)}"
     logger = ObjectStoreLogger(run_name=run_name, **local_logger_kwargs)
@@ -383,7 +383,7 @@ def test_pointer_never_moves_backwards(
     logger.wait(timeout=60)
     early, late = order_key(0, 100), order_key(0, 101)
     records = Records.from_url(redis_server.url)
-    app = make_app(fleet.broker_url)
+    app = sender(fleet.broker_url)
 
     def pointer(n: int, order: str) -> SymlinkRequest:
         return SymlinkRequest(

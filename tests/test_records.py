@@ -6,8 +6,8 @@ import pytest
 import redis
 
 from hoist.errors import ConfigurationError
-from hoist.tasks.messages import UPLOAD_TASK, UploadRequest, artifact_id, order_key
-from hoist.tasks.records import Records, State, latest_key, retention_seconds
+from hoist.protocol.messages import UPLOAD_TASK, UploadRequest, artifact_id, order_key
+from hoist.state.records import Records, State, latest_key, retention_seconds
 from tests.services.redis import RedisServer
 
 DAY = 86400

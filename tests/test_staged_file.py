@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hoist.errors import SourceFileError
-from hoist.logger.staging import Fingerprint
-from hoist.tasks import staged_file
-from hoist.tasks.staged_file import (
+from hoist.protocol import staged_file
+from hoist.protocol.layout import Fingerprint
+from hoist.protocol.staged_file import (
     StagedFileMissing,
     open_staged_file,
     proc_fd_available,

@@ -4,7 +4,7 @@ An attacker who can write in the staging root swaps a rank's staged
 directory for a symlink to an outside directory, holding files of the same
 names with other bytes, and back, in a tight loop, while real ``hoist
 worker`` processes upload what a real logger staged. Before workers opened
-staged files by a single walk (``hoist.tasks.staged_file``), this uploaded
+staged files by a single walk (``hoist.protocol.staged_file``), this uploaded
 outside files in 3-6 of 24 uploads and deleted 4-5 outside files (three runs),
 or crashed an upload batch with realpath's EINVAL. Now every upload either
 lands with its own bytes or fails as a refusal, and nothing outside is read
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger
-from hoist.tasks.records import Records, State
+from hoist.state.records import Records, State
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet, wait_until
 

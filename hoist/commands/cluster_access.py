@@ -13,8 +13,8 @@ import os
 import redis
 
 from hoist.errors import ConfigurationError, HoistError
-from hoist.tasks.records import Records
-from hoist.workers.cluster import mask_url
+from hoist.protocol.urls import mask_url
+from hoist.state.records import Records
 from hoist.workers.envfile import apply_env_file
 
 NO_CLUSTER = "no hoist cluster found: run `hoist up`, or set HOIST_BROKER_URL"

@@ -20,10 +20,10 @@ from rich.table import Table
 from hoist.commands.cluster_access import broker_url_from_environment, records_for
 from hoist.commands.console import console, out
 from hoist.errors import ConfigurationError, EnqueueError
-from hoist.logger.staging import STAGING_DIR_ENV
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import MESSAGE_TYPES, SymlinkRequest, UploadRequest, send
-from hoist.tasks.records import ArtifactStatus, Records, State
+from hoist.protocol.layout import STAGING_DIR_ENV
+from hoist.protocol.messages import MESSAGE_TYPES, SymlinkRequest, UploadRequest
+from hoist.protocol.sending import send, sender
+from hoist.state.records import ArtifactStatus, Records, State
 
 RESENT = "re-sent"
 STAGED_GONE = "cannot retry: staged file gone; log it again"
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if not chosen:
         console.print(f"run {args.run}: nothing to retry", highlight=False)
         return 0
-    outcomes = retry(records, make_app(broker_url_from_environment()), chosen)
+    outcomes = retry(records, sender(broker_url_from_environment()), chosen)
     out.print(outcome_table(args.run, outcomes))
     resent = sum(outcome.resent for outcome in outcomes)
     console.print(
@@ -94,12 +94,12 @@ def retry(records: Records, app: Any, artifacts: list[ArtifactStatus]) -> list[O
 
     Parameters:
         records: the cluster's records.
-        app: a Celery app for sending (:func:`hoist.tasks.app.make_app`).
+        app: a Celery app for sending (:func:`hoist.protocol.sending.sender`).
         artifacts: the records to send again.
 
     Example:
         >>> failed = [a for a in records.run_artifacts("bert-3") if a.state is State.FAILED]
-        >>> [o.result for o in retry(records, make_app(broker), failed)]
+        >>> [o.result for o in retry(records, sender(broker), failed)]
         ['re-sent']
     """
     return [_retry_one(records, app, artifact) for artifact in artifacts]

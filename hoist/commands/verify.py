@@ -23,17 +23,17 @@ from hoist.commands.cluster_access import records_for
 from hoist.commands.console import console, out
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError, ObjectNotFoundError
 from hoist.keys import FleetKeys
+from hoist.protocol.messages import SYMLINK_TASK, UPLOAD_TASK
+from hoist.protocol.pointers import MAX_POINTER_SIZE
+from hoist.state.records import ArtifactStatus, Records, State, latest_key, pointer_key
 from hoist.stores.base import ObjectStore
 from hoist.stores.checksum import Checksum
 from hoist.stores.spec import StoreSpec, fleet_key_from_environment
-from hoist.tasks.messages import SYMLINK_TASK, UPLOAD_TASK
-from hoist.tasks.records import ArtifactStatus, Records, State, latest_key, pointer_key
 
 OK = "ok"
 MISSING = "missing"
 SIZE_MISMATCH = "size mismatch"
 CHECKSUM_MISMATCH = "checksum mismatch"
-MAX_POINTER_SIZE = 4096
 """A pointer holds one object name; anything larger is not one."""
 
 

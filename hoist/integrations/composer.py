@@ -42,13 +42,12 @@ from typing import Any
 from hoist.errors import ConfigurationError
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
+from hoist.protocol.pointers import POINTER_SUFFIX
 
 try:  # a real LoggerDestination where Composer is installed
     from composer.loggers import LoggerDestination as _Base
 except ImportError:
     _Base = object
-
-SYMLINK_SUFFIX = ".symlink"
 
 
 class HoistDestination(_Base):
@@ -112,10 +111,10 @@ class HoistDestination(_Base):
     ) -> None:
         """Stage ``file_path`` as the object ``remote_file_name``; a ``.symlink``: a pointer."""
         hoist = self._logger()
-        if remote_file_name.endswith(SYMLINK_SUFFIX):
+        if remote_file_name.endswith(POINTER_SUFFIX):
             target = pathlib.Path(file_path).read_text().strip()
             if hoist.has_logged(target):
-                hoist.symlink_artifact(target, remote_file_name.removesuffix(SYMLINK_SUFFIX))
+                hoist.symlink_artifact(target, remote_file_name.removesuffix(POINTER_SUFFIX))
                 return
             # A target this rank did not log (another rank's file, a sharded
             # checkpoint's directory): the pointer is an ordinary small object.

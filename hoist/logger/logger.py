@@ -19,8 +19,6 @@ from typing import Any
 
 import redis
 
-from hoist.checkpoints import checkpoint_name, files_under, relative_inside, step_order
-from hoist.download import POINTER_SUFFIX
 from hoist.errors import (
     ConfigurationError,
     EnqueueError,
@@ -30,14 +28,12 @@ from hoist.errors import (
 )
 from hoist.keys import FLEET_KEY_ENV, FleetKeys, keys_from
 from hoist.logger.levels import LogLevel
-from hoist.logger.naming import ObjectNameTemplate, validate_artifact_name, validate_run_name
 from hoist.logger.publisher import Outgoing, Publisher
 from hoist.logger.ranks import RankInfo
-from hoist.logger.staging import StagingMode, stage_file, staged_path, staging_root_from
-from hoist.stores.base import ObjectStore
-from hoist.stores.spec import StoreSpec, kind_of
-from hoist.tasks.app import make_app
-from hoist.tasks.messages import (
+from hoist.logger.staging import StagingMode, stage_file
+from hoist.protocol.layout import staged_path, staging_root_from
+from hoist.protocol.manifest import checkpoint_name, files_under, relative_inside, step_order
+from hoist.protocol.messages import (
     COMMIT_TASK,
     NODE_QUEUE_ENV,
     SYMLINK_TASK,
@@ -50,10 +46,15 @@ from hoist.tasks.messages import (
     commit_id,
     order_key,
 )
-from hoist.tasks.messages import node_queue as node_queue_name
-from hoist.tasks.records import Records, State
-from hoist.tasks.settings import DEFAULT_BROKER_URL
-from hoist.workers.cluster import mask_url
+from hoist.protocol.messages import node_queue as node_queue_name
+from hoist.protocol.naming import ObjectNameTemplate, validate_artifact_name, validate_run_name
+from hoist.protocol.pointers import POINTER_SUFFIX
+from hoist.protocol.sending import sender
+from hoist.protocol.urls import mask_url
+from hoist.settings import DEFAULT_BROKER_URL
+from hoist.state.records import Records, State
+from hoist.stores.base import ObjectStore
+from hoist.stores.spec import StoreSpec, kind_of
 
 log = logging.getLogger("hoist.logger")
 
@@ -193,7 +194,7 @@ class ObjectStoreLogger:
         # For error messages: where the rank tried to reach, never with its password.
         self._broker_shown = mask_url(broker)
         self._state_shown = mask_url(state)
-        self._app = make_app(broker)
+        self._app = sender(broker)
         self._records = Records.from_url(state)
         self._publisher = Publisher(self._app, self._unsent, self.enqueue_timeout)
         self._pending: dict[str, Message] = {}
@@ -399,7 +400,7 @@ class ObjectStoreLogger:
                 f"cannot symlink to {existing_artifact_name!r}: this rank has not logged it; "
                 "call file_artifact first"
             )
-        object_name = self._object_name(symlink_artifact_name) + ".symlink"
+        object_name = self._object_name(symlink_artifact_name) + POINTER_SUFFIX
         seq = self._next_seq()
         message = SymlinkRequest(
             **self._common(seq, symlink_artifact_name, object_name),

@@ -4,11 +4,11 @@
 the record is the durable promise. Publishing the Celery message (kombu
 builds it, about 0.4 ms of Python, and one round trip) happens here, off
 the training thread, and small uploads logged close together travel as one
-batch task (:func:`hoist.tasks.messages.send_batch`).
+batch task (:func:`hoist.protocol.messages.send_batch`).
 
 Nothing is lost on the way: a message this thread never sent (the process
 died first) leaves its record queued, and the workers' queued-record
-watchdog sends it after ``queued_timeout`` (see :mod:`hoist.tasks.records`);
+watchdog sends it after ``queued_timeout`` (see :mod:`hoist.state.records`);
 a message the broker refused for ``enqueue_timeout`` marks its record
 failed, which ``wait()`` reports and ``hoist retry`` sends again.
 """
@@ -26,15 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from hoist.tasks.messages import (
-    BATCH_FILE_BYTES,
-    MAX_BATCH,
-    Message,
-    UploadRequest,
-    queue_for,
-    send,
-    send_batch,
-)
+from hoist.protocol.messages import BATCH_FILE_BYTES, MAX_BATCH, Message, UploadRequest
+from hoist.protocol.sending import queue_for, send, send_batch
 
 log = logging.getLogger("hoist.logger")
 
@@ -74,13 +67,13 @@ class Publisher:
     """A rank's sending thread: a queue in, Celery tasks out.
 
     Parameters:
-        app: the Celery app to send with (:func:`hoist.tasks.app.make_app`).
+        app: the Celery app to send with (:func:`hoist.protocol.sending.sender`).
         on_unsent: told of messages that could not be sent (see :data:`Unsent`).
         timeout: seconds kombu retries an unreachable broker before giving up.
         linger: seconds a small upload waits for company (:data:`BATCH_LINGER`).
 
     Example:
-        >>> publisher = Publisher(make_app(url), on_unsent=mark_failed, timeout=30)
+        >>> publisher = Publisher(sender(url), on_unsent=mark_failed, timeout=30)
         >>> publisher.put(Outgoing(UPLOAD_TASK, message))
         >>> publisher.flush()  # everything put so far is on the broker (or reported)
     """

@@ -5,7 +5,7 @@ workers read, as ``<staging>/<run_name>/rank<rank>/<seq>-<name>``. The copy is
 as cheap as the filesystem allows (see :func:`stage_file`) and a staged file
 appears under its final name only once it is complete, so a worker never
 uploads half a file. Workers open staged files without following links and
-refuse any path outside the staging root (:mod:`hoist.tasks.staged_file`).
+refuse any path outside the staging root (:mod:`hoist.protocol.staged_file`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import fcntl
 import io
 import logging
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,24 +22,10 @@ from enum import Enum
 from typing import NoReturn
 
 from hoist.durability import fsync_directory, fsync_file
-from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
-from hoist.logger.naming import validate_artifact_name, validate_run_name
+from hoist.errors import HoistError, SourceFileError, StagingError
+from hoist.protocol.layout import Fingerprint, temporary_name
 
 logger = logging.getLogger(__name__)
-
-STAGING_DIR_ENV = "HOIST_STAGING_DIR"
-"""Environment variable naming the staging root when none is passed."""
-
-NAME_MAX = 255
-"""Longest file name, in bytes, on the filesystems hoist stages to."""
-
-_TEMP_PREFIX = "."
-_TEMP_INFIX = ".partial-"
-_TEMP_RANDOM_BYTES = 4
-# The temporary name wraps the staged name, so the staged name must leave room
-# for the wrapping or the temporary file could not be created at all.
-MAX_STAGED_NAME_BYTES = NAME_MAX - len(_TEMP_PREFIX) - len(_TEMP_INFIX) - 2 * _TEMP_RANDOM_BYTES
-"""Longest staged file name, in bytes: 255 minus the temporary name's affixes."""
 
 COPY_BUFFER_SIZE = 8 * 1024 * 1024
 """Chunk size of the plain streaming copy, the last fallback."""
@@ -94,57 +79,6 @@ class StagingMode(str, Enum):
 
 
 @dataclass(frozen=True)
-class Fingerprint:
-    """What a hard-linked file looked like when it was staged.
-
-    A rewrite in place changes the size or the modification time; one that
-    puts the modification time back still changes the inode's ctime. Adding
-    or removing a link (the caller deleting or renaming its own name for the
-    file, which is fine) also changes ctime, so ctime counts only when the
-    link count did not change.
-
-    Parameters:
-        size: bytes.
-        mtime_ns, ctime_ns: modification and inode-change times.
-        nlink: the number of hard links.
-
-    Example:
-        >>> before = Fingerprint(10, 1, 1, 2)
-        >>> before.change(Fingerprint(10, 1, 5, 1)) is None  # the caller deleted its name
-        True
-        >>> before.change(Fingerprint(12, 7, 7, 2))
-        'its size went from 10 to 12 bytes'
-    """
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    nlink: int
-
-    @classmethod
-    def of(cls, path: str) -> Fingerprint:
-        info = os.stat(path)
-        return cls(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_nlink)
-
-    def change(self, now: Fingerprint) -> str | None:
-        """How the file changed since this fingerprint, or None if it did not."""
-        if now.size != self.size:
-            return f"its size went from {self.size} to {now.size} bytes"
-        if now.mtime_ns != self.mtime_ns:
-            return "it was modified"
-        if now.ctime_ns != self.ctime_ns and now.nlink == self.nlink:
-            return "its inode changed (ctime) with no link added or removed"
-        return None
-
-    def to_json(self) -> list[int]:
-        return [self.size, self.mtime_ns, self.ctime_ns, self.nlink]
-
-    @classmethod
-    def from_json(cls, data: list[int]) -> Fingerprint:
-        return cls(*(int(x) for x in data))
-
-
-@dataclass(frozen=True)
 class StagedFile:
     """A file placed under the staging root.
 
@@ -164,90 +98,6 @@ class StagedFile:
     size: int
     method: str
     fingerprint: Fingerprint | None = None
-
-
-def staged_path(staging_root: str, run_name: str, rank: int, seq: int, artifact_name: str) -> str:
-    """Return where an artifact is staged: ``<root>/<run>/rank<rank>/<seq>-<name>``.
-
-    The artifact name is flattened (``/`` becomes ``__``) so that every staged
-    file of a rank sits directly in the rank's directory; the sequence number
-    keeps names unique, so flattening cannot make two artifacts collide. A
-    name too long for the filesystem keeps its end (where the extension is)
-    and its sequence prefix.
-
-    Parameters:
-        staging_root: the staging root.
-        run_name: the run's name; one safe path segment.
-        rank: global rank of the calling process.
-        seq: the artifact's sequence number within this rank.
-        artifact_name: the name the user gave the artifact.
-
-    Returns:
-        The path of the staged file.
-
-    Raises:
-        ConfigurationError: ``run_name`` is invalid (see
-            :func:`~hoist.logger.naming.validate_run_name`); ``rank`` or ``seq``
-            is negative; the artifact name is invalid.
-
-    Example:
-        >>> staged_path("/staging", "llama", 3, 12, "checkpoints/ep1.pt")
-        '/staging/llama/rank3/00000012-checkpoints__ep1.pt'
-    """
-    validate_run_name(run_name)
-    if rank < 0 or seq < 0:
-        raise ConfigurationError(f"rank ({rank}) and seq ({seq}) must not be negative")
-    validate_artifact_name(artifact_name)
-    prefix = f"{seq:08d}-"
-    flat = artifact_name.lstrip("/").replace("/", "__")
-    budget = MAX_STAGED_NAME_BYTES - len(prefix)
-    if len(os.fsencode(flat)) > budget:
-        # Walk back from the end char by char so a multi-byte character is
-        # never cut in half.
-        kept: list[str] = []
-        used = 0
-        for char in reversed(flat):
-            size = len(os.fsencode(char))
-            if used + size > budget:
-                break
-            kept.append(char)
-            used += size
-        flat = "".join(reversed(kept))
-    return os.path.join(staging_root, run_name, f"rank{rank}", prefix + flat)
-
-
-def staging_root_from(path: str | None) -> str:
-    """Return the staging root as an absolute path, creating it if missing.
-
-    Parameters:
-        path: the staging folder the user passed, or ``None`` to read
-            ``HOIST_STAGING_DIR``.
-
-    Returns:
-        The absolute path of the staging root (``~`` expanded).
-
-    Raises:
-        ConfigurationError: neither is set, or the directory cannot be created.
-
-    Example:
-        >>> staging_root_from("/tmp/hoist-staging")
-        '/tmp/hoist-staging'
-    """
-    chosen = path or os.environ.get(STAGING_DIR_ENV)
-    if not chosen:
-        raise ConfigurationError(
-            f"no staging directory: set {STAGING_DIR_ENV} or pass upload_staging_folder "
-            "(a directory the upload workers can read)"
-        )
-    root = os.path.abspath(os.path.expanduser(chosen))
-    try:
-        os.makedirs(root, exist_ok=True)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot use staging directory {root!r}: {exc.strerror or exc}; "
-            f"set {STAGING_DIR_ENV} or pass upload_staging_folder"
-        ) from exc
-    return root
 
 
 def _staging_failure(source: str, destination: str, exc: OSError) -> NoReturn:
@@ -288,7 +138,7 @@ def _link_into(source: str, destination: str) -> bool:
     Linked under a temporary name and renamed, so an existing staged file is
     replaced as a copy would replace it.
     """
-    temp = _temporary_name(destination)
+    temp = temporary_name(destination)
     # Falls back on another filesystem, a filesystem without hard links, or
     # the kernel's protected_hardlinks refusing a file we do not own.
     if not _place(_hard_link, source, temp, destination, _LINK_FALLBACK, os.path.exists):
@@ -339,16 +189,9 @@ def _place(
     return False
 
 
-def _temporary_name(destination: str) -> str:
-    directory, base = os.path.split(destination)
-    return os.path.join(
-        directory, f"{_TEMP_PREFIX}{base}{_TEMP_INFIX}{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
-    )
-
-
 def _open_temporary(destination: str) -> tuple[str, io.BufferedWriter]:
     directory = os.path.dirname(destination)
-    temp = _temporary_name(destination)
+    temp = temporary_name(destination)
     try:
         return temp, open(temp, "xb")  # noqa: SIM115 - closed by the caller
     except FileNotFoundError:

@@ -25,15 +25,15 @@ from hoist.errors import (
     StoreError,
     StoreNotAllowedError,
 )
-from hoist.stores.spec import StoreSpec
-from hoist.tasks.leases import Leases, name_lock
-from hoist.tasks.messages import (
+from hoist.protocol.messages import (
     Message,
     check_message_size,
     check_order,
 )
-from hoist.tasks.records import Claim, State, pointer_key
-from hoist.tasks.signing import verify
+from hoist.protocol.signing import verify
+from hoist.state.leases import Leases, name_lock
+from hoist.state.records import Claim, State, pointer_key
+from hoist.stores.spec import StoreSpec
 from hoist.tasks.worker_context import WorkerContext
 
 log = logging.getLogger("hoist.worker")

@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hoist.checkpoints import Manifest, ManifestFile
-from hoist.tasks.job import Job
-from hoist.tasks.messages import (
+from hoist.protocol.manifest import Manifest, ManifestFile
+from hoist.protocol.messages import (
     COMMIT_TASK,
     SYMLINK_TASK,
     CommitRequest,
     SymlinkRequest,
 )
-from hoist.tasks.records import ArtifactStatus, State, latest_key
+from hoist.state.records import ArtifactStatus, State, latest_key
+from hoist.tasks.job import Job
 from hoist.tasks.upload_job import UploadJob
 
 log = logging.getLogger("hoist.worker")

@@ -14,8 +14,9 @@ import time
 
 from celery import Celery
 
-from hoist.tasks.messages import MESSAGE_TYPES, send
-from hoist.tasks.records import DEFERRED, ArtifactStatus, State
+from hoist.protocol.messages import MESSAGE_TYPES
+from hoist.protocol.sending import send
+from hoist.state.records import DEFERRED, ArtifactStatus, State
 from hoist.tasks.worker_context import WorkerContext
 
 log = logging.getLogger("hoist.resender")
@@ -67,7 +68,7 @@ class Resender:
     def _overdue(self, status: ArtifactStatus) -> bool:
         """Whether a queued (never claimed) artifact has waited too long; if not, look later.
 
-        Its message may be lost (see :mod:`hoist.tasks.records`); after
+        Its message may be lost (see :mod:`hoist.state.records`); after
         ``queued_timeout`` it is sent again, and looked at again one period later.
         """
         timeout = self.ctx.settings.queued_timeout

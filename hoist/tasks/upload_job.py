@@ -9,16 +9,12 @@ from typing import Any
 from hoist.errors import (
     SourceFileError,
 )
-from hoist.logger.staging import Fingerprint
-from hoist.tasks.job import Heartbeat, Job
-from hoist.tasks.leases import Limit, name_lock, rank_limit, store_limit
-from hoist.tasks.messages import (
+from hoist.protocol.layout import Fingerprint
+from hoist.protocol.messages import (
     UPLOAD_TASK,
     UploadRequest,
 )
-from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
-from hoist.tasks.records import State, latest_key
-from hoist.tasks.staged_file import (
+from hoist.protocol.staged_file import (
     NO_PROC_FD,
     OpenStagedFile,
     StagedFileMissing,
@@ -26,6 +22,10 @@ from hoist.tasks.staged_file import (
     proc_fd_available,
     staged_components,
 )
+from hoist.state.leases import Limit, name_lock, rank_limit, store_limit
+from hoist.state.records import State, latest_key
+from hoist.tasks.job import Heartbeat, Job
+from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
 
 log = logging.getLogger("hoist.worker")
 
@@ -34,7 +34,7 @@ class UploadJob(Job):
     """Upload one staged file, verify it, then delete the staged copy.
 
     The staged file is opened once, without following any symlink, and
-    uploaded and deleted through its descriptors (:mod:`hoist.tasks.staged_file`):
+    uploaded and deleted through its descriptors (:mod:`hoist.protocol.staged_file`):
     whoever can write in the staging root cannot swap what gets read or deleted.
     """
 

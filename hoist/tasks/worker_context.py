@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import threading
 
+from hoist.settings import Settings
+from hoist.state.records import Records
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, store_class
-from hoist.tasks.records import Records
-from hoist.tasks.settings import Settings
 
 _MAX_IDENTITIES = 4096
 

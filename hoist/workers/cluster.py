@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import redis
 
 from hoist.errors import ConfigurationError, HoistError
+from hoist.protocol.urls import mask_url
 from hoist.stores.allowed import ALLOWED_STORES_ENV
 from hoist.workers.envfile import env_path, read_env_file, write_env_file
 from hoist.workers.flower import DEFAULT_ADDRESS, DEFAULT_PORT
@@ -71,21 +72,6 @@ class ClusterError(HoistError):
 
 
 # ----- small helpers -------------------------------------------------------------------------
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``****``.
-
-    Example:
-        >>> mask_url("redis://:s3cret@127.0.0.1:6379/0")
-        'redis://:****@127.0.0.1:6379/0'
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:****@{host}").geturl()
 
 
 def store_uri(home: str | os.PathLike[str]) -> str:

@@ -13,7 +13,7 @@ What Flower 2.2 does, read from its source (``flower/command.py``,
 - The broker page and the start-up banner show the broker URL through
   kombu's ``as_uri()``, which masks the password (``redis://:**@host``);
   worker stats drop it too. Task arguments are what the sender's
-  ``kwargsrepr`` says: :meth:`hoist.tasks.messages.Message.summary`.
+  ``kwargsrepr`` says: :meth:`hoist.protocol.messages.Message.summary`.
 - The tasks page shows each upload's arguments (artifact, run, rank, size)
   and its result (:mod:`hoist.workers.flower_config`); an upload in flight
   is in state ``PROGRESS`` with its bytes so far as its result, from the

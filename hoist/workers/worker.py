@@ -12,8 +12,8 @@ import os
 import socket
 import sys
 
+from hoist.protocol.messages import NODE_QUEUE_ENV, SYMLINK_QUEUE, UPLOAD_QUEUE, node_queue
 from hoist.stores.allowed import ALLOWED_STORES_ENV
-from hoist.tasks.messages import NODE_QUEUE_ENV, SYMLINK_QUEUE, UPLOAD_QUEUE, node_queue
 
 log = logging.getLogger("hoist.worker")
 
@@ -144,10 +144,10 @@ def run_worker(args: argparse.Namespace) -> int:
         )
     if settings.allowed.any_store:
         log.warning("hoist worker: --allow-any-store: uploading to any store a message names")
-    from hoist.tasks.broker import transport_for
+    from hoist.protocol.broker import transport_for
 
     # kombu's Redis transport with a repair: without it a worker exits when
-    # Redis restarts under an upload in flight (see hoist.tasks.broker). Only
+    # Redis restarts under an upload in flight (see hoist.protocol.broker). Only
     # consumers need it; Flower names its broker page by the transport.
     app.conf.broker_transport = transport_for(app.conf.broker_url)
     app.worker_main(

@@ -58,7 +58,7 @@ import redis
 from redis.typing import EncodableT
 
 from hoist.errors import ConfigurationError
-from hoist.tasks.messages import Message
+from hoist.protocol.messages import Message
 
 PREFIX = "hoist:"
 DEFERRED = f"{PREFIX}deferred"

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from hoist.errors import InvalidMessageError
 from hoist.keys import FleetKeys
-from hoist.tasks.signing import MAC_FIELD, mac_of
+from hoist.protocol.signing import MAC_FIELD, mac_of
 
 UPLOAD_TASK = "hoist.upload"
 SYMLINK_TASK = "hoist.symlink"
@@ -140,7 +140,7 @@ class Message:
         order: :func:`order_key` at logging time.
         store: :meth:`hoist.stores.spec.StoreSpec.to_json` of the target store.
         mac: the rank's signature over every other field
-            (:mod:`hoist.tasks.signing`); empty until :meth:`signed`.
+            (:mod:`hoist.protocol.signing`); empty until :meth:`signed`.
     """
 
     id: str
@@ -154,7 +154,7 @@ class Message:
     mac: str = ""
 
     def signed(self: M, keys: FleetKeys) -> M:
-        """This message with its :mod:`~hoist.tasks.signing` MAC made with the newest key."""
+        """This message with its :mod:`~hoist.protocol.signing` MAC made with the newest key."""
         # A copy with one field set, not dataclasses.replace: this runs on the
         # training thread for every file_artifact, and replace re-runs __init__.
         signed = copy.copy(self)
@@ -209,7 +209,7 @@ class UploadRequest(Message):
         overwrite: replace an existing object holding other bytes.
         rank_limit: uploads of this rank that may run at once, fleet-wide.
         fingerprint: for a hard-linked staged file, what it looked like when
-            staged (:meth:`hoist.logger.staging.Fingerprint.to_json`); the
+            staged (:meth:`hoist.protocol.layout.Fingerprint.to_json`); the
             worker fails the upload if the file was rewritten since.
         queue: the node queue (:func:`node_queue`) when the file was staged
             node-locally, else empty (the shared :data:`UPLOAD_QUEUE`). Part
@@ -355,92 +355,3 @@ def check_message_size(data: Any) -> None:
         raise InvalidMessageError(
             f"the message is {size} bytes, more than the {MAX_MESSAGE_BYTES} a hoist message can be"
         )
-
-
-def queue_for(task: str, message: Message) -> str:
-    """The queue ``message`` goes to: its node queue if it names one, else the task's."""
-    return getattr(message, "queue", "") or QUEUES[task]
-
-
-def send(app: Any, task: str, message: Message, retry_seconds: float = 30.0) -> None:
-    """Send ``message`` as ``task``, with its artifact id as the task id.
-
-    The queue is :func:`queue_for` the message, so an upload staged on a node
-    goes to that node's queue every time it is sent.
-
-    Flower shows :meth:`Message.summary` as the arguments. If the broker is
-    unreachable, kombu retries for about ``retry_seconds`` before raising.
-    """
-    kwargs = {"message": message.to_json()}
-    queue = queue_for(task, message)
-    _send_task(app, task, kwargs, message.id, queue, message.summary(), retry_seconds)
-
-
-def send_batch(app: Any, messages: list[UploadRequest], retry_seconds: float = 30.0) -> None:
-    """Send several small uploads of one rank as one :data:`UPLOAD_BATCH_TASK`.
-
-    A task costs a worker about 3 ms of CPU whatever it carries (Celery's
-    consumer, the hand-off to a pool process, three events); for a 64 KiB file
-    that is more than its upload. Each artifact keeps its own record, claim
-    and outcome: a member held back or retried is sent again on its own.
-    The task id is :func:`batch_id`, the queue that of the first member
-    (a rank's uploads share one).
-
-    Raises:
-        ValueError: no messages, or more than :data:`MAX_BATCH`.
-    """
-    if not 0 < len(messages) <= MAX_BATCH:
-        raise ValueError(f"a batch holds 1 to {MAX_BATCH} uploads, not {len(messages)}")
-    kwargs = {"messages": [message.to_json() for message in messages]}
-    queue = queue_for(UPLOAD_TASK, messages[0])
-    summary = batch_summary(messages)
-    _send_task(app, UPLOAD_BATCH_TASK, kwargs, batch_id(messages), queue, summary, retry_seconds)
-
-
-def batch_id(messages: list[UploadRequest]) -> str:
-    """The task id of a batch: its first member's id and how many follow.
-
-    Example:
-        >>> batch_id([UploadRequest("hoist-r-r0-7", "r", 0, 7, "a", "a", "o", {})] * 3)
-        'hoist-r-r0-7+2'
-    """
-    return f"{messages[0].id}+{len(messages) - 1}"
-
-
-def batch_summary(messages: list[UploadRequest]) -> dict[str, Any]:
-    """What Flower shows as a batch's arguments: its artifacts' names first."""
-    names = [message.artifact_name for message in messages]
-    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
-    first = messages[0]
-    return {
-        "artifacts": shown,
-        "run": first.run_name,
-        "rank": first.rank,
-        "files": len(messages),
-        "size": sum(message.size for message in messages),
-    }
-
-
-def _send_task(
-    app: Any,
-    task: str,
-    kwargs: dict[str, Any],
-    task_id: str,
-    queue: str,
-    summary: dict[str, Any],
-    retry_seconds: float,
-) -> None:
-    app.send_task(
-        task,
-        kwargs=kwargs,
-        task_id=task_id,
-        queue=queue,
-        kwargsrepr=repr(summary),
-        retry=True,
-        retry_policy={
-            "max_retries": max(1, int(retry_seconds)),
-            "interval_start": 0.2,
-            "interval_step": 0.5,
-            "interval_max": 1.0,
-        },
-    )

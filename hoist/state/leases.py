@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import redis
 
-from hoist.tasks.records import PREFIX
+from hoist.state.records import PREFIX
 
 # Every write sets the key's own TTL to two lease times: always past every
 # member's expiry, so an idle limit vanishes and a busy one never does.

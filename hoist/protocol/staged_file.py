@@ -55,7 +55,7 @@ import stat
 from types import TracebackType
 
 from hoist.errors import SourceFileError
-from hoist.logger.staging import Fingerprint
+from hoist.protocol.layout import Fingerprint
 
 log = logging.getLogger("hoist.worker")
 

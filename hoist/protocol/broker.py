@@ -18,10 +18,10 @@ Celery only ignores connection errors there, so it treats the
 carries on reconnecting. Nothing is lost by not restoring at that moment:
 the messages stay in kombu's unacknowledged set in Redis, and hoist's own
 records resend every claimed artifact within about two lease times (see
-:mod:`hoist.tasks.records`).
+:mod:`hoist.state.records`).
 
 **The boundary.** Every message a worker takes off Redis passes
-:func:`hoist.tasks.boundary.admit` on the raw bytes Redis returned, before
+:func:`hoist.protocol.boundary.admit` on the raw bytes Redis returned, before
 kombu adds it to the unacknowledged set and before kombu or Celery decode
 it. A refused message is dropped: ``BRPOP`` (or ``RPOP``) already took it
 off its list and it never enters the unacknowledged set, so nothing
@@ -44,9 +44,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
 from hoist.errors import InvalidMessageError
-from hoist.tasks.boundary import admit, refusal_line
+from hoist.protocol.boundary import admit, refusal_line
 
-TRANSPORT = "hoist.tasks.broker:RedisTransport"
+TRANSPORT = "hoist.protocol.broker:RedisTransport"
 """What workers and ranks give Celery as ``broker_transport`` for Redis URLs."""
 
 log = logging.getLogger("hoist.worker")

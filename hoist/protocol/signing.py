@@ -18,7 +18,7 @@ policy depend on. A MAC over hoist's own message body survives any number
 of re-sends from the record unchanged and costs microseconds.
 
 The record keeps the signed message; a worker acts only on a broker message
-identical to its record's (:meth:`hoist.tasks.records.Records.claim`).
+identical to its record's (:meth:`hoist.state.records.Records.claim`).
 
 Example:
     >>> from hoist.keys import FleetKeys, new_fleet_key

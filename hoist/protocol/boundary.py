@@ -1,6 +1,6 @@
 """What a worker takes from the broker, decided on the raw bytes before anything decodes them.
 
-:class:`hoist.tasks.broker.RedisChannel` calls :func:`admit` on every
+:class:`hoist.protocol.broker.RedisChannel` calls :func:`admit` on every
 message it takes off Redis, before kombu adds it to the unacknowledged set
 and before kombu or Celery decode it. Measured against real workers
 without this check (``tests/test_broker_boundary.py`` sends each):
@@ -24,7 +24,7 @@ without this check (``tests/test_broker_boundary.py`` sends each):
 Everything else is left to kombu and Celery as before: a content type other
 than JSON is refused by kombu without decoding it (``accept_content``), an
 unknown task name by Celery, and a task's own fields by
-:mod:`hoist.tasks.messages`.
+:mod:`hoist.protocol.messages`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ limit 117 KiB; a single upload is 2.6 KiB. The bound is 8x the
 largest, so no batch a rank sends comes near it, and a worker never parses
 more than 1 MiB of JSON for one message. After decoding, each message (and
 each member of a batch) is still held to
-:data:`hoist.tasks.messages.MAX_MESSAGE_BYTES`.
+:data:`hoist.protocol.messages.MAX_MESSAGE_BYTES`.
 """
 
 MAX_JSON_DEPTH = 32
@@ -135,7 +135,7 @@ def admit(raw: bytes | str) -> Admitted:
     its base64 is undone.
 
     Cost, on top of kombu's own parse and base64 decoding (which it
-    replaces; :meth:`hoist.tasks.broker.RedisChannel.decode_body` reuses the
+    replaces; :meth:`hoist.protocol.broker.RedisChannel.decode_body` reuses the
     decoded body), measured as process time on one core of the shared
     2-core test machine with envelopes a real rank sent: 5 µs for a single
     upload (2.6 KiB), 100 µs for a batch of 32 (50 KiB: 3 µs a member,

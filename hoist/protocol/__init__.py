@@ -1,0 +1,1 @@
+"""The contract between ranks and the fleet: messages, signatures, the staging layout, pointers."""

@@ -1,0 +1,1 @@
+"""The state store: artifact records, leases and the deferred schedule, in Redis."""
