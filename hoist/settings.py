@@ -37,7 +37,7 @@ def _flag(name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Settings:
+class WorkerSettings:
     """Worker settings.
 
     Parameters:
@@ -93,7 +93,7 @@ class Settings:
     allowed: AllowedStores = field(default_factory=AllowedStores)
 
     @classmethod
-    def from_environment(cls) -> Settings:
+    def from_environment(cls) -> WorkerSettings:
         broker = os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
         return cls(
             broker_url=broker,

@@ -28,7 +28,7 @@ import pytest
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import ConfigurationError, ForgedMessageError, UnsignedMessageError
 from hoist.keys import FleetKeys, new_fleet_key
-from hoist.protocol.messages import SYMLINK_TASK, UPLOAD_TASK
+from hoist.protocol.messages import POINTER_TASK, UPLOAD_TASK
 from hoist.protocol.sending import sender
 from hoist.protocol.signing import sign, verify
 from hoist.state.records import Records, State
@@ -99,7 +99,7 @@ def victim_logger(fleet: WorkerFleet, server: S3Server, run_name: str) -> Object
 
 def send_raw(fleet: WorkerFleet, task: str, body: dict[str, Any], task_id: str) -> None:
     """Put ``body`` on the broker as the attacker does: Celery's own envelope, any body."""
-    queue = "hoist.symlinks" if task == SYMLINK_TASK else "hoist.uploads"
+    queue = "hoist.symlinks" if task == POINTER_TASK else "hoist.uploads"
     sender(fleet.broker_url).send_task(task, kwargs={"message": body}, task_id=task_id, queue=queue)
 
 
@@ -180,7 +180,7 @@ def test_a_forged_pointer_cannot_write_a_file_outside_the_allowed_stores(
         body = sign(body, FOREIGN)
     elif forger != "unsigned":
         body = sign(body, KEYS)  # a malicious rank: the signature holds
-    send_raw(guarded, SYMLINK_TASK, body, body["id"])
+    send_raw(guarded, POINTER_TASK, body, body["id"])
     expected = {
         "unsigned": "the message is unsigned",
         "foreign key": "signature does not match",
@@ -224,7 +224,7 @@ def test_a_copied_envelope_cannot_freeze_a_pointer_or_move_it(
         "target_object_name": f"{run}/evil.pt",
     }
     body = sign(body, KEYS) if forger.startswith("signed") else body
-    send_raw(guarded, SYMLINK_TASK, body, body["id"])
+    send_raw(guarded, POINTER_TASK, body, body["id"])
     logged(guarded, body["id"], "in the future" if forger.startswith("signed") else "signature")
     second = tmp_path / "ep2.pt"
     second.write_bytes(b"epoch 2")

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from hoist.cli import build_parser
-from hoist.protocol.messages import SYMLINK_QUEUE, UPLOAD_QUEUE
+from hoist.protocol.messages import POINTER_QUEUE, UPLOAD_QUEUE
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
 
@@ -165,7 +165,7 @@ def test_references_between_manifests_hold() -> None:
     hpa = objects[("HorizontalPodAutoscaler", "hoist-worker")]["spec"]
     for target in (scaled["scaleTargetRef"], hpa["scaleTargetRef"]):
         assert (target["kind"], target["name"]) in objects
-    assert {t["metadata"]["listName"] for t in scaled["triggers"]} == {UPLOAD_QUEUE, SYMLINK_QUEUE}
+    assert {t["metadata"]["listName"] for t in scaled["triggers"]} == {UPLOAD_QUEUE, POINTER_QUEUE}
     worker_env = {v["name"] for v in container("Deployment", "hoist-worker")["env"]}
     for trigger in scaled["triggers"]:
         assert trigger["metadata"]["addressFromEnv"] in worker_env

@@ -31,7 +31,7 @@ import awscrt.checksums
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
-from hoist.protocol.messages import SYMLINK_TASK, SymlinkRequest, order_key
+from hoist.protocol.messages import POINTER_TASK, PointerRequest, order_key
 from hoist.protocol.sending import send, sender
 from hoist.state.records import ArtifactStatus, Records, State
 from tests.conftest import _running
@@ -571,8 +571,8 @@ def test_upload_outliving_visibility_timeout_is_not_uploaded_twice(
 
 def pointer_request(
     logger: ObjectStoreLogger, run: str, n: int, target: str, order: str
-) -> SymlinkRequest:
-    return SymlinkRequest(
+) -> PointerRequest:
+    return PointerRequest(
         id=f"hoist-{run}-r0-{1000 + n}",
         run_name=run,
         rank=0,
@@ -629,13 +629,13 @@ def test_pointer_never_moves_backwards_under_shuffled_redelivery(
     records = Records.from_url(broker.url)
     with pointer_watch(store, f"{run}/latest.pt.symlink") as watch:
         for n in shuffled:
-            send(app, SYMLINK_TASK, pointer_request(logger, run, n, targets[n], orders[n - 1]))
+            send(app, POINTER_TASK, pointer_request(logger, run, n, targets[n], orders[n - 1]))
         for n in range(1, versions_n + 1):
             request = pointer_request(logger, run, n, targets[n], orders[n - 1])
             status = wait_until(lambda r=request: settled(records, r.id), timeout=120)
             assert status.state in (State.DONE, State.SUPERSEDED), status.fields
         # A late redelivery of the oldest, after the newest has landed.
-        send(app, SYMLINK_TASK, pointer_request(logger, run, 1, targets[1], orders[0]))
+        send(app, POINTER_TASK, pointer_request(logger, run, 1, targets[1], orders[0]))
         wait_until(lambda: deliveries_in_logs(fleet, f"hoist-{run}-r0-1001") >= 3, timeout=60)
     logger.close()
     seen = [version_of(v) for v in watch.seen]
@@ -683,9 +683,9 @@ def test_pointer_write_stalled_past_its_lease_does_not_land_over_a_newer_one(
     first = pointer_request(logger, run, 1, targets[1], old)
     second = pointer_request(logger, run, 2, targets[2], new)
     with pointer_watch(store, f"{run}/latest.pt.symlink") as watch:
-        send(app, SYMLINK_TASK, first)
+        send(app, POINTER_TASK, first)
         wait_until(lambda: held, timeout=60)
-        send(app, SYMLINK_TASK, second)
+        send(app, POINTER_TASK, second)
         with contextlib.suppress(TimeoutError):  # the fault: the write stalls this long
             wait_until(lambda: settled(records, second.id), timeout=4 * LEASE_SECONDS)
         proxy.release()

@@ -27,9 +27,9 @@ from hoist.protocol.layout import (
 from hoist.protocol.messages import (
     BATCH_FILE_BYTES,
     MAX_BATCH,
-    SYMLINK_TASK,
+    POINTER_TASK,
     UPLOAD_TASK,
-    SymlinkRequest,
+    PointerRequest,
     UploadRequest,
 )
 from hoist.protocol.naming import OBJECT_NAME_FIELDS, ObjectNameTemplate, validate_artifact_name
@@ -699,6 +699,6 @@ def test_a_batch_holds_at_most_max_batch_and_one_queue() -> None:
 
 def test_pointers_and_commits_are_never_batched() -> None:
     pointer = Outgoing(
-        SYMLINK_TASK, SymlinkRequest("hoist-r-r0-2", "r", 0, 2, "l", "l.symlink", "o", {})
+        POINTER_TASK, PointerRequest("hoist-r-r0-2", "r", 0, 2, "l", "l.symlink", "o", {})
     )
     assert [len(g) for g in group_for_sending([_outgoing(1), pointer, _outgoing(1)])] == [1, 1, 1]

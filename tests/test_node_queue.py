@@ -21,7 +21,7 @@ import redis
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.commands.retry import retry
 from hoist.errors import ConfigurationError
-from hoist.protocol.messages import SYMLINK_QUEUE, UPLOAD_QUEUE, node_queue
+from hoist.protocol.messages import POINTER_QUEUE, UPLOAD_QUEUE, node_queue
 from hoist.protocol.sending import sender
 from hoist.state.records import DEFERRED, Records, State
 from hoist.workers.worker import worker_queues
@@ -99,9 +99,9 @@ def received(fleet: WorkerFleet, artifact: str) -> bool:
 
 
 def test_worker_queues_default_and_with_a_node() -> None:
-    assert worker_queues(None, None) == f"{UPLOAD_QUEUE},{SYMLINK_QUEUE}"
+    assert worker_queues(None, None) == f"{UPLOAD_QUEUE},{POINTER_QUEUE}"
     # A node-local worker takes its node's uploads and the pointers, not the shared uploads.
-    assert worker_queues(None, "gpu-017") == f"{UPLOAD_QUEUE}.node.gpu-017,{SYMLINK_QUEUE}"
+    assert worker_queues(None, "gpu-017") == f"{UPLOAD_QUEUE}.node.gpu-017,{POINTER_QUEUE}"
     # Given -Q, the node queue is added to what the operator chose.
     assert worker_queues(UPLOAD_QUEUE, "gpu-017") == f"{UPLOAD_QUEUE},{UPLOAD_QUEUE}.node.gpu-017"
     with pytest.raises(ConfigurationError, match="node queue name 'a b' is not usable"):

@@ -371,7 +371,7 @@ def test_pointer_never_moves_backwards(
     redis_server: RedisServer,
 ) -> None:
     """A late-running pointer task for checkpoint 1 does not undo the pointer to checkpoint 2."""
-    from hoist.protocol.messages import SYMLINK_TASK, SymlinkRequest, order_key
+    from hoist.protocol.messages import POINTER_TASK, PointerRequest, order_key
 
     run_name = f"pointer-{int(time.time() * 1000)}"
     logger = ObjectStoreLogger(run_name=run_name, **local_logger_kwargs)
@@ -385,8 +385,8 @@ def test_pointer_never_moves_backwards(
     records = Records.from_url(redis_server.url)
     app = sender(fleet.broker_url)
 
-    def pointer(n: int, order: str) -> SymlinkRequest:
-        return SymlinkRequest(
+    def pointer(n: int, order: str) -> PointerRequest:
+        return PointerRequest(
             id=f"hoist-{run_name}-r0-{100 + n}",
             run_name=run_name,
             rank=0,
@@ -399,9 +399,9 @@ def test_pointer_never_moves_backwards(
             target_object_name=f"{run_name}/ep{n}.pt",
         ).signed(KEYS)
 
-    send(app, SYMLINK_TASK, pointer(2, late))
+    send(app, POINTER_TASK, pointer(2, late))
     assert wait_until(lambda: settled(records, pointer(2, late).id)).state is State.DONE
-    send(app, SYMLINK_TASK, pointer(1, early))
+    send(app, POINTER_TASK, pointer(1, early))
     assert wait_until(lambda: settled(records, pointer(1, early).id)).state is State.SUPERSEDED
     held = tmp_path / "store" / "artifacts" / run_name / "latest.pt.symlink"
     assert held.read_text() == f"{run_name}/ep2.pt"

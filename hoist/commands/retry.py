@@ -21,7 +21,7 @@ from hoist.commands.cluster_access import broker_url_from_environment, records_f
 from hoist.commands.console import console, out
 from hoist.errors import ConfigurationError, EnqueueError
 from hoist.protocol.layout import STAGING_DIR_ENV
-from hoist.protocol.messages import MESSAGE_TYPES, SymlinkRequest, UploadRequest
+from hoist.protocol.messages import MESSAGE_TYPES, PointerRequest, UploadRequest
 from hoist.protocol.sending import send, sender
 from hoist.state.records import ArtifactStatus, Records, State
 
@@ -113,7 +113,7 @@ def _retry_one(records: Records, app: Any, artifact: ArtifactStatus) -> Outcome:
     message = message_type.from_json(artifact.message)
     if isinstance(message, UploadRequest) and not staged_file_exists(message.staged_path):
         return Outcome(artifact, STAGED_GONE)
-    if isinstance(message, SymlinkRequest):
+    if isinstance(message, PointerRequest):
         # Targets come first in logging order, so a target still failed here could not be
         # retried; sent anyway, the pointer would only fail again.
         target = records.get(message.target_id)

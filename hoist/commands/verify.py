@@ -23,7 +23,7 @@ from hoist.commands.cluster_access import records_for
 from hoist.commands.console import console, out
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError, ObjectNotFoundError
 from hoist.keys import FleetKeys
-from hoist.protocol.messages import SYMLINK_TASK, UPLOAD_TASK
+from hoist.protocol.messages import POINTER_TASK, UPLOAD_TASK
 from hoist.protocol.pointers import MAX_POINTER_SIZE
 from hoist.state.records import ArtifactStatus, Records, State, latest_key, pointer_key
 from hoist.stores.base import ObjectStore
@@ -160,7 +160,7 @@ def verify_artifact(records: Records, stores: Stores, artifact: ArtifactStatus) 
     uri = fields.get("uri") or message["object_name"]
     try:
         store = stores.get(spec)
-        if fields.get("task") == SYMLINK_TASK:
+        if fields.get("task") == POINTER_TASK:
             result = _check_pointer(records, store, spec, message)
         elif fields.get("task") == UPLOAD_TASK:
             expected = _expected_version(records, spec, artifact)

@@ -36,11 +36,11 @@ from hoist.protocol.manifest import checkpoint_name, files_under, relative_insid
 from hoist.protocol.messages import (
     COMMIT_TASK,
     NODE_QUEUE_ENV,
-    SYMLINK_TASK,
+    POINTER_TASK,
     UPLOAD_TASK,
     CommitRequest,
     Message,
-    SymlinkRequest,
+    PointerRequest,
     UploadRequest,
     artifact_id,
     commit_id,
@@ -56,7 +56,7 @@ from hoist.state.records import Records, State
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, kind_of
 
-log = logging.getLogger("hoist.logger")
+log = logging.getLogger("hoist.rank")
 
 ShouldLog = Callable[[Any, LogLevel, str], bool]
 DEFAULT_OBJECT_NAME = "{run_name}/artifacts/{artifact_name}"
@@ -402,12 +402,12 @@ class ObjectStoreLogger:
             )
         object_name = self._object_name(symlink_artifact_name) + POINTER_SUFFIX
         seq = self._next_seq()
-        message = SymlinkRequest(
+        message = PointerRequest(
             **self._common(seq, symlink_artifact_name, object_name),
             target_id=target_id,
             target_object_name=target_object,
         )
-        self._enqueue(SYMLINK_TASK, message, None)
+        self._enqueue(POINTER_TASK, message, None)
         return message.id
 
     def has_logged(self, artifact_name: str) -> bool:

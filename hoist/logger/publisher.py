@@ -29,7 +29,7 @@ from typing import cast
 from hoist.protocol.messages import BATCH_FILE_BYTES, MAX_BATCH, Message, UploadRequest
 from hoist.protocol.sending import queue_for, send, send_batch
 
-log = logging.getLogger("hoist.logger")
+log = logging.getLogger("hoist.rank")
 
 BATCH_LINGER = 0.05
 """Seconds a small upload waits for others to share its task. Uploads take

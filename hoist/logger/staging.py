@@ -25,7 +25,7 @@ from hoist.durability import fsync_directory, fsync_file
 from hoist.errors import HoistError, SourceFileError, StagingError
 from hoist.protocol.layout import Fingerprint, temporary_name
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("hoist.rank")
 
 COPY_BUFFER_SIZE = 8 * 1024 * 1024
 """Chunk size of the plain streaming copy, the last fallback."""

@@ -23,12 +23,12 @@ from hoist.keys import FleetKeys
 from hoist.protocol.signing import MAC_FIELD, mac_of
 
 UPLOAD_TASK = "hoist.upload"
-SYMLINK_TASK = "hoist.symlink"
+POINTER_TASK = "hoist.symlink"
 COMMIT_TASK = "hoist.commit"
 UPLOAD_BATCH_TASK = "hoist.upload_batch"
 """Several small uploads of one rank in one task (see :func:`send_batch`)."""
 UPLOAD_QUEUE = "hoist.uploads"
-SYMLINK_QUEUE = "hoist.symlinks"
+POINTER_QUEUE = "hoist.symlinks"
 """Short pointer writes have their own queue, so that they never wait behind
 long uploads for a worker slot."""
 NODE_QUEUE_ENV = "HOIST_NODE_QUEUE"
@@ -42,7 +42,7 @@ def node_queue(node: str) -> str:
     Ranks that stage to a directory only their own node can read send their
     uploads here, and only a worker on that node (``hoist worker --node-queue
     NODE``) consumes it. Pointer tasks need no staged file and stay on
-    :data:`SYMLINK_QUEUE`.
+    :data:`POINTER_QUEUE`.
 
     Example:
         >>> node_queue("gpu-017")
@@ -229,7 +229,7 @@ class UploadRequest(Message):
 
 
 @dataclass(frozen=True)
-class SymlinkRequest(Message):
+class PointerRequest(Message):
     """Point ``object_name`` (ending in ``.symlink``) at the target's object.
 
     Parameters:
@@ -278,10 +278,10 @@ def commit_id(run_name: str, checkpoint: str) -> str:
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     UPLOAD_TASK: UploadRequest,
-    SYMLINK_TASK: SymlinkRequest,
+    POINTER_TASK: PointerRequest,
     COMMIT_TASK: CommitRequest,
 }
-QUEUES = {UPLOAD_TASK: UPLOAD_QUEUE, SYMLINK_TASK: SYMLINK_QUEUE, COMMIT_TASK: SYMLINK_QUEUE}
+QUEUES = {UPLOAD_TASK: UPLOAD_QUEUE, POINTER_TASK: POINTER_QUEUE, COMMIT_TASK: POINTER_QUEUE}
 
 
 _JSON_TYPES: dict[Any, type] = {str: str, int: int, bool: bool, dict: dict, list: list}

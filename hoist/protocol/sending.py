@@ -18,9 +18,9 @@ from hoist.protocol.broker import transport_for
 from hoist.protocol.messages import (
     COMMIT_TASK,
     MAX_BATCH,
+    POINTER_QUEUE,
+    POINTER_TASK,
     QUEUES,
-    SYMLINK_QUEUE,
-    SYMLINK_TASK,
     UPLOAD_BATCH_TASK,
     UPLOAD_QUEUE,
     UPLOAD_TASK,
@@ -125,8 +125,8 @@ def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, 
         "task_routes": {
             UPLOAD_TASK: {"queue": UPLOAD_QUEUE},
             UPLOAD_BATCH_TASK: {"queue": UPLOAD_QUEUE},
-            SYMLINK_TASK: {"queue": SYMLINK_QUEUE},
-            COMMIT_TASK: {"queue": SYMLINK_QUEUE},
+            POINTER_TASK: {"queue": POINTER_QUEUE},
+            COMMIT_TASK: {"queue": POINTER_QUEUE},
         },
         "task_default_queue": UPLOAD_QUEUE,
         # Flower needs events to show tasks as they run. Not the "sent" event:

@@ -22,19 +22,19 @@ from hoist.errors import (
 from hoist.protocol.messages import (
     COMMIT_TASK,
     MAX_BATCH,
-    SYMLINK_TASK,
+    POINTER_TASK,
     UPLOAD_BATCH_TASK,
     UPLOAD_TASK,
 )
 from hoist.protocol.sending import celery_config
-from hoist.settings import Settings
+from hoist.settings import WorkerSettings
 from hoist.state.records import Claim, State
 from hoist.tasks.control import restrict_remote_control
 
 log = logging.getLogger("hoist.worker")
 
 
-settings = Settings.from_environment()
+settings = WorkerSettings.from_environment()
 app = Celery("hoist")
 app.conf.update(celery_config(settings.broker_url, settings.visibility_timeout))
 # From the broker, workers take read-only inspections only (see hoist.tasks.control).
@@ -148,7 +148,7 @@ def upload_batch(self: Any, messages: Any) -> dict[str, Any]:
     return run_batch(self, messages)
 
 
-@app.task(name=SYMLINK_TASK, bind=True, throws=(ArtifactFailed,))
+@app.task(name=POINTER_TASK, bind=True, throws=(ArtifactFailed,))
 def symlink(self: Any, message: dict[str, Any]) -> dict[str, Any]:
     return run_job(self, message)
 

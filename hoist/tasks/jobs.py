@@ -12,9 +12,9 @@ from typing import Any
 from hoist.protocol.manifest import Manifest, ManifestFile
 from hoist.protocol.messages import (
     COMMIT_TASK,
-    SYMLINK_TASK,
+    POINTER_TASK,
     CommitRequest,
-    SymlinkRequest,
+    PointerRequest,
 )
 from hoist.state.records import ArtifactStatus, State, latest_key
 from hoist.tasks.job import Job
@@ -23,12 +23,12 @@ from hoist.tasks.upload_job import UploadJob
 log = logging.getLogger("hoist.worker")
 
 
-class SymlinkJob(Job):
+class PointerJob(Job):
     """Write a ``.symlink`` pointer once its target is verified, never moving it backwards."""
 
-    task = SYMLINK_TASK
-    message_type = SymlinkRequest
-    message: SymlinkRequest
+    task = POINTER_TASK
+    message_type = PointerRequest
+    message: PointerRequest
 
     def objects(self) -> list[str]:
         return [self.message.object_name, self.message.target_object_name]
@@ -169,5 +169,5 @@ class CommitJob(Job):
         )
 
 
-JOBS: dict[str, type[Job]] = {job.task: job for job in (UploadJob, SymlinkJob, CommitJob)}
+JOBS: dict[str, type[Job]] = {job.task: job for job in (UploadJob, PointerJob, CommitJob)}
 """The job class of each task name."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from hoist.settings import Settings
+from hoist.settings import WorkerSettings
 from hoist.state.records import Records
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, store_class
@@ -20,7 +20,7 @@ class WorkerContext:
         settings: the worker's settings.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.records = Records.from_url(settings.state_url, lease_ms=settings.lease_ms)
         self.fleet_key = settings.keys
@@ -55,6 +55,6 @@ def context() -> WorkerContext:
     """This process's context; a forked pool child builds its own (sockets do not survive fork)."""
     global _context, _pid
     if _context is None or _pid != os.getpid():
-        _context = WorkerContext(Settings.from_environment())
+        _context = WorkerContext(WorkerSettings.from_environment())
         _pid = os.getpid()
     return _context

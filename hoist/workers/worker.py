@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 
-from hoist.protocol.messages import NODE_QUEUE_ENV, SYMLINK_QUEUE, UPLOAD_QUEUE, node_queue
+from hoist.protocol.messages import NODE_QUEUE_ENV, POINTER_QUEUE, UPLOAD_QUEUE, node_queue
 from hoist.stores.allowed import ALLOWED_STORES_ENV
 
 log = logging.getLogger("hoist.worker")
@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-Q",
         "--queues",
-        help=f"queues to consume (default: {UPLOAD_QUEUE},{SYMLINK_QUEUE}; run pointer-only "
-        f"workers with -Q {SYMLINK_QUEUE})",
+        help=f"queues to consume (default: {UPLOAD_QUEUE},{POINTER_QUEUE}; run pointer-only "
+        f"workers with -Q {POINTER_QUEUE})",
     )
     parser.add_argument(
         "--node-queue",
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(NODE_QUEUE_ENV) or None,
         help="also consume this node's upload queue, which ranks staging to a node-local "
         f"folder send to (logger node_queue= or {NODE_QUEUE_ENV}; default: {NODE_QUEUE_ENV}). "
-        f"Without -Q, such a worker consumes its node queue and {SYMLINK_QUEUE} only, not the "
+        f"Without -Q, such a worker consumes its node queue and {POINTER_QUEUE} only, not the "
         f"shared {UPLOAD_QUEUE}, whose files it may not be able to read",
     )
     parser.add_argument(
@@ -104,11 +104,11 @@ def worker_queues(queues: str | None, node: str | None) -> str:
         'hoist.uploads,hoist.symlinks,hoist.uploads.node.gpu-017'
     """
     if not node:
-        return queues or f"{UPLOAD_QUEUE},{SYMLINK_QUEUE}"
+        return queues or f"{UPLOAD_QUEUE},{POINTER_QUEUE}"
     # A worker for node-local staging reads only its node's folder: by default it
     # takes no shared uploads (their files may be elsewhere), only its node's and
     # the pointers, which need no file.
-    chosen = queues.split(",") if queues else [SYMLINK_QUEUE]
+    chosen = queues.split(",") if queues else [POINTER_QUEUE]
     own = node_queue(node)
     if queues is None:
         return ",".join([own, *chosen])
