@@ -1,44 +1,272 @@
-"""What a worker is told by its environment (``hoist worker`` sets these from its options)."""
+"""Every ``HOIST_*`` variable in one place, and the settings each side resolves from them once.
+
+:data:`VARIABLES` lists each variable with its type, default, unit and one
+line of doc; docs/operations.md carries the same table (made by
+:func:`settings_table`, checked by the suite). Three frozen models are read
+from it, each once, at an edge of the program:
+
+- :class:`RankSettings`: in :class:`~hoist.ObjectStoreLogger`'s constructor;
+  explicit arguments win over them.
+- :class:`WorkerSettings`: when ``hoist worker`` starts; its options win.
+- :class:`CommandSettings`: in the CLI, after ``<home>/env`` is applied.
+
+Below the edges nothing reads the environment: settings are passed down.
+A bad value is a :class:`~hoist.errors.ConfigurationError` naming the
+variable, raised by ``from_environment``, never on ``import hoist``.
+
+Example:
+    >>> RankSettings.from_environment({"HOIST_BROKER_URL": "redis://redis.lan:6379/0"}).state_url
+    'redis://redis.lan:6379/0'
+    >>> WorkerSettings.from_environment({"HOIST_MAX_RETRIES": "three"})
+    Traceback (most recent call last):
+    ...
+    hoist.errors.ConfigurationError: HOIST_MAX_RETRIES='three' is not a whole number
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from hoist.errors import ConfigurationError
-from hoist.keys import FleetKeys
+from hoist.keys import FLEET_KEY_ENV, FleetKeys
 from hoist.stores.allowed import ALLOWED_STORES_ENV, AllowedStores
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+"""Where ranks and workers look for Redis when ``HOIST_BROKER_URL`` is unset."""
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+def _text(raw: str) -> str:
+    return raw
 
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+def _whole(raw: str) -> int:
+    return int(raw)
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
+def _number(raw: str) -> float:
+    return float(raw)
+
+
+def _flag(raw: str) -> bool:
+    return raw not in ("", "0")
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(raw.split())
+
+
+_UNIT_WORDS = {"s": "seconds"}
+
+_MEANING: dict[Callable[[str], Any], str] = {
+    _whole: "a whole number",
+    _number: "a number",
+}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One ``HOIST_*`` environment variable.
+
+    Parameters:
+        name: the variable.
+        parse: turns its text into the value (raising ValueError when it cannot).
+        default: the value when unset or empty; shown in the table as ``shown``.
+        unit: seconds, days, ... or "" when it has none.
+        read_by: who reads it: ranks, workers, the CLI, Flower.
+        doc: one line on what it does.
+        secret: its value is never shown.
+    """
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    unit: str
+    read_by: str
+    doc: str
+    shown: str = ""
+    secret: bool = False
+
+    def read(self, environ: Mapping[str, str]) -> Any:
+        """The value in ``environ``, or the default when unset or empty.
+
+        Raises:
+            ConfigurationError: the text does not parse; names the variable.
+        """
+        raw = environ.get(self.name, "")
+        if raw == "":
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            shown = "(hidden)" if self.secret else repr(raw)
+            meaning = _MEANING.get(self.parse)
+            if meaning and self.unit in ("s", "days"):
+                meaning += f" of {_UNIT_WORDS.get(self.unit, self.unit)}"
+            reason = f"is not {meaning}" if meaning else f"is not valid: {exc}"
+            raise ConfigurationError(f"{self.name}={shown} {reason}") from None
+
+
+RANKS, WORKERS, CLI, ALL = "ranks", "workers", "CLI", "ranks, workers, CLI"
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("HOIST_BROKER_URL", _text, None, "", ALL,
+             "the Redis broker (redis://, rediss://)", shown=DEFAULT_BROKER_URL),
+    Variable("HOIST_STATE_URL", _text, None, "", ALL,
+             "the Redis holding artifact records", shown="the broker"),
+    Variable("HOIST_STAGING_DIR", _text, None, "", f"{RANKS}, {WORKERS}",
+             "the staging root ranks write to and workers read from", shown="none"),
+    Variable(FLEET_KEY_ENV, FleetKeys.parse, None, "", ALL,
+             "fleet keys, newest first, comma-separated (`hoist keygen`)", shown="none",
+             secret=True),
+    Variable("HOIST_RUN_NAME", _text, None, "", RANKS,
+             "the run's name when the logger is given none", shown="generated"),
+    Variable("HOIST_NODE_QUEUE", _text, None, "", f"{RANKS}, {WORKERS}",
+             "this node's upload queue, for node-local staging", shown="none"),
+    Variable("HOIST_ENQUEUE_TIMEOUT", _number, 30.0, "s", RANKS,
+             "how long a rank retries an unreachable Redis before raising"),
+    Variable("HOIST_RETENTION_DAYS", _number, 14.0, "days", f"{RANKS}, {WORKERS}",
+             "how long finished records are kept"),
+    Variable(ALLOWED_STORES_ENV, _words, (), "", WORKERS,
+             "space-separated store URIs the fleet may upload to", shown="none"),
+    Variable("HOIST_ALLOW_ANY_STORE", _flag, False, "", WORKERS,
+             "1: upload wherever a signed message says", shown="0"),
+    Variable("HOIST_INSECURE_UNSIGNED", _flag, False, "", WORKERS,
+             "1: accept unsigned messages when there is no fleet key", shown="0"),
+    Variable("HOIST_STORE_LIMIT", _whole, 0, "uploads", WORKERS,
+             "uploads to one store at once, fleet-wide; 0 for no limit"),
+    Variable("HOIST_MAX_RETRIES", _whole, 8, "attempts", WORKERS,
+             "attempts after transient errors before an upload fails"),
+    Variable("HOIST_MAX_DELIVERIES", _whole, 8, "deliveries", WORKERS,
+             "deliveries without an outcome before an artifact fails"),
+    Variable("HOIST_LEASE_SECONDS", _number, 30.0, "s", WORKERS,
+             "how long a claim or lease lives without a heartbeat"),
+    Variable("HOIST_BACKOFF_BASE", _number, 1.0, "s", WORKERS,
+             "first retry's delay; it doubles each retry"),
+    Variable("HOIST_BACKOFF_MAX", _number, 300.0, "s", WORKERS,
+             "longest delay between retries"),
+    Variable("HOIST_WAIT_SECONDS", _number, 0.5, "s", WORKERS,
+             "how soon an upload held back by a limit is tried again"),
+    Variable("HOIST_PROGRESS_SECONDS", _number, 0.5, "s", WORKERS,
+             "how often an upload in flight reports its bytes"),
+    Variable("HOIST_VISIBILITY_TIMEOUT", _whole, 7200, "s", WORKERS,
+             "before the broker hands an unacknowledged message to another worker"),
+    Variable("HOIST_QUEUED_TIMEOUT", _number, 300.0, "s", WORKERS,
+             "how long an artifact may stay queued before it is sent again"),
+    Variable("HOIST_STORE_URI", _text, None, "", CLI,
+             "the store `hoist download` and `hoist demo` use", shown="none"),
+    Variable("HOIST_SFTP_PASSWORD", _text, None, "", CLI,
+             "the password of an sftp:// store URI", shown="none", secret=True),
+    Variable("HOIST_HOME", _text, ".hoist", "", CLI,
+             "the embedded cluster's folder (`hoist up`)"),
+    Variable("HOIST_FLOWER_URL", _text, None, "", CLI,
+             "Flower's address, for the demo's summary", shown="none"),
+    Variable("HOIST_FLOWER_USER", _text, None, "", "Flower",
+             "Flower's login (with HOIST_FLOWER_PASSWORD)", shown="none"),
+    Variable("HOIST_FLOWER_PASSWORD", _text, None, "", "Flower",
+             "Flower's password", shown="none", secret=True),
+)  # fmt: skip
+"""Every variable hoist reads, in the order of docs/operations.md's table."""
+
+BY_NAME: dict[str, Variable] = {variable.name: variable for variable in VARIABLES}
+
+
+def read(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The value of one variable (see :data:`VARIABLES`); ``environ`` defaults to the process's.
+
+    Example:
+        >>> read("HOIST_LEASE_SECONDS", {"HOIST_LEASE_SECONDS": "12.5"})
+        12.5
+        >>> read("HOIST_STORE_LIMIT", {})
+        0
+    """
+    return BY_NAME[name].read(os.environ if environ is None else environ)
+
+
+def broker_url(environ: Mapping[str, str] | None = None) -> str:
+    """``HOIST_BROKER_URL``, else :data:`DEFAULT_BROKER_URL`.
+
+    Example:
+        >>> broker_url({})
+        'redis://127.0.0.1:6379/0'
+    """
+    return configured_broker_url(environ) or DEFAULT_BROKER_URL
+
+
+def configured_broker_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """``HOIST_BROKER_URL``, or None when unset (the CLI then looks for a cluster)."""
+    value: str | None = read("HOIST_BROKER_URL", environ)
+    return value
+
+
+def state_url(environ: Mapping[str, str] | None = None, broker: str | None = None) -> str:
+    """``HOIST_STATE_URL``, else the broker (``broker``, else :func:`broker_url`).
+
+    Example:
+        >>> state_url({"HOIST_BROKER_URL": "redis://redis.lan:6379/0"})
+        'redis://redis.lan:6379/0'
+    """
+    return read("HOIST_STATE_URL", environ) or broker or broker_url(environ)
+
+
+def retention_seconds(days: float) -> int:
+    """Retention in days as whole seconds, at least one.
+
+    Example:
+        >>> retention_seconds(14)
+        1209600
+    """
+    return max(1, int(days * 86400))
+
+
+@dataclass(frozen=True)
+class RankSettings:
+    """What a rank's logger takes from the environment.
+
+    Parameters:
+        broker_url: ``HOIST_BROKER_URL``.
+        state_url: ``HOIST_STATE_URL``, default the broker.
+        staging_dir: ``HOIST_STAGING_DIR``, or None.
+        keys: ``HOIST_FLEET_KEY``, or None.
+        run_name: ``HOIST_RUN_NAME``, or None.
+        node_queue: ``HOIST_NODE_QUEUE``, or None.
+        enqueue_timeout: ``HOIST_ENQUEUE_TIMEOUT``, seconds.
+        retention_seconds: ``HOIST_RETENTION_DAYS``, in seconds.
+    """
+
+    broker_url: str = DEFAULT_BROKER_URL
+    state_url: str = DEFAULT_BROKER_URL
+    staging_dir: str | None = None
+    keys: FleetKeys | None = None
+    run_name: str | None = None
+    node_queue: str | None = None
+    enqueue_timeout: float = 30.0
+    retention_seconds: int = retention_seconds(14.0)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> RankSettings:
+        env = os.environ if environ is None else environ
+        broker = broker_url(env)
+        timeout = read("HOIST_ENQUEUE_TIMEOUT", env)
+        if timeout <= 0:
+            raise ConfigurationError(f"HOIST_ENQUEUE_TIMEOUT={timeout!r} must be positive")
+        return cls(
+            broker_url=broker,
+            state_url=state_url(env, broker),
+            staging_dir=read("HOIST_STAGING_DIR", env),
+            keys=read(FLEET_KEY_ENV, env),
+            run_name=read("HOIST_RUN_NAME", env),
+            node_queue=read("HOIST_NODE_QUEUE", env),
+            enqueue_timeout=timeout,
+            retention_seconds=retention_seconds(read("HOIST_RETENTION_DAYS", env)),
+        )
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Worker settings.
+    """What a worker runs with (``hoist worker`` resolves them from its options and environment).
 
     Parameters:
         broker_url: the Celery broker (``HOIST_BROKER_URL``).
@@ -73,11 +301,13 @@ class WorkerSettings:
         allowed: the stores this fleet uploads to (``--allow-store``,
             ``HOIST_ALLOWED_STORES``; ``--allow-any-store``,
             ``HOIST_ALLOW_ANY_STORE=1``).
+        retention_seconds: how long finished records are kept
+            (``HOIST_RETENTION_DAYS``, in seconds).
     """
 
-    broker_url: str
-    state_url: str
-    staging_root: str | None
+    broker_url: str = DEFAULT_BROKER_URL
+    state_url: str = DEFAULT_BROKER_URL
+    staging_root: str | None = None
     store_limit: int = 0
     max_retries: int = 8
     max_deliveries: int = 8
@@ -91,29 +321,32 @@ class WorkerSettings:
     keys: FleetKeys | None = None
     insecure_unsigned: bool = False
     allowed: AllowedStores = field(default_factory=AllowedStores)
+    retention_seconds: int = retention_seconds(14.0)
 
     @classmethod
-    def from_environment(cls) -> WorkerSettings:
-        broker = os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = os.environ if environ is None else environ
+        broker = broker_url(env)
         return cls(
             broker_url=broker,
-            state_url=os.environ.get("HOIST_STATE_URL") or broker,
-            staging_root=os.environ.get("HOIST_STAGING_DIR") or None,
-            store_limit=_int("HOIST_STORE_LIMIT", 0),
-            max_retries=_int("HOIST_MAX_RETRIES", 8),
-            max_deliveries=_int("HOIST_MAX_DELIVERIES", 8),
-            lease_seconds=_float("HOIST_LEASE_SECONDS", 30.0),
-            backoff_base=_float("HOIST_BACKOFF_BASE", 1.0),
-            backoff_max=_float("HOIST_BACKOFF_MAX", 300.0),
-            wait_seconds=_float("HOIST_WAIT_SECONDS", 0.5),
-            progress_seconds=_float("HOIST_PROGRESS_SECONDS", 0.5),
-            visibility_timeout=_int("HOIST_VISIBILITY_TIMEOUT", 7200),
-            queued_timeout=_float("HOIST_QUEUED_TIMEOUT", 300.0),
-            keys=FleetKeys.from_environment(),
-            insecure_unsigned=_flag("HOIST_INSECURE_UNSIGNED"),
+            state_url=state_url(env, broker),
+            staging_root=read("HOIST_STAGING_DIR", env),
+            store_limit=read("HOIST_STORE_LIMIT", env),
+            max_retries=read("HOIST_MAX_RETRIES", env),
+            max_deliveries=read("HOIST_MAX_DELIVERIES", env),
+            lease_seconds=read("HOIST_LEASE_SECONDS", env),
+            backoff_base=read("HOIST_BACKOFF_BASE", env),
+            backoff_max=read("HOIST_BACKOFF_MAX", env),
+            wait_seconds=read("HOIST_WAIT_SECONDS", env),
+            progress_seconds=read("HOIST_PROGRESS_SECONDS", env),
+            visibility_timeout=read("HOIST_VISIBILITY_TIMEOUT", env),
+            queued_timeout=read("HOIST_QUEUED_TIMEOUT", env),
+            keys=read(FLEET_KEY_ENV, env),
+            insecure_unsigned=read("HOIST_INSECURE_UNSIGNED", env),
             allowed=AllowedStores.parse(
-                os.environ.get(ALLOWED_STORES_ENV, "").split(), _flag("HOIST_ALLOW_ANY_STORE")
+                list(read(ALLOWED_STORES_ENV, env)), read("HOIST_ALLOW_ANY_STORE", env)
             ),
+            retention_seconds=retention_seconds(read("HOIST_RETENTION_DAYS", env)),
         )
 
     def startup_refusal(self) -> str | None:
@@ -138,3 +371,69 @@ class WorkerSettings:
     @property
     def lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    """What the CLI's commands take from the environment (after ``<home>/env`` is applied).
+
+    Parameters:
+        broker_url: ``HOIST_BROKER_URL``, or None: the commands that inspect a
+            cluster then say none was found rather than read an empty local Redis.
+        state_url: ``HOIST_STATE_URL``, else the broker, or None.
+        staging_dir: ``HOIST_STAGING_DIR``, or None.
+        keys: ``HOIST_FLEET_KEY``, or None.
+        store_uri: ``HOIST_STORE_URI``, or None.
+        sftp_password: ``HOIST_SFTP_PASSWORD``, or None.
+        flower_url: ``HOIST_FLOWER_URL``, or None.
+        flower_user, flower_password: Flower's login, or None.
+    """
+
+    broker_url: str | None = None
+    state_url: str | None = None
+    staging_dir: str | None = None
+    keys: FleetKeys | None = None
+    store_uri: str | None = None
+    sftp_password: str | None = field(default=None, repr=False)
+    flower_url: str | None = None
+    flower_user: str | None = None
+    flower_password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> CommandSettings:
+        env = os.environ if environ is None else environ
+        broker = configured_broker_url(env)
+        return cls(
+            broker_url=broker,
+            state_url=read("HOIST_STATE_URL", env) or broker,
+            staging_dir=read("HOIST_STAGING_DIR", env),
+            keys=read(FLEET_KEY_ENV, env),
+            store_uri=read("HOIST_STORE_URI", env),
+            sftp_password=read("HOIST_SFTP_PASSWORD", env),
+            flower_url=read("HOIST_FLOWER_URL", env),
+            flower_user=read("HOIST_FLOWER_USER", env),
+            flower_password=read("HOIST_FLOWER_PASSWORD", env),
+        )
+
+
+def settings_table() -> str:
+    """docs/operations.md's table of every variable, as Markdown.
+
+    Example:
+        >>> settings_table().splitlines()[0]
+        '| variable | default | unit | read by | what it does |'
+    """
+    lines = ["| variable | default | unit | read by | what it does |", "|---|---|---|---|---|"]
+    for variable in VARIABLES:
+        default = variable.shown or _shown(variable.default)
+        lines.append(
+            f"| `{variable.name}` | {default} | {variable.unit} | {variable.read_by} "
+            f"| {variable.doc} |"
+        )
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
