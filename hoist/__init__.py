@@ -1,10 +1,10 @@
 """hoist: a distributed uploader for the artifacts of multi-node ML training.
 
-Example:
+Example (needs a fleet: README's quickstart; run by tests/test_pipeline.py):
     >>> from hoist import ObjectStoreLogger, LogLevel, S3ObjectStore
-    >>> logger = ObjectStoreLogger(object_store_cls=S3ObjectStore,
+    >>> logger = ObjectStoreLogger(object_store_cls=S3ObjectStore,  # doctest: +SKIP
     ...                            object_store_kwargs={"bucket": "ckpts"})
-    >>> logger.file_artifact(LogLevel.EPOCH, "ep1.pt", "/tmp/ep1.pt")
+    >>> logger.file_artifact(LogLevel.EPOCH, "ep1.pt", "/tmp/ep1.pt")  # doctest: +SKIP
 """
 
 from __future__ import annotations

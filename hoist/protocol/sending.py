@@ -62,8 +62,14 @@ def redis_tls_options(url: str) -> dict[str, Any] | None:
             key file that does not exist.
 
     Example:
-        >>> redis_tls_options("rediss://redis.lan:6380/0?ssl_ca_certs=/etc/hoist/ca.pem")
-        {'ssl_cert_reqs': <VerifyMode.CERT_REQUIRED: 2>, 'ssl_ca_certs': '/etc/hoist/ca.pem'}
+        >>> redis_tls_options("rediss://redis.lan:6380/0?ssl_cert_reqs=optional")
+        {'ssl_cert_reqs': <VerifyMode.CERT_OPTIONAL: 1>}
+        >>> redis_tls_options("rediss://redis.lan:6380/0?ssl_ca_certs=/no/ca.pem")
+        Traceback (most recent call last):
+        ...
+        hoist.errors.ConfigurationError: ssl_ca_certs='/no/ca.pem' in the broker URL is not...
+        >>> redis_tls_options("redis://redis.lan:6379/0") is None
+        True
     """
     parts = urlsplit(url)
     if parts.scheme != "rediss":

@@ -301,9 +301,19 @@ def open_staged_file(staging_root: str, path: str) -> OpenStagedFile:
             memory, an I/O error, a stale NFS handle): worth a retry.
 
     Example:
-        >>> with open_staged_file("/staging", "run/rank0/00000001-ep1.pt") as staged:
+        >>> import pathlib, tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> rank = pathlib.Path(root, "run", "rank0")
+        >>> rank.mkdir(parents=True)
+        >>> _ = (rank / "00000001-ep1.pt").write_bytes(b"x" * 1024)
+        >>> with open_staged_file(root, "run/rank0/00000001-ep1.pt") as staged:
         ...     staged.size
         1024
+        >>> (rank / "00000002-link.pt").symlink_to(rank / "00000001-ep1.pt")
+        >>> open_staged_file(root, "run/rank0/00000002-link.pt")
+        Traceback (most recent call last):
+        ...
+        hoist.errors.SourceFileError: ...
     """
     names = staged_components(staging_root, path)
     try:
