@@ -30,7 +30,8 @@ from hoist.errors import (
 )
 from hoist.stores.base import Verification
 from hoist.stores.checksum import checksum_file
-from hoist.stores.sftp import SFTPObjectStore, _PipelinedReader
+from hoist.stores.sftp import SFTPObjectStore
+from hoist.stores.sftp_transfer import PipelinedReader
 from tests.services.process import free_port
 from tests.services.sshd import SshServer, generate_key
 from tests.services.tmpfs import small_tmpfs
@@ -414,5 +415,5 @@ def test_reader_stops_at_the_real_end_of_file(store: SFTPObjectStore, cwd: Path)
     data = os.urandom(3 * 32 * 1024 + 1000)  # ends part-way through a 32 KiB request
     (cwd / "shrunk").write_bytes(data)
     with store._sftp().open(store._path("shrunk"), "rb") as remote:
-        chunks = list(_PipelinedReader(remote).chunks(len(data) + 5 * 32 * 1024))
+        chunks = list(PipelinedReader(remote).chunks(len(data) + 5 * 32 * 1024))
     assert b"".join(chunks) == data

@@ -5,19 +5,10 @@ directory. An upload writes a hidden temporary sibling, reads it back to verify
 it and renames it over the final name, so a reader never sees a partial file.
 
 The host key is checked against known_hosts and never accepted blindly: an
-unknown or changed key raises :class:`~hoist.errors.HostKeyError`.
-
-Three choices were measured (200 MiB on loopback, 2 cores, OpenSSH 9.2):
-
-- ``TCP_NODELAY``: paramiko sends every 32 KiB read request as a small packet of
-  its own; with Nagle's algorithm those waited on delayed ACKs and a read-back
-  sometimes fell from about 200 MB/s to 5 MB/s (3 runs in 60). With it, never.
-- AES-GCM first: paramiko prefers AES-CTR with a separate HMAC; the AEAD cipher
-  wrote about 300 MB/s against 150-200. Only the order changes, so a server
-  without GCM still negotiates CTR.
-- Reads are pipelined from the reading thread (:class:`_PipelinedReader`), not
-  by paramiko's ``prefetch()``, whose helper thread made read-backs range from
-  30 to 280 MB/s; one thread gave 220-340 MB/s every time.
+unknown or changed key raises :class:`~hoist.errors.HostKeyError`
+(:mod:`hoist.stores.sftp_hostkeys`). Transfers use a tuned transport and
+pipelined reads and writes; the measurements behind them are in
+:mod:`hoist.stores.sftp_transfer`.
 """
 
 from __future__ import annotations
@@ -28,20 +19,15 @@ import os
 import posixpath
 import socket
 import stat as stat_module
-from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import paramiko
-from paramiko.message import Message
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, SFTPError, int64
 from paramiko.ssh_exception import NoValidConnectionsError, PasswordRequiredException
 
 from hoist.errors import (
     ConfigurationError,
     ContainerNotFoundError,
     HoistError,
-    HostKeyError,
     ObjectNotFoundError,
     PermanentStoreError,
     SourceFileError,
@@ -58,15 +44,14 @@ from hoist.stores.base import (
     temporary_name,
 )
 from hoist.stores.checksum import Checksum, HashingReader, Progress
-
-WRITE_CHUNK = 1024 * 1024
-"""Bytes handed to paramiko per write; it splits them into pipelined 32 KiB requests."""
-READ_REQUEST = 32 * 1024
-"""Bytes asked for per SFTP read request: the most every server must serve at once."""
-READ_DEPTH = 64
-"""Read requests kept in flight: 2 MiB, paramiko's default channel window."""
-READ_CHUNK = 1024 * 1024
-"""Bytes per read from a file paramiko prefetches (the fallback; 1 MiB beat 256 KiB and 4 MiB)."""
+from hoist.stores.sftp_hostkeys import RejectUnknownHost, changed_host_key_error, load_host_keys
+from hoist.stores.sftp_transfer import (
+    READ_CHUNK,
+    WRITE_CHUNK,
+    PipelinedReader,
+    await_write_acks,
+    tuned_transport,
+)
 
 _CONNECTION_ERRNOS = {
     errno.ECONNREFUSED,
@@ -108,7 +93,7 @@ class SFTPObjectStore(ObjectStore):
         ...     "storage.internal", username="hoist", key_filename="~/.ssh/id_ed25519",
         ...     cwd="/srv/checkpoints",
         ... )
-        >>> store.upload_file("run1/rank0/ep1.pt", "/scratch/ep1.pt").uri
+        >>> store.upload_file("run1/rank0/ep1.pt", "/scratch/ep1.pt").uri  # doctest: +SKIP
         'sftp://hoist@storage.internal:22/srv/checkpoints/run1/rank0/ep1.pt'
     """
 
@@ -180,8 +165,10 @@ class SFTPObjectStore(ObjectStore):
             if not os.path.isfile(key_file):
                 raise ConfigurationError(f"key_filename {key_file!r} does not exist")
         client = paramiko.SSHClient()
-        self._load_host_keys(client)
-        client.set_missing_host_key_policy(_RejectUnknownHost(self))
+        load_host_keys(client, self.known_hosts, self.host, self.port)
+        client.set_missing_host_key_policy(
+            RejectUnknownHost(self.host, self.port, self.known_hosts)
+        )
         explicit = bool(self._key_filenames or self._password)
         try:
             client.connect(
@@ -198,7 +185,7 @@ class SFTPObjectStore(ObjectStore):
                 # depend on whatever keys the machine's agent happens to hold.
                 allow_agent=not explicit,
                 look_for_keys=not explicit,
-                transport_factory=_tuned_transport,
+                transport_factory=tuned_transport,
             )
             sftp = client.open_sftp()
         except BaseException:
@@ -207,19 +194,6 @@ class SFTPObjectStore(ObjectStore):
         # Without a timeout a server that stops answering would hang the upload forever.
         sftp.get_channel().settimeout(self.io_timeout)
         self._client, self._sftp_client = client, sftp
-
-    def _load_host_keys(self, client: paramiko.SSHClient) -> None:
-        if self.known_hosts is not None:
-            if not os.path.isfile(self.known_hosts):
-                raise ConfigurationError(
-                    f"known_hosts file {self.known_hosts!r} does not exist; create it with "
-                    f"`{self._keyscan_command(self.known_hosts)}` after checking the key"
-                )
-            client.load_system_host_keys(self.known_hosts)
-            return
-        client.load_system_host_keys()  # ~/.ssh/known_hosts, if there is one
-        if os.path.isfile("/etc/ssh/ssh_known_hosts"):
-            client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
 
     def _disconnect(self) -> None:
         client, self._client, self._sftp_client = self._client, None, None
@@ -274,8 +248,8 @@ class SFTPObjectStore(ObjectStore):
             attrs = remote.stat()
             if stat_module.S_ISDIR(attrs.st_mode or 0):
                 raise ObjectNotFoundError(f"{self.get_uri(name)} is a directory, not an object")
-            if _PipelinedReader.available():
-                yield from _PipelinedReader(remote).chunks(attrs.st_size or 0)
+            if PipelinedReader.available():
+                yield from PipelinedReader(remote).chunks(attrs.st_size or 0)
                 return
             # The public way: requests for the whole file, sent by a helper thread.
             remote.prefetch(attrs.st_size)
@@ -319,7 +293,7 @@ class SFTPObjectStore(ObjectStore):
             remote.set_pipelined(True)
             for chunk in chunks:
                 remote.write(chunk)
-            _await_write_acks(remote)
+            await_write_acks(remote)
             remote.close()
         except BaseException as exc:
             self._abandon(temp, exc, remote)
@@ -415,19 +389,12 @@ class SFTPObjectStore(ObjectStore):
         except (OSError, EOFError, paramiko.SSHException):
             pass
 
-    def _known_hosts_name(self) -> str:
-        """How known_hosts and ssh-keygen name this server."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-
-    def _keyscan_command(self, known_hosts: str) -> str:
-        return f"ssh-keyscan -p {self.port} {self.host} >> {known_hosts}"
-
     # ----- errors ------------------------------------------------------------
 
     def _translate(self, exc: Exception, name: str | None) -> HoistError | None:
         where = self.get_uri(name) if name else f"sftp://{self.username}@{self._address}"
         if isinstance(exc, paramiko.BadHostKeyException):
-            return self._changed_host_key(exc)
+            return changed_host_key_error(exc, self.host, self.port)
         if isinstance(exc, PasswordRequiredException):
             return StoreAuthError(
                 f"the private key for {self.username}@{self._address} is encrypted: pass its "
@@ -459,122 +426,6 @@ class SFTPObjectStore(ObjectStore):
             )
         return None
 
-    def _changed_host_key(self, exc: paramiko.BadHostKeyException) -> HostKeyError:
-        name = self._known_hosts_name()
-        return HostKeyError(
-            f"the host key of {self._address} has changed: it sent {exc.key.get_name()} "
-            f"{exc.key.fingerprint}, known_hosts has {exc.expected_key.fingerprint}. This "
-            "may be a man-in-the-middle attack, or the server was reinstalled. If you are sure "
-            f"the new key is right, remove the old one with `ssh-keygen -R '{name}'` and add "
-            "the new one (or pass known_hosts= a file that holds it)"
-        )
-
-
-class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
-    """Refuse a server whose host key is in no known_hosts file, saying how to trust it."""
-
-    def __init__(self, store: SFTPObjectStore) -> None:
-        self._store = store
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        store = self._store
-        source = store.known_hosts or "~/.ssh/known_hosts"
-        raise HostKeyError(
-            f"the host key of {store._address} is not in {source}, and hoist never trusts an "
-            f"unknown key. It offered {key.get_name()} {key.fingerprint}. If that is the "
-            f"server's key, add it with `{store._keyscan_command(source)}` or pass known_hosts= "
-            "a file that holds it"
-        )
-
-
-def _tuned_transport(sock: socket.socket, **kwargs: Any) -> paramiko.Transport:
-    """A paramiko Transport with Nagle off and AES-GCM preferred (see the module docstring)."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    transport = paramiko.Transport(sock, **kwargs)
-    options = transport.get_security_options()
-    options.ciphers = tuple(sorted(options.ciphers, key=lambda cipher: "-gcm@" not in cipher))
-    return transport
-
-
-class _PipelinedReader:
-    """Reads a remote file front to back with up to READ_DEPTH requests in flight.
-
-    Requests are sent and answers read by the calling thread. paramiko's own
-    ``prefetch()`` sends its requests from a helper thread, which contends with
-    the reading thread for the transport's send lock; the reader's window
-    adjustments then wait and the server stalls. This uses paramiko's internal
-    request API (unchanged since paramiko 1.x); without it, ``prefetch()`` is used.
-    """
-
-    _INTERNALS = ("_async_request", "_read_response", "_convert_status")
-
-    @classmethod
-    def available(cls) -> bool:
-        return all(hasattr(paramiko.SFTPClient, name) for name in cls._INTERNALS)
-
-    def __init__(self, remote: paramiko.SFTPFile) -> None:
-        self._sftp = remote.sftp
-        self._handle = remote.handle
-        self._early: dict[int, tuple[int, Message]] = {}
-
-    def chunks(self, size: int) -> Iterator[bytes]:
-        """Yield the file's bytes in order, up to ``size`` or the end of the file."""
-        in_flight: deque[tuple[int, int, int]] = deque()  # request id, offset, length
-        offset = 0
-        while offset < size or in_flight:
-            while offset < size and len(in_flight) < READ_DEPTH:
-                length = min(READ_REQUEST, size - offset)
-                in_flight.append((self._request(offset, length), offset, length))
-                offset += length
-            request, at, length = in_flight.popleft()
-            data = self._answer(request)
-            # A server may answer with fewer bytes than asked (the file shrank, or
-            # its own limit is lower): fetch the rest before anything after it.
-            while data:
-                yield data
-                at, length = at + len(data), length - len(data)
-                data = self._answer(self._request(at, length)) if length else b""
-            if length:
-                return  # the end of the file came early: it shrank while being read
-
-    def _request(self, offset: int, length: int) -> int:
-        return int(self._sftp._async_request(self, CMD_READ, self._handle, int64(offset), length))
-
-    def _answer(self, request: int) -> bytes:
-        """The data answering ``request``; ``b""`` at the end of the file."""
-        try:
-            if request in self._early:
-                kind, msg = self._early.pop(request)
-                if kind == CMD_STATUS:
-                    self._sftp._convert_status(msg)  # raises the error it carries
-            else:
-                kind, msg = self._sftp._read_response(request)
-        except EOFError:  # paramiko's form of the SFTP status "end of file"
-            return b""
-        if kind != CMD_DATA:
-            raise SFTPError(f"expected data from the server, got message type {kind}")
-        return bytes(msg.get_string())
-
-    def _async_response(self, kind: int, msg: Message, request: int) -> None:
-        """Called by paramiko with an answer that arrives while another one is awaited."""
-        self._early[request] = (kind, msg)
-
-
-def _await_write_acks(remote: paramiko.SFTPFile) -> None:
-    """Read the server's answer to every pipelined write still outstanding, raising the first error.
-
-    paramiko reads these answers only while more than 100 are outstanding, and
-    close() discards the rest unread, so a late write refused for a full disk
-    would pass silently. This drains them the way paramiko's own write() does;
-    should its internals change, the read-back verification still catches the loss.
-    """
-    pending = getattr(remote, "_reqs", None)
-    while pending:
-        remote.sftp._read_response(pending.popleft())
-
 
 def _local_chunks(reader: HashingReader, path: str) -> Iterator[bytes]:
     """The local file's chunks, with a read error reported as the source's fault."""
@@ -602,6 +453,10 @@ def _normalize_cwd(cwd: str | None) -> str | None:
 
     ``~/dir`` and the URI form ``/~/dir`` (what :meth:`SFTPObjectStore.get_uri`
     writes) are relative: SFTP resolves relative paths from the login directory.
+
+    Example:
+        >>> _normalize_cwd("/~/runs"), _normalize_cwd("/srv/ckpts/"), _normalize_cwd("~")
+        ('runs', '/srv/ckpts', None)
     """
     if cwd is None:
         return None
