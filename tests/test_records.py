@@ -29,9 +29,9 @@ def request(run: str, seq: int) -> UploadRequest:
 
 
 @pytest.fixture
-def records(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Records:
-    monkeypatch.setenv("HOIST_RETENTION_DAYS", "2")
-    return Records(redis.Redis.from_url(redis_server.url, decode_responses=True))
+def records(redis_server: RedisServer) -> Records:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    return Records(client, retention_seconds=retention_seconds("2"))
 
 
 def test_finished_records_and_markers_expire_after_the_retention(records: Records) -> None:
@@ -64,9 +64,21 @@ def test_old_runs_leave_the_run_list(records: Records) -> None:
     assert "fresh-run" in records.runs()
 
 
-def test_retention_must_be_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOIST_RETENTION_DAYS", "two weeks")
+def test_retention_must_be_a_number() -> None:
     with pytest.raises(ConfigurationError, match="HOIST_RETENTION_DAYS='two weeks'"):
-        retention_seconds()
-    monkeypatch.delenv("HOIST_RETENTION_DAYS")
-    assert retention_seconds() == 14 * DAY
+        retention_seconds("two weeks")
+    assert retention_seconds("") == retention_seconds() == 14 * DAY
+
+
+def test_the_retention_is_the_records_own_not_the_environment(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records read no environment: the retention is what their creator passed."""
+    monkeypatch.setenv("HOIST_RETENTION_DAYS", "1")
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert Records(client).retention_seconds == 14 * DAY
+    records = Records.from_url(redis_server.url, retention_seconds=3 * DAY)
+    assert records.retention_seconds == 3 * DAY
+    message = request("retention-param", 1)
+    records.create(message, UPLOAD_TASK, "store-1")
+    assert 2 * DAY < records.client.ttl("hoist:run:retention-param") <= 3 * DAY

@@ -25,6 +25,7 @@ from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError, 
 from hoist.keys import FleetKeys
 from hoist.protocol.messages import POINTER_TASK, UPLOAD_TASK
 from hoist.protocol.pointers import MAX_POINTER_SIZE
+from hoist.state.keys import decode_marker
 from hoist.state.records import ArtifactStatus, Records, State, latest_key, pointer_key
 from hoist.stores.base import ObjectStore
 from hoist.stores.checksum import Checksum
@@ -180,7 +181,7 @@ def _expected_version(
 ) -> ArtifactStatus:
     """The record whose bytes the object should hold: a newer done version, if one was logged."""
     marker = records.marker(latest_key(spec.store_id, artifact.message["object_name"]))
-    newest_id = None if marker is None else marker.partition("|")[2]
+    newest_id = None if marker is None else decode_marker(marker).artifact
     if newest_id and newest_id != artifact.id:
         newer = records.get(newest_id)
         if newer is not None and newer.state is State.DONE:

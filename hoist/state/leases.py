@@ -9,6 +9,10 @@ one lease time.
 One mechanism serves every limit hoist has: uploads per rank
 (``num_concurrent_uploads``), uploads per store (set on the workers), one
 upload in flight per object name, and one writer per pointer.
+
+Every write also sets the limit key's own time to live to two lease times:
+always past every member's expiry, so an idle limit vanishes and a busy one
+never does (the scripts ``acquire_leases.lua`` and ``renew_lease.lua``).
 """
 
 from __future__ import annotations
@@ -18,35 +22,8 @@ from dataclasses import dataclass
 
 import redis
 
-from hoist.state.records import PREFIX
-
-# Every write sets the key's own TTL to two lease times: always past every
-# member's expiry, so an idle limit vanishes and a busy one never does.
-
-# Take every lease or none, in one round trip.
-# KEYS: limits. ARGV: token, now ms, expiry ms, key ttl ms, then each limit's size
-_ACQUIRE_ALL = """
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
-  if not redis.call('ZSCORE', key, ARGV[1])
-     and redis.call('ZCARD', key) >= tonumber(ARGV[4 + i]) then
-    return 0
-  end
-end
-for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, ARGV[3], ARGV[1])
-  redis.call('PEXPIRE', key, ARGV[4])
-end
-return 1
-"""
-
-# KEYS: limit. ARGV: token, expiry ms, key ttl ms
-_RENEW = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
+from hoist.state.keys import name_lease_key, rank_lease_key, store_lease_key
+from hoist.state.scripts import register
 
 
 @dataclass(frozen=True)
@@ -63,15 +40,18 @@ class Limit:
 
 
 def rank_limit(run_name: str, rank: int, size: int) -> Limit:
-    return Limit(f"{PREFIX}lease:rank:{run_name}:{rank}", size)
+    """The limit of one rank's uploads in flight (``num_concurrent_uploads``)."""
+    return Limit(rank_lease_key(run_name, rank), size)
 
 
 def store_limit(store_id: str, size: int) -> Limit:
-    return Limit(f"{PREFIX}lease:store:{store_id}", size)
+    """The limit of uploads in flight to one store, fleet-wide."""
+    return Limit(store_lease_key(store_id), size)
 
 
 def name_lock(store_id: str, object_name: str) -> Limit:
-    return Limit(f"{PREFIX}lease:name:{store_id}:{object_name}", 1)
+    """One upload of an object name in flight at a time."""
+    return Limit(name_lease_key(store_id, object_name), 1)
 
 
 class Leases:
@@ -88,8 +68,8 @@ class Leases:
         self.token = token
         self.lease_ms = lease_ms
         self.held: list[Limit] = []
-        self._acquire_all = client.register_script(_ACQUIRE_ALL)
-        self._renew = client.register_script(_RENEW)
+        self._acquire_all = register(client, "acquire_leases")
+        self._renew = register(client, "renew_lease")
 
     def acquire_all(self, limits: list[Limit], patience: float = 0.0) -> bool:
         """Take every lease in ``limits``, or none of them.
@@ -131,6 +111,7 @@ class Leases:
         return keys
 
     def release_all(self) -> None:
+        """Return every held lease now (a task that settles without them)."""
         if self.held:
             pipe = self.client.pipeline()
             for limit in self.held:

@@ -164,6 +164,6 @@ def _start_resender(sender: Any = None, **_: Any) -> None:
     from hoist.tasks.resender import Resender
     from hoist.tasks.worker_context import context
 
-    thread = threading.Thread(target=Resender(context(), app).run_forever, daemon=True)
+    thread = threading.Thread(target=Resender.for_worker(context(), app).run_forever, daemon=True)
     thread.name = "hoist-resender"
     thread.start()

@@ -33,6 +33,7 @@ from hoist.protocol.messages import (
 from hoist.protocol.signing import verify
 from hoist.state.leases import Leases, name_lock
 from hoist.state.records import Claim, State, pointer_key
+from hoist.state.schedule import backoff_delay
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.worker_context import WorkerContext
 
@@ -251,8 +252,7 @@ class Job:
         settings = self.ctx.settings
         if attempt > settings.max_retries:
             return self.settle(State.FAILED, error=f"gave up after {attempt} attempts: {error}")
-        ceiling = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
-        delay = ceiling * random.uniform(0.5, 1.0)
+        delay = backoff_delay(attempt, settings.backoff_base, settings.backoff_max, random.uniform)
         # The delay logged is the one used, jitter included, so the log shows the backoff.
         log.warning(
             "%s: attempt %d failed (%s); again in %.2f s", self.message.id, attempt, error, delay

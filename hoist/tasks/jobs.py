@@ -16,6 +16,7 @@ from hoist.protocol.messages import (
     CommitRequest,
     PointerRequest,
 )
+from hoist.state.keys import decode_marker
 from hoist.state.records import ArtifactStatus, State, latest_key
 from hoist.tasks.job import Job
 from hoist.tasks.upload_job import UploadJob
@@ -74,7 +75,7 @@ class PointerJob(Job):
 
     def _newest_version(self, object_name: str) -> ArtifactStatus | None:
         latest = self.ctx.records.marker(latest_key(self.spec.store_id, object_name))
-        return None if latest is None else self.ctx.records.get(latest.partition("|")[2])
+        return None if latest is None else self.ctx.records.get(decode_marker(latest).artifact)
 
 
 class CommitJob(Job):

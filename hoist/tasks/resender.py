@@ -3,7 +3,8 @@
 Every worker runs one resender thread. Entries are taken atomically (and
 pushed a little into the future, so one taken by a resender that dies is
 taken again later), so each is sent once per due time across the fleet; a
-rare duplicate send finds the record's claim and does nothing.
+rare duplicate send finds the record's claim and does nothing. When each
+entry falls due, and why, is :mod:`hoist.state.schedule`.
 """
 
 from __future__ import annotations
@@ -11,32 +12,60 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from celery import Celery
 
-from hoist.protocol.messages import MESSAGE_TYPES
+from hoist.protocol.messages import MESSAGE_TYPES, Message
 from hoist.protocol.sending import send
-from hoist.state.records import DEFERRED, ArtifactStatus, State
+from hoist.state.records import ArtifactStatus, Records, State
+from hoist.state.schedule import check_queued
 from hoist.tasks.worker_context import WorkerContext
 
 log = logging.getLogger("hoist.resender")
+
+Send = Callable[[str, Message], None]
+"""Sends a message as a task (the task's name first) to the broker."""
 
 
 class Resender:
     """Moves due entries of the deferred set back onto the broker.
 
     Parameters:
-        ctx: the worker context (for the records).
-        app: the Celery app to send with.
-        interval: seconds between looks.
+        records: the artifact records (and the deferred schedule).
+        send: sends a message as a task.
+        queued_timeout: seconds a queued (sent, never claimed) artifact may
+            wait before its message is presumed lost and sent again.
+        interval: seconds between looks when nothing was due.
+        clock: the time, seconds since the epoch.
     """
 
-    def __init__(self, ctx: WorkerContext, app: Celery, interval: float = 0.25) -> None:
-        self.ctx = ctx
-        self.app = app
+    def __init__(
+        self,
+        records: Records,
+        send: Send,
+        queued_timeout: float,
+        *,
+        interval: float = 0.25,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.records = records
+        self.send = send
+        self.queued_timeout = queued_timeout
         self.interval = interval
+        self.clock = clock
+
+    @classmethod
+    def for_worker(cls, ctx: WorkerContext, app: Celery, interval: float = 0.25) -> Resender:
+        """The resender of a worker process: its records and settings, sending with ``app``."""
+
+        def send_with_app(task: str, message: Message) -> None:
+            send(app, task, message)
+
+        return cls(ctx.records, send_with_app, ctx.settings.queued_timeout, interval=interval)
 
     def run_forever(self) -> None:
+        """Send due artifacts until the process ends; never raises."""
         while True:
             try:
                 if not self.send_due():
@@ -49,40 +78,46 @@ class Resender:
                 time.sleep(1.0)
 
     def send_due(self) -> int:
-        """Send every due artifact; return how many were looked at."""
-        records = self.ctx.records
-        due = records.take_due()
+        """Send every due artifact; return how many were looked at.
+
+        A finished artifact (or one without a record) leaves the schedule; a
+        queued one is sent only once it is overdue (:meth:`_overdue`); any
+        other (waiting, retrying, or claimed by a worker that stopped
+        renewing) is sent again at once.
+        """
+        records = self.records
+        due = records.take_due(now=self.clock())
         for artifact in due:
             status = records.get(artifact)
             if status is None or status.state.terminal:
-                records.client.zrem(DEFERRED, artifact)
+                records.unschedule(artifact)
                 continue
             if status.state is State.QUEUED and not self._overdue(status):
                 continue
             task = status.fields["task"]
-            send(
-                self.app, task, MESSAGE_TYPES[task].from_json(json.loads(status.fields["message"]))
-            )
+            self.send(task, MESSAGE_TYPES[task].from_json(json.loads(status.fields["message"])))
         return len(due)
 
     def _overdue(self, status: ArtifactStatus) -> bool:
         """Whether a queued (never claimed) artifact has waited too long; if not, look later.
 
-        Its message may be lost (see :mod:`hoist.state.records`); after
+        Its message may be lost (see :mod:`hoist.state.schedule`); after
         ``queued_timeout`` it is sent again, and looked at again one period later.
         """
-        timeout = self.ctx.settings.queued_timeout
         fields = status.fields
-        sent = max(float(fields.get("enqueued_at") or 0), float(fields.get("resent_at") or 0))
-        now = time.time()
-        if now < sent + timeout:
-            self.ctx.records.recheck_queued(status.id, sent + timeout)
-            return False
-        log.warning(
-            "%s was sent %.0f s ago and no worker has claimed it; sending it again",
-            status.id,
-            now - sent,
+        now = self.clock()
+        check = check_queued(
+            float(fields.get("enqueued_at") or 0),
+            float(fields.get("resent_at") or 0),
+            self.queued_timeout,
+            now,
         )
-        self.ctx.records.mark_resent(status.id, now)
-        self.ctx.records.recheck_queued(status.id, now + timeout)
-        return True
+        if check.resend:
+            log.warning(
+                "%s was sent %.0f s ago and no worker has claimed it; sending it again",
+                status.id,
+                check.waited,
+            )
+            self.records.mark_resent(status.id, now)
+        self.records.recheck_queued(status.id, check.look_again_at)
+        return check.resend

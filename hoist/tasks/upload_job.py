@@ -22,6 +22,7 @@ from hoist.protocol.staged_file import (
     proc_fd_available,
     staged_components,
 )
+from hoist.state.keys import decode_marker
 from hoist.state.leases import Limit, name_lock, rank_limit, store_limit
 from hoist.state.records import State, latest_key
 from hoist.tasks.job import Heartbeat, Job
@@ -70,7 +71,7 @@ class UploadJob(Job):
     def work(self) -> dict[str, Any]:
         message = self.message
         latest = self.ctx.records.marker(latest_key(self.spec.store_id, message.object_name))
-        if latest is not None and latest.partition("|")[0] > message.order:
+        if latest is not None and decode_marker(latest).order_key > message.order:
             self._remove_staged()
             return self.settle(State.SUPERSEDED)
         try:

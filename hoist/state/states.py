@@ -1,0 +1,56 @@
+"""The vocabulary of a record: an artifact's states and the outcomes of a claim.
+
+Ranks, workers and the CLI read and write these words; the Lua scripts of
+:mod:`hoist.state.scripts` are handed :data:`TERMINAL_STATES` when they are
+loaded, so the list of finished states exists only here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class State(str, Enum):
+    """Where an artifact is; the record's ``state`` field."""
+
+    QUEUED = "queued"
+    """Staged and sent to the broker."""
+    WAITING = "waiting"
+    """Held back for a concurrency lease, a name lock or a pointer's target."""
+    UPLOADING = "uploading"
+    RETRYING = "retrying"
+    """A transient error; sent again after a backoff."""
+    DONE = "done"
+    """Uploaded and verified (or, for a pointer, written)."""
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    """A newer version of the same name was logged; this one was skipped."""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the artifact is finished: no worker touches it again.
+
+        Example:
+            >>> State.SUPERSEDED.terminal, State.RETRYING.terminal
+            (True, False)
+        """
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES: tuple[State, ...] = (State.DONE, State.FAILED, State.SUPERSEDED)
+"""The finished states: a claim stops at them, and their records expire."""
+
+
+class Claim(str, Enum):
+    """What :meth:`hoist.state.records.Records.claim` decided for one delivery."""
+
+    CLAIMED = "claimed"
+    """This task owns the artifact now and should work on it."""
+    BUSY = "busy"
+    """Another live task owns it: this delivery is a duplicate."""
+    FINISHED = "finished"
+    """Already in a terminal state: nothing to do."""
+    POISON = "poison"
+    """Delivered too often without an outcome; marked failed."""
+    MISMATCH = "mismatch"
+    """The record holds another message under this id: this one is not acted on."""
