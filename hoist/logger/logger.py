@@ -3,73 +3,63 @@
 A training rank blocks only for the staging copy (or rename) and one short
 Redis write, the artifact's record; the message goes to the broker from a
 background thread (:mod:`hoist.logger.publisher`) and the upload happens on
-the worker fleet.
+the worker fleet. The logger's collaborators, one concept each:
+
+- :mod:`hoist.logger.configuration`: the constructor's arguments resolved
+  once against :class:`~hoist.settings.RankSettings` and the launcher;
+- :mod:`hoist.logger.staging`: the copy (or link, or rename) into the staging root;
+- :mod:`hoist.logger.sequence`: the rank's sequence numbers;
+- :mod:`hoist.logger.outbox`: sign, record, hand to the sending thread;
+- :mod:`hoist.logger.retry`: Redis calls retried through a short outage;
+- :mod:`hoist.logger.pending`: what ``wait()`` waits for, and the failures;
+- :mod:`hoist.logger.sharded`: ``log_checkpoint_dir`` and the step's commit.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
 import os
-import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import redis
-
-from hoist.errors import (
-    ConfigurationError,
-    EnqueueError,
-    InvalidObjectNameError,
-    UploadFailedError,
-    WaitTimeoutError,
+from hoist.errors import ConfigurationError
+from hoist.logger.composer_names import ComposerNames
+from hoist.logger.configuration import (
+    DEFAULT_CHECKPOINT_OBJECT_NAME,
+    DEFAULT_OBJECT_NAME,
+    LoggerConfiguration,
+    StoreArguments,
 )
-from hoist.keys import FLEET_KEY_ENV, FleetKeys, keys_from
 from hoist.logger.levels import LogLevel
-from hoist.logger.publisher import Outgoing, Publisher
-from hoist.logger.ranks import RankInfo
-from hoist.logger.staging import StagingMode, stage_file
-from hoist.protocol.layout import staged_path, staging_root_from
-from hoist.protocol.manifest import checkpoint_name, files_under, relative_inside, step_order
+from hoist.logger.object_names import ObjectNames
+from hoist.logger.outbox import Outbox
+from hoist.logger.pending import PendingArtifacts
+from hoist.logger.retry import StateRetry
+from hoist.logger.sequence import SequenceNumbers
+from hoist.logger.sharded import ShardedCheckpoints
+from hoist.logger.staging import StagingMode, stage_file, staging_mode
+from hoist.protocol.layout import staged_path
 from hoist.protocol.messages import (
-    COMMIT_TASK,
-    NODE_QUEUE_ENV,
     POINTER_TASK,
     UPLOAD_TASK,
-    CommitRequest,
-    Message,
     PointerRequest,
     UploadRequest,
     artifact_id,
-    commit_id,
     order_key,
 )
-from hoist.protocol.messages import node_queue as node_queue_name
-from hoist.protocol.naming import ObjectNameTemplate, validate_artifact_name, validate_run_name
+from hoist.protocol.naming import validate_artifact_name
 from hoist.protocol.pointers import POINTER_SUFFIX
 from hoist.protocol.sending import sender
 from hoist.protocol.urls import mask_url
-from hoist.settings import DEFAULT_BROKER_URL
-from hoist.state.records import Records, State
+from hoist.settings import RankSettings
+from hoist.state.records import Records
 from hoist.stores.base import ObjectStore
-from hoist.stores.spec import StoreSpec, kind_of
-
-log = logging.getLogger("hoist.rank")
 
 ShouldLog = Callable[[Any, LogLevel, str], bool]
-DEFAULT_OBJECT_NAME = "{run_name}/artifacts/{artifact_name}"
-DEFAULT_CHECKPOINT_OBJECT_NAME = "{run_name}/{artifact_name}"
-"""Sharded checkpoints: one directory per step for all ranks, and the run's pointer."""
-SEQ_BLOCK = 16
-"""Sequence numbers a rank reserves in one round trip to Redis."""
-ENQUEUE_TIMEOUT_ENV = "HOIST_ENQUEUE_TIMEOUT"
-WAIT_WINDOW = 64
-"""Pending artifacts ``wait()`` asks after in one poll, the oldest first."""
+"""A filter: ``(state, log_level, artifact_name) -> bool``, False skips the artifact."""
 
 
-class ObjectStoreLogger:
+class ObjectStoreLogger(ComposerNames):
     """Hands a rank's artifacts to the hoist worker fleet.
 
     The constructor takes either form of MosaicML Composer's logger: a Libcloud
@@ -121,9 +111,16 @@ class ObjectStoreLogger:
             NAME``). Empty: uploads go to the shared queue, and any worker of
             the fleet must be able to read the staging folder. Pointers always
             go to the shared pointer queue (they need no staged file).
+        settings: the rank's ``HOIST_*`` settings (default
+            :meth:`RankSettings.from_environment() <hoist.settings.RankSettings.from_environment>`,
+            read once, here); every argument above that is given wins over them.
 
-    Example:
-        >>> with ObjectStoreLogger(object_store_cls=S3ObjectStore,
+    Raises:
+        ConfigurationError: an argument or a ``HOIST_*`` variable is invalid,
+            or a setting the logger needs is missing; the message names it.
+
+    Example (needs a broker and a fleet, as tests/test_node_queue.py has):
+        >>> with ObjectStoreLogger(object_store_cls=S3ObjectStore,  # doctest: +SKIP
         ...                        object_store_kwargs={"bucket": "ckpts"},
         ...                        object_name="{run_name}/rank{rank}/{artifact_name}") as logger:
         ...     logger.file_artifact(LogLevel.EPOCH, "ep1.pt", "/tmp/ep1.pt")
@@ -157,53 +154,94 @@ class ObjectStoreLogger:
         enqueue_timeout: float | None = None,
         staging: StagingMode | str = StagingMode.COPY,
         node_queue: str | None = None,
+        settings: RankSettings | None = None,
     ) -> None:
-        if isinstance(provider, type):  # ObjectStoreLogger(S3ObjectStore, {...}) positionally
-            object_store_cls, provider = provider, None
-            if isinstance(container, dict):
-                object_store_kwargs, container = container, None
         if num_concurrent_uploads < 1:
             raise ConfigurationError("num_concurrent_uploads must be at least 1")
-        self.ranks = RankInfo.from_environment(
-            rank=rank,
-            local_rank=local_rank,
-            world_size=world_size,
-            local_world_size=local_world_size,
-            node_rank=node_rank,
+        config = LoggerConfiguration.resolve(
+            StoreArguments.of(
+                provider, container, provider_kwargs, object_store_cls, object_store_kwargs
+            ),
+            object_name=object_name,
+            checkpoint_object_name=checkpoint_object_name,
+            upload_staging_folder=upload_staging_folder,
+            run_name=run_name,
+            broker_url=broker_url,
+            state_url=state_url,
+            ranks={
+                "rank": rank,
+                "local_rank": local_rank,
+                "world_size": world_size,
+                "local_world_size": local_world_size,
+                "node_rank": node_rank,
+            },
+            fleet_key=fleet_key,
+            enqueue_timeout=enqueue_timeout,
+            staging=staging,
+            node_queue=node_queue,
+            settings=settings,
         )
-        self.template = ObjectNameTemplate(object_name)
-        self.checkpoint_template = ObjectNameTemplate(checkpoint_object_name)
-        self.run_name = validate_run_name(_run_name(run_name, self.ranks))
-        self.staging_root = staging_root_from(upload_staging_folder)
-        self._keys = _fleet_keys(fleet_key)
-        self.spec = _store_spec(
-            provider, container, provider_kwargs, object_store_cls, object_store_kwargs, self._keys
-        )
-        # Built here so bad arguments fail in the caller; used for URIs only.
-        self._store = self.spec.build(self._keys)
+        self.ranks = config.ranks
+        self.template = config.template
+        self.checkpoint_template = config.checkpoint_template
+        self.run_name = config.run_name
+        self.staging_root = config.staging_root
+        self.spec = config.spec
+        self.staging = config.staging
+        self.enqueue_timeout = config.enqueue_timeout
+        self.upload_queue = config.upload_queue
         self.should_log_artifact = should_log_artifact
         self.num_concurrent_uploads = num_concurrent_uploads
         self.use_procs = use_procs
         self.wait_on_close = wait_on_close
-        self.staging = _staging_mode(staging)
-        self.enqueue_timeout = _enqueue_timeout(enqueue_timeout)
-        node = os.environ.get(NODE_QUEUE_ENV, "") if node_queue is None else node_queue
-        self.upload_queue = node_queue_name(node) if node else ""
-        broker = broker_url or os.environ.get("HOIST_BROKER_URL") or DEFAULT_BROKER_URL
-        state = state_url or os.environ.get("HOIST_STATE_URL") or broker
+        # Built here so bad arguments fail in the caller; used for URIs only.
+        self._store = self.spec.build(config.keys)
         # For error messages: where the rank tried to reach, never with its password.
-        self._broker_shown = mask_url(broker)
-        self._state_shown = mask_url(state)
-        self._app = sender(broker)
-        self._records = Records.from_url(state)
-        self._publisher = Publisher(self._app, self._unsent, self.enqueue_timeout)
-        self._pending: dict[str, Message] = {}
-        self._latest_by_object: dict[str, str] = {}
+        state_shown = mask_url(config.state_url)
+        self._records = Records.from_url(config.state_url)
+        self._retry = StateRetry(self.enqueue_timeout, state_shown)
+        self._pending = PendingArtifacts(self._records, self.run_name, self.ranks.rank, state_shown)
+        self._outbox = Outbox(
+            sender(config.broker_url),
+            self._records,
+            self._retry,
+            self._pending,
+            config.keys,
+            self.spec.store_id,
+            self.run_name,
+            mask_url(config.broker_url),
+            self.enqueue_timeout,
+        )
+        self._publisher = self._outbox.publisher
+        self._seqs = SequenceNumbers(
+            lambda count: self._retry(
+                lambda: self._records.reserve_seqs(self.run_name, self.ranks.rank, count)
+            ),
+            # A forked child (a data-loader worker, say) must not wait for the
+            # parent's uploads either.
+            on_fork=self._pending.clear,
+        )
+        self._names = ObjectNames(
+            config.template,
+            config.checkpoint_template,
+            self.run_name,
+            self.ranks,
+            self._store.validate_name,
+        )
+        self._checkpoints = ShardedCheckpoints(
+            self._upload,
+            self._names.checkpoint,
+            self.checkpoint_template,
+            self._records,
+            self._retry,
+            self._outbox,
+            self.spec,
+            self.run_name,
+            self.ranks.rank,
+            self.ranks.world_size,
+        )
+        self._latest_by_object: dict[str, str] = {}  # object name -> its newest artifact id
         self._closed = False
-        self._seqs: deque[int] = deque()  # reserved sequence numbers not used yet
-        self._pid = os.getpid()  # whose reserved numbers those are
-        self._failures: list[tuple[str, str, str]] = []  # found by wait(), not yet raised
-        self._state_unreachable = False  # warned once per outage
 
     # ----- the API ----------------------------------------------------------
 
@@ -234,9 +272,9 @@ class ObjectStoreLogger:
             state, log_level, artifact_name
         ):
             return None
-        mode = StagingMode.MOVE if move else _staging_mode(staging or self.staging)
+        mode = StagingMode.MOVE if move else staging_mode(staging or self.staging)
         return self._upload(
-            artifact_name, self._object_name(artifact_name), file_path, overwrite, mode
+            artifact_name, self._names.artifact(artifact_name), file_path, overwrite, mode
         )
 
     def log_checkpoint_dir(
@@ -277,101 +315,14 @@ class ObjectStoreLogger:
                 size); 1 where only the main process writes the checkpoint,
                 as Hugging Face's ``Trainer`` does.
 
-        Example:
-            >>> dcp.save(state, checkpoint_id=f"/ckpt/step-{step}")
-            >>> logger.log_checkpoint_dir(step, f"/ckpt/step-{step}",
+        Example (in a training loop with torch; tests/test_checkpoints.py runs it):
+            >>> dcp.save(state, checkpoint_id=f"/ckpt/step-{step}")  # doctest: +SKIP
+            >>> logger.log_checkpoint_dir(step, f"/ckpt/step-{step}",  # doctest: +SKIP
             ...                           files=glob.glob(f"/ckpt/step-{step}/__{rank}_*"))
         """
         self._check_open()
-        name = name or checkpoint_name(step)
-        validate_artifact_name(name)
-        root = os.fspath(path)
-        chosen = [os.fspath(f) for f in files] if files is not None else files_under(root)
-        mode = _staging_mode(staging or self.staging)
-        prefix = self._checkpoint_object(name)
-        ids = []
-        for file in chosen:
-            artifact = f"{name}/{relative_inside(root, file)}"
-            object_name = self._checkpoint_object(artifact)
-            if not object_name.startswith(prefix + "/"):
-                raise ConfigurationError(
-                    f"checkpoint_object_name {self.checkpoint_template.template!r} must end with "
-                    "{artifact_name}, so that a step's files share one directory"
-                )
-            artifact_id = self._upload(artifact, object_name, file, True, mode)
-            assert artifact_id is not None
-            ids.append(artifact_id)
-        world = self.ranks.world_size if ranks is None else ranks
-        registered = self._redis(
-            lambda: self._records.register_shards(self.run_name, name, self.ranks.rank, world, ids)
-        )
-        if registered == world:
-            self._send_commit(step, name, prefix, pointer, world)
-        return ids
-
-    def _upload(
-        self,
-        artifact_name: str,
-        object_name: str,
-        file_path: str | os.PathLike[str],
-        overwrite: bool,
-        mode: StagingMode,
-    ) -> str:
-        if not overwrite and self._is_pending(object_name):
-            raise FileExistsError(
-                f"artifact {artifact_name!r} ({object_name}) is still being uploaded; pass "
-                "overwrite=True to replace it with this version"
-            )
-        seq = self._next_seq()
-        staged = stage_file(
-            os.fspath(file_path),
-            staged_path(self.staging_root, self.run_name, self.ranks.rank, seq, artifact_name),
-            mode=mode,
-        )
-        message = UploadRequest(
-            **self._common(seq, artifact_name, object_name),
-            staged_path=staged.path,
-            size=staged.size,
-            overwrite=overwrite,
-            rank_limit=self.num_concurrent_uploads,
-            fingerprint=staged.fingerprint.to_json() if staged.fingerprint else None,
-            queue=self.upload_queue,
-        )
-        self._enqueue(UPLOAD_TASK, message, staged.path)
-        self._latest_by_object[object_name] = message.id
-        return message.id
-
-    def _send_commit(self, step: int, name: str, prefix: str, pointer: str, world: int) -> None:
-        validate_artifact_name(pointer)
-        message = CommitRequest(
-            id=commit_id(self.run_name, name),
-            run_name=self.run_name,
-            rank=self.ranks.rank,
-            seq=0,
-            artifact_name=name,
-            object_name=self._checkpoint_object(pointer) + POINTER_SUFFIX,
-            order=step_order(step),
-            store=self.spec.to_json(),
-            step=step,
-            world_size=world,
-            prefix=prefix,
-        ).signed(self._keys)
-        if self._redis(lambda: self._records.create_once(message, COMMIT_TASK)):
-            self._publish(COMMIT_TASK, message)
-
-    def _checkpoint_object(self, artifact_name: str) -> str:
-        return self._object_name(artifact_name, self.checkpoint_template)
-
-    def _format(self, template: ObjectNameTemplate, artifact_name: str) -> str:
-        ranks = self.ranks
-        return template.format(
-            artifact_name=artifact_name,
-            run_name=self.run_name,
-            rank=ranks.rank,
-            local_rank=ranks.local_rank,
-            world_size=ranks.world_size,
-            local_world_size=ranks.local_world_size,
-            node_rank=ranks.node_rank,
+        return self._checkpoints.log(
+            step, path, files, name, pointer, staging or self.staging, ranks
         )
 
     def symlink_artifact(
@@ -382,10 +333,12 @@ class ObjectStoreLogger:
         log_level: LogLevel = LogLevel.FIT,
         state: Any = None,
     ) -> str | None:
-        """Point ``<symlink object>.symlink`` at an artifact this rank logged.
+        """Point ``<object name>.symlink`` (a pointer) at an artifact this rank logged.
 
-        Written only after the target is uploaded and verified; a later call
-        for the same symlink always wins over an earlier one.
+        Composer's name for it. The pointer is written only after the target
+        is uploaded and verified; a later call for the same pointer always
+        wins over an earlier one. Returns the pointer's artifact id, or None
+        if filtered.
         """
         self._check_open()
         validate_artifact_name(symlink_artifact_name)
@@ -393,26 +346,26 @@ class ObjectStoreLogger:
             state, log_level, symlink_artifact_name
         ):
             return None
-        target_object = self._object_name(existing_artifact_name)
+        target_object = self._names.artifact(existing_artifact_name)
         target_id = self._latest_by_object.get(target_object)
         if target_id is None:
             raise ConfigurationError(
-                f"cannot symlink to {existing_artifact_name!r}: this rank has not logged it; "
+                f"cannot point to {existing_artifact_name!r}: this rank has not logged it; "
                 "call file_artifact first"
             )
-        object_name = self._object_name(symlink_artifact_name) + POINTER_SUFFIX
-        seq = self._next_seq()
+        object_name = self._names.artifact(symlink_artifact_name) + POINTER_SUFFIX
+        seq = self._seqs.next()
         message = PointerRequest(
             **self._common(seq, symlink_artifact_name, object_name),
             target_id=target_id,
             target_object_name=target_object,
         )
-        self._enqueue(POINTER_TASK, message, None)
+        self._outbox.enqueue(POINTER_TASK, message, None)
         return message.id
 
     def has_logged(self, artifact_name: str) -> bool:
-        """Whether this logger logged ``artifact_name`` (so it can be a symlink's target)."""
-        return self._object_name(artifact_name) in self._latest_by_object
+        """Whether this logger logged ``artifact_name`` (so it can be a pointer's target)."""
+        return self._names.artifact(artifact_name) in self._latest_by_object
 
     @property
     def store(self) -> ObjectStore:
@@ -422,11 +375,11 @@ class ObjectStoreLogger:
     def get_uri_for_artifact(self, artifact_name: str) -> str:
         """The URI the artifact has (or will have) in the store.
 
-        Example:
-            >>> logger.get_uri_for_artifact("ep1.pt")
+        Example (with a logger for bucket ``ckpts``, run ``run-1``, rank 0):
+            >>> logger.get_uri_for_artifact("ep1.pt")  # doctest: +SKIP
             's3://ckpts/run-1/rank0/ep1.pt'
         """
-        return self._store.get_uri(self._object_name(artifact_name))
+        return self._store.get_uri(self._names.artifact(artifact_name))
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.1) -> None:
         """Block until this rank's uploads are uploaded and verified.
@@ -440,53 +393,7 @@ class ObjectStoreLogger:
         # Messages still in this process first: a record the publisher gives up
         # on turns failed, and is reported below.
         self._publisher.flush(timeout)
-        failures = self._failures  # kept across a timeout, reported once
-        while self._pending:
-            # The oldest first, a window at a time: uploads finish roughly in the
-            # order they were logged, and asking after thousands of pending
-            # artifacts every poll cost a rank more CPU than logging them.
-            window = list(itertools.islice(self._pending, WAIT_WINDOW))
-            if self._collect(window, failures) == WAIT_WINDOW:
-                continue  # the whole window finished: look at the next one now
-            if deadline is not None and time.monotonic() >= deadline:
-                self._collect(list(self._pending), failures)  # the count below is exact
-                raise WaitTimeoutError(
-                    f"{len(self._pending)} upload(s) of run {self.run_name!r} rank "
-                    f"{self.ranks.rank} still pending after {timeout} s"
-                    + (f" and {len(failures)} failed" if failures else "")
-                    + f"; `hoist status --run {self.run_name}` shows them"
-                )
-            time.sleep(poll_interval)
-        if failures:
-            self._failures = []
-            lines = "\n".join(f"  {name} ({obj}): {error}" for name, obj, error in failures)
-            raise UploadFailedError(
-                f"{len(failures)} upload(s) of run {self.run_name!r} rank {self.ranks.rank} "
-                f"failed:\n{lines}",
-                failures,
-            )
-
-    def _collect(self, artifacts: list[str], failures: list[tuple[str, str, str]]) -> int:
-        """Drop finished ``artifacts`` from the pending ones, noting failures; return how many."""
-        try:
-            states = self._records.states(artifacts) if artifacts else {}
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # The uploads go on without Redis' answers; wait() keeps asking until its deadline.
-            if not self._state_unreachable:
-                log.warning(
-                    "wait: Redis at %s unreachable (%s); still waiting", self._state_shown, exc
-                )
-            self._state_unreachable = True
-            return 0
-        self._state_unreachable = False
-        finished = 0
-        for artifact, state in states.items():
-            if state.terminal:
-                finished += 1
-                message = self._pending.pop(artifact)
-                if state is State.FAILED:
-                    failures.append(self._failure(message))
-        return finished
+        self._pending.wait(deadline, timeout, poll_interval)
 
     def close(self) -> None:
         """Wait for this rank's uploads (unless ``wait_on_close=False``) and let go."""
@@ -507,51 +414,11 @@ class ObjectStoreLogger:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # Composer's names, for code written against its logger destinations.
-    def log_file_artifact(
-        self,
-        state: Any,
-        log_level: LogLevel,
-        artifact_name: str,
-        file_path: str,
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        self.file_artifact(log_level, artifact_name, file_path, overwrite=overwrite, state=state)
-
-    def log_symlink_artifact(
-        self,
-        state: Any,
-        log_level: LogLevel,
-        existing_artifact_name: str,
-        symlink_artifact_name: str,
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        self.symlink_artifact(
-            existing_artifact_name, symlink_artifact_name, log_level=log_level, state=state
-        )
-
-    def can_upload_files(self) -> bool:
-        return True
-
     # ----- internals --------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigurationError("this ObjectStoreLogger is closed; make a new one")
-
-    def _object_name(self, artifact_name: str, template: ObjectNameTemplate | None = None) -> str:
-        name = self._format(template or self.template, artifact_name)
-        try:
-            # The store's own limits (a file name's 255 bytes on SFTP and local
-            # stores), so that such a name fails here, not on a worker.
-            return self._store.validate_name(name)
-        except InvalidObjectNameError as exc:
-            raise InvalidObjectNameError(
-                f"artifact name {artifact_name!r} cannot be stored: {exc}; shorten it or "
-                "change the object_name template"
-            ) from None
 
     def _common(self, seq: int, artifact_name: str, object_name: str) -> dict[str, Any]:
         return {
@@ -569,162 +436,38 @@ class ObjectStoreLogger:
         artifact = self._latest_by_object.get(object_name)
         if artifact is None or artifact not in self._pending:
             return False
-        state = self._redis(lambda: self._records.states([artifact]).get(artifact))
+        state = self._retry(lambda: self._records.states([artifact]).get(artifact))
         return state is not None and not state.terminal
 
-    def _next_seq(self) -> int:
-        if self._pid != os.getpid():
-            # A forked child (a data-loader worker, say) must not reuse the numbers
-            # its parent reserved, nor wait for the parent's uploads.
-            self._pid = os.getpid()
-            self._seqs.clear()
-            self._pending.clear()
-        if not self._seqs:
-            reserve = self._records.reserve_seqs
-            self._seqs.extend(
-                self._redis(lambda: reserve(self.run_name, self.ranks.rank, SEQ_BLOCK))
+    def _upload(
+        self,
+        artifact_name: str,
+        object_name: str,
+        file_path: str | os.PathLike[str],
+        overwrite: bool,
+        mode: StagingMode,
+    ) -> str:
+        """Stage one file and enqueue its upload; return the artifact id."""
+        if not overwrite and self._is_pending(object_name):
+            raise FileExistsError(
+                f"artifact {artifact_name!r} ({object_name}) is still being uploaded; pass "
+                "overwrite=True to replace it with this version"
             )
-        return self._seqs.popleft()
-
-    def _enqueue(self, task: str, message: Message, staged: str | None) -> None:
-        message = message.signed(self._keys)
-        kept = f"; the staged file is kept at {staged}" if staged else ""
-        self._redis(lambda: self._records.create(message, task, self.spec.store_id), kept)
-        self._publish(task, message, kept)
-
-    def _publish(self, task: str, message: Message, kept: str = "") -> None:
-        # Recorded: from here on the artifact is pending whatever the broker does.
-        self._pending[message.id] = message
-        self._publisher.put(Outgoing(task, message, kept))
-
-    def _unsent(self, items: list[Outgoing], exc: Exception) -> None:
-        """The publisher gave up on ``items``: mark their records failed, say how to resend."""
-        retry = f"hoist retry --run {self.run_name}"
-        for item in items:
-            reason = (
-                f"never sent: the broker at {self._broker_shown} was unreachable for "
-                f"{self.enqueue_timeout:g} s ({exc}); start it or fix HOIST_BROKER_URL, then "
-                f"run `{retry}`{item.kept}"
-            )
-            try:
-                marked = self._records.fail_queued(item.message.id, reason)
-            except redis.RedisError:
-                marked = False
-            if not marked:
-                # The record stays queued: wait() goes on waiting for it, and the
-                # workers' watchdog or `hoist retry --queued` sends it later.
-                log.error(
-                    "%s (%s) was not sent and its record could not be marked; run `%s "
-                    "--queued` once the broker is back%s",
-                    item.message.artifact_name,
-                    item.message.id,
-                    retry,
-                    item.kept,
-                )
-
-    def _redis(self, call: Callable[[], Any], kept: str = "") -> Any:
-        deadline = time.monotonic() + self.enqueue_timeout
-        delay = 0.2
-        while True:
-            try:
-                return call()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise EnqueueError(
-                        f"the hoist state store (Redis) at {self._state_shown} is unreachable "
-                        f"after {self.enqueue_timeout:g} s: start it or fix HOIST_STATE_URL / "
-                        f"HOIST_BROKER_URL, then log the artifact again; {exc}{kept}"
-                    ) from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _failure(self, message: Message) -> tuple[str, str, str]:
-        status = self._records.get(message.id)
-        error = status.error if status is not None else "its record is gone"
-        return message.artifact_name, message.object_name, error
-
-
-def _staging_mode(value: StagingMode | str) -> StagingMode:
-    try:
-        return StagingMode(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in StagingMode)
-        raise ConfigurationError(
-            f"staging={value!r} is not a staging mode; use {choices}"
-        ) from None
-
-
-def _enqueue_timeout(explicit: float | None) -> float:
-    if explicit is not None:
-        value = float(explicit)
-    else:
-        raw = os.environ.get(ENQUEUE_TIMEOUT_ENV) or "30"
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigurationError(
-                f"{ENQUEUE_TIMEOUT_ENV}={raw!r} is not a number of seconds"
-            ) from None
-    if not value > 0:
-        raise ConfigurationError(f"enqueue_timeout must be more than 0 seconds, not {value}")
-    return value
-
-
-def _run_name(explicit: str | None, ranks: RankInfo) -> str:
-    candidates = [
-        explicit,
-        os.environ.get("HOIST_RUN_NAME"),
-        os.environ.get("TORCHELASTIC_RUN_ID")
-        if os.environ.get("TORCHELASTIC_RUN_ID") != "none"
-        else None,
-        f"slurm-{os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else None,
-    ]
-    for name in candidates:
-        if name:
-            return name
-    if ranks.world_size > 1:
-        raise ConfigurationError(
-            "every rank must log under the same run name: pass run_name= or set HOIST_RUN_NAME"
+        seq = self._seqs.next()
+        staged = stage_file(
+            os.fspath(file_path),
+            staged_path(self.staging_root, self.run_name, self.ranks.rank, seq, artifact_name),
+            mode=mode,
         )
-    generated = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    log.warning("no run name given; logging as %r (set HOIST_RUN_NAME to choose)", generated)
-    return generated
-
-
-def _fleet_keys(fleet_key: str | None) -> FleetKeys:
-    keys = keys_from(fleet_key) if fleet_key else FleetKeys.from_environment()
-    if keys is None:
-        raise ConfigurationError(
-            f"the logger has no fleet key, and hoist workers act only on messages signed with "
-            f"it: set {FLEET_KEY_ENV} to the fleet's key (`hoist up` writes it to "
-            "./.hoist/env; `hoist keygen` makes one for a fleet of your own), or pass fleet_key="
+        message = UploadRequest(
+            **self._common(seq, artifact_name, object_name),
+            staged_path=staged.path,
+            size=staged.size,
+            overwrite=overwrite,
+            rank_limit=self.num_concurrent_uploads,
+            fingerprint=staged.fingerprint.to_json() if staged.fingerprint else None,
+            queue=self.upload_queue,
         )
-    return keys
-
-
-def _store_spec(
-    provider: str | None,
-    container: Any,
-    provider_kwargs: dict[str, Any] | None,
-    object_store_cls: type[ObjectStore] | None,
-    object_store_kwargs: dict[str, Any] | None,
-    fleet_key: FleetKeys,
-) -> StoreSpec:
-    if object_store_cls is not None:
-        if provider is not None:
-            raise ConfigurationError("give either provider/container or object_store_cls, not both")
-        return StoreSpec.describe(
-            kind_of(object_store_cls), dict(object_store_kwargs or {}), fleet_key
-        )
-    if provider is None or container is None:
-        raise ConfigurationError(
-            "say where to upload: ObjectStoreLogger(provider='s3', container='bucket', "
-            "provider_kwargs={...}) or ObjectStoreLogger(object_store_cls=S3ObjectStore, "
-            "object_store_kwargs={'bucket': ...})"
-        )
-    kwargs = {
-        "provider": provider,
-        "container": container,
-        "provider_kwargs": provider_kwargs or {},
-    }
-    return StoreSpec.describe("libcloud", kwargs, fleet_key)
+        self._outbox.enqueue(UPLOAD_TASK, message, staged.path)
+        self._latest_by_object[object_name] = message.id
+        return message.id

@@ -157,6 +157,34 @@ class RankInfo:
         return cls(**values)
 
 
+def launcher_run_name(environ: Mapping[str, str] | None = None) -> str | None:
+    """The job's name as the launcher gives it: torchrun's run id, else the Slurm job's.
+
+    Every rank of a job sees the same value, so it can name the run when
+    neither the logger's ``run_name`` nor ``HOIST_RUN_NAME`` does.
+
+    Parameters:
+        environ: the environment to read; ``os.environ`` when ``None``.
+
+    Returns:
+        ``TORCHELASTIC_RUN_ID`` (unless torchrun's placeholder ``none``), else
+        ``slurm-<SLURM_JOB_ID>``, else None.
+
+    Example:
+        >>> launcher_run_name({"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "4242"})
+        'slurm-4242'
+        >>> launcher_run_name({}) is None
+        True
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    torchrun = env.get("TORCHELASTIC_RUN_ID")
+    if torchrun and torchrun != "none":
+        return torchrun
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    return None
+
+
 def _parse_int(variable: str, text: str) -> int:
     try:
         return int(text)

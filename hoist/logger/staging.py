@@ -22,7 +22,7 @@ from enum import Enum
 from typing import NoReturn
 
 from hoist.durability import fsync_directory, fsync_file
-from hoist.errors import HoistError, SourceFileError, StagingError
+from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
 from hoist.protocol.layout import Fingerprint, temporary_name
 
 logger = logging.getLogger("hoist.rank")
@@ -76,6 +76,26 @@ class StagingMode(str, Enum):
     COPY = "copy"
     MOVE = "move"
     LINK = "link"
+
+
+def staging_mode(value: StagingMode | str) -> StagingMode:
+    """``value`` as a :class:`StagingMode`; a bad one is a :class:`ConfigurationError`.
+
+    Example:
+        >>> staging_mode("link")
+        <StagingMode.LINK: 'link'>
+        >>> staging_mode("hardlink")
+        Traceback (most recent call last):
+        ...
+        hoist.errors.ConfigurationError: staging='hardlink' is not a staging mode; use 'copy', ...
+    """
+    try:
+        return StagingMode(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in StagingMode)
+        raise ConfigurationError(
+            f"staging={value!r} is not a staging mode; use {choices}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -321,9 +341,16 @@ def stage_file(
             behind and the source is untouched.
 
     Example:
-        >>> staged = stage_file("ep1.pt", staged_path("/staging", "run", 0, 1, "ep1.pt"))
+        >>> import pathlib, shutil, tempfile
+        >>> from hoist.protocol.layout import staged_path
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (root / "ep1.pt").write_bytes(b"weights")
+        >>> staged = stage_file(str(root / "ep1.pt"), staged_path(str(root), "run", 0, 1, "ep1.pt"))
         >>> staged.method in {"reflink", "copy_file_range", "copy"}
         True
+        >>> pathlib.Path(staged.path).read_bytes()
+        b'weights'
+        >>> shutil.rmtree(root)
     """
     try:
         link_info = os.lstat(source)

@@ -1,0 +1,77 @@
+"""Composer's older method names, for code written against its logger destinations.
+
+MosaicML Composer's ``LoggerDestination`` once took artifacts through
+``log_file_artifact(state, log_level, name, path)`` and
+``log_symlink_artifact(state, log_level, existing, symlink)``, the state and
+level first. :class:`ComposerNames` maps them onto the logger's own
+``file_artifact`` and ``symlink_artifact`` (a pointer), which a subclass
+provides.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from hoist.logger.levels import LogLevel
+from hoist.logger.staging import StagingMode
+
+
+class ComposerNames:
+    """Composer's names on top of ``file_artifact`` and ``symlink_artifact``."""
+
+    if TYPE_CHECKING:  # provided by the subclass, ObjectStoreLogger
+
+        def file_artifact(
+            self,
+            log_level: LogLevel,
+            artifact_name: str,
+            file_path: str | os.PathLike[str],
+            *,
+            overwrite: bool = False,
+            move: bool = False,
+            staging: StagingMode | str | None = None,
+            state: Any = None,
+        ) -> str | None: ...
+
+        def symlink_artifact(
+            self,
+            existing_artifact_name: str,
+            symlink_artifact_name: str,
+            *,
+            log_level: LogLevel = LogLevel.FIT,
+            state: Any = None,
+        ) -> str | None: ...
+
+    def log_file_artifact(
+        self,
+        state: Any,
+        log_level: LogLevel,
+        artifact_name: str,
+        file_path: str,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """``file_artifact(log_level, artifact_name, ...)`` in Composer's argument order."""
+        self.file_artifact(log_level, artifact_name, file_path, overwrite=overwrite, state=state)
+
+    def log_symlink_artifact(
+        self,
+        state: Any,
+        log_level: LogLevel,
+        existing_artifact_name: str,
+        symlink_artifact_name: str,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """``symlink_artifact(existing, symlink, ...)`` (a pointer) in Composer's argument order.
+
+        ``overwrite`` is accepted and ignored: a later pointer always wins.
+        """
+        self.symlink_artifact(
+            existing_artifact_name, symlink_artifact_name, log_level=log_level, state=state
+        )
+
+    def can_upload_files(self) -> bool:
+        """Composer asks before handing files over: always True."""
+        return True
