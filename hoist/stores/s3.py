@@ -4,9 +4,11 @@ Uploads are hoist's own rather than boto3's ``upload_file``: s3transfer reads
 parts through separate file handles, in no fixed order, so it cannot hash the
 whole object in the same pass. Here the file is read once, in order; each part
 is hashed into the running whole-object CRC64NVME and handed to a thread pool,
-with at most ``max_concurrency`` parts in memory. The multipart upload is
-created with ``ChecksumType=FULL_OBJECT`` so S3 checks the whole-object
-checksum we send at completion and reports it back on ``HeadObject``.
+with at most ``max_concurrency`` parts in memory
+(:mod:`hoist.stores.s3_multipart`). The multipart upload is created with
+``ChecksumType=FULL_OBJECT`` so S3 checks the whole-object checksum we send at
+completion and reports it back on ``HeadObject``. What boto3's errors mean is
+decided in :mod:`hoist.stores.s3_errors`.
 
 Verification (``verify=``):
 
@@ -36,60 +38,27 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import math
 import re
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as boto_errors
-from awscrt.checksums import crc64nvme
 from botocore.config import Config
 
-from hoist.errors import (
-    ChecksumMismatchError,
-    ConfigurationError,
-    ContainerNotFoundError,
-    HoistError,
-    ObjectNotFoundError,
-    PermanentStoreError,
-    StoreAuthError,
-    StoreConnectionError,
-    TransientStoreError,
-)
+from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError
 from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import Checksum, HashingReader, Progress
+from hoist.stores.s3_errors import translate_s3_error
+from hoist.stores.s3_multipart import MultipartUpload
 
 MiB = 1024 * 1024
-MAX_PARTS = 10_000
 _MD5_HEX = re.compile("[0-9a-f]{32}")
 _COMPOSITE_ETAG = re.compile("[0-9a-f]{32}-[0-9]+")
-
-_AUTH_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "TokenRefreshRequired",
-    "AllAccessDisabled",
-}
-_TRANSIENT_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "InternalError",
-    "ServiceUnavailable",
-    "BadDigest",
-    "InvalidDigest",
-    "XAmzContentChecksumMismatch",
-}
 
 
 @dataclass(frozen=True)
@@ -138,8 +107,10 @@ class S3ObjectStore(ObjectStore):
         max_attempts: boto3's retries of one request, before hoist's own.
 
     Example:
-        >>> store = S3ObjectStore("my-bucket", prefix="runs/", region_name="us-west-2")
-        >>> store.upload_file("run1/ep1.pt", "/tmp/ep1.pt").uri
+        >>> store = S3ObjectStore(  # doctest: +SKIP
+        ...     "my-bucket", prefix="runs/", region_name="us-west-2"
+        ... )
+        >>> store.upload_file("run1/ep1.pt", "/tmp/ep1.pt").uri  # doctest: +SKIP
         's3://my-bucket/runs/run1/ep1.pt'
     """
 
@@ -245,7 +216,7 @@ class S3ObjectStore(ObjectStore):
                 data = reader.read()
                 checksum = reader.hasher.checksum
                 return checksum, self._put_object(name, data, checksum)
-            upload = _MultipartUpload(self, name, size, progress)
+            upload = MultipartUpload(self, name, size, progress)
             checksum = upload.run(raw)
         return checksum, self._assembled_proof(name, size, upload)
 
@@ -298,7 +269,7 @@ class S3ObjectStore(ObjectStore):
         return True
 
     def _assembled_proof(
-        self, name: str, size: int, upload: _MultipartUpload
+        self, name: str, size: int, upload: MultipartUpload
     ) -> Verification | None:
         """STORE_MD5 when every part's ETag matched and the object is those parts.
 
@@ -349,56 +320,13 @@ class S3ObjectStore(ObjectStore):
 
     def _translate(self, exc: Exception, name: str | None) -> HoistError | None:
         where = self.get_uri(name) if name else f"s3://{self.bucket}"
-        endpoint = self.endpoint_url or "AWS S3"
-        if isinstance(exc, boto_errors.NoCredentialsError):
-            return StoreAuthError(
-                f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or pass them to the store"
-            )
-        if isinstance(exc, boto_errors.ClientError):
-            return self._translate_client_error(exc, name, where, endpoint)
-        if isinstance(
+        return translate_s3_error(
             exc,
-            (
-                boto_errors.EndpointConnectionError,
-                boto_errors.ConnectTimeoutError,
-                boto_errors.ConnectionClosedError,
-                boto_errors.ReadTimeoutError,
-                boto_errors.ResponseStreamingError,
-                ConnectionError,
-                TimeoutError,
-            ),
-        ):
-            return StoreConnectionError(f"cannot reach {endpoint} for {where}: {exc}")
-        return None
-
-    def _translate_client_error(
-        self, exc: boto_errors.ClientError, name: str | None, where: str, endpoint: str
-    ) -> HoistError:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        detail = error.get("Message") or code
-        if code == "NoSuchBucket" or (name is None and status == 404):
-            return ContainerNotFoundError(
-                f"bucket {self.bucket!r} does not exist at {endpoint}; create it or fix the name"
-            )
-        if code in _AUTH_CODES or status in (401, 403):
-            return StoreAuthError(
-                f"access to {where} was denied ({detail}); check the credentials and that "
-                "they may read and write this bucket"
-            )
-        if code == "NoSuchUpload":
-            # AWS answers a retried CompleteMultipartUpload whose first answer
-            # was lost this way; the next attempt finds the object (or writes it).
-            return TransientStoreError(
-                f"{endpoint} no longer knows the multipart upload of {where} ({detail})"
-            )
-        if code in ("NoSuchKey", "NotFound") or status == 404:
-            return ObjectNotFoundError(f"{where} does not exist")
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            return TransientStoreError(f"{endpoint} answered {status} {code} for {where}: {detail}")
-        return PermanentStoreError(f"{endpoint} refused {where}: {status} {code}: {detail}")
+            bucket=self.bucket,
+            where=where,
+            endpoint=self.endpoint_url or "AWS S3",
+            for_object=name is not None,
+        )
 
     def _parts_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -406,113 +334,6 @@ class S3ObjectStore(ObjectStore):
                 self.transfer.max_concurrency, thread_name_prefix="hoist-s3-part"
             )
         return self._pool
-
-
-class _MultipartUpload:
-    """One multipart upload: read parts in order, send them in parallel, complete.
-
-    Parameters:
-        store: the store whose client and transfer settings to use.
-        name: the object name.
-        size: the file's size, to choose the part size.
-        progress: told of each part's bytes once the part is stored.
-    """
-
-    def __init__(self, store: S3ObjectStore, name: str, size: int, progress: Progress | None):
-        self.store = store
-        self.client = store._client
-        self.name = name
-        self.key = store._key(name)
-        self.part_size = max(store.transfer.part_size, math.ceil(size / MAX_PARTS))
-        self.progress = progress
-        self.in_flight = threading.BoundedSemaphore(store.transfer.max_concurrency)
-        self.failed = threading.Event()
-        self.proved_by_md5 = store.checks_md5
-        """Stays True while every part's ETag is the MD5 we computed."""
-        self.part_md5s: dict[int, str] = {}
-        self.complete_etag = ""
-
-    def composite_etag(self) -> str:
-        """S3's ETag of a multipart object: the MD5 of the parts' MD5s, then ``-<parts>``."""
-        digests = b"".join(bytes.fromhex(self.part_md5s[n]) for n in sorted(self.part_md5s))
-        return f"{hashlib.md5(digests).hexdigest()}-{len(self.part_md5s)}"
-
-    def run(self, raw: Any) -> Checksum:
-        upload_id = self.client.create_multipart_upload(
-            Bucket=self.store.bucket,
-            Key=self.key,
-            ChecksumAlgorithm="CRC64NVME",
-            ChecksumType="FULL_OBJECT",
-        )["UploadId"]
-        futures: list[Future[dict[str, Any]]] = []
-        try:
-            whole = 0
-            number = 0
-            while True:
-                self.in_flight.acquire()  # bounds memory to max_concurrency parts
-                if self.failed.is_set():  # stop reading; the failed part's error is raised below
-                    self.in_flight.release()
-                    break
-                data = raw.read(self.part_size)
-                if not data and number > 0:
-                    self.in_flight.release()
-                    break
-                number += 1
-                whole = crc64nvme(data, whole)
-                futures.append(self.store._parts_pool().submit(self._send, upload_id, number, data))
-                if len(data) < self.part_size:
-                    break
-            parts = [future.result() for future in futures]
-            checksum = Checksum.from_int(whole)
-            self.complete_etag = self.client.complete_multipart_upload(
-                Bucket=self.store.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                ChecksumCRC64NVME=checksum.to_base64(),
-                ChecksumType="FULL_OBJECT",
-            ).get("ETag", "")
-            return checksum
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            self._abort(upload_id)
-            raise
-
-    def _send(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
-        try:
-            md5_hex, headers = self.store._content_md5(data)
-            if self.store.trusts_reported_checksum:  # a server that validates it (AWS)
-                headers["ChecksumCRC64NVME"] = Checksum.of(data).to_base64()
-            response = self.client.upload_part(
-                Bucket=self.store.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                **headers,
-            )
-            if md5_hex is not None and not self.store._etag_matches(
-                self.name, response["ETag"], md5_hex
-            ):
-                self.proved_by_md5 = False
-            elif md5_hex is not None:
-                self.part_md5s[number] = md5_hex
-            if self.progress is not None:
-                self.progress(len(data))
-            return {"ETag": response["ETag"], "PartNumber": number}
-        except BaseException:
-            self.failed.set()
-            raise
-        finally:
-            self.in_flight.release()
-
-    def _abort(self, upload_id: str) -> None:
-        # The original error matters more; a bucket lifecycle rule reaps what is left.
-        with contextlib.suppress(boto_errors.BotoCoreError, boto_errors.ClientError):
-            self.client.abort_multipart_upload(
-                Bucket=self.store.bucket, Key=self.key, UploadId=upload_id
-            )
 
 
 _SESSIONS: dict[str | None, boto3.session.Session] = {}

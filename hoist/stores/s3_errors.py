@@ -1,0 +1,125 @@
+"""What boto3's exceptions mean for hoist: the S3 store's error translation.
+
+S3 and the servers that speak its API report a failure as an error code and an
+HTTP status; these decide whether hoist retries (a transient error, a lost
+connection) or gives up at once with advice (credentials, a missing bucket).
+"""
+
+from __future__ import annotations
+
+import botocore.exceptions as boto_errors
+
+from hoist.errors import (
+    ContainerNotFoundError,
+    HoistError,
+    ObjectNotFoundError,
+    PermanentStoreError,
+    StoreAuthError,
+    StoreConnectionError,
+    TransientStoreError,
+)
+
+AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+    }
+)
+"""Error codes that mean the credentials are missing, wrong or not allowed."""
+
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "BadDigest",
+        "InvalidDigest",
+        "XAmzContentChecksumMismatch",
+    }
+)
+"""Error codes worth another attempt: throttling, server trouble, bytes damaged on the way."""
+
+_CONNECTION_ERRORS = (
+    boto_errors.EndpointConnectionError,
+    boto_errors.ConnectTimeoutError,
+    boto_errors.ConnectionClosedError,
+    boto_errors.ReadTimeoutError,
+    boto_errors.ResponseStreamingError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def translate_s3_error(
+    exc: Exception, *, bucket: str, where: str, endpoint: str, for_object: bool
+) -> HoistError | None:
+    """The hoist error for a boto3 exception, or None for one that is not the store's.
+
+    Parameters:
+        exc: what boto3 raised.
+        bucket: the store's bucket.
+        where: the URI the request was about, for the message.
+        endpoint: the server, for the message (``"AWS S3"`` for AWS).
+        for_object: whether the request was about one object; a 404 without one
+            means the bucket is missing.
+
+    Example:
+        >>> from botocore.exceptions import ClientError
+        >>> exc = ClientError(
+        ...     {"Error": {"Code": "SlowDown", "Message": "Slow down"},
+        ...      "ResponseMetadata": {"HTTPStatusCode": 503}},
+        ...     "PutObject",
+        ... )
+        >>> translate_s3_error(
+        ...     exc, bucket="ckpts", where="s3://ckpts/ep1.pt", endpoint="AWS S3", for_object=True
+        ... )
+        TransientStoreError('AWS S3 answered 503 SlowDown for s3://ckpts/ep1.pt: Slow down')
+    """
+    if isinstance(exc, boto_errors.NoCredentialsError):
+        return StoreAuthError(
+            f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or pass them to the store"
+        )
+    if isinstance(exc, boto_errors.ClientError):
+        return _translate_client_error(exc, bucket, where, endpoint, for_object)
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return StoreConnectionError(f"cannot reach {endpoint} for {where}: {exc}")
+    return None
+
+
+def _translate_client_error(
+    exc: boto_errors.ClientError, bucket: str, where: str, endpoint: str, for_object: bool
+) -> HoistError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    detail = error.get("Message") or code
+    if code == "NoSuchBucket" or (not for_object and status == 404):
+        return ContainerNotFoundError(
+            f"bucket {bucket!r} does not exist at {endpoint}; create it or fix the name"
+        )
+    if code in AUTH_CODES or status in (401, 403):
+        return StoreAuthError(
+            f"access to {where} was denied ({detail}); check the credentials and that "
+            "they may read and write this bucket"
+        )
+    if code == "NoSuchUpload":
+        # AWS answers a retried CompleteMultipartUpload whose first answer
+        # was lost this way; the next attempt finds the object (or writes it).
+        return TransientStoreError(
+            f"{endpoint} no longer knows the multipart upload of {where} ({detail})"
+        )
+    if code in ("NoSuchKey", "NotFound") or status == 404:
+        return ObjectNotFoundError(f"{where} does not exist")
+    if code in TRANSIENT_CODES or status >= 500 or status == 429:
+        return TransientStoreError(f"{endpoint} answered {status} {code} for {where}: {detail}")
+    return PermanentStoreError(f"{endpoint} refused {where}: {status} {code}: {detail}")
