@@ -30,17 +30,22 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from hoist import settings
 from hoist.checkpoints import DownloadedCheckpoint, fetch_checkpoint
 from hoist.errors import (
     CheckpointError,
     ConfigurationError,
     ObjectNotFoundError,
 )
+from hoist.keys import FLEET_KEY_ENV, FleetKeys
 from hoist.protocol.manifest import is_manifest
 from hoist.protocol.pointers import POINTER_SUFFIX, PointerError, read_pointer
+from hoist.state.connection import NO_CLUSTER, connect
 from hoist.state.records import ArtifactStatus, Records, State
 from hoist.stores.base import ObjectStat, ObjectStore
 from hoist.stores.checksum import Checksum, Progress
+from hoist.stores.spec import StoreSpec, store_class
+from hoist.stores.uri import parse_store_uri, store_from_uri
 
 MAX_HOPS = 8
 STORE_URI_ENV = "HOIST_STORE_URI"
@@ -103,8 +108,9 @@ def download_artifact(
     *,
     run: str | None = None,
     store: str | ObjectStore | None = None,
+    records: Records | None = None,
     state_url: str | None = None,
-    fleet_key: str | None = None,
+    fleet_key: str | FleetKeys | None = None,
     progress: Progress | None = None,
 ) -> Downloaded:
     """Download ``source`` to ``dest``, following pointers; atomic, and checksummed on the way.
@@ -117,19 +123,23 @@ def download_artifact(
         run: look ``source`` up in this run's records.
         store: the store ``source`` is in: a URI or an :class:`ObjectStore`
             (default ``HOIST_STORE_URI``). Ignored with ``run``.
-        state_url: the Redis holding the records, for ``run`` (default
-            ``HOIST_STATE_URL``, else ``HOIST_BROKER_URL``).
+        records: the records to look ``run`` up in (default: from ``state_url``).
+        state_url: the Redis holding the records, for ``run`` without
+            ``records`` (default ``HOIST_STATE_URL``, else ``HOIST_BROKER_URL``).
         fleet_key: opens sealed store credentials of the run's records
             (default ``HOIST_FLEET_KEY``).
         progress: called with the number of bytes of each chunk written.
 
-    Example:
-        >>> hoist.download_artifact("latest-rank0.pt", "ckpt/", run="bert-3").path
+    Example (tested in tests/test_cli_ops.py, against a cluster and a store):
+        >>> hoist.download_artifact("latest-rank0.pt", "ckpt/", run="bert-3").path  # doctest: +SKIP
         'ckpt/ep2-rank0.pt'
-        >>> hoist.download_artifact("s3://ckpts/bert-3/ep1.pt", "/tmp/ep1.pt").size
-        1073741824
+        >>> got = hoist.download_artifact("s3://ckpts/bert-3/ep1.pt", "/tmp/")  # doctest: +SKIP
+        >>> got.path, got.size  # doctest: +SKIP
+        ('/tmp/ep1.pt', 1073741824)
     """
-    resolved = resolve(source, run=run, store=store, state_url=state_url, fleet_key=fleet_key)
+    resolved = resolve(
+        source, run=run, store=store, records=records, state_url=state_url, fleet_key=fleet_key
+    )
     return fetch(resolved, dest, progress=progress)
 
 
@@ -139,8 +149,9 @@ def download_checkpoint(
     *,
     run: str | None = None,
     store: str | ObjectStore | None = None,
+    records: Records | None = None,
     state_url: str | None = None,
-    fleet_key: str | None = None,
+    fleet_key: str | FleetKeys | None = None,
 ) -> DownloadedCheckpoint:
     """Download a committed sharded checkpoint into the directory ``dest``.
 
@@ -148,11 +159,14 @@ def download_checkpoint(
     checkpoint's manifest, which is what a run's ``latest`` pointer names
     (see :mod:`hoist.checkpoints`). Every file is checked against the manifest.
 
-    Example:
-        >>> hoist.download_checkpoint("latest", "/tmp/resume", run="bert-3").manifest.step
+    Example (tested in tests/test_checkpoints.py):
+        >>> got = hoist.download_checkpoint("latest", "/tmp/resume", run="bert-3")  # doctest: +SKIP
+        >>> got.manifest.step  # doctest: +SKIP
         1200
     """
-    with resolve(source, run=run, store=store, state_url=state_url, fleet_key=fleet_key) as found:
+    with resolve(
+        source, run=run, store=store, records=records, state_url=state_url, fleet_key=fleet_key
+    ) as found:
         if not is_manifest(found.object_name):
             raise CheckpointError(
                 f"{source} resolves to {found.uri}, not a checkpoint committed by "
@@ -168,15 +182,12 @@ def resolve(
     store: str | ObjectStore | None = None,
     records: Records | None = None,
     state_url: str | None = None,
-    fleet_key: str | None = None,
+    fleet_key: str | FleetKeys | None = None,
 ) -> Resolved:
     """Find the object ``source`` names, following pointers; see :func:`download_artifact`.
 
-    Parameters:
-        records: the records to look ``run`` up in (default: from ``state_url``).
-
     Example:
-        >>> resolve("latest.pt", run="bert-3").hops
+        >>> resolve("latest.pt", run="bert-3").hops  # doctest: +SKIP
         (('bert-3/latest.pt.symlink', 'bert-3/ep2.pt'),)
     """
     guessed_root = False
@@ -202,7 +213,8 @@ def fetch(
     """Download a :class:`Resolved` object to ``dest`` (a file, or a directory to put it in).
 
     Example:
-        >>> fetch(resolve("bert-3/ep2.pt", store="file:///srv/store"), "/tmp/").path
+        >>> found = resolve("bert-3/ep2.pt", store="file:///srv/store")  # doctest: +SKIP
+        >>> fetch(found, "/tmp/").path  # doctest: +SKIP
         '/tmp/ep2.pt'
     """
     path = destination(dest, resolved.object_name)
@@ -220,7 +232,7 @@ def follow_pointers(
     """The object ``name`` resolves to, the pointers followed, and the object's stat.
 
     Example:
-        >>> follow_pointers(store, "bert-3/latest.pt")[0]
+        >>> follow_pointers(store, "bert-3/latest.pt")[0]  # doctest: +SKIP
         'bert-3/ep2.pt'
     """
     hops: list[tuple[str, str]] = []
@@ -265,11 +277,9 @@ def destination(dest: str | os.PathLike[str], object_name: str) -> str:
 
 def _store(store: str | ObjectStore | None, source: str) -> tuple[ObjectStore, bool]:
     """The store ``store`` or ``HOIST_STORE_URI`` names, and whether it was built here."""
-    from hoist.stores.uri import store_from_uri
-
     if isinstance(store, ObjectStore):
         return store, False
-    uri = store or os.environ.get(STORE_URI_ENV)
+    uri = store or _configured_store()
     if not uri:
         raise ConfigurationError(
             f"say which store holds {source!r}: give a store URI (--store, or store= in "
@@ -281,7 +291,7 @@ def _store(store: str | ObjectStore | None, source: str) -> tuple[ObjectStore, b
 
 def _from_uri(source: str, store: str | ObjectStore | None) -> tuple[ObjectStore, str, bool, bool]:
     """Store, object name, owned, and whether the store root was guessed from the URI."""
-    configured = store if store is not None else os.environ.get(STORE_URI_ENV)
+    configured = store if store is not None else _configured_store()
     if configured is not None:
         found, owned = _store(configured, source)
         name = _inside(source, found, configured if isinstance(configured, str) else None)
@@ -307,9 +317,6 @@ def _inside(source: str, store: ObjectStore, store_uri: str | None) -> str | Non
 
 def _natural_root(source: str) -> tuple[ObjectStore, str]:
     """For a URI outside the configured store: the bucket's or the server's root."""
-    from hoist.stores.spec import store_class
-    from hoist.stores.uri import parse_store_uri
-
     scheme = urlsplit(source).scheme
     if scheme not in ("s3", "sftp"):
         raise ConfigurationError(
@@ -335,14 +342,11 @@ def _in_run(
     run: str,
     records: Records | None,
     state_url: str | None,
-    fleet_key: str | None,
+    fleet_key: str | FleetKeys | None,
 ) -> tuple[ObjectStore, str, bool]:
     """The store and object of the name ``source`` the run logged, from its records."""
-    from hoist.commands.cluster_access import connect, state_url_from_environment
-    from hoist.stores.spec import StoreSpec, fleet_key_from_environment
-
     if records is None:
-        records = connect(state_url or state_url_from_environment())
+        records = connect(state_url or _configured_state_url())
     artifacts = records.run_artifacts(run)
     if not artifacts:
         raise ConfigurationError(
@@ -369,7 +373,27 @@ def _in_run(
         )
     newest = max(done, key=lambda a: a.message["order"])
     spec = StoreSpec.from_json(newest.message["store"])
-    return spec.build(fleet_key or fleet_key_from_environment()), objects[0], True
+    keys = fleet_key or settings.read(FLEET_KEY_ENV)
+    return spec.build(keys), objects[0], True
+
+
+# ----- the library's defaults from the environment ---------------------------------------------
+# The CLI resolves these itself and passes them in; a Python caller that gives
+# no store or records gets what the environment names, as documented above.
+
+
+def _configured_store() -> str | None:
+    """``HOIST_STORE_URI``, or None."""
+    uri: str | None = settings.read(STORE_URI_ENV)
+    return uri
+
+
+def _configured_state_url() -> str:
+    """``HOIST_STATE_URL``, else ``HOIST_BROKER_URL``; no cluster configured is an error."""
+    broker = settings.configured_broker_url()
+    if not broker:
+        raise ConfigurationError(NO_CLUSTER)
+    return settings.state_url(broker=broker)
 
 
 def _names(artifact: ArtifactStatus, source: str) -> bool:

@@ -157,3 +157,7 @@ class WaitTimeoutError(HoistError, TimeoutError):
 
 class CheckpointError(HoistError):
     """A sharded checkpoint is incomplete, or its files do not match its manifest."""
+
+
+class ClusterUnreachableError(HoistError):
+    """The cluster is configured, but its Redis does not answer."""

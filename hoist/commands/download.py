@@ -11,9 +11,11 @@ from typing import Any
 
 from rich.filesize import decimal
 
+from hoist import settings
 from hoist.commands.cluster_access import load_environment, records_for
 from hoist.commands.console import console, out, transfer_progress
-from hoist.download import fetch, resolve
+from hoist.download import STORE_URI_ENV, fetch, resolve
+from hoist.keys import FLEET_KEY_ENV
 
 
 def register(commands: Any) -> None:
@@ -45,9 +47,15 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The CLI is the edge: it reads the environment (after <home>/env) and hands
+    # the library the store, the records and the fleet key explicitly.
     load_environment(args)
-    records = records_for(args) if args.run else None
-    resolved = resolve(args.source, run=args.run, store=args.store, records=records)
+    store = args.store if args.store is not None else settings.read(STORE_URI_ENV)
+    if args.run:
+        records, fleet_key = records_for(args), settings.read(FLEET_KEY_ENV)
+    else:
+        records, fleet_key = None, None
+    resolved = resolve(args.source, run=args.run, store=store, records=records, fleet_key=fleet_key)
     for pointer, target in resolved.hops:
         console.print(f"{pointer} -> {target}", highlight=False)
     with transfer_progress() as bar:
