@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 from typing import Any
 
+from hoist.commands.console import console
+from hoist.settings import WorkerSettings
 from hoist.workers import flower
+from hoist.workers.envfile import apply_env_file
 
 
 def register(commands: Any) -> None:
@@ -20,4 +25,21 @@ def register(commands: Any) -> None:
         "hoist flower --address 0.0.0.0 --port 5555",
     )
     flower.add_arguments(parser)
-    parser.set_defaults(func=flower.run_flower)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve Flower's settings here, at the edge, and run it until it is stopped."""
+    apply_env_file(args.home)  # the local cluster's broker and Flower credentials, if any
+    environ = dict(os.environ)
+    if args.broker_url:
+        environ["HOIST_BROKER_URL"] = args.broker_url
+    settings = WorkerSettings.from_environment(environ)
+    return flower.run_flower(
+        settings,
+        args.address,
+        args.port,
+        basic_auth=args.basic_auth,
+        url_prefix=args.url_prefix,
+        note=lambda text: console.print(text, highlight=False),
+    )

@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 from hoist.errors import ConfigurationError
+from hoist.settings import WorkerSettings
+from hoist.tasks.app import worker_app
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 5555
@@ -177,22 +179,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_flower(args: argparse.Namespace) -> int:
-    """Run Flower in this process until it is stopped; returns its exit code."""
-    from hoist.workers.envfile import apply_env_file
+PLAIN_HTTP_NOTE = (
+    "[yellow]note:[/] basic auth over plain HTTP; put Flower behind TLS "
+    "(FLOWER_CERTFILE/FLOWER_KEYFILE or a reverse proxy) beyond a trusted network"
+)
+"""Said before Flower serves beyond loopback (rich markup: the CLI prints it)."""
 
-    apply_env_file(args.home)  # the local cluster's broker and Flower credentials, if any
-    if args.broker_url:
-        os.environ["HOIST_BROKER_URL"] = args.broker_url
-    prepare_environment(args.address, args.basic_auth, os.environ)
-    if not is_loopback(args.address):
-        from hoist.commands.console import console
 
-        console.print(
-            "[yellow]note:[/] basic auth over plain HTTP; put Flower behind TLS "
-            "(FLOWER_CERTFILE/FLOWER_KEYFILE or a reverse proxy) beyond a trusted network",
-            highlight=False,
-        )
-    from hoist.tasks.app import app  # reads HOIST_BROKER_URL, set above
+def run_flower(
+    settings: WorkerSettings,
+    address: str,
+    port: int,
+    *,
+    basic_auth: str | None = None,
+    url_prefix: str | None = None,
+    environ: MutableMapping[str, str] | None = None,
+    note: Callable[[str], None] = print,
+) -> int:
+    """Run Flower in this process until it is stopped; returns its exit code.
 
-    return int(app.start(flower_argv(args.address, args.port, args.url_prefix)) or 0)
+    Parameters:
+        settings: the broker and Celery settings, resolved by the caller
+            (``hoist flower`` reads them from ``--broker-url`` and the environment).
+        address, port, url_prefix: where Flower serves.
+        basic_auth: the ``--basic-auth`` option, if given (see :func:`basic_auth_from`).
+        environ: where Flower reads its ``FLOWER_*`` options (default: this
+            process's environment, the only place Flower looks).
+        note: how to tell the user something worth knowing; the fleet side
+            does not print, so the CLI passes its console.
+
+    Raises:
+        ConfigurationError: the credentials are malformed, or Flower would be
+            exposed without authentication.
+    """
+    prepare_environment(address, basic_auth, os.environ if environ is None else environ)
+    if not is_loopback(address):
+        note(PLAIN_HTTP_NOTE)
+    # The workers' app, for its task names (Flower's banner and its task API);
+    # Flower starts no worker, so its handlers never run here.
+    app = worker_app(settings)
+    return int(app.start(flower_argv(address, port, url_prefix)) or 0)
