@@ -11,7 +11,9 @@ from typing import Any
 from rich.table import Table
 
 from hoist.commands.console import console, out
-from hoist.workers.cluster import DEFAULT_CONCURRENCY, ClusterInfo, LocalCluster, summary_rows
+from hoist.protocol.urls import mask_url
+from hoist.workers.cluster import DEFAULT_CONCURRENCY, ClusterInfo, LocalCluster
+from hoist.workers.envfile import source_line
 from hoist.workers.flower import DEFAULT_ADDRESS, DEFAULT_PORT
 
 
@@ -125,3 +127,32 @@ def report(cluster: LocalCluster, info: ClusterInfo, reused: bool, detached: boo
     for name, value in summary_rows(info, detached):
         table.add_row(name, value)
     out.print(table, highlight=False)
+
+
+def summary_rows(info: ClusterInfo, detached: bool) -> list[tuple[str, str]]:
+    """The rows of the summary ``hoist up`` prints (no secret in them).
+
+    Example:
+        >>> info = ClusterInfo(".hoist", "redis://:pw@127.0.0.1:6390/0", "http://127.0.0.1:5555",
+        ...                    "hoist", ".hoist/staging", "file:///srv/store", 2, 2)
+        >>> dict(summary_rows(info, detached=True))["broker"]
+        'redis://:****@127.0.0.1:6390/0  (full URL in .hoist/env)'
+    """
+    home = info.home
+    rows = [
+        ("broker", f"{mask_url(info.broker_url)}  (full URL in {info.env_file})"),
+        ("Flower", info.flower_url),
+        (
+            "Flower login",
+            f"user {info.flower_user}, password in {info.env_file} (HOIST_FLOWER_PASSWORD)",
+        ),
+        ("staging", info.staging_dir),
+        ("store", info.store_uri),
+        ("workers", f"{info.workers} × concurrency {info.concurrency}"),
+        ("logs", os.path.join(home, "logs")),
+        ("use from a shell", source_line(home)),
+    ]
+    home_option = "" if home == ".hoist" else f" --home {home}"
+    stop = f"hoist{home_option} down" if detached else "Ctrl-C here, or `hoist down`"
+    rows.append(("stop", stop))
+    return rows

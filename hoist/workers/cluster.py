@@ -29,49 +29,47 @@ import fcntl
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
-
 from hoist.errors import ConfigurationError, HoistError
-from hoist.protocol.urls import mask_url
+from hoist.keys import new_fleet_key
 from hoist.stores.allowed import ALLOWED_STORES_ENV
 from hoist.workers.envfile import env_path, read_env_file, write_env_file
 from hoist.workers.flower import DEFAULT_ADDRESS, DEFAULT_PORT
+from hoist.workers.network import (
+    LOOPBACK,
+    free_port,
+    http_ok,
+    http_url,
+    pings,
+    port_free,
+    probe_host,
+)
+from hoist.workers.processes import Managed, launch, log_size, log_tail, logged, wait_gone
+from hoist.workers.redis_server import find_redis_server, redis_argv, stop_redis
 
-LOOPBACK = "127.0.0.1"
 FLOWER_USER = "hoist"
 STATE_FILE = "cluster.json"
 WORKER_GRACE_SECONDS = 30.0
-REDIS_GRACE_SECONDS = 30.0
 READY_TIMEOUT_SECONDS = 60.0
 DEFAULT_CONCURRENCY = 2
 """Uploads are I/O-bound: two per worker keep a core busy while one waits on the network."""
-
-REDIS_MISSING = (
-    "redis-server is not installed; install it with `apt-get install redis-server` "
-    "(Debian/Ubuntu) or point HOIST_BROKER_URL at a Redis you run"
-)
 
 
 class ClusterError(HoistError):
     """A process of the local cluster failed to start or to stop; the message names its log."""
 
 
-# ----- small helpers -------------------------------------------------------------------------
+# ----- the home directory -------------------------------------------------------------------------
 
 
 def store_uri(home: str | os.PathLike[str]) -> str:
@@ -84,64 +82,6 @@ def store_uri(home: str | os.PathLike[str]) -> str:
     return f"file://{os.path.abspath(os.path.join(home, 'store', 'artifacts'))}"
 
 
-def source_line(home: str) -> str:
-    """The shell line that exports the cluster's variables.
-
-    Example:
-        >>> source_line(".hoist")
-        'set -a; . ./.hoist/env; set +a'
-    """
-    path = env_path(home)
-    # `.` looks a name without a slash up on PATH, not in the current directory.
-    if not os.path.isabs(path) and not path.startswith(("./", "../")):
-        path = f"./{path}"
-    return f"set -a; . {path}; set +a"
-
-
-def find_redis_server() -> str:
-    """The ``redis-server`` binary on PATH.
-
-    Raises:
-        ConfigurationError: it is not installed.
-    """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise ConfigurationError(REDIS_MISSING)
-    return binary
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_free(port: int, host: str = LOOPBACK) -> bool:
-    """Whether a server could listen on ``host:port`` now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def probe_host(address: str) -> str:
-    """Where to reach a server listening on ``address`` from this machine."""
-    if address in ("", "0.0.0.0"):
-        return LOOPBACK
-    if address == "::":
-        return "::1"
-    return address
-
-
-def http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 @contextlib.contextmanager
 def home_lock(home: Path) -> Iterator[None]:
     """Hold ``<home>/.lock`` so that two ``hoist up``/``down`` never interleave."""
@@ -152,135 +92,6 @@ def home_lock(home: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-# ----- processes ------------------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields 3… of ``/proc/<pid>/stat`` (state first), or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    except OSError:
-        return []  # exists, unreadable: treat as alive, identity unknown
-
-
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell pid reuse apart."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
-
-
-@dataclass
-class Managed:
-    """One process of the cluster, as recorded in ``cluster.json``.
-
-    Parameters:
-        name: ``redis``, ``worker<i>`` or ``flower``.
-        pid: its pid; it leads a session and process group of its own.
-        started: :func:`start_ticks` at launch, or None where /proc is absent.
-        log: its log file.
-    """
-
-    name: str
-    pid: int
-    started: int | None
-    log: str
-    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": self.pid, "started": self.started, "log": self.log}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Managed:
-        return cls(data["name"], int(data["pid"]), data.get("started"), data["log"])
-
-    def alive(self) -> bool:
-        """Running, and still the process we started (not a zombie, not a reused pid)."""
-        if self.popen is not None:
-            return self.popen.poll() is None
-        if os.path.isdir("/proc"):
-            fields = _proc_stat(self.pid)
-            if fields is None or (fields and fields[0] in ("Z", "X")):
-                return False
-            return self.started is None or start_ticks(self.pid) in (None, self.started)
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def exit_code(self) -> int | None:
-        return self.popen.poll() if self.popen is not None else None
-
-    def send(self, sig: int, group: bool = False) -> None:
-        """Send ``sig`` to the process (or its whole group); gone processes are ignored."""
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if group:
-                os.killpg(self.pid, sig)
-            else:
-                os.kill(self.pid, sig)
-
-
-def wait_gone(
-    processes: list[Managed], timeout: float, hurry: threading.Event | None = None
-) -> list[Managed]:
-    """Wait until ``processes`` exit, at most ``timeout`` s; return those still running."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in processes if p.alive()]
-        if not left or time.monotonic() >= deadline or (hurry is not None and hurry.is_set()):
-            return left
-        time.sleep(0.1)
-
-
-def launch(
-    name: str,
-    argv: list[str],
-    log_path: Path,
-    env: dict[str, str],
-) -> Managed:
-    """Start ``argv`` in a new session with output appended to ``log_path``."""
-    with open(log_path, "ab") as log:
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            # Its own session: a terminal's Ctrl-C reaches `hoist up` only, which
-            # stops everything in order, and --detach outlives the terminal.
-            start_new_session=True,
-        )
-    return Managed(name, popen.pid, start_ticks(popen.pid), str(log_path), popen)
-
-
-def _logged(path: str, offset: int, needle: str) -> Callable[[], bool]:
-    """A readiness check: has ``needle`` been written to ``path`` past ``offset``?"""
-
-    def check() -> bool:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return needle.encode() in f.read()
-        except FileNotFoundError:
-            return False
-
-    return check
-
-
-def _log_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 # ----- the cluster ----------------------------------------------------------------------------
@@ -316,12 +127,12 @@ class LocalCluster:
         flower_port, flower_address: where Flower listens (basic auth, always).
         ready_timeout: seconds each process has to become ready.
 
-    Example:
+    Example (tested in tests/test_cli_cluster.py; it starts servers):
         >>> cluster = LocalCluster(".hoist", workers=2)
-        >>> info, reused = cluster.start()    # returns once everything is ready
-        >>> print(info.flower_url)
+        >>> info, reused = cluster.start()  # returns once everything is ready  # doctest: +SKIP
+        >>> print(info.flower_url)  # doctest: +SKIP
         http://127.0.0.1:5555
-        >>> cluster.stop()
+        >>> cluster.stop()  # doctest: +SKIP
     """
 
     def __init__(
@@ -444,23 +255,28 @@ class LocalCluster:
 
         redis_log = self.logs / "redis.log"
         self.processes.append(
-            launch("redis", self._redis_argv(redis_server, port, password), redis_log, self._env())
+            launch(
+                "redis",
+                redis_argv(redis_server, self.home / "redis", port, password),
+                redis_log,
+                self._env(),
+            )
         )
         self._record()
         url = env["HOIST_BROKER_URL"]
-        self._wait_ready({"redis": lambda: _pings(url)})
+        self._wait_ready({"redis": lambda: pings(url)})
 
         checks: dict[str, Callable[[], bool]] = {}
         for index in range(self.workers):
             log_path = self.logs / f"worker{index}.log"
-            offset = _log_size(log_path)  # logs are kept across runs: look past the old lines
+            offset = log_size(log_path)  # logs are kept across runs: look past the old lines
             worker = launch(f"worker{index}", self._worker_argv(index), log_path, self._env(env))
             self.processes.append(worker)
-            checks[worker.name] = _logged(worker.log, offset, " ready.")
+            checks[worker.name] = logged(worker.log, offset, " ready.")
         flower = launch("flower", self._flower_argv(), self.logs / "flower.log", self._env(env))
         self.processes.append(flower)
         health = f"{http_url(probe_host(self.flower_address), self.flower_port)}/healthcheck"
-        checks["flower"] = lambda: _http_ok(health)
+        checks["flower"] = lambda: http_ok(health)
         self._record()
         self._wait_ready(checks)
 
@@ -478,7 +294,7 @@ class LocalCluster:
             **previous,  # keep what others added
             "HOIST_BROKER_URL": f"redis://:{password}@{LOOPBACK}:{port}/0",
             "HOIST_STAGING_DIR": str(self.home / "staging"),
-            "HOIST_FLEET_KEY": previous.get("HOIST_FLEET_KEY") or _new_fleet_key(),
+            "HOIST_FLEET_KEY": previous.get("HOIST_FLEET_KEY") or new_fleet_key(),
             "HOIST_STORE_URI": store_uri(self.home),
             # The workers upload to the embedded store, and to what `--allow-store`
             # added now or before, nowhere else.
@@ -514,23 +330,6 @@ class LocalCluster:
                 f"Redis's previous port {recorded} is taken now; moved it (re-read the env file)"
             )
         return free_port()
-
-    def _redis_argv(self, binary: str, port: int, password: str) -> list[str]:
-        # The password goes in a file only we can read: a command line is public in `ps`.
-        conf = self.home / "redis" / "redis.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f'# written by `hoist up`\nrequirepass "{password}"\n')
-        return [
-            binary, str(conf),
-            "--bind", LOOPBACK,
-            "--port", str(port),
-            "--protected-mode", "yes",
-            "--dir", str(self.home / "redis"),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--daemonize", "no",
-        ]  # fmt: skip
 
     def _worker_argv(self, index: int) -> list[str]:
         return [
@@ -633,7 +432,7 @@ def stop_processes(
         wait_gone(group, 5.0)
     for process in redis_servers:
         if process.alive():
-            _stop_redis(process, read_env_file(home).get("HOIST_BROKER_URL", ""))
+            stop_redis(process, read_env_file(home).get("HOIST_BROKER_URL", ""))
     for process in processes:
         if process.popen is not None:
             process.popen.wait()  # reap our own children
@@ -643,23 +442,11 @@ def _stop_order(process: Managed) -> int:
     return {"flower": 1, "redis": 2}.get(process.name, 0)
 
 
-def _stop_redis(process: Managed, url: str) -> None:
-    # redis-py's shutdown() returns quietly when it cannot connect, so ask only
-    # a server that answers; one still starting (or unreachable) gets SIGTERM.
-    if _pings(url):
-        with contextlib.suppress(redis.RedisError):
-            redis.Redis.from_url(url, socket_timeout=5).shutdown(save=True)
-        wait_gone([process], 10.0)
-    process.send(signal.SIGTERM)  # Redis flushes the AOF on SIGTERM too
-    for left in wait_gone([process], REDIS_GRACE_SECONDS):
-        left.send(signal.SIGKILL)
-
-
 def stop_cluster(home: str | os.PathLike[str]) -> list[str]:
     """Stop the cluster recorded under ``home`` (``hoist down``); returns what was stopped.
 
-    Example:
-        >>> stop_cluster(".hoist")
+    Example (tested in tests/test_cli_cluster.py):
+        >>> stop_cluster(".hoist")  # doctest: +SKIP
         ['worker0', 'worker1', 'flower', 'redis']
     """
     cluster = LocalCluster(home, workers=1)
@@ -674,55 +461,3 @@ def stop_cluster(home: str | os.PathLike[str]) -> list[str]:
         stop_processes(processes, str(cluster.home))
         cluster.state_path.unlink(missing_ok=True)
     return alive
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:
-            return int(response.status) == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def _new_fleet_key() -> str:
-    from hoist.keys import new_fleet_key
-
-    return new_fleet_key()
-
-
-def summary_rows(info: ClusterInfo, detached: bool) -> list[tuple[str, str]]:
-    """The rows of the summary ``hoist up`` prints (no secret in them)."""
-    home = info.home
-    rows = [
-        ("broker", f"{mask_url(info.broker_url)}  (full URL in {info.env_file})"),
-        ("Flower", info.flower_url),
-        (
-            "Flower login",
-            f"user {info.flower_user}, password in {info.env_file} (HOIST_FLOWER_PASSWORD)",
-        ),
-        ("staging", info.staging_dir),
-        ("store", info.store_uri),
-        ("workers", f"{info.workers} × concurrency {info.concurrency}"),
-        ("logs", os.path.join(home, "logs")),
-        ("use from a shell", source_line(home)),
-    ]
-    home_option = "" if home == ".hoist" else f" --home {home}"
-    stop = f"hoist{home_option} down" if detached else "Ctrl-C here, or `hoist down`"
-    rows.append(("stop", stop))
-    return rows
-
-
-def log_tail(path: str, lines: int = 20) -> str:
-    """The last ``lines`` lines of a log file, for error messages."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])

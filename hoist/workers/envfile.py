@@ -19,7 +19,27 @@ ENV_FILE = "env"
 
 
 def env_path(home: str) -> str:
+    """``<home>/env``.
+
+    Example:
+        >>> env_path(".hoist")
+        '.hoist/env'
+    """
     return os.path.join(home, ENV_FILE)
+
+
+def source_line(home: str) -> str:
+    """The shell line that exports the variables of ``<home>/env``.
+
+    Example:
+        >>> source_line(".hoist")
+        'set -a; . ./.hoist/env; set +a'
+    """
+    path = env_path(home)
+    # `.` looks a name without a slash up on PATH, not in the current directory.
+    if not os.path.isabs(path) and not path.startswith(("./", "../")):
+        path = f"./{path}"
+    return f"set -a; . {path}; set +a"
 
 
 def write_env_file(home: str, values: Mapping[str, str]) -> str:
