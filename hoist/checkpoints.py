@@ -52,9 +52,9 @@ def fetch_checkpoint(store: ObjectStore, manifest_name: str, dest: str) -> Downl
     Raises:
         CheckpointError: a file does not match the manifest.
 
-    Example:
-        >>> fetch_checkpoint(store, "bert-3/checkpoints/step-00000100/.hoist-manifest.json",
-        ...                     "/tmp/resume").manifest.step
+    Example (tested through download_checkpoint in tests/test_checkpoints.py):
+        >>> manifest = "bert-3/checkpoints/step-00000100/.hoist-manifest.json"
+        >>> fetch_checkpoint(store, manifest, "/tmp/resume").manifest.step  # doctest: +SKIP
         100
     """
     manifest = Manifest.from_bytes(store.get_bytes(manifest_name))

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from hoist import __version__
 from hoist.commands import COMMANDS
+from hoist.commands.console import console
 from hoist.errors import HoistError
 
 DEFAULT_HOME = ".hoist"
@@ -42,8 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except HoistError as exc:
-        from hoist.commands.console import console
-
         first, _, detail = str(exc).partition("\n")
         console.print(f"[bold red]error:[/] {first}", highlight=False)
         if detail:

@@ -5,7 +5,7 @@ Run as ``python -m hoist.demo`` with torchrun's variables (``RANK``,
 variables. It "trains" a toy model for a few steps on the CPU and logs what a
 real job logs: ``hparams.yaml`` once, a checkpoint every few steps (handed
 over with ``move=True``, as a job that writes a fresh file per checkpoint
-can), a ``latest-rank{rank}.pt`` symlink re-pointed after each checkpoint,
+can), a ``latest-rank{rank}.pt`` pointer moved after each checkpoint,
 and its log file re-logged with ``overwrite=True``.
 """
 
@@ -18,7 +18,8 @@ import sys
 import tempfile
 import time
 
-from hoist.errors import HoistError
+from hoist import settings
+from hoist.errors import ConfigurationError, HoistError
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.stores.spec import store_class
@@ -38,12 +39,13 @@ def make_logger(store_uri: str) -> ObjectStoreLogger:
     )
 
 
-def train(steps: int, checkpoint_every: int, checkpoint_mib: float) -> None:
+def train(store_uri: str, steps: int, checkpoint_every: int, checkpoint_mib: float) -> None:
+    """Train the toy model on this rank, logging to the store ``store_uri`` names."""
     rank = int(os.environ.get("RANK", "0"))
     rng = random.Random(rank)
     workdir = tempfile.mkdtemp(prefix=f"hoist-demo-rank{rank}-")
     log_path = os.path.join(workdir, "train.log")
-    with make_logger(os.environ["HOIST_STORE_URI"]) as logger:
+    with make_logger(store_uri) as logger:
         hparams = os.path.join(workdir, "hparams.yaml")
         with open(hparams, "w") as f:
             f.write(f"lr: 0.001\nbatch_size: 32\nsteps: {steps}\nrank: {rank}\n")
@@ -78,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-mib", type=float, default=16.0)
     args = parser.parse_args(argv)
     try:
-        train(args.steps, args.checkpoint_every, args.checkpoint_mib)
+        # This program is an edge: the store comes from the environment `hoist demo` set.
+        store_uri: str | None = settings.read("HOIST_STORE_URI")
+        if not store_uri:
+            raise ConfigurationError(
+                "HOIST_STORE_URI is not set; `hoist demo` sets it for its ranks"
+            )
+        train(store_uri, args.steps, args.checkpoint_every, args.checkpoint_mib)
     except HoistError as exc:
         print(f"rank {os.environ.get('RANK', '0')}: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from hoist.commands.console import console, out
 from hoist.commands.status import summarize
 from hoist.errors import ConfigurationError, HoistError
 from hoist.state.records import ArtifactStatus, Records, State
+from hoist.workers.cluster import LocalCluster
 from hoist.workers.envfile import apply_env_file, env_path
 
 
@@ -77,8 +78,6 @@ def ensure_cluster(home: str) -> None:
     """Use a cluster the environment names, else start (or reuse) the local one in ``home``."""
     if os.environ.get("HOIST_BROKER_URL") and not os.path.exists(env_path(home)):
         return  # a cluster elsewhere, chosen by the user
-    from hoist.workers.cluster import LocalCluster
-
     info, reused = LocalCluster(home).start()
     console.print(
         f"{'reusing' if reused else 'started'} the local cluster in {home} (hoist down stops it)"

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from hoist.commands.console import console
+from hoist.workers.cluster import stop_cluster
 
 
 def register(commands: Any) -> None:
@@ -21,8 +22,6 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hoist.workers.cluster import stop_cluster
-
     stopped = stop_cluster(args.home)
     if not stopped:
         console.print(f"no cluster is running in {args.home}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hoist.keys import new_fleet_key
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
@@ -18,7 +20,5 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hoist.keys import new_fleet_key
-
     print(new_fleet_key())
     return 0

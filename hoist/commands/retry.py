@@ -98,8 +98,9 @@ def retry(records: Records, app: Any, artifacts: list[ArtifactStatus]) -> list[O
         artifacts: the records to send again.
 
     Example:
-        >>> failed = [a for a in records.run_artifacts("bert-3") if a.state is State.FAILED]
-        >>> [o.result for o in retry(records, sender(broker), failed)]
+        >>> artifacts = records.run_artifacts("bert-3")  # doctest: +SKIP
+        >>> failed = [a for a in artifacts if a.state is State.FAILED]  # doctest: +SKIP
+        >>> [o.result for o in retry(records, sender(broker), failed)]  # doctest: +SKIP
         ['re-sent']
     """
     return [_retry_one(records, app, artifact) for artifact in artifacts]
@@ -141,7 +142,7 @@ def staged_file_exists(staged_path: str) -> bool:
     A relative path is taken relative to ``HOIST_STAGING_DIR``, as workers do.
 
     Example:
-        >>> staged_file_exists("/shared/staging/bert-3/rank0/00000017-ep1.pt")
+        >>> staged_file_exists("/shared/staging/bert-3/rank0/00000017-ep1.pt")  # doctest: +SKIP
         True
     """
     if not staged_path:

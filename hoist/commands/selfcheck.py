@@ -12,6 +12,7 @@ from rich.table import Table
 
 from hoist.commands.console import console, out, transfer_progress
 from hoist.errors import HoistError
+from hoist.stores.uri import store_from_uri
 from hoist.workers.cluster import store_uri
 
 MiB = 1024 * 1024
@@ -30,8 +31,6 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hoist.stores.uri import store_from_uri
-
     uri = args.store or store_uri(args.home)
     if uri.startswith("file://"):
         os.makedirs(uri[len("file://") :], exist_ok=True)

@@ -101,7 +101,7 @@ def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
         now: the time waiting ages are measured to.
 
     Example:
-        >>> summarize(records.run_artifacts("bert-3"), time.time()).done
+        >>> summarize(records.run_artifacts("bert-3"), time.time()).done  # doctest: +SKIP
         42
     """
     counts = dict.fromkeys(State, 0)
@@ -154,7 +154,9 @@ def summarize_run(run: str, artifacts: list[ArtifactStatus], now: float) -> RunS
     """:func:`summarize` over the whole run and over each rank's artifacts.
 
     Example:
-        >>> summarize_run("bert-3", records.run_artifacts("bert-3"), time.time()).ranks[0].done
+        >>> artifacts = records.run_artifacts("bert-3")  # doctest: +SKIP
+        >>> run = summarize_run("bert-3", artifacts, time.time())  # doctest: +SKIP
+        >>> run.ranks[0].done  # doctest: +SKIP
         11
     """
     by_rank: dict[int, list[ArtifactStatus]] = {}
@@ -171,7 +173,7 @@ def runs_status(records: Records, limit: int = 0, now: float | None = None) -> l
     """Every run the records know (at most ``limit``; 0 for all), most recently active first.
 
     Example:
-        >>> [status.run for status in runs_status(records, limit=2)]
+        >>> [status.run for status in runs_status(records, limit=2)]  # doctest: +SKIP
         ['bert-3', 'bert-2']
     """
     now = time.time() if now is None else now
@@ -188,7 +190,7 @@ def run_status(records: Records, run: str, now: float | None = None) -> RunStatu
     """One run's status; :class:`ConfigurationError` if the records know no artifact of it.
 
     Example:
-        >>> run_status(records, "bert-3").total.failed
+        >>> run_status(records, "bert-3").total.failed  # doctest: +SKIP
         0
     """
     artifacts = records.run_artifacts(run)

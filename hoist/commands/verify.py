@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from hoist.commands.cluster_access import records_for
@@ -133,7 +134,8 @@ def newest_done(artifacts: list[ArtifactStatus]) -> list[ArtifactStatus]:
     """For each (store, object name), the run's newest done record, in logging order.
 
     Example:
-        >>> [a.artifact_name for a in newest_done(records.run_artifacts("bert-3"))]
+        >>> newest = newest_done(records.run_artifacts("bert-3"))  # doctest: +SKIP
+        >>> [a.artifact_name for a in newest]  # doctest: +SKIP
         ['train.log', 'ep1.pt', 'latest.pt']
     """
     newest: dict[tuple[str, str], ArtifactStatus] = {}
@@ -151,7 +153,8 @@ def verify_artifact(records: Records, stores: Stores, artifact: ArtifactStatus) 
     """Check one done record's object in its store; errors become the row's result.
 
     Example:
-        >>> verify_artifact(records, Stores(key), records.get("hoist-bert-3-r0-17")).result
+        >>> artifact = records.get("hoist-bert-3-r0-17")  # doctest: +SKIP
+        >>> verify_artifact(records, Stores(key), artifact).result  # doctest: +SKIP
         'ok'
     """
     message = artifact.message
@@ -230,8 +233,6 @@ def _check_pointer(
 @contextmanager
 def _counting(total: int) -> Iterator[Callable[[], None]]:
     """A progress bar over objects, on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     with Progress(
         TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
     ) as bar:

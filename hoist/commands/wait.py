@@ -73,7 +73,7 @@ def wait_for_run(
     A progress bar of bytes uploaded goes to stderr.
 
     Example:
-        >>> wait_for_run(records, "bert-3", timeout=600).total.finished
+        >>> wait_for_run(records, "bert-3", timeout=600).total.finished  # doctest: +SKIP
         True
     """
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -97,7 +97,7 @@ def counts(summary: Summary) -> str:
     """A one-line account of where the artifacts stand.
 
     Example:
-        >>> counts(run_status(records, "bert-3").total)
+        >>> counts(run_status(records, "bert-3").total)  # doctest: +SKIP
         '40 done, 2 superseded, 0 failed, 0 queued, 0 uploading'
     """
     return (
