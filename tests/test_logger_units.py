@@ -1,4 +1,4 @@
-"""Unit tests of the rank-side pieces: naming, rank facts, staging.
+"""Unit tests of the rank-side pieces: naming, rank facts, staging, retries, settings.
 
 Pure functions and the real filesystem under ``tmp_path``; no servers.
 """
@@ -8,15 +8,31 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
-from hoist.errors import ConfigurationError, HoistError, SourceFileError, StagingError
+from hoist.errors import (
+    ConfigurationError,
+    EnqueueError,
+    HoistError,
+    InvalidObjectNameError,
+    SourceFileError,
+    StagingError,
+)
+from hoist.keys import new_fleet_key
+from hoist.logger.configuration import LoggerConfiguration, StoreArguments
+from hoist.logger.logger import ObjectStoreLogger
+from hoist.logger.object_names import ObjectNames
 from hoist.logger.publisher import Outgoing, group_for_sending
 from hoist.logger.ranks import RankInfo
-from hoist.logger.staging import StagedFile, stage_file
+from hoist.logger.retry import StateRetry
+from hoist.logger.sequence import SEQ_BLOCK, SequenceNumbers
+from hoist.logger.staging import StagedFile, StagingMode, stage_file
 from hoist.protocol.layout import (
     MAX_STAGED_NAME_BYTES,
     NAME_MAX,
@@ -31,9 +47,12 @@ from hoist.protocol.messages import (
     UPLOAD_TASK,
     PointerRequest,
     UploadRequest,
+    node_queue,
 )
 from hoist.protocol.naming import OBJECT_NAME_FIELDS, ObjectNameTemplate, validate_artifact_name
 from hoist.protocol.staged_file import open_staged_file
+from hoist.settings import VARIABLES, RankSettings
+from tests.services.keys import KEYS
 from tests.services.tmpfs import small_tmpfs
 
 RANKS = {"rank": 9, "local_rank": 1, "world_size": 16, "local_world_size": 8, "node_rank": 1}
@@ -702,3 +721,256 @@ def test_pointers_and_commits_are_never_batched() -> None:
         POINTER_TASK, PointerRequest("hoist-r-r0-2", "r", 0, 2, "l", "l.symlink", "o", {})
     )
     assert [len(g) for g in group_for_sending([_outgoing(1), pointer, _outgoing(1)])] == [1, 1, 1]
+
+
+# --------------------------------------------------------------------------- Redis retry
+
+
+def test_state_calls_are_retried_through_an_outage_with_a_growing_delay() -> None:
+    answers: list[Exception | str] = [redis.ConnectionError("down"), redis.TimeoutError(), "OK"]
+    delays: list[float] = []
+
+    def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert StateRetry(30, "redis://x", sleep=delays.append)(call) == "OK"
+    assert delays == [0.2, 0.4]
+
+
+def test_state_calls_give_up_after_the_timeout_naming_where_and_what_was_kept() -> None:
+    def down() -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    retry = StateRetry(0.3, "redis://:****@redis.lan:6379/0")
+    with pytest.raises(EnqueueError) as caught:
+        retry(down, "; the staged file is kept at /staging/x")
+    message = str(caught.value)
+    assert "redis://:****@redis.lan:6379/0 is unreachable after 0.3 s" in message
+    assert message.endswith("Connection refused; the staged file is kept at /staging/x")
+    assert isinstance(caught.value.__cause__, redis.ConnectionError)
+
+
+def test_other_redis_errors_are_not_retried() -> None:
+    calls = []
+
+    def refused() -> None:
+        calls.append(1)
+        raise redis.ResponseError("NOSCRIPT")
+
+    with pytest.raises(redis.ResponseError):
+        StateRetry(30, "redis://x", sleep=lambda _: None)(refused)
+    assert calls == [1]
+
+
+# --------------------------------------------------------------------------- sequence numbers
+
+
+def test_sequence_numbers_are_reserved_a_block_at_a_time() -> None:
+    asked: list[int] = []
+
+    def reserve(count: int) -> range:
+        start = 1 + len(asked) * count
+        asked.append(count)
+        return range(start, start + count)
+
+    numbers = SequenceNumbers(reserve, on_fork=lambda: None)
+    assert [numbers.next() for _ in range(SEQ_BLOCK + 1)] == list(range(1, SEQ_BLOCK + 2))
+    assert asked == [SEQ_BLOCK, SEQ_BLOCK]
+
+
+def test_a_forked_child_drops_its_parents_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = iter([range(1, 17), range(17, 33)])
+    forks = []
+    numbers = SequenceNumbers(lambda count: next(blocks), on_fork=lambda: forks.append(1))
+    assert numbers.next() == 1
+    child = os.getpid() + 1
+    monkeypatch.setattr(os, "getpid", lambda: child)
+    assert numbers.next() == 17  # never 2: the parent may still hand that one out
+    assert numbers.next() == 18
+    assert forks == [1]
+
+
+# --------------------------------------------------------------------------- object names
+
+
+def test_object_names_fill_the_templates_and_the_store_has_the_last_word() -> None:
+    def short_names(name: str) -> str:
+        if len(name) > 20:
+            raise InvalidObjectNameError(f"{name!r} is longer than 20 bytes")
+        return name
+
+    names = ObjectNames(
+        ObjectNameTemplate("{run_name}/n{node_rank}/r{local_rank}/{artifact_name}"),
+        ObjectNameTemplate("{run_name}/{artifact_name}"),
+        "llama",
+        RankInfo(**RANKS),
+        short_names,
+    )
+    assert names.artifact("ep1.pt") == "llama/n1/r1/ep1.pt"
+    assert names.checkpoint("ckpt/a") == "llama/ckpt/a"
+    with pytest.raises(InvalidObjectNameError, match="artifact name 'epoch-1.pt' cannot be stored"):
+        names.artifact("epoch-1.pt")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _resolve(tmp_path: Path, settings: RankSettings, **arguments: Any) -> LoggerConfiguration:
+    store = StoreArguments("local", "artifacts", {"key": str(tmp_path)})
+    given: dict[str, Any] = {
+        "object_name": "{run_name}/{artifact_name}",
+        "checkpoint_object_name": "{run_name}/{artifact_name}",
+        "upload_staging_folder": None,
+        "run_name": None,
+        "broker_url": None,
+        "state_url": None,
+        "ranks": {},
+        "fleet_key": None,
+        "enqueue_timeout": None,
+        "staging": "copy",
+        "node_queue": None,
+        **arguments,
+    }
+    return LoggerConfiguration.resolve(store, settings=settings, environ={}, **given)
+
+
+def _settings(tmp_path: Path, **fields: Any) -> RankSettings:
+    return RankSettings(staging_dir=str(tmp_path / "staging"), keys=KEYS, **fields)
+
+
+def test_the_logger_takes_its_settings_where_no_argument_is_given(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        broker_url="redis://broker:6379/0",
+        state_url="redis://state:6379/0",
+        run_name="from-settings",
+        node_queue="node-7",
+        enqueue_timeout=2.5,
+        retention_seconds=3600,
+    )
+    config = _resolve(tmp_path, settings)
+    assert config.broker_url == "redis://broker:6379/0"
+    assert config.state_url == "redis://state:6379/0"
+    assert config.run_name == "from-settings"
+    assert config.staging_root == str(tmp_path / "staging")
+    assert config.keys is KEYS
+    assert config.upload_queue == node_queue("node-7")
+    assert config.enqueue_timeout == 2.5
+    assert config.retention_seconds == 3600
+    assert config.staging is StagingMode.COPY
+
+
+def test_explicit_arguments_win_over_the_settings(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path, broker_url="redis://broker:6379/0", state_url="redis://state:6379/0",
+        run_name="from-settings", node_queue="node-7", enqueue_timeout=2.5,
+    )  # fmt: skip
+    config = _resolve(
+        tmp_path,
+        settings,
+        broker_url="redis://mine:6379/0",
+        state_url="redis://my-state:6379/0",
+        run_name="mine",
+        upload_staging_folder=str(tmp_path / "mine"),
+        fleet_key=new_fleet_key(),
+        enqueue_timeout=1,
+        node_queue="",
+        staging="link",
+        ranks={"rank": 1, "world_size": 2},
+    )
+    assert (config.broker_url, config.state_url) == (
+        "redis://mine:6379/0",
+        "redis://my-state:6379/0",
+    )
+    assert config.run_name == "mine"
+    assert config.staging_root == str(tmp_path / "mine")
+    assert config.keys is not None and config.keys.secrets != KEYS.secrets
+    assert config.enqueue_timeout == 1.0
+    assert config.upload_queue == ""  # an explicit "" is the shared queue
+    assert config.staging is StagingMode.LINK
+    assert (config.ranks.rank, config.ranks.world_size) == (1, 2)
+
+
+def test_the_state_redis_is_the_broker_the_logger_uses_unless_set_apart(tmp_path: Path) -> None:
+    unset = _settings(tmp_path, broker_url="redis://env:6379/0", state_url="redis://env:6379/0")
+    config = _resolve(tmp_path, unset, broker_url="redis://mine:6379/0")
+    assert config.state_url == "redis://mine:6379/0"
+    apart = _settings(tmp_path, broker_url="redis://env:6379/0", state_url="redis://state:6379/0")
+    assert _resolve(tmp_path, apart, broker_url="redis://mine:6379/0").state_url == (
+        "redis://state:6379/0"
+    )
+
+
+def test_the_run_name_falls_back_to_the_launchers(tmp_path: Path) -> None:
+    store = StoreArguments("local", "artifacts", {"key": str(tmp_path)})
+    config = LoggerConfiguration.resolve(
+        store,
+        object_name="{artifact_name}",
+        checkpoint_object_name="{artifact_name}",
+        upload_staging_folder=None,
+        run_name=None,
+        broker_url=None,
+        state_url=None,
+        ranks={},
+        fleet_key=None,
+        enqueue_timeout=None,
+        staging="copy",
+        node_queue=None,
+        settings=_settings(tmp_path),
+        environ={"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "77", "WORLD_SIZE": "2"},
+    )
+    assert config.run_name == "slurm-77"
+    with pytest.raises(ConfigurationError, match="every rank must log under the same run name"):
+        _resolve(tmp_path, _settings(tmp_path), ranks={"world_size": 2, "rank": 0})
+
+
+@pytest.mark.parametrize(
+    ("settings", "arguments", "fragment"),
+    [
+        ({"keys": None}, {}, "set HOIST_FLEET_KEY to the fleet's key"),
+        ({"staging_dir": None}, {}, "no staging directory"),
+        ({}, {"enqueue_timeout": 0}, "enqueue_timeout must be more than 0 seconds"),
+        ({}, {"staging": "hardlink"}, "staging='hardlink' is not a staging mode"),
+    ],
+)
+def test_a_missing_or_bad_setting_fails_in_the_constructor(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, Any],
+    arguments: dict[str, Any],
+    fragment: str,
+) -> None:
+    monkeypatch.delenv("HOIST_STAGING_DIR", raising=False)
+    given = RankSettings(**{"staging_dir": str(tmp_path), "keys": KEYS, **settings})
+    with pytest.raises(ConfigurationError, match=re.escape(fragment)):
+        _resolve(tmp_path, given, **arguments)
+
+
+def test_a_bad_variable_fails_the_constructor_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOIST_RETENTION_DAYS", "a fortnight")
+    with pytest.raises(ConfigurationError, match="HOIST_RETENTION_DAYS='a fortnight'"):
+        ObjectStoreLogger(
+            "local", "artifacts", {"key": str(tmp_path)}, upload_staging_folder=str(tmp_path)
+        )
+
+
+def test_a_logger_given_its_settings_reads_no_hoist_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in VARIABLES:
+        monkeypatch.setenv(variable.name, "not-a-value")
+    settings = _settings(tmp_path, run_name="given", enqueue_timeout=1.0)
+    logger = ObjectStoreLogger("local", "artifacts", {"key": str(tmp_path)}, settings=settings)
+    try:
+        assert logger.run_name == "given"
+        assert logger.staging_root == str(tmp_path / "staging")
+        assert logger.enqueue_timeout == 1.0
+        assert logger.upload_queue == ""
+        assert logger.get_uri_for_artifact("ep1.pt") == "local://artifacts/given/artifacts/ep1.pt"
+    finally:
+        logger.close()
