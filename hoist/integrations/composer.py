@@ -12,7 +12,7 @@ signatures, on top of :class:`hoist.ObjectStoreLogger`:
   uploads); the remote file name is the object name, as Composer formats it.
 - a ``.symlink`` Composer uploads becomes hoist's pointer to the artifact it
   names: written only once that checkpoint is uploaded and verified, and never
-  moved back to an older one. Composer uploads its symlink file right after
+  moved back to an older one. Composer uploads its ``.symlink`` file right after
   the checkpoint, without waiting for it.
 - ``fit_end`` waits until every upload of this rank is uploaded *and
   verified* and raises the real cause of any failure; Composer's own
@@ -55,7 +55,9 @@ class HoistDestination(_Base):
 
     Parameters:
         **logger_kwargs: :class:`hoist.ObjectStoreLogger` arguments (the store,
-            ``broker_url``, ``upload_staging_folder``, …). ``object_name`` is
+            ``broker_url``, ``upload_staging_folder``, ``settings``, …); what
+            they leave out comes from the ``HOIST_*`` environment, read once
+            when the logger is built. ``object_name`` is
             always ``"{artifact_name}"``: Composer formats remote file names
             itself. The logger is built at ``init``, when Composer's run name
             is known.

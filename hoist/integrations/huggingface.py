@@ -34,7 +34,9 @@ class HoistCallback(TrainerCallback):
 
     Parameters:
         **logger_kwargs: :class:`hoist.ObjectStoreLogger` arguments (the store,
-            ``broker_url``, ``upload_staging_folder``, …). ``run_name``
+            ``broker_url``, ``upload_staging_folder``, ``settings``, …); what
+            they leave out comes from the ``HOIST_*`` environment, read once
+            when the logger is built, on the main process only. ``run_name``
             defaults to the ``TrainingArguments``' ``run_name``.
     """
 

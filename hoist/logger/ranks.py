@@ -1,4 +1,8 @@
-"""Where this process sits in the training job: rank facts from the launcher.
+"""Where this process sits in the training job: rank facts (and the job's name) from the launcher.
+
+These are the launcher's variables, not hoist's (``HOIST_*`` come from
+:class:`hoist.settings.RankSettings`); the logger's constructor reads them
+once, through :meth:`RankInfo.from_environment` and :func:`launcher_run_name`.
 
 Sources, first match wins for each field:
 
