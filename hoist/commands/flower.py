@@ -24,8 +24,33 @@ def register(commands: Any) -> None:
         epilog="example: HOIST_FLOWER_USER=ops HOIST_FLOWER_PASSWORD=… "
         "hoist flower --address 0.0.0.0 --port 5555",
     )
-    flower.add_arguments(parser)
+    add_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``hoist flower``."""
+    parser.add_argument("--broker-url", help="Celery broker (default: HOIST_BROKER_URL)")
+    parser.add_argument(
+        "--address",
+        default=flower.DEFAULT_ADDRESS,
+        help=f"address to listen on (default {flower.DEFAULT_ADDRESS}; anything else needs auth)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=flower.DEFAULT_PORT,
+        help=f"port (default {flower.DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--basic-auth",
+        metavar="USER:PASS",
+        help=f"require these credentials (default: {flower.USER_ENV}/{flower.PASSWORD_ENV}; "
+        "an option is visible in `ps`, the variables are not)",
+    )
+    parser.add_argument(
+        "--url-prefix", help="serve under this path, behind a reverse proxy (e.g. flower)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

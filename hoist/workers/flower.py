@@ -25,7 +25,6 @@ What Flower 2.2 does, read from its source (``flower/command.py``,
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 from collections.abc import Callable, Mapping, MutableMapping
@@ -156,27 +155,6 @@ def prepare_environment(
     if basic_auth:
         environ[FLOWER_BASIC_AUTH_ENV] = basic_auth
     return basic_auth
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker-url", help="Celery broker (default: HOIST_BROKER_URL)")
-    parser.add_argument(
-        "--address",
-        default=DEFAULT_ADDRESS,
-        help=f"address to listen on (default {DEFAULT_ADDRESS}; anything else needs auth)",
-    )
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
-    )
-    parser.add_argument(
-        "--basic-auth",
-        metavar="USER:PASS",
-        help=f"require these credentials (default: {USER_ENV}/{PASSWORD_ENV}; an option is "
-        "visible in `ps`, the variables are not)",
-    )
-    parser.add_argument(
-        "--url-prefix", help="serve under this path, behind a reverse proxy (e.g. flower)"
-    )
 
 
 PLAIN_HTTP_NOTE = (
