@@ -26,7 +26,7 @@ Example:
     >>> allowed.refusal(*spec, "bert/ep1.pt") is None
     True
     >>> allowed.refusal("s3", {"bucket": "evil", "endpoint_url": "http://minio:9000"}, "x")
-    'store not allowed on this fleet: s3 bucket evil at http://minio:9000 (allowed: s3://ckpts/runs/...)'
+    'store not allowed on this fleet: s3 bucket evil at http://minio:9000 (allowed: s3://ckpts/runs/?endpoint_url=http://minio:9000)'
 """
 
 from __future__ import annotations

@@ -167,10 +167,16 @@ class ObjectStore(ABC):
     verify; they are what the workers and the CLI call.
 
     Example:
-        >>> store = LibcloudObjectStore("local", "artifacts", {"key": "/tmp/store"})
-        >>> result = store.upload_file("run1/ckpt.pt", "/tmp/ckpt.pt")
+        >>> import pathlib, shutil, tempfile
+        >>> from hoist.stores.libcloud import LibcloudObjectStore
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> (root / "artifacts").mkdir()
+        >>> _ = (root / "ckpt.pt").write_bytes(b"weights")
+        >>> store = LibcloudObjectStore("local", "artifacts", {"key": str(root)})
+        >>> result = store.upload_file("run1/ckpt.pt", str(root / "ckpt.pt"))
         >>> result.verified_by
         <Verification.READ_BACK: 'read-back'>
+        >>> shutil.rmtree(root)
     """
 
     scheme: ClassVar[str]

@@ -33,7 +33,7 @@ class Checksum:
 
     Example:
         >>> Checksum.of(b"hello")
-        Checksum(algorithm='crc64nvme', value='...')
+        Checksum(algorithm='crc64nvme', value='3377857006524257')
     """
 
     algorithm: str

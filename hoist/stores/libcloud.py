@@ -107,9 +107,14 @@ class LibcloudObjectStore(ObjectStore):
     read each other's requests.
 
     Example:
-        >>> store = LibcloudObjectStore("local", "artifacts", {"key": "/srv/store"})
-        >>> store.upload_file("run1/ep1.pt", "/tmp/ep1.pt").uri
+        >>> import pathlib, shutil, tempfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> (root / "artifacts").mkdir()  # the container: a directory in the base
+        >>> _ = (root / "ep1.pt").write_bytes(b"weights")
+        >>> store = LibcloudObjectStore("local", "artifacts", {"key": str(root)})
+        >>> store.upload_file("run1/ep1.pt", str(root / "ep1.pt")).uri
         'local://artifacts/run1/ep1.pt'
+        >>> shutil.rmtree(root)
         >>> store = LibcloudObjectStore(
         ...     "minio", "checkpoints",
         ...     {"key": "AKIA...", "secret": "...", "host": "minio.lan", "port": 9000,

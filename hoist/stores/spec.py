@@ -74,16 +74,24 @@ STORE_KINDS = ("s3", "sftp", "libcloud")
 
 
 def store_class(kind: str) -> type[ObjectStore]:
-    """The store class of a spec kind (``"s3"`` → ``S3ObjectStore``)."""
+    """The store class of a spec kind (``"s3"`` → ``S3ObjectStore``).
+
+    Example:
+        >>> store_class("libcloud").__name__
+        'LibcloudObjectStore'
+    """
     if kind == "s3":
+        # Here, not at the top: it imports boto3, which only an S3 user needs.
         from hoist.stores.s3 import S3ObjectStore
 
         return S3ObjectStore
     if kind == "sftp":
+        # Here, not at the top: it imports paramiko, which only an SFTP user needs.
         from hoist.stores.sftp import SFTPObjectStore
 
         return SFTPObjectStore
     if kind == "libcloud":
+        # Here, not at the top: it imports libcloud, which only a Libcloud user needs.
         from hoist.stores.libcloud import LibcloudObjectStore
 
         return LibcloudObjectStore
@@ -124,9 +132,16 @@ class StoreSpec:
         sealed: the credentials, encrypted with the fleet key, or None.
 
     Example:
+        >>> import json
+        >>> from hoist.keys import new_fleet_key
+        >>> key = new_fleet_key()
         >>> spec = StoreSpec.describe("s3", {"bucket": "b", "aws_secret_access_key": "s"}, key)
+        >>> spec.kwargs
+        {'bucket': 'b'}
         >>> "aws_secret_access_key" in json.dumps(spec.to_json())
         False
+        >>> spec.unseal(key)
+        {'aws_secret_access_key': 's'}
     """
 
     kind: str

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from hoist.errors import ConfigurationError, UnknownProviderError
 from hoist.stores.base import ObjectStore
+from hoist.stores.spec import store_class
 
 SCHEMES = ("s3", "sftp", "file")
 
@@ -29,8 +30,6 @@ def store_from_uri(uri: str) -> ObjectStore:
         >>> store_from_uri("file:///tmp/hoist-store").get_uri("a.txt")
         'local://hoist-store/a.txt'
     """
-    from hoist.stores.spec import store_class
-
     kind, kwargs = parse_store_uri(uri)
     return store_class(kind)(**kwargs)
 
