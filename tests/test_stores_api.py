@@ -71,3 +71,10 @@ def test_the_interface_alone_imports_no_client_library() -> None:
 
 def test_one_backend_imports_only_its_own_client() -> None:
     assert _modules_after("from hoist.stores import SFTPObjectStore") == {"paramiko"}
+
+
+def test_the_light_modules_import_no_client_library() -> None:
+    # hoist.settings imports the allow-list, which parses URIs and names store kinds:
+    # none of that may cost a rank or the CLI boto3, paramiko or libcloud.
+    code = "import hoist.stores.allowed, hoist.stores.spec, hoist.stores.uri"
+    assert _modules_after(code) == set()
