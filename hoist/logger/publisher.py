@@ -4,7 +4,7 @@
 the record is the durable promise. Publishing the Celery message (kombu
 builds it, about 0.4 ms of Python, and one round trip) happens here, off
 the training thread, and small uploads logged close together travel as one
-batch task (:func:`hoist.protocol.messages.send_batch`).
+batch task (:func:`hoist.protocol.sending.send_batch`).
 
 Nothing is lost on the way: a message this thread never sent (the process
 died first) leaves its record queued, and the workers' queued-record
