@@ -9,8 +9,8 @@ Nothing here prints a URL with its password.
 from __future__ import annotations
 
 import argparse
-import os
 
+from hoist import settings
 from hoist.errors import ConfigurationError
 from hoist.state.connection import NO_CLUSTER, connect
 from hoist.state.records import Records
@@ -33,7 +33,7 @@ def broker_url_from_environment() -> str:
         >>> broker_url_from_environment()  # with HOIST_BROKER_URL set  # doctest: +SKIP
         'redis://127.0.0.1:6379/0'
     """
-    url = os.environ.get("HOIST_BROKER_URL")
+    url = settings.configured_broker_url()
     if not url:
         raise ConfigurationError(NO_CLUSTER)
     return url
@@ -46,8 +46,7 @@ def state_url_from_environment() -> str:
         >>> state_url_from_environment()  # with HOIST_BROKER_URL set  # doctest: +SKIP
         'redis://127.0.0.1:6379/0'
     """
-    broker = broker_url_from_environment()
-    return os.environ.get("HOIST_STATE_URL") or broker
+    return settings.state_url(broker=broker_url_from_environment())
 
 
 def records_for(args: argparse.Namespace) -> Records:
