@@ -1,169 +1,105 @@
-"""The Celery application: configuration fit for long uploads, and the tasks.
+"""The workers' Celery application, built from settings: configuration, tasks, signals.
 
-Workers run ``celery -A hoist.tasks.app worker`` (``hoist worker`` does it
-with the right options). Ranks never import the task bodies: they send by
-name through :func:`hoist.protocol.sending.sender`.
+:func:`worker_app` builds it; ``hoist worker`` (:mod:`hoist.workers.worker`)
+resolves its settings once and calls it before Celery's pool forks, so every
+pool process inherits the same app and settings. The tasks are thin
+adapters: each runs :func:`~hoist.tasks.delivery.deliver` with the
+process's :class:`~hoist.tasks.worker_context.WorkerContext`. Ranks never
+import this module: they send by name through
+:func:`hoist.protocol.sending.sender`.
+
+Importing this module reads nothing. For Celery's own command line only
+(``celery -A hoist.tasks.app inspect ping``, the containers' health check;
+``celery -A hoist.tasks.app control ...``; Flower), the module attribute
+``app`` is built on first access from the environment
+(:meth:`~hoist.settings.WorkerSettings.from_environment`): Celery's
+``find_app`` imports the module and reads its ``app`` attribute.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, signals
 
-from hoist.errors import (
-    ArtifactFailed,
-    InvalidMessageError,
-    UnauthenticMessageError,
-)
-from hoist.protocol.messages import (
-    COMMIT_TASK,
-    MAX_BATCH,
-    POINTER_TASK,
-    UPLOAD_BATCH_TASK,
-    UPLOAD_TASK,
-)
+from hoist.errors import ArtifactFailed
+from hoist.protocol.messages import COMMIT_TASK, POINTER_TASK, UPLOAD_BATCH_TASK, UPLOAD_TASK
 from hoist.protocol.sending import celery_config
 from hoist.settings import WorkerSettings
-from hoist.state.records import Claim, State
 from hoist.tasks.control import restrict_remote_control
-
-log = logging.getLogger("hoist.worker")
-
-
-settings = WorkerSettings.from_environment()
-app = Celery("hoist")
-app.conf.update(celery_config(settings.broker_url, settings.visibility_timeout))
-# From the broker, workers take read-only inspections only (see hoist.tasks.control).
-signals.worker_init.connect(restrict_remote_control)
+from hoist.tasks.delivery import deliver, deliver_batch, raise_failures
+from hoist.tasks.resender import Resender
+from hoist.tasks.worker_context import PerProcess, WorkerContext
 
 
-REFUSED = "refused"
-"""The outcome of a malformed message: acknowledged, never run."""
+def worker_app(
+    settings: WorkerSettings, contexts: Callable[[], WorkerContext] | None = None
+) -> Celery:
+    """A Celery app for workers with ``settings``: its four tasks and its signal handlers.
 
+    Parameters:
+        settings: the worker's settings, resolved once at its start.
+        contexts: gives the calling process's job collaborators (default:
+            built from ``settings`` once per process, :class:`PerProcess`).
 
-def refused(task: str, task_id: str, exc: InvalidMessageError) -> dict[str, Any]:
-    """Log a malformed message and drop it: it is acknowledged, never run, never retried."""
-    what = "an unauthenticated" if isinstance(exc, UnauthenticMessageError) else "a malformed"
-    log.error("refused %s %s message (task id %.100r): %s", what, task, task_id, exc)
-    return {"id": task_id, "outcome": REFUSED, "error": str(exc)}
-
-
-FAILED_OUTCOMES = frozenset({State.FAILED.value, Claim.POISON.value, REFUSED})
-"""Job outcomes that end an artifact for good without it landing."""
-
-
-def run_job(task: Any, message: dict[str, Any]) -> dict[str, Any]:
-    """Run the job of ``task`` (a bound Celery task) on ``message``; refuse it if malformed.
-
-    Raises:
-        ArtifactFailed: the artifact failed for good (see :func:`raise_failures`).
+    The app's handlers act only for a worker of this app: on ``worker_init``
+    it answers read-only remote control only (:mod:`hoist.tasks.control`); on
+    ``worker_ready`` it starts the resender thread (:mod:`hoist.tasks.resender`).
     """
-    result = _run_one(task.name, message, task.request.id, task.send_event)
-    raise_failures([result])
-    return result
+    app = Celery("hoist")
+    app.conf.update(celery_config(settings.broker_url, settings.visibility_timeout))
+    context = contexts or PerProcess(lambda: WorkerContext.from_settings(settings))
+
+    def run_job(task: Any, message: Any) -> dict[str, Any]:
+        # Raises ArtifactFailed when the artifact failed for good: Flower and
+        # Celery's result show the task failed, without a traceback (``throws``).
+        result = deliver(context(), task.name, message, task.request.id, task.send_event)
+        raise_failures([result])
+        return result
+
+    def run_batch(task: Any, messages: Any) -> dict[str, Any]:
+        return deliver_batch(context(), task.name, messages, task.request.id, task.send_event)
+
+    for name, body in (
+        (UPLOAD_TASK, run_job),
+        (UPLOAD_BATCH_TASK, run_batch),
+        (POINTER_TASK, run_job),
+        (COMMIT_TASK, run_job),
+    ):
+        app.task(name=name, bind=True, throws=(ArtifactFailed,))(body)
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            # From the broker, workers take read-only inspections only.
+            restrict_remote_control(sender)
+
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        """Send deferred artifacts again when they fall due (see :mod:`hoist.state.records`)."""
+        if getattr(sender, "app", None) is not app:
+            return
+        resender = Resender.for_worker(context(), app)
+        thread = threading.Thread(target=resender.run_forever, daemon=True)
+        thread.name = "hoist-resender"
+        thread.start()
+
+    # Strong references: the receivers are closures nothing else holds.
+    signals.worker_init.connect(on_worker_init, weak=False)
+    signals.worker_ready.connect(on_worker_ready, weak=False)
+    return app
 
 
-def raise_failures(results: list[dict[str, Any]]) -> None:
-    """Raise :class:`~hoist.errors.ArtifactFailed` naming each failed result, if any."""
-    failed = [result for result in results if result["outcome"] in FAILED_OUTCOMES]
-    if not failed:
-        return
-    shown = "; ".join(f"{result['id']}: {result.get('error') or _POISON}" for result in failed[:5])
-    more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
-    raise ArtifactFailed(f"{len(failed)} of {len(results)} failed: {shown}{more}")
+_from_environment: Celery | None = None
+_lock = threading.Lock()
 
 
-_POISON = "delivered too often without an outcome (workers killed?); see the record"
-
-
-def run_batch(task: Any, messages: Any) -> dict[str, Any]:
-    """Run the upload job of each message of a batch (:func:`~hoist.protocol.messages.send_batch`).
-
-    One after the other: a batch holds small files, and a worker's slots are
-    the concurrency. Each member is claimed, uploaded and settled as if it
-    had come alone; the batch's result counts their outcomes.
-
-    Raises:
-        ArtifactFailed: a member failed for good (the others were done first),
-            or the batch itself is malformed.
-    """
-    if not isinstance(messages, list) or not 0 < len(messages) <= MAX_BATCH:
-        shown = len(messages) if isinstance(messages, list) else type(messages).__name__
-        exc = InvalidMessageError(
-            f"a batch must be a list of 1 to {MAX_BATCH} uploads, not {shown}"
-        )
-        refused(task.name, task.request.id, exc)
-        raise ArtifactFailed(str(exc))
-    # A member names its own artifact; the claim and the refusal go by it.
-    members = [m.get("id") if isinstance(m, dict) else None for m in messages]
-    # Celery logs the batch's id only; this says which artifacts it carried.
-    log.info("%s carries %s", task.request.id, ", ".join(f"{m!r:.100}" for m in members))
-    results = [
-        _run_one(
-            UPLOAD_TASK,
-            message,
-            member if isinstance(member, str) else f"{task.request.id}?",
-            task.send_event,
-        )
-        for member, message in zip(members, messages, strict=True)
-    ]
-    raise_failures(results)
-    outcomes = Counter(result["outcome"] for result in results)
-    return {"id": task.request.id, "outcome": "batch", "files": len(messages), **outcomes}
-
-
-def _run_one(task: str, message: dict[str, Any], task_id: str, send_event: Any) -> dict[str, Any]:
-    from hoist.tasks.jobs import JOBS
-    from hoist.tasks.worker_context import context
-
-    ctx = context()
-    try:
-        job = JOBS[task](ctx, message, task_id, send_event)
-    except InvalidMessageError as exc:
-        ctx.records.count_refusal(type(exc).__name__)
-        # A rank's own message that workers refuse (a newer or broken sender, a
-        # store this fleet does not allow) would stay queued and be re-sent for
-        # ever: fail its record, but only when the record holds this very
-        # message, so a forged message cannot fail another artifact. One no rank
-        # of this fleet signed touches no record at all.
-        if not isinstance(exc, UnauthenticMessageError):
-            status = ctx.records.get(task_id)
-            if status is not None and status.message == message:
-                ctx.records.fail_queued(status.id, f"the workers refused its message: {exc}")
-        return refused(task, task_id, exc)
-    return job.run()
-
-
-@app.task(name=UPLOAD_TASK, bind=True, throws=(ArtifactFailed,))
-def upload(self: Any, message: dict[str, Any]) -> dict[str, Any]:
-    return run_job(self, message)
-
-
-@app.task(name=UPLOAD_BATCH_TASK, bind=True, throws=(ArtifactFailed,))
-def upload_batch(self: Any, messages: Any) -> dict[str, Any]:
-    return run_batch(self, messages)
-
-
-@app.task(name=POINTER_TASK, bind=True, throws=(ArtifactFailed,))
-def symlink(self: Any, message: dict[str, Any]) -> dict[str, Any]:
-    return run_job(self, message)
-
-
-@app.task(name=COMMIT_TASK, bind=True, throws=(ArtifactFailed,))
-def commit(self: Any, message: dict[str, Any]) -> dict[str, Any]:
-    return run_job(self, message)
-
-
-@signals.worker_ready.connect
-def _start_resender(sender: Any = None, **_: Any) -> None:
-    """Send deferred artifacts again when they fall due (see :mod:`hoist.state.records`)."""
-    from hoist.tasks.resender import Resender
-    from hoist.tasks.worker_context import context
-
-    thread = threading.Thread(target=Resender.for_worker(context(), app).run_forever, daemon=True)
-    thread.name = "hoist-resender"
-    thread.start()
+def __getattr__(name: str) -> Celery:
+    """``app``: the app of Celery's command line, from the environment (see above)."""
+    global _from_environment
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _lock:
+        if _from_environment is None:
+            _from_environment = worker_app(WorkerSettings.from_environment())
+        return _from_environment

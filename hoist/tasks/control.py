@@ -53,6 +53,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from celery.worker import control as celery_control
+from celery.worker import state as worker_state
+from celery.worker.request import Request
+
 log = logging.getLogger("hoist.worker")
 
 KEPT = frozenset(
@@ -101,9 +105,7 @@ def disabled(name: Any) -> Command:
 
 def read_only_panel() -> ReadOnlyPanel:
     """Celery's own :data:`KEPT` commands, the task lists answering with summaries only."""
-    from celery.worker import control
-
-    panel = ReadOnlyPanel({name: control.Panel.data[name] for name in KEPT})
+    panel = ReadOnlyPanel({name: celery_control.Panel.data[name] for name in KEPT})
     panel.update(active=_active, reserved=_reserved, scheduled=_scheduled)
     return panel
 
@@ -116,11 +118,9 @@ def restrict_remote_control(sender: Any = None, **_: Any) -> None:
     mailbox, which takes Celery's registry
     (``celery.worker.control.Panel.data``) as it is then.
     """
-    from celery.worker import control
-
     # Installed for every name, known and unknown: a new Celery's new command
     # is disabled too until it is added to KEPT.
-    control.Panel.data = read_only_panel()
+    celery_control.Panel.data = read_only_panel()
 
 
 # Celery's own active, reserved and scheduled (celery/worker/control.py,
@@ -128,21 +128,15 @@ def restrict_remote_control(sender: Any = None, **_: Any) -> None:
 
 
 def _active(state: Any, **_: Any) -> list[dict[str, Any]]:
-    from celery.worker import state as worker_state
-
     return [request.info(safe=True) for request in state.tset(worker_state.active_requests)]
 
 
 def _reserved(state: Any, **_: Any) -> list[dict[str, Any]]:
-    from celery.worker import state as worker_state
-
     waiting = state.tset(worker_state.reserved_requests) - state.tset(worker_state.active_requests)
     return [request.info(safe=True) for request in waiting]
 
 
 def _scheduled(state: Any, **_: Any) -> list[dict[str, Any]]:
-    from celery.worker.request import Request
-
     found = []
     for waiting in state.consumer.timer.schedule.queue:
         args = getattr(waiting.entry, "args", None) or ()

@@ -13,7 +13,6 @@ unacknowledged in a worker's memory.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import uuid
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from hoist.protocol.messages import (
 from hoist.protocol.signing import verify
 from hoist.state.leases import Leases, name_lock
 from hoist.state.records import Claim, State, pointer_key
-from hoist.state.schedule import backoff_delay
+from hoist.state.schedule import backoff_delay, hold_back_delay
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.worker_context import WorkerContext
 
@@ -92,7 +91,8 @@ class Job:
     """One delivery of one message.
 
     Parameters:
-        ctx: the worker process's context.
+        ctx: the job's collaborators (settings, records, stores, clock, jitter);
+            a worker builds them per process, a test around its own Redis and store.
         message: the message as it came from the broker.
         task_id: the Celery task id (the artifact id).
         send_event: sends a Celery event about this task (``Task.send_event``),
@@ -234,10 +234,8 @@ class Job:
 
     def hold_back(self, reason: str) -> dict[str, Any]:
         """Try again shortly: a limit is full or a dependency is not ready. Not an attempt."""
-        jitter = random.uniform(1.0, 1.5)
-        return self.settle(
-            State.WAITING, retry_in=self.ctx.settings.wait_seconds * jitter, waiting_for=reason
-        )
+        delay = hold_back_delay(self.ctx.settings.wait_seconds, self.ctx.rng.uniform)
+        return self.settle(State.WAITING, retry_in=delay, waiting_for=reason)
 
     def settle_error(self, exc: Exception) -> dict[str, Any]:
         """Retry transient errors with backoff up to ``max_retries``; fail the rest at once."""
@@ -252,7 +250,9 @@ class Job:
         settings = self.ctx.settings
         if attempt > settings.max_retries:
             return self.settle(State.FAILED, error=f"gave up after {attempt} attempts: {error}")
-        delay = backoff_delay(attempt, settings.backoff_base, settings.backoff_max, random.uniform)
+        delay = backoff_delay(
+            attempt, settings.backoff_base, settings.backoff_max, self.ctx.rng.uniform
+        )
         # The delay logged is the one used, jitter included, so the log shows the backoff.
         log.warning(
             "%s: attempt %d failed (%s); again in %.2f s", self.message.id, attempt, error, delay

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from hoist.errors import (
@@ -87,7 +86,7 @@ class UploadJob(Job):
             return self.settle(State.FAILED, error=rewritten)
         if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
             return self.hold_back("a concurrency limit or an upload of the same name")
-        attempt = self.begin_attempt(upload_started_at=_now())
+        attempt = self.begin_attempt(upload_started_at=self.ctx.clock())
         store = self.ctx.store(self.spec)
         with Heartbeat(self) as heartbeat:
             progress = TransferProgress(
@@ -131,7 +130,7 @@ class UploadJob(Job):
             verified_by=result.verified_by.value,
             seconds=round(result.seconds, 3),
             already_present=int(result.already_present),
-            upload_finished_at=_now(),
+            upload_finished_at=self.ctx.clock(),
             error="",
         )
 
@@ -179,7 +178,3 @@ class UploadJob(Job):
             return
         with staged:
             staged.unlink()
-
-
-def _now() -> float:
-    return time.time()

@@ -1,30 +1,39 @@
 """``hoist worker``: a Celery worker with defaults fit for long uploads.
 
-Options become ``HOIST_*`` environment variables before the Celery app is
-imported, so that every pool process reads the same settings.
+The worker's settings are resolved once, here: the environment's
+(:meth:`~hoist.settings.WorkerSettings.from_environment`) with the command
+line's options over them (:func:`worker_settings`). The app is built from
+them (:func:`~hoist.tasks.app.worker_app`) before Celery's pool forks, so
+every pool process runs with the same settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
 import sys
+from typing import Any
 
+from hoist.protocol.broker import transport_for
 from hoist.protocol.messages import NODE_QUEUE_ENV, POINTER_QUEUE, UPLOAD_QUEUE, node_queue
-from hoist.stores.allowed import ALLOWED_STORES_ENV
+from hoist.settings import WorkerSettings, read
+from hoist.stores.allowed import AllowedStores
+from hoist.tasks.app import worker_app
 
 log = logging.getLogger("hoist.worker")
 
-OPTION_ENVIRONMENT = {
-    "broker_url": "HOIST_BROKER_URL",
-    "state_url": "HOIST_STATE_URL",
-    "staging_dir": "HOIST_STAGING_DIR",
-    "store_limit": "HOIST_STORE_LIMIT",
-    "max_retries": "HOIST_MAX_RETRIES",
-    "visibility_timeout": "HOIST_VISIBILITY_TIMEOUT",
+OPTION_SETTINGS = {
+    "broker_url": "broker_url",
+    "state_url": "state_url",
+    "staging_dir": "staging_root",
+    "store_limit": "store_limit",
+    "max_retries": "max_retries",
+    "visibility_timeout": "visibility_timeout",
 }
+"""The settings field each ``hoist worker`` option sets, when given."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node-queue",
         metavar="NAME",
-        default=os.environ.get(NODE_QUEUE_ENV) or None,
+        default=None,  # HOIST_NODE_QUEUE, read at the worker's start
         help="also consume this node's upload queue, which ranks staging to a node-local "
         f"folder send to (logger node_queue= or {NODE_QUEUE_ENV}; default: {NODE_QUEUE_ENV}). "
         f"Without -Q, such a worker consumes its node queue and {POINTER_QUEUE} only, not the "
@@ -115,24 +124,45 @@ def worker_queues(queues: str | None, node: str | None) -> str:
     return ",".join([*chosen, own] if own not in chosen else chosen)
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    queues = worker_queues(args.queues, args.node_queue)
-    for option, variable in OPTION_ENVIRONMENT.items():
-        value = getattr(args, option, None)
-        if value is not None:
-            os.environ[variable] = str(value)
-    if args.allow_store:
-        os.environ[ALLOWED_STORES_ENV] = " ".join(
-            [*os.environ.get(ALLOWED_STORES_ENV, "").split(), *args.allow_store]
-        )
-    for flag, variable in (
-        (args.allow_any_store, "HOIST_ALLOW_ANY_STORE"),
-        (args.insecure_unsigned, "HOIST_INSECURE_UNSIGNED"),
-    ):
-        if flag:
-            os.environ[variable] = "1"
-    from hoist.tasks.app import app, settings  # reads the environment set above
+def worker_settings(base: WorkerSettings, args: argparse.Namespace) -> WorkerSettings:
+    """``base`` (the environment's settings) with the options given on the command line.
 
+    An option given wins over its variable; ``--allow-store`` adds to
+    ``HOIST_ALLOWED_STORES``; ``--broker-url`` alone moves the records too,
+    unless ``HOIST_STATE_URL`` names their own Redis.
+
+    Example:
+        >>> args = argparse.Namespace(broker_url="redis://r:6379/1", store_limit=4)
+        >>> chosen = worker_settings(WorkerSettings(), args)
+        >>> chosen.state_url, chosen.store_limit, chosen.max_retries
+        ('redis://r:6379/1', 4, 8)
+    """
+    changes: dict[str, Any] = {
+        field: value
+        for option, field in OPTION_SETTINGS.items()
+        if (value := getattr(args, option, None)) is not None
+    }
+    if "broker_url" in changes and getattr(args, "state_url", None) is None:
+        changes["state_url"] = read("HOIST_STATE_URL") or changes["broker_url"]
+    if "staging_root" in changes:
+        changes["staging_root"] = changes["staging_root"] or None
+    allow = list(getattr(args, "allow_store", None) or [])
+    any_store = bool(getattr(args, "allow_any_store", False))
+    if allow or any_store:
+        allowed = base.allowed
+        changes["allowed"] = AllowedStores.parse(
+            [*allowed.uris, *allow], allowed.any_store or any_store
+        )
+    if getattr(args, "insecure_unsigned", False):
+        changes["insecure_unsigned"] = True
+    return dataclasses.replace(base, **changes)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Resolve the worker's settings once, build the app from them, run Celery's worker."""
+    node = args.node_queue if args.node_queue is not None else read("HOIST_NODE_QUEUE")
+    queues = worker_queues(args.queues, node)
+    settings = worker_settings(WorkerSettings.from_environment(), args)
     refusal = settings.startup_refusal()
     if refusal is not None:
         print(f"hoist worker: {refusal}", file=sys.stderr)
@@ -144,8 +174,8 @@ def run_worker(args: argparse.Namespace) -> int:
         )
     if settings.allowed.any_store:
         log.warning("hoist worker: --allow-any-store: uploading to any store a message names")
-    from hoist.protocol.broker import transport_for
-
+    # Built before Celery's pool forks: every pool process inherits this app and settings.
+    app = worker_app(settings)
     # kombu's Redis transport with a repair: without it a worker exits when
     # Redis restarts under an upload in flight (see hoist.protocol.broker). Only
     # consumers need it; Flower names its broker page by the transport.
