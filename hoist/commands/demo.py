@@ -27,7 +27,7 @@ def register(commands: Any) -> None:
         help="run a small multi-rank training job through the local cluster",
         description="Start (or reuse) the local cluster, run --ranks training processes with "
         "torchrun-style variables that log checkpoints, a log file, hparams.yaml and a "
-        "latest-rank{rank}.pt symlink, show progress, and list what landed.",
+        "latest-rank{rank}.pt pointer, show progress, and list what landed.",
         epilog="example: hoist demo --ranks 4 --store s3://bucket/demo?endpoint_url=http://minio:9000",
     )
     parser.add_argument("--ranks", type=int, default=4, help="training processes (default 4)")
@@ -145,6 +145,8 @@ def watch(
 
 
 def print_landed(artifacts: list[ArtifactStatus]) -> None:
+    """The table of what landed: the newest version of each object name the run logged."""
+    # "symlink target" is the column's name on screen, kept as users know it.
     table = Table(title="what landed")
     for column in ("object", "bytes", "crc64nvme", "verified", "symlink target"):
         table.add_column(column, overflow="fold")
