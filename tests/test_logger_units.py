@@ -857,6 +857,7 @@ def test_the_logger_takes_its_settings_where_no_argument_is_given(tmp_path: Path
     assert config.run_name == "from-settings"
     assert config.staging_root == str(tmp_path / "staging")
     assert config.keys is KEYS
+    assert repr(KEYS.secrets[0]) not in repr(config)  # the keys never show
     assert config.upload_queue == node_queue("node-7")
     assert config.enqueue_timeout == 2.5
     assert config.retention_seconds == 3600

@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hoist.errors import ConfigurationError
@@ -123,7 +123,7 @@ class LoggerConfiguration:
     checkpoint_template: ObjectNameTemplate
     run_name: str
     staging_root: str
-    keys: FleetKeys
+    keys: FleetKeys = field(repr=False)  # secrets: never in a log line or traceback
     spec: StoreSpec
     staging: StagingMode
     enqueue_timeout: float
