@@ -965,9 +965,11 @@ def test_a_logger_given_its_settings_reads_no_hoist_variable(
 ) -> None:
     for variable in VARIABLES:
         monkeypatch.setenv(variable.name, "not-a-value")
-    settings = _settings(tmp_path, run_name="given", enqueue_timeout=1.0)
+    settings = _settings(tmp_path, run_name="given", enqueue_timeout=1.0, retention_seconds=3600)
     logger = ObjectStoreLogger("local", "artifacts", {"key": str(tmp_path)}, settings=settings)
     try:
+        # The records it writes expire after the settings' retention, not HOIST_RETENTION_DAYS'.
+        assert logger._records.retention_seconds == 3600
         assert logger.run_name == "given"
         assert logger.staging_root == str(tmp_path / "staging")
         assert logger.enqueue_timeout == 1.0

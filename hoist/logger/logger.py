@@ -198,7 +198,9 @@ class ObjectStoreLogger(ComposerNames):
         self._store = self.spec.build(config.keys)
         # For error messages: where the rank tried to reach, never with its password.
         state_shown = mask_url(config.state_url)
-        self._records = Records.from_url(config.state_url)
+        self._records = Records.from_url(
+            config.state_url, retention_seconds=config.retention_seconds
+        )
         self._retry = StateRetry(self.enqueue_timeout, state_shown)
         self._pending = PendingArtifacts(self._records, self.run_name, self.ranks.rank, state_shown)
         self._outbox = Outbox(
