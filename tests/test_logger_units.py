@@ -633,6 +633,11 @@ def test_staging_root_from_argument_and_environment(
     monkeypatch.setenv("HOIST_STAGING_DIR", str(tmp_path / "env"))
     assert staging_root_from(None) == str(tmp_path / "env")
     assert staging_root_from(str(tmp_path / "arg")) == str(tmp_path / "arg")
+    # The logger's route: the variable through RankSettings, the argument first.
+    from_env = RankSettings.from_environment()
+    assert _resolve(tmp_path, from_env).staging_root == str(tmp_path / "env")
+    arg = str(tmp_path / "arg")
+    assert _resolve(tmp_path, from_env, upload_staging_folder=arg).staging_root == arg
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(ConfigurationError, match="cannot use staging directory"):
         staging_root_from(str(tmp_path / "file"))
