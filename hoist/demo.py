@@ -31,7 +31,7 @@ MiB = 1024 * 1024
 
 def make_logger(store_uri: str) -> ObjectStoreLogger:
     """A logger for the store a URI names, as a user's training script would make it."""
-    kind, kwargs = parse_store_uri(store_uri)
+    kind, kwargs = parse_store_uri(store_uri, settings.read("HOIST_SFTP_PASSWORD"))
     return ObjectStoreLogger(
         object_store_cls=store_class(kind),
         object_store_kwargs=kwargs,

@@ -286,7 +286,7 @@ def _store(store: str | ObjectStore | None, source: str) -> tuple[ObjectStore, b
             f"Python; e.g. s3://bucket or file:///dir), set {STORE_URI_ENV}, or look it up "
             "in a run's records with --run"
         )
-    return store_from_uri(uri), True
+    return store_from_uri(uri, settings.read("HOIST_SFTP_PASSWORD")), True
 
 
 def _from_uri(source: str, store: str | ObjectStore | None) -> tuple[ObjectStore, str, bool, bool]:
@@ -323,7 +323,7 @@ def _natural_root(source: str) -> tuple[ObjectStore, str]:
             f"{source} is not inside the store given by --store or {STORE_URI_ENV}; pass the "
             "URI of the store it is in (for a local store, file:///DIR of its directory)"
         )
-    kind, kwargs = parse_store_uri(source)
+    kind, kwargs = parse_store_uri(source, settings.read("HOIST_SFTP_PASSWORD"))
     if kind == "s3":
         name, kwargs["prefix"] = kwargs.get("prefix", ""), ""
     else:

@@ -87,12 +87,6 @@ class FleetKeys:
             secrets.append(secret)
         return cls(tuple(secrets))
 
-    @classmethod
-    def from_environment(cls) -> FleetKeys | None:
-        """The keys in ``HOIST_FLEET_KEY``, or None when it is unset or empty."""
-        text = os.environ.get(FLEET_KEY_ENV, "")
-        return cls.parse(text) if text.strip() else None
-
     @cached_property
     def mac_keys(self) -> tuple[bytes, ...]:
         """The message-signing keys, newest first (sign with the first, accept any)."""

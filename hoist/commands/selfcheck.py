@@ -12,6 +12,7 @@ from rich.table import Table
 
 from hoist.commands.console import console, out, transfer_progress
 from hoist.errors import HoistError
+from hoist.settings import CommandSettings
 from hoist.stores.uri import store_from_uri
 from hoist.workers.cluster import store_uri
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     uri = args.store or store_uri(args.home)
     if uri.startswith("file://"):
         os.makedirs(uri[len("file://") :], exist_ok=True)
-    store = store_from_uri(uri)
+    store = store_from_uri(uri, CommandSettings.from_environment().sftp_password)
     size = int(args.size_mib * MiB)
     name = f"hoist-selfcheck/{os.getpid()}-{int(time.time())}.bin"
     with tempfile.TemporaryDirectory(prefix="hoist-selfcheck-") as tmp, store:

@@ -26,11 +26,12 @@ from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError, 
 from hoist.keys import FleetKeys
 from hoist.protocol.messages import POINTER_TASK, UPLOAD_TASK
 from hoist.protocol.pointers import MAX_POINTER_SIZE
+from hoist.settings import CommandSettings
 from hoist.state.keys import decode_marker
 from hoist.state.records import ArtifactStatus, Records, State, latest_key, pointer_key
 from hoist.stores.base import ObjectStore
 from hoist.stores.checksum import Checksum
-from hoist.stores.spec import StoreSpec, fleet_key_from_environment
+from hoist.stores.spec import StoreSpec
 
 OK = "ok"
 MISSING = "missing"
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             f"run {args.run!r} has no finished uploads to verify; `hoist status --run "
             f"{args.run}` shows where it stands"
         )
-    stores = Stores(fleet_key_from_environment())
+    stores = Stores(CommandSettings.from_environment().keys)
     checks: list[Check] = []
     try:
         with _counting(len(objects)) as advance:

@@ -135,20 +135,20 @@ def staging_root_from(path: str | None) -> str:
     """Return the staging root as an absolute path, creating it if missing.
 
     Parameters:
-        path: the staging folder the user passed, or ``None`` to read
-            ``HOIST_STAGING_DIR``.
+        path: the staging folder (the logger's ``upload_staging_folder``,
+            else ``HOIST_STAGING_DIR`` from its settings), or None.
 
     Returns:
         The absolute path of the staging root (``~`` expanded).
 
     Raises:
-        ConfigurationError: neither is set, or the directory cannot be created.
+        ConfigurationError: none is given, or the directory cannot be created.
 
     Example:
         >>> staging_root_from("/tmp/hoist-staging")
         '/tmp/hoist-staging'
     """
-    chosen = path or os.environ.get(STAGING_DIR_ENV)
+    chosen = path
     if not chosen:
         raise ConfigurationError(
             f"no staging directory: set {STAGING_DIR_ENV} or pass upload_staging_folder "

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hoist.errors import InvalidMessageError
+from hoist.errors import ConfigurationError, InvalidMessageError
 from hoist.keys import FleetKeys
 from hoist.protocol.signing import MAC_FIELD, mac_of
 
@@ -52,8 +52,6 @@ def node_queue(node: str) -> str:
         ConfigurationError: ``node`` is empty or not a plain name.
     """
     if not _NODE_NAME.fullmatch(node):
-        from hoist.errors import ConfigurationError
-
         raise ConfigurationError(
             f"node queue name {node!r} is not usable; use letters, digits, '.', '_' and '-' "
             "(for example the host name), up to 128 characters"

@@ -290,8 +290,3 @@ def _check_serializable(name: str, value: Any) -> None:
             f"store argument {name}={value!r} cannot travel to the workers (not JSON); pass "
             "plain values (strings, numbers, lists, dicts)"
         ) from None
-
-
-def fleet_key_from_environment() -> FleetKeys | None:
-    """The fleet keys in ``HOIST_FLEET_KEY``, or None."""
-    return FleetKeys.from_environment()

@@ -23,18 +23,18 @@ from hoist.stores.spec import store_class
 SCHEMES = ("s3", "sftp", "file")
 
 
-def store_from_uri(uri: str) -> ObjectStore:
-    """Return the store a URI names.
+def store_from_uri(uri: str, sftp_password: str | None = None) -> ObjectStore:
+    """Return the store a URI names; ``sftp_password`` for an ``sftp://`` URI without a key.
 
     Example:
         >>> store_from_uri("file:///tmp/hoist-store").get_uri("a.txt")
         'local://hoist-store/a.txt'
     """
-    kind, kwargs = parse_store_uri(uri)
+    kind, kwargs = parse_store_uri(uri, sftp_password)
     return store_class(kind)(**kwargs)
 
 
-def parse_store_uri(uri: str) -> tuple[str, dict[str, Any]]:
+def parse_store_uri(uri: str, sftp_password: str | None = None) -> tuple[str, dict[str, Any]]:
     """The store kind (``"s3"``, ``"sftp"``, ``"libcloud"``) and constructor arguments a URI names.
 
     Example:
@@ -61,7 +61,7 @@ def parse_store_uri(uri: str) -> tuple[str, dict[str, Any]]:
         kwargs = {"host": parts.hostname or "", "port": parts.port or 22}
         optional = {
             "username": unquote(parts.username) if parts.username else None,
-            "password": os.environ.get("HOIST_SFTP_PASSWORD"),
+            "password": sftp_password,
             "key_filename": query.get("key_filename"),
             "known_hosts": query.get("known_hosts"),
             "cwd": unquote(parts.path) or None,
