@@ -127,7 +127,7 @@ VARIABLES: tuple[Variable, ...] = (
              "this node's upload queue, for node-local staging", shown="none"),
     Variable("HOIST_ENQUEUE_TIMEOUT", _number, 30.0, "s", RANKS,
              "how long a rank retries an unreachable Redis before raising"),
-    Variable("HOIST_RETENTION_DAYS", _number, 14.0, "days", f"{RANKS}, {WORKERS}",
+    Variable("HOIST_RETENTION_DAYS", _number, 14.0, "days", ALL,
              "how long finished records are kept"),
     Variable(ALLOWED_STORES_ENV, _words, (), "", WORKERS,
              "space-separated store URIs the fleet may upload to", shown="none"),
@@ -387,6 +387,8 @@ class CommandSettings:
         sftp_password: ``HOIST_SFTP_PASSWORD``, or None.
         flower_url: ``HOIST_FLOWER_URL``, or None.
         flower_user, flower_password: Flower's login, or None.
+        retention_seconds: ``HOIST_RETENTION_DAYS``, in seconds (``hoist retry``
+            writes records).
     """
 
     broker_url: str | None = None
@@ -398,6 +400,7 @@ class CommandSettings:
     flower_url: str | None = None
     flower_user: str | None = None
     flower_password: str | None = field(default=None, repr=False)
+    retention_seconds: int = retention_seconds(14.0)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> CommandSettings:
@@ -413,6 +416,7 @@ class CommandSettings:
             flower_url=read("HOIST_FLOWER_URL", env),
             flower_user=read("HOIST_FLOWER_USER", env),
             flower_password=read("HOIST_FLOWER_PASSWORD", env),
+            retention_seconds=retention_seconds(read("HOIST_RETENTION_DAYS", env)),
         )
 
 

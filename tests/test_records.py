@@ -7,7 +7,8 @@ import redis
 
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_TASK, UploadRequest, artifact_id, order_key
-from hoist.state.records import Records, State, latest_key, retention_seconds
+from hoist.settings import RankSettings, retention_seconds
+from hoist.state.records import Records, State, latest_key
 from tests.services.redis import RedisServer
 
 DAY = 86400
@@ -31,7 +32,7 @@ def request(run: str, seq: int) -> UploadRequest:
 @pytest.fixture
 def records(redis_server: RedisServer) -> Records:
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    return Records(client, retention_seconds=retention_seconds("2"))
+    return Records(client, retention_seconds=retention_seconds(2))
 
 
 def test_finished_records_and_markers_expire_after_the_retention(records: Records) -> None:
@@ -65,9 +66,11 @@ def test_old_runs_leave_the_run_list(records: Records) -> None:
 
 
 def test_retention_must_be_a_number() -> None:
-    with pytest.raises(ConfigurationError, match="HOIST_RETENTION_DAYS='two weeks'"):
-        retention_seconds("two weeks")
-    assert retention_seconds("") == retention_seconds() == 14 * DAY
+    with pytest.raises(ConfigurationError, match="HOIST_RETENTION_DAYS='two weeks' is not a num"):
+        RankSettings.from_environment({"HOIST_RETENTION_DAYS": "two weeks"})
+    empty = RankSettings.from_environment({"HOIST_RETENTION_DAYS": ""})
+    assert empty.retention_seconds == retention_seconds(0.5 * 28) == 14 * DAY
+    assert retention_seconds(0) == 1
 
 
 def test_the_retention_is_the_records_own_not_the_environment(

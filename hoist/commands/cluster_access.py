@@ -60,4 +60,5 @@ def records_for(args: argparse.Namespace) -> Records:
         ['bert-3']
     """
     load_environment(args)
-    return connect(state_url_from_environment())
+    retention = settings.CommandSettings.from_environment().retention_seconds
+    return connect(state_url_from_environment(), retention)

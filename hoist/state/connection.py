@@ -11,13 +11,13 @@ import redis
 
 from hoist.errors import ClusterUnreachableError
 from hoist.protocol.urls import mask_url
-from hoist.state.records import Records
+from hoist.state.records import DEFAULT_RETENTION_SECONDS, Records
 
 NO_CLUSTER = "no hoist cluster found: run `hoist up`, or set HOIST_BROKER_URL"
 """What a command or the library says when no broker URL is configured."""
 
 
-def connect(url: str) -> Records:
+def connect(url: str, retention_seconds: int = DEFAULT_RETENTION_SECONDS) -> Records:
     """:class:`Records` on ``url``, checked with a ping so a dead Redis fails here, clearly.
 
     Raises:
@@ -27,7 +27,7 @@ def connect(url: str) -> Records:
         >>> connect("redis://127.0.0.1:6379/0").runs(limit=5)  # doctest: +SKIP
         ['bert-3']
     """
-    records = Records.from_url(url)
+    records = Records.from_url(url, retention_seconds=retention_seconds)
     try:
         records.client.ping()
     except redis.RedisError as exc:

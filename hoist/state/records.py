@@ -32,6 +32,7 @@ from redis.typing import EncodableT
 
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import Message
+from hoist.settings import RankSettings
 from hoist.state.keys import (
     DEFERRED,
     PREFIX,
@@ -62,7 +63,6 @@ __all__ = [
     "FIRST_LOOK_SECONDS",
     "PREFIX",
     "REFUSED",
-    "RETENTION_DAYS",
     "ArtifactStatus",
     "Claim",
     "Records",
@@ -70,32 +70,10 @@ __all__ = [
     "initial_fields",
     "latest_key",
     "pointer_key",
-    "retention_seconds",
 ]
 
-RETENTION_DAYS = 14.0
-
-
-def retention_seconds(days: str | float = RETENTION_DAYS) -> int:
-    """A retention of ``days`` (a number, or the text of ``HOIST_RETENTION_DAYS``) in seconds.
-
-    At least one second; empty text means the default, 14 days.
-
-    Raises:
-        ConfigurationError: ``days`` is text that is not a number.
-
-    Example:
-        >>> retention_seconds(), retention_seconds("0.5"), retention_seconds(0)
-        (1209600, 43200, 1)
-    """
-    try:
-        number = float(days if days != "" else RETENTION_DAYS)
-    except ValueError:
-        raise ConfigurationError(f"HOIST_RETENTION_DAYS={days!r} is not a number of days") from None
-    return max(1, int(number * 86400))
-
-
-DEFAULT_RETENTION_SECONDS = retention_seconds()
+DEFAULT_RETENTION_SECONDS = RankSettings.retention_seconds
+"""14 days, ``HOIST_RETENTION_DAYS``' default (see :mod:`hoist.settings`)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +134,7 @@ class Records:
         lease_ms: how long a claim lives without a heartbeat.
         retention_seconds: how long finished records, the run's index, sequence
             counters, checkpoints and markers are kept after their last write
-            (:func:`retention_seconds` turns ``HOIST_RETENTION_DAYS`` into it).
+            (:func:`hoist.settings.retention_seconds` turns ``HOIST_RETENTION_DAYS`` into it).
             Ranks and workers each pass their own; it only needs to be
             roughly the same on both sides.
     """
