@@ -1,10 +1,10 @@
 """The rank's sending thread, and the batches it makes: real logger, Redis, workers.
 
 What must hold: small uploads logged close together travel as one task and
-every file lands and is verified as if sent alone; a batch delivered twice
-uploads nothing twice; a rank that ends without waiting has put everything
-on the broker first; and a forked child (a data-loader worker) gets a
-sending thread of its own.
+every file lands and is verified as if sent alone; a rank that ends without
+waiting has put everything on the broker first; and a forked child (a
+data-loader worker) gets a sending thread of its own. A batch delivered
+twice is checked without processes (tests/test_worker_core_pointers.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger
-from hoist.protocol.messages import BATCH_FILE_BYTES, UploadRequest
-from hoist.protocol.sending import send_batch, sender
+from hoist.protocol.messages import BATCH_FILE_BYTES
 from hoist.state.records import Records, State
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.redis import RedisServer
@@ -88,29 +87,6 @@ def test_a_burst_of_small_files_lands_in_few_tasks(
     assert members + len(singles) == 71
     assert len(singles) < 10, singles  # the large file, and small ones that found no company
     assert len(tasks) <= 20
-
-
-def test_a_batch_delivered_twice_uploads_nothing_twice(
-    fleet: WorkerFleet, redis_server: RedisServer, tmp_path: Path
-) -> None:
-    run_name = f"twice-{os.getpid()}-{id(tmp_path)}"
-    with logger_for(fleet, tmp_path / "store", run_name) as logger:
-        for n in range(5):
-            (tmp_path / f"f{n}").write_bytes(b"%d" % n)
-            logger.file_artifact(LogLevel.BATCH, f"f{n}", tmp_path / f"f{n}")
-        logger.wait(timeout=60)
-    records = Records.from_url(redis_server.url)
-    statuses = sorted(records.run_artifacts(run_name), key=lambda status: status.id)
-    before = {status.id: status.fields for status in statuses}
-    again = [UploadRequest.from_json(status.message) for status in statuses]
-    send_batch(sender(fleet.broker_url), again)
-    batch = f"{again[0].id}+4"
-    wait_until(lambda: ("hoist.upload_batch", batch) in tasks_run(fleet, run_name), timeout=30)
-    for status in records.run_artifacts(run_name):
-        assert status.state is State.DONE
-        assert status.fields == before[status.id]  # not claimed, not attempted again
-    landed = tmp_path / "store" / "artifacts" / run_name
-    assert sorted(p.name for p in landed.iterdir()) == [f"f{n}" for n in range(5)]
 
 
 # A rank process that logs ten small files and ends at once: after close() without

@@ -9,13 +9,14 @@ hoist's store code.
 
 Each test prints what it measured (run with ``-s``): recovery times, how many
 deliveries and sessions it saw. CI runs the short form of each fault; the
-full repetition count is marked ``long``.
+full repetition count is marked ``long``. Decisions that need no process
+(pointers under shuffled or stalled writes, duplicate claims) are checked in
+tests/test_worker_core*.py.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import random
@@ -31,17 +32,14 @@ import awscrt.checksums
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
-from hoist.protocol.messages import POINTER_TASK, PointerRequest, order_key
-from hoist.protocol.sending import send, sender
 from hoist.state.records import ArtifactStatus, Records, State
 from tests.conftest import _running
-from tests.services.keys import FLEET_KEY, KEYS
+from tests.services.keys import FLEET_KEY
 from tests.services.process import ServerProcess, descendants
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
-from tests.services.throttle import ForwardedRequest, ThrottlingProxy
-from tests.services.watch import ValueWatch
+from tests.services.throttle import ThrottlingProxy
 from tests.services.workers import WorkerFleet, wait_until
 
 MiB = 1024 * 1024
@@ -567,133 +565,3 @@ def test_upload_outliving_visibility_timeout_is_not_uploaded_twice(
         f"{sorted(deliveries.values())}, multipart sessions 1 each, concurrent 0, "
         f"duplicates {duplicates}, lost 0"
     )
-
-
-def pointer_request(
-    logger: ObjectStoreLogger, run: str, n: int, target: str, order: str
-) -> PointerRequest:
-    return PointerRequest(
-        id=f"hoist-{run}-r0-{1000 + n}",
-        run_name=run,
-        rank=0,
-        seq=1000 + n,
-        artifact_name="latest.pt",
-        object_name=f"{run}/latest.pt.symlink",
-        order=order,
-        store=logger.spec.to_json(),
-        target_id=target,
-        target_object_name=f"{run}/ep{n}.pt",
-    ).signed(KEYS)
-
-
-def pointer_watch(server: S3Server, key: str) -> ValueWatch[str]:
-    """Every value the pointer object ``key`` takes at the server, read every 20 ms."""
-    client = server.client()
-
-    def read() -> str | None:
-        try:
-            return str(client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode())
-        except client.exceptions.NoSuchKey:
-            return None
-
-    return ValueWatch(read)
-
-
-def version_of(pointer_value: str) -> int:
-    return int(pointer_value.rsplit("/ep", 1)[1].removesuffix(".pt"))
-
-
-def test_pointer_never_moves_backwards_under_shuffled_redelivery(
-    store: S3Server,
-    broker: RedisServer,
-    fleets: FleetFactory,
-    staging_root: Path,
-    tmp_path: Path,
-) -> None:
-    """Pointer tasks for versions 1..N sent in shuffled order, each twice, while
-    their targets are still uploading, on a fleet whose broker redelivers after
-    2 s: the pointer, read at the server all along, only ever moves forward."""
-    fleet = fleets(count=2, concurrency=2, HOIST_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT))
-    run = unique("pointers")
-    logger = make_logger(run, store, broker, staging_root)
-    versions_n = 8
-    orders = [order_key(0, 1000 + n) for n in range(1, versions_n + 1)]
-    targets = {}
-    for n in range(1, versions_n + 1):
-        source = tmp_path / f"ep{n}.pt"
-        source.write_bytes(random_bytes((n % 3) * 8 * MiB + 1000, f"{run}-{n}"))
-        targets[n] = logger.file_artifact(LogLevel.EPOCH, f"ep{n}.pt", source)
-    shuffled = [n for n in range(1, versions_n + 1) for _ in range(2)]
-    random.Random(run).shuffle(shuffled)
-    app = sender(broker.url)
-    records = Records.from_url(broker.url)
-    with pointer_watch(store, f"{run}/latest.pt.symlink") as watch:
-        for n in shuffled:
-            send(app, POINTER_TASK, pointer_request(logger, run, n, targets[n], orders[n - 1]))
-        for n in range(1, versions_n + 1):
-            request = pointer_request(logger, run, n, targets[n], orders[n - 1])
-            status = wait_until(lambda r=request: settled(records, r.id), timeout=120)
-            assert status.state in (State.DONE, State.SUPERSEDED), status.fields
-        # A late redelivery of the oldest, after the newest has landed.
-        send(app, POINTER_TASK, pointer_request(logger, run, 1, targets[1], orders[0]))
-        wait_until(lambda: deliveries_in_logs(fleet, f"hoist-{run}-r0-1001") >= 3, timeout=60)
-    logger.close()
-    seen = [version_of(v) for v in watch.seen]
-    assert seen == sorted(seen), f"the pointer moved backwards: {seen}"
-    assert seen[-1] == versions_n
-    print(
-        f"\n[pointers, {versions_n} versions shuffled and each sent twice] pointer values seen "
-        f"at the server: {seen}; never backwards"
-    )
-
-
-def test_pointer_write_stalled_past_its_lease_does_not_land_over_a_newer_one(
-    store: S3Server,
-    broker: RedisServer,
-    proxy: ThrottlingProxy,
-    fleets: FleetFactory,
-    staging_root: Path,
-    tmp_path: Path,
-) -> None:
-    """The store holds the PUT of pointer version 1 for four lease times (a slow
-    or stalled store); version 2 is sent meanwhile. Version 1's late write must
-    not land over version 2."""
-    fleets(count=2, concurrency=2)
-    run = unique("stalled-pointer")
-    logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
-    targets = {}
-    for n in (1, 2):
-        source = tmp_path / f"ep{n}.pt"
-        source.write_bytes(random_bytes(1000 + n, f"{run}-{n}"))
-        targets[n] = logger.file_artifact(LogLevel.EPOCH, f"ep{n}.pt", source)
-    logger.wait(timeout=60)
-    key_path = f"/{BUCKET}/{run}/latest.pt.symlink"
-    held: list[ForwardedRequest] = []
-
-    def first_pointer_put(request: ForwardedRequest) -> bool:
-        if request.method == "PUT" and request.path == key_path and not held:
-            held.append(request)
-            return True
-        return False
-
-    proxy.hold(first_pointer_put)
-    app = sender(broker.url)
-    records = Records.from_url(broker.url)
-    old, new = order_key(0, 1001), order_key(0, 1002)
-    first = pointer_request(logger, run, 1, targets[1], old)
-    second = pointer_request(logger, run, 2, targets[2], new)
-    with pointer_watch(store, f"{run}/latest.pt.symlink") as watch:
-        send(app, POINTER_TASK, first)
-        wait_until(lambda: held, timeout=60)
-        send(app, POINTER_TASK, second)
-        with contextlib.suppress(TimeoutError):  # the fault: the write stalls this long
-            wait_until(lambda: settled(records, second.id), timeout=4 * LEASE_SECONDS)
-        proxy.release()
-        for request in (first, second):
-            wait_until(lambda r=request: settled(records, r.id), timeout=60)
-    logger.close()
-    final = store.client().get_object(Bucket=BUCKET, Key=f"{run}/latest.pt.symlink")
-    seen = [version_of(v) for v in watch.seen]
-    assert final["Body"].read().decode() == f"{run}/ep2.pt", f"pointer values seen: {seen}"
-    assert seen == sorted(seen), f"the pointer moved backwards: {seen}"
-    print(f"\n[pointer PUT stalled {4 * LEASE_SECONDS} s] values seen at the server: {seen}")

@@ -76,7 +76,7 @@ def worker_app(
             restrict_remote_control(sender)
 
     def on_worker_ready(sender: Any = None, **_: Any) -> None:
-        """Send deferred artifacts again when they fall due (see :mod:`hoist.state.records`)."""
+        """Send deferred artifacts again when they fall due (see :mod:`hoist.state.schedule`)."""
         if getattr(sender, "app", None) is not app:
             return
         resender = Resender.for_worker(context(), app)

@@ -195,7 +195,7 @@ class Job:
         holds past a lease time must keep its lock, or a newer pointer is
         written meanwhile and this older one lands over it (measured: a PUT
         stalled 12 s with 3 s leases moved the pointer back;
-        tests/test_faults_fleet.py).
+        tests/test_worker_core_pointers.py).
 
         Parameters:
             target: what the pointer holds (an object name).
