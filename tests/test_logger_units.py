@@ -631,7 +631,8 @@ def test_staging_root_from_argument_and_environment(
     assert staging_root_from("rel/staging") == str(tmp_path / "rel" / "staging")
     assert (tmp_path / "rel" / "staging").is_dir()
     monkeypatch.setenv("HOIST_STAGING_DIR", str(tmp_path / "env"))
-    assert staging_root_from(None) == str(tmp_path / "env")
+    with pytest.raises(ConfigurationError, match="no staging directory"):
+        staging_root_from(None)  # the layout reads no environment: the settings do
     assert staging_root_from(str(tmp_path / "arg")) == str(tmp_path / "arg")
     # The logger's route: the variable through RankSettings, the argument first.
     from_env = RankSettings.from_environment()
