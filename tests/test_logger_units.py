@@ -26,6 +26,7 @@ from hoist.errors import (
 )
 from hoist.keys import new_fleet_key
 from hoist.logger.configuration import LoggerConfiguration, StoreArguments
+from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.logger.object_names import ObjectNames
 from hoist.logger.publisher import Outgoing, group_for_sending
@@ -981,5 +982,22 @@ def test_a_logger_given_its_settings_reads_no_hoist_variable(
         assert logger.enqueue_timeout == 1.0
         assert logger.upload_queue == ""
         assert logger.get_uri_for_artifact("ep1.pt") == "local://artifacts/given/artifacts/ep1.pt"
+    finally:
+        logger.close()
+
+
+def test_a_bad_staging_mode_per_call_fails_before_anything_is_staged(tmp_path: Path) -> None:
+    """Checked before the sequence number is taken: no server is needed to refuse it."""
+    settings = _settings(tmp_path, run_name="modes")
+    logger = ObjectStoreLogger("local", "artifacts", {"key": str(tmp_path)}, settings=settings)
+    kept = tmp_path / "kept.pt"
+    kept.write_bytes(b"weights")
+    try:
+        with pytest.raises(ConfigurationError, match="staging='hardlink' is not a staging mode"):
+            logger.file_artifact(LogLevel.EPOCH, "x", kept, staging="hardlink")
+        with pytest.raises(ConfigurationError, match="staging='hardlink' is not a staging mode"):
+            logger.log_checkpoint_dir(1, tmp_path, files=[kept], staging="hardlink")
+        assert kept.read_bytes() == b"weights"
+        assert not (tmp_path / "staging" / "modes").exists()
     finally:
         logger.close()
