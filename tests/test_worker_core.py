@@ -9,7 +9,8 @@ processes (kills, restarts, partitions, the end-to-end path per store kind)
 stays in tests/test_pipeline.py and tests/test_faults_*.py.
 
 Pointers, commits, batches and the Celery adapters are in
-tests/test_worker_core_pointers.py.
+tests/test_worker_core_pointers.py; the heartbeat, progress events and an
+attempt's leftover in tests/test_worker_core_liveness.py.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from hoist.state.records import DEFERRED, Claim, Records, State
 from hoist.stores.allowed import AllowedStores
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.delivery import deliver, raise_failures
-from hoist.tasks.job import Heartbeat, LeaseLost
-from hoist.tasks.jobs import JOBS
 from hoist.tasks.worker_context import StoreClients, StoreFactory, WorkerContext
 from tests.services.keys import KEYS
 from tests.services.redis import RedisServer
@@ -437,36 +436,3 @@ def test_an_upload_frees_its_leases_when_it_settles(world: World) -> None:
     probe = Leases(world.records.client, "probe", world.settings.lease_ms)
     assert probe.acquire_all([rank_limit(world.run, 0, 1)])
     probe.release_all()
-
-
-# ----- the heartbeat ------------------------------------------------------------
-
-
-def claimed_job(world: World, lease_seconds: float) -> Any:
-    message = world.upload("long.bin")
-    ctx = world.with_settings(lease_seconds=lease_seconds)
-    records = Records.from_url(world.settings.state_url, lease_ms=ctx.settings.lease_ms)
-    ctx = dataclasses.replace(ctx, records=records)
-    job = JOBS[UPLOAD_TASK](ctx, message.to_json(), message.id)
-    assert records.claim(job.message, job.task, job.token, 8) is Claim.CLAIMED
-    return job
-
-
-def test_the_heartbeat_keeps_a_claim_alive_past_its_lease(world: World) -> None:
-    job = claimed_job(world, lease_seconds=0.3)
-    with Heartbeat(job) as heartbeat:
-        time.sleep(1.0)  # over three lease times
-        heartbeat.check()
-        assert not heartbeat.lost.is_set()
-        # Still owned: another delivery finds it busy.
-        assert world.records.claim(job.message, job.task, "second:1", 8) is Claim.BUSY
-
-
-def test_a_heartbeat_that_cannot_renew_stops_the_transfer(world: World) -> None:
-    job = claimed_job(world, lease_seconds=0.3)
-    with Heartbeat(job) as heartbeat:
-        # The claim is gone (expired while Redis was away, taken over).
-        world.records.settle(job.message.id, job.token, State.RETRYING, retry_in=60)
-        assert heartbeat.lost.wait(1.0)
-        with pytest.raises(LeaseLost, match="lost its claim"):
-            heartbeat.check(1024)
