@@ -15,7 +15,7 @@ A bad value is a :class:`~hoist.errors.ConfigurationError` naming the
 variable, raised by ``from_environment``, never on ``import hoist``.
 
 Example:
-    >>> RankSettings.from_environment({"HOIST_BROKER_URL": "redis://redis.lan:6379/0"}).state_url
+    >>> WorkerSettings.from_environment({"HOIST_BROKER_URL": "redis://redis.lan:6379/0"}).state_url
     'redis://redis.lan:6379/0'
     >>> WorkerSettings.from_environment({"HOIST_MAX_RETRIES": "three"})
     Traceback (most recent call last):
@@ -227,7 +227,7 @@ class RankSettings:
 
     Parameters:
         broker_url: ``HOIST_BROKER_URL``.
-        state_url: ``HOIST_STATE_URL``, default the broker.
+        state_url: ``HOIST_STATE_URL``, or None for the broker the logger uses.
         staging_dir: ``HOIST_STAGING_DIR``, or None.
         keys: ``HOIST_FLEET_KEY``, or None.
         run_name: ``HOIST_RUN_NAME``, or None.
@@ -237,7 +237,7 @@ class RankSettings:
     """
 
     broker_url: str = DEFAULT_BROKER_URL
-    state_url: str = DEFAULT_BROKER_URL
+    state_url: str | None = None
     staging_dir: str | None = None
     keys: FleetKeys | None = None
     run_name: str | None = None
@@ -254,7 +254,7 @@ class RankSettings:
             raise ConfigurationError(f"HOIST_ENQUEUE_TIMEOUT={timeout!r} must be positive")
         return cls(
             broker_url=broker,
-            state_url=state_url(env, broker),
+            state_url=read("HOIST_STATE_URL", env),
             staging_dir=read("HOIST_STAGING_DIR", env),
             keys=read(FLEET_KEY_ENV, env),
             run_name=read("HOIST_RUN_NAME", env),

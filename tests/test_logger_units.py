@@ -903,9 +903,14 @@ def test_explicit_arguments_win_over_the_settings(tmp_path: Path) -> None:
 
 
 def test_the_state_redis_is_the_broker_the_logger_uses_unless_set_apart(tmp_path: Path) -> None:
-    unset = _settings(tmp_path, broker_url="redis://env:6379/0", state_url="redis://env:6379/0")
+    unset = _settings(tmp_path, broker_url="redis://env:6379/0", state_url=None)
     config = _resolve(tmp_path, unset, broker_url="redis://mine:6379/0")
     assert config.state_url == "redis://mine:6379/0"
+    # HOIST_STATE_URL set, even to the environment's broker, is kept.
+    same = _settings(tmp_path, broker_url="redis://env:6379/0", state_url="redis://env:6379/0")
+    assert _resolve(tmp_path, same, broker_url="redis://mine:6379/0").state_url == (
+        "redis://env:6379/0"
+    )
     apart = _settings(tmp_path, broker_url="redis://env:6379/0", state_url="redis://state:6379/0")
     assert _resolve(tmp_path, apart, broker_url="redis://mine:6379/0").state_url == (
         "redis://state:6379/0"

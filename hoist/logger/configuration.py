@@ -189,16 +189,13 @@ class LoggerConfiguration:
             enqueue_timeout=_enqueue_timeout(enqueue_timeout, settings),
             upload_queue=node_queue_name(node) if node else "",
             broker_url=broker,
-            state_url=state_url or _state_url(settings, broker),
+            # HOIST_STATE_URL unset means "the broker the logger uses", which an
+            # explicit broker_url may have changed.
+            state_url=state_url or settings.state_url or broker,
             retention_seconds=settings.retention_seconds,
         )
 
 
-def _state_url(settings: RankSettings, broker: str) -> str:
-    # HOIST_STATE_URL unset means "the broker", and that is the broker the
-    # logger uses, which an explicit broker_url may have changed.
-    configured = settings.state_url != settings.broker_url
-    return settings.state_url if configured else broker
 
 
 def _enqueue_timeout(explicit: float | None, settings: RankSettings) -> float:
