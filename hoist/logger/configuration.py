@@ -196,8 +196,6 @@ class LoggerConfiguration:
         )
 
 
-
-
 def _enqueue_timeout(explicit: float | None, settings: RankSettings) -> float:
     value = settings.enqueue_timeout if explicit is None else float(explicit)
     if not value > 0:
