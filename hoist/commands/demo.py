@@ -146,9 +146,8 @@ def watch(
 
 def print_landed(artifacts: list[ArtifactStatus]) -> None:
     """The table of what landed: the newest version of each object name the run logged."""
-    # "symlink target" is the column's name on screen, kept as users know it.
     table = Table(title="what landed")
-    for column in ("object", "bytes", "crc64nvme", "verified", "symlink target"):
+    for column in ("object", "bytes", "crc64nvme", "verified", "pointer to"):
         table.add_column(column, overflow="fold")
     newest = {a.message.get("object_name", ""): a for a in artifacts}  # in logging order
     superseded = len(artifacts) - len(newest)

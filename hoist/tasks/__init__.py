@@ -1,1 +1,1 @@
-"""The Celery app and its tasks: upload, symlink; records, leases, retry and verify policy."""
+"""The fleet's worker core: the Celery app, its thin task adapters, and the jobs they run."""
