@@ -52,5 +52,7 @@ def read_pointer(store: ObjectStore, name: str) -> str:
         )
     target = store.get_bytes(name).decode("utf-8", errors="replace").strip()
     if not target:
-        raise PointerError(f"the pointer {store.get_uri(name)} is empty; log it again with symlink_artifact")
+        raise PointerError(
+            f"the pointer {store.get_uri(name)} is empty; log it again with symlink_artifact"
+        )
     return target
