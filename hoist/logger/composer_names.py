@@ -10,38 +10,18 @@ provides.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hoist.logger.levels import LogLevel
-from hoist.logger.staging import StagingMode
 
 
 class ComposerNames:
     """Composer's names on top of ``file_artifact`` and ``symlink_artifact``."""
 
-    if TYPE_CHECKING:  # provided by the subclass, ObjectStoreLogger
-
-        def file_artifact(
-            self,
-            log_level: LogLevel,
-            artifact_name: str,
-            file_path: str | os.PathLike[str],
-            *,
-            overwrite: bool = False,
-            move: bool = False,
-            staging: StagingMode | str | None = None,
-            state: Any = None,
-        ) -> str | None: ...
-
-        def symlink_artifact(
-            self,
-            existing_artifact_name: str,
-            symlink_artifact_name: str,
-            *,
-            log_level: LogLevel = LogLevel.FIT,
-            state: Any = None,
-        ) -> str | None: ...
+    if TYPE_CHECKING:  # provided by the subclass, ObjectStoreLogger, with their signatures
+        file_artifact: Callable[..., str | None]
+        symlink_artifact: Callable[..., str | None]
 
     def log_file_artifact(
         self,

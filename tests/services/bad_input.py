@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
+from hoist.protocol.naming import OBJECT_NAME_FIELDS
+
 TRICKY_SEGMENTS = [
     "..",
     ".",
@@ -69,13 +71,7 @@ run_names = st.one_of(plain_segment, segment, names)
 """Run names: one path segment more often than not, so that many examples get past it."""
 
 FIELD_NAMES = [
-    "artifact_name",
-    "run_name",
-    "rank",
-    "local_rank",
-    "world_size",
-    "local_world_size",
-    "node_rank",
+    *OBJECT_NAME_FIELDS,
     "rank.__class__",
     "rank.__class__.__mro__",
     "artifact_name[0]",
