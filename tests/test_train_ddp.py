@@ -123,20 +123,3 @@ def assert_same(got: object, expected: object, exact: bool = False) -> None:
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     else:
         assert got == expected
-
-
-def test_the_time_hoist_adds_to_a_step(fleet: WorkerFleet, tmp_path: Path) -> None:
-    """Printed, not asserted: timing is measured in benchmarks/, not in tests."""
-    store = tmp_path / "store"
-    (store / "artifacts").mkdir(parents=True)
-    steps = ("--steps", "20", "--checkpoint-every", "2")
-    with_hoist = torchrun(fleet, store, "--run-name", "timed", *steps)
-    without = torchrun(fleet, store, "--run-name", "timed-none", "--no-hoist", *steps)
-    for stat in ("mean", "median"):
-        ours, base = with_hoist[f"step_ms_{stat}"], without[f"step_ms_{stat}"]
-        print(
-            f"\ntrain_ddp step {stat} over 20 steps (checkpoint every 2; 4 ranks and 2 workers "
-            f"on 2 cores): with hoist {ours:.2f} ms, without {base:.2f} ms, "
-            f"hoist adds {ours - base:.2f} ms"
-        )
-    assert with_hoist["steps"] == without["steps"] == 20
