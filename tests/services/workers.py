@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.services.process import ServerProcess
@@ -83,8 +84,10 @@ class WorkerFleet:
             worker.start(timeout=60)
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop(signal.SIGTERM, timeout=30)
+        # All at once: each worker's warm shutdown takes about a second, and
+        # the suite stops a fleet after nearly every process-level test.
+        with ThreadPoolExecutor(max(1, len(self.workers))) as pool:
+            list(pool.map(lambda worker: worker.stop(signal.SIGTERM, timeout=30), self.workers))
 
     def add(self) -> ServerProcess:
         worker = self._worker(self._next)
