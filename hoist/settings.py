@@ -288,7 +288,7 @@ class WorkerSettings:
             message to another worker (``HOIST_VISIBILITY_TIMEOUT``). Safe to
             be shorter than an upload: a duplicate finds the live claim and
             stops. Recovery from a dead worker does not wait for it (see
-            :mod:`hoist.state.records`).
+            :mod:`hoist.state.schedule`).
         queued_timeout: seconds an artifact may stay queued (sent, never
             claimed by any worker) before it is sent again
             (``HOIST_QUEUED_TIMEOUT``). It bounds the delay of a message the

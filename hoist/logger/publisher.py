@@ -8,7 +8,7 @@ batch task (:func:`hoist.protocol.sending.send_batch`).
 
 Nothing is lost on the way: a message this thread never sent (the process
 died first) leaves its record queued, and the workers' queued-record
-watchdog sends it after ``queued_timeout`` (see :mod:`hoist.state.records`);
+watchdog sends it after ``queued_timeout`` (see :mod:`hoist.state.schedule`);
 a message the broker refused for ``enqueue_timeout`` marks its record
 failed, which ``wait()`` reports and ``hoist retry`` sends again.
 """

@@ -323,7 +323,7 @@ def stage_file(
 
     Parameters:
         source: the file to stage; a symlink is followed.
-        destination: where to place it, usually from :func:`staged_path`;
+        destination: where to place it, usually from :func:`~hoist.protocol.layout.staged_path`;
             missing parent directories are created, an existing file replaced.
         mode: a :class:`StagingMode`. In ``move`` mode a symlink ``source``
             is copied from its target and the link itself removed.

@@ -18,7 +18,7 @@ Celery only ignores connection errors there, so it treats the
 carries on reconnecting. Nothing is lost by not restoring at that moment:
 the messages stay in kombu's unacknowledged set in Redis, and hoist's own
 records resend every claimed artifact within about two lease times (see
-:mod:`hoist.state.records`).
+:mod:`hoist.state.schedule`).
 
 **The boundary.** Every message a worker takes off Redis passes
 :func:`hoist.protocol.boundary.admit` on the raw bytes Redis returned, before

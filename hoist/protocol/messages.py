@@ -26,7 +26,8 @@ UPLOAD_TASK = "hoist.upload"
 POINTER_TASK = "hoist.symlink"
 COMMIT_TASK = "hoist.commit"
 UPLOAD_BATCH_TASK = "hoist.upload_batch"
-"""Several small uploads of one rank in one task (see :func:`send_batch`)."""
+"""Several small uploads of one rank in one task
+(see :func:`~hoist.protocol.sending.send_batch`)."""
 UPLOAD_QUEUE = "hoist.uploads"
 POINTER_QUEUE = "hoist.symlinks"
 """Short pointer writes have their own queue, so that they never wait behind
@@ -248,7 +249,7 @@ class CommitRequest(Message):
 
     ``object_name`` is the run-wide pointer (``…/latest.symlink``),
     ``artifact_name`` the checkpoint's directory name, ``order`` the step's
-    :func:`hoist.checkpoints.step_order`.
+    :func:`hoist.protocol.manifest.step_order`.
 
     Parameters:
         step: the training step.

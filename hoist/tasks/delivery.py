@@ -91,7 +91,7 @@ def deliver_batch(
     batch_id: str,
     send_event: EventSender | None = None,
 ) -> dict[str, Any]:
-    """Run the upload job of each message of a batch (:func:`~hoist.protocol.messages.send_batch`).
+    """Run the upload job of each message of a batch (:func:`~hoist.protocol.sending.send_batch`).
 
     One after the other: a batch holds small files, and a worker's slots are
     the concurrency. Each member is claimed, uploaded and settled as if it
