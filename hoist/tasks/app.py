@@ -10,8 +10,9 @@ import this module: they send by name through
 
 Importing this module reads nothing. For Celery's own command line only
 (``celery -A hoist.tasks.app inspect ping``, the containers' health check;
-``celery -A hoist.tasks.app control ...``; Flower), the module attribute
-``app`` is built on first access from the environment
+``celery -A hoist.tasks.app control ...``; ``hoist flower`` builds its own
+with :func:`worker_app`), the module attribute ``app`` is built on first
+access from the environment
 (:meth:`~hoist.settings.WorkerSettings.from_environment`): Celery's
 ``find_app`` imports the module and reads its ``app`` attribute.
 """
