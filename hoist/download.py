@@ -41,7 +41,8 @@ from hoist.keys import FLEET_KEY_ENV, FleetKeys
 from hoist.protocol.manifest import is_manifest
 from hoist.protocol.pointers import POINTER_SUFFIX, PointerError, read_pointer
 from hoist.state.connection import NO_CLUSTER, connect
-from hoist.state.records import ArtifactStatus, Records, State
+from hoist.state.records import ArtifactStatus, Records
+from hoist.state.states import State
 from hoist.stores.base import ObjectStat, ObjectStore
 from hoist.stores.checksum import Checksum, Progress
 from hoist.stores.spec import StoreSpec, store_class

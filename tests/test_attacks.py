@@ -31,7 +31,8 @@ from hoist.keys import FleetKeys, new_fleet_key
 from hoist.protocol.messages import POINTER_TASK, UPLOAD_TASK
 from hoist.protocol.sending import sender
 from hoist.protocol.signing import sign, verify
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 from hoist.stores.allowed import AllowedStores
 from hoist.stores.s3 import S3ObjectStore
 from hoist.stores.spec import StoreSpec

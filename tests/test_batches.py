@@ -21,7 +21,8 @@ import pytest
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.protocol.messages import BATCH_FILE_BYTES
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet, wait_until

@@ -46,7 +46,8 @@ from hoist.protocol.boundary import (
 )
 from hoist.protocol.messages import UPLOAD_QUEUE, UPLOAD_TASK, artifact_id
 from hoist.protocol.sending import sender
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 from hoist.tasks.control import KEPT, read_only_panel
 from tests.conftest import _serve, serve_fleet, single_rank_local_store
 from tests.services.process import descendants

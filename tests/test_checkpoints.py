@@ -27,7 +27,8 @@ from hoist import ObjectStoreLogger
 from hoist.download import download_checkpoint
 from hoist.errors import CheckpointError, UploadFailedError
 from hoist.protocol.manifest import Manifest
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 from tests.conftest import serve_fleet
 from tests.services.redis import RedisServer
 from tests.services.watch import ValueWatch

@@ -32,7 +32,8 @@ import awscrt.checksums
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
-from hoist.state.records import ArtifactStatus, Records, State
+from hoist.state.records import ArtifactStatus, Records
+from hoist.state.states import State
 from tests.conftest import _running
 from tests.services.keys import FLEET_KEY
 from tests.services.process import ServerProcess, descendants

@@ -23,7 +23,8 @@ from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import EnqueueError, StagingError, UploadFailedError
 from hoist.protocol.messages import UPLOAD_TASK, UploadRequest
 from hoist.protocol.sending import send, sender
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 from tests.services.keys import KEYS
 from tests.services.process import free_port
 from tests.services.redis import RedisServer

@@ -38,7 +38,8 @@ import pytest
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore, SFTPObjectStore
 from hoist.errors import UploadFailedError
-from hoist.state.records import ArtifactStatus, Records, State
+from hoist.state.records import ArtifactStatus, Records
+from hoist.state.states import State
 from tests.services.faultproxy import FAULT_KINDS, FaultProxy
 from tests.services.keys import FLEET_KEY
 from tests.services.redis import RedisServer

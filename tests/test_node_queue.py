@@ -23,7 +23,9 @@ from hoist.commands.retry import retry
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import POINTER_QUEUE, UPLOAD_QUEUE, node_queue
 from hoist.protocol.sending import sender
-from hoist.state.records import DEFERRED, Records, State
+from hoist.state.keys import DEFERRED
+from hoist.state.records import Records
+from hoist.state.states import State
 from hoist.workers.worker import worker_queues
 from tests.conftest import _serve
 from tests.services.redis import RedisServer

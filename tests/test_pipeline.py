@@ -22,7 +22,8 @@ from hoist import LogLevel, ObjectStoreLogger
 from hoist.errors import UploadFailedError
 from hoist.protocol.messages import UPLOAD_TASK, UploadRequest, order_key
 from hoist.protocol.sending import send, sender
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 from tests.services.keys import FLEET_KEY, KEYS
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.redis import RedisServer
@@ -143,7 +144,7 @@ def staged_files(root: Path, run_name: str) -> list[Path]:
     )
 
 
-def test_four_ranks_land_verified_with_symlinks(
+def test_four_ranks_land_verified_with_pointers(
     backend: Backend, fleet: WorkerFleet, tmp_path: Path
 ) -> None:
     four_ranks_land_verified(backend, fleet, tmp_path, "e2e")

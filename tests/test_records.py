@@ -8,7 +8,9 @@ import redis
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_TASK, UploadRequest, artifact_id, order_key
 from hoist.settings import RankSettings, retention_seconds
-from hoist.state.records import Records, State, latest_key
+from hoist.state.keys import latest_key
+from hoist.state.records import Records
+from hoist.state.states import State
 from tests.services.redis import RedisServer
 
 DAY = 86400

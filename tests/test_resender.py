@@ -28,7 +28,8 @@ from hoist.protocol.messages import (
 )
 from hoist.protocol.sending import send, sender
 from hoist.state.keys import DEFERRED
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 from hoist.tasks.resender import Resender
 from hoist.tasks.worker_context import WorkerContext
 from tests.services.redis import RedisServer

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet, wait_until
 

@@ -32,8 +32,10 @@ from hoist.logger.staging import StagingMode, stage_file
 from hoist.protocol.layout import staged_path
 from hoist.protocol.messages import UPLOAD_TASK, Message, UploadRequest, artifact_id, order_key
 from hoist.settings import WorkerSettings
+from hoist.state.keys import DEFERRED
 from hoist.state.leases import Leases, name_lock, rank_limit, store_limit
-from hoist.state.records import DEFERRED, Claim, Records, State
+from hoist.state.records import Records
+from hoist.state.states import Claim, State
 from hoist.stores.allowed import AllowedStores
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.delivery import deliver, raise_failures

@@ -17,7 +17,8 @@ import redis
 from hoist.errors import ObjectExistsError, TransientStoreError
 from hoist.protocol.messages import UPLOAD_TASK
 from hoist.state.keys import owner_key
-from hoist.state.records import Claim, Records, State
+from hoist.state.records import Records
+from hoist.state.states import Claim, State
 from hoist.tasks.job import Heartbeat, Job, LeaseLost
 from hoist.tasks.jobs import JOBS
 from hoist.tasks.progress import PROGRESS_EVENT

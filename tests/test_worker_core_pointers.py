@@ -38,7 +38,7 @@ from hoist.protocol.messages import (
 )
 from hoist.protocol.pointers import POINTER_SUFFIX
 from hoist.settings import WorkerSettings
-from hoist.state.records import State
+from hoist.state.states import State
 from hoist.stores.allowed import AllowedStores
 from hoist.tasks.app import worker_app
 from hoist.tasks.delivery import deliver_batch

@@ -33,7 +33,7 @@ def broker_url_from_environment() -> str:
         >>> broker_url_from_environment()  # with HOIST_BROKER_URL set  # doctest: +SKIP
         'redis://127.0.0.1:6379/0'
     """
-    url = settings.configured_broker_url()
+    url = settings.CommandSettings.from_environment().broker_url
     if not url:
         raise ConfigurationError(NO_CLUSTER)
     return url
@@ -46,7 +46,8 @@ def state_url_from_environment() -> str:
         >>> state_url_from_environment()  # with HOIST_BROKER_URL set  # doctest: +SKIP
         'redis://127.0.0.1:6379/0'
     """
-    return settings.state_url(broker=broker_url_from_environment())
+    broker = broker_url_from_environment()
+    return settings.CommandSettings.from_environment().state_url or broker
 
 
 def records_for(args: argparse.Namespace) -> Records:

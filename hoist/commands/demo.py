@@ -16,7 +16,8 @@ from hoist.commands.cluster_access import records_for
 from hoist.commands.console import console, out
 from hoist.commands.status import summarize
 from hoist.errors import ConfigurationError, HoistError
-from hoist.state.records import ArtifactStatus, Records, State
+from hoist.state.records import ArtifactStatus, Records
+from hoist.state.states import State
 from hoist.workers.cluster import LocalCluster
 from hoist.workers.envfile import apply_env_file, env_path
 

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from hoist.commands.console import console
-from hoist.settings import WorkerSettings
+from hoist.settings import CommandSettings, WorkerSettings
 from hoist.workers import flower
 from hoist.workers.envfile import apply_env_file
 
@@ -60,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
     if args.broker_url:
         environ["HOIST_BROKER_URL"] = args.broker_url
     settings = WorkerSettings.from_environment(environ)
+    command = CommandSettings.from_environment(environ)
     return flower.run_flower(
         settings,
         args.address,
         args.port,
         basic_auth=args.basic_auth,
+        login=(command.flower_user, command.flower_password),
         url_prefix=args.url_prefix,
         note=lambda text: console.print(text, highlight=False),
     )

@@ -20,10 +20,11 @@ from rich.table import Table
 from hoist.commands.cluster_access import broker_url_from_environment, records_for
 from hoist.commands.console import console, out
 from hoist.errors import ConfigurationError, EnqueueError
-from hoist.protocol.layout import STAGING_DIR_ENV
 from hoist.protocol.messages import MESSAGE_TYPES, PointerRequest, UploadRequest
 from hoist.protocol.sending import send, sender
-from hoist.state.records import ArtifactStatus, Records, State
+from hoist.settings import CommandSettings
+from hoist.state.records import ArtifactStatus, Records
+from hoist.state.states import State
 
 RESENT = "re-sent"
 STAGED_GONE = "cannot retry: staged file gone; log it again"
@@ -147,7 +148,7 @@ def staged_file_exists(staged_path: str) -> bool:
     """
     if not staged_path:
         return False
-    root = os.environ.get(STAGING_DIR_ENV)
+    root = CommandSettings.from_environment().staging_dir
     if not os.path.isabs(staged_path):
         if not root:
             return False

@@ -27,7 +27,8 @@ from hoist.commands.cluster_access import records_for
 from hoist.commands.console import out, transfer_progress
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_TASK
-from hoist.state.records import ArtifactStatus, Records, State
+from hoist.state.records import ArtifactStatus, Records
+from hoist.state.states import State
 
 PENDING = (State.QUEUED, State.WAITING, State.RETRYING)
 """States shown together as "queued": sent, and not being worked on right now."""

@@ -25,10 +25,11 @@ from hoist.commands.console import console, out
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError, ObjectNotFoundError
 from hoist.keys import FleetKeys
 from hoist.protocol.messages import POINTER_TASK, UPLOAD_TASK
-from hoist.protocol.pointers import MAX_POINTER_SIZE
+from hoist.protocol.pointers import PointerError, read_pointer
 from hoist.settings import CommandSettings
-from hoist.state.keys import decode_marker
-from hoist.state.records import ArtifactStatus, Records, State, latest_key, pointer_key
+from hoist.state.keys import decode_marker, latest_key, pointer_key
+from hoist.state.records import ArtifactStatus, Records
+from hoist.state.states import State
 from hoist.stores.base import ObjectStore
 from hoist.stores.checksum import Checksum
 from hoist.stores.spec import StoreSpec
@@ -214,12 +215,11 @@ def _check_pointer(
 ) -> str:
     name, target = message["object_name"], message["target_object_name"]
     try:
-        held = store.stat(name)
-        if held.size > MAX_POINTER_SIZE:
-            return f"not a pointer: {held.size} bytes"
-        names = store.get_bytes(name).decode("utf-8", errors="replace").strip()
+        names = read_pointer(store, name)
     except ObjectNotFoundError:
         return MISSING
+    except PointerError as exc:
+        return f"not a pointer: {exc}"
     note = ""
     if names != target:
         marker = records.marker(pointer_key(spec.store_id, name))

@@ -16,7 +16,8 @@ from rich.table import Table
 from hoist.commands.cluster_access import records_for
 from hoist.commands.console import console, out, transfer_progress
 from hoist.commands.status import RunStatus, Summary, run_status
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 
 EXIT_DONE = 0
 EXIT_FAILED = 1

@@ -17,7 +17,8 @@ import redis
 
 from hoist.errors import UploadFailedError, WaitTimeoutError
 from hoist.protocol.messages import Message
-from hoist.state.records import Records, State
+from hoist.state.records import Records
+from hoist.state.states import State
 
 log = logging.getLogger("hoist.rank")
 

@@ -21,18 +21,6 @@ class PointerError(PermanentStoreError):
     """A ``.symlink`` pointer is empty, too large, part of a loop, or names nothing."""
 
 
-def pointer_name(name: str) -> str:
-    """The object name of the pointer called ``name``.
-
-    Example:
-        >>> pointer_name("bert-3/latest.pt")
-        'bert-3/latest.pt.symlink'
-        >>> pointer_name("bert-3/latest.pt.symlink")
-        'bert-3/latest.pt.symlink'
-    """
-    return name if name.endswith(POINTER_SUFFIX) else name + POINTER_SUFFIX
-
-
 def read_pointer(store: ObjectStore, name: str) -> str:
     """The object name the pointer ``name`` holds.
 

@@ -35,20 +35,17 @@ from hoist.protocol.messages import Message
 from hoist.settings import RankSettings
 from hoist.state.keys import (
     DEFERRED,
-    PREFIX,
     REFUSED,
     RUNS,
     checkpoint_key,
     encode_marker,
     latest_key,
     owner_key,
-    pointer_key,
     record_key,
     run_key,
     seq_key,
 )
 from hoist.state.schedule import (
-    FIRST_LOOK_SECONDS,
     TAKE_GUARD_SECONDS,
     first_look_due_ms,
     to_ms,
@@ -56,21 +53,6 @@ from hoist.state.schedule import (
 )
 from hoist.state.scripts import register
 from hoist.state.states import Claim, State
-
-# Importers of these names from here keep working; each has its own home now.
-__all__ = [
-    "DEFERRED",
-    "FIRST_LOOK_SECONDS",
-    "PREFIX",
-    "REFUSED",
-    "ArtifactStatus",
-    "Claim",
-    "Records",
-    "State",
-    "initial_fields",
-    "latest_key",
-    "pointer_key",
-]
 
 DEFAULT_RETENTION_SECONDS = RankSettings.retention_seconds
 """14 days, ``HOIST_RETENTION_DAYS``' default (see :mod:`hoist.settings`)."""

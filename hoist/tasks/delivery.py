@@ -16,7 +16,7 @@ from typing import Any
 
 from hoist.errors import ArtifactFailed, InvalidMessageError, UnauthenticMessageError
 from hoist.protocol.messages import MAX_BATCH, UPLOAD_TASK
-from hoist.state.records import Claim, State
+from hoist.state.states import Claim, State
 from hoist.tasks.jobs import JOBS
 from hoist.tasks.worker_context import WorkerContext
 

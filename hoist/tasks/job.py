@@ -30,9 +30,10 @@ from hoist.protocol.messages import (
     check_order,
 )
 from hoist.protocol.signing import verify
+from hoist.state.keys import pointer_key
 from hoist.state.leases import Leases, name_lock
-from hoist.state.records import Claim, State, pointer_key
 from hoist.state.schedule import backoff_delay, hold_back_delay
+from hoist.state.states import Claim, State
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.worker_context import WorkerContext
 

@@ -16,8 +16,9 @@ from hoist.protocol.messages import (
     CommitRequest,
     PointerRequest,
 )
-from hoist.state.keys import decode_marker
-from hoist.state.records import ArtifactStatus, State, latest_key
+from hoist.state.keys import decode_marker, latest_key
+from hoist.state.records import ArtifactStatus
+from hoist.state.states import State
 from hoist.tasks.job import Job
 from hoist.tasks.upload_job import UploadJob
 

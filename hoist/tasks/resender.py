@@ -18,8 +18,9 @@ from celery import Celery
 
 from hoist.protocol.messages import MESSAGE_TYPES, Message
 from hoist.protocol.sending import send
-from hoist.state.records import ArtifactStatus, Records, State
+from hoist.state.records import ArtifactStatus, Records
 from hoist.state.schedule import check_queued
+from hoist.state.states import State
 from hoist.tasks.worker_context import WorkerContext
 
 log = logging.getLogger("hoist.resender")

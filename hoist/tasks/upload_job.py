@@ -21,9 +21,9 @@ from hoist.protocol.staged_file import (
     proc_fd_available,
     staged_components,
 )
-from hoist.state.keys import decode_marker
+from hoist.state.keys import decode_marker, latest_key
 from hoist.state.leases import Limit, name_lock, rank_limit, store_limit
-from hoist.state.records import State, latest_key
+from hoist.state.states import State
 from hoist.tasks.job import Heartbeat, Job
 from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
 

@@ -62,7 +62,12 @@ def is_loopback(address: str) -> bool:
         return False  # another host name: it may resolve to anything
 
 
-def basic_auth_from(option: str | None, environ: Mapping[str, str]) -> str | None:
+def basic_auth_from(
+    option: str | None,
+    user: str | None,
+    password: str | None,
+    environ: Mapping[str, str],
+) -> str | None:
     """The ``USER:PASS[,USER:PASS…]`` Flower should require, or None.
 
     First match wins: the ``--basic-auth`` option, then
@@ -71,15 +76,18 @@ def basic_auth_from(option: str | None, environ: Mapping[str, str]) -> str | Non
 
     Parameters:
         option: the value of ``--basic-auth``, if given.
-        environ: the environment to read.
+        user, password: ``HOIST_FLOWER_USER`` and ``HOIST_FLOWER_PASSWORD``
+            (:class:`hoist.settings.CommandSettings`), if set.
+        environ: Flower's own environment (``FLOWER_BASIC_AUTH``).
 
     Example:
-        >>> basic_auth_from(None, {"HOIST_FLOWER_USER": "hoist", "HOIST_FLOWER_PASSWORD": "pw"})
+        >>> basic_auth_from(None, "hoist", "pw", {})
         'hoist:pw'
+        >>> basic_auth_from(None, None, None, {"FLOWER_BASIC_AUTH": "ops:secret"})
+        'ops:secret'
     """
     if option:
         return _checked(option, "--basic-auth")
-    user, password = environ.get(USER_ENV), environ.get(PASSWORD_ENV)
     if user and password:
         return _checked(f"{user}:{password}", f"{USER_ENV}/{PASSWORD_ENV}")
     if user or password:
@@ -144,13 +152,16 @@ def flower_argv(address: str, port: int, url_prefix: str | None = None) -> list[
 
 
 def prepare_environment(
-    address: str, basic_auth_option: str | None, environ: MutableMapping[str, str]
+    address: str,
+    basic_auth_option: str | None,
+    login: tuple[str | None, str | None],
+    environ: MutableMapping[str, str],
 ) -> str | None:
     """Check the exposure rule and put the credentials where Flower reads them.
 
     Returns the basic-auth credentials in force, or None.
     """
-    basic_auth = basic_auth_from(basic_auth_option, environ)
+    basic_auth = basic_auth_from(basic_auth_option, *login, environ)
     check_exposure(address, basic_auth, environ)
     if basic_auth:
         environ[FLOWER_BASIC_AUTH_ENV] = basic_auth
@@ -170,6 +181,7 @@ def run_flower(
     port: int,
     *,
     basic_auth: str | None = None,
+    login: tuple[str | None, str | None] = (None, None),
     url_prefix: str | None = None,
     environ: MutableMapping[str, str] | None = None,
     note: Callable[[str], None] = print,
@@ -181,6 +193,7 @@ def run_flower(
             (``hoist flower`` reads them from ``--broker-url`` and the environment).
         address, port, url_prefix: where Flower serves.
         basic_auth: the ``--basic-auth`` option, if given (see :func:`basic_auth_from`).
+        login: ``HOIST_FLOWER_USER`` and ``HOIST_FLOWER_PASSWORD``, if set.
         environ: where Flower reads its ``FLOWER_*`` options (default: this
             process's environment, the only place Flower looks).
         note: how to tell the user something worth knowing; the fleet side
@@ -190,7 +203,7 @@ def run_flower(
         ConfigurationError: the credentials are malformed, or Flower would be
             exposed without authentication.
     """
-    prepare_environment(address, basic_auth, os.environ if environ is None else environ)
+    prepare_environment(address, basic_auth, login, os.environ if environ is None else environ)
     if not is_loopback(address):
         note(PLAIN_HTTP_NOTE)
     # The workers' app, for its task names (Flower's banner and its task API);

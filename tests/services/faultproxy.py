@@ -63,7 +63,6 @@ _ERRORS = {
     "error503": (503, "Service Unavailable", "ServiceUnavailable", "Please reduce your rate."),
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
 }
-_NON_CORRUPTING = tuple(k for k in FAULT_KINDS if not k.startswith("corrupt"))
 
 
 class _Closed(Exception):
