@@ -27,7 +27,7 @@ from hoist.keys import FleetKeys
 from hoist.protocol.messages import POINTER_TASK, UPLOAD_TASK
 from hoist.protocol.pointers import PointerError, read_pointer
 from hoist.settings import CommandSettings
-from hoist.state.keys import decode_marker, latest_key, pointer_key
+from hoist.state.keys import pointer_key
 from hoist.state.records import ArtifactStatus, Records
 from hoist.state.states import State
 from hoist.stores.base import ObjectStore
@@ -185,8 +185,8 @@ def _expected_version(
     records: Records, spec: StoreSpec, artifact: ArtifactStatus
 ) -> ArtifactStatus:
     """The record whose bytes the object should hold: a newer done version, if one was logged."""
-    marker = records.marker(latest_key(spec.store_id, artifact.message["object_name"]))
-    newest_id = None if marker is None else decode_marker(marker).artifact
+    latest = records.latest(spec.store_id, artifact.message["object_name"])
+    newest_id = None if latest is None else latest.artifact
     if newest_id and newest_id != artifact.id:
         newer = records.get(newest_id)
         if newer is not None and newer.state is State.DONE:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from hoist.errors import ConfigurationError, InvalidMessageError
 from hoist.keys import FleetKeys
-from hoist.protocol.signing import MAC_FIELD, mac_of
+from hoist.protocol.signing import MAC_FIELD, newest_mac
 
 UPLOAD_TASK = "hoist.upload"
 POINTER_TASK = "hoist.symlink"
@@ -157,7 +157,7 @@ class Message:
         # A copy with one field set, not dataclasses.replace: this runs on the
         # training thread for every file_artifact, and replace re-runs __init__.
         signed = copy.copy(self)
-        object.__setattr__(signed, MAC_FIELD, mac_of(self.to_json(), keys.mac_keys[0]))
+        object.__setattr__(signed, MAC_FIELD, newest_mac(self.to_json(), keys))
         return signed
 
     def to_json(self) -> dict[str, Any]:

@@ -56,9 +56,14 @@ def mac_of(body: dict[str, Any], key: bytes) -> str:
     return hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
 
 
+def newest_mac(body: dict[str, Any], keys: FleetKeys) -> str:
+    """The MAC a rank gives ``body``: made with the newest key (workers accept any)."""
+    return mac_of(body, keys.mac_keys[0])
+
+
 def sign(body: dict[str, Any], keys: FleetKeys) -> dict[str, Any]:
     """``body`` with a ``mac`` field made with the newest key."""
-    return {**body, MAC_FIELD: mac_of(body, keys.mac_keys[0])}
+    return {**body, MAC_FIELD: newest_mac(body, keys)}
 
 
 def verify(body: dict[str, Any], keys: FleetKeys | None, *, insecure: bool = False) -> None:

@@ -37,7 +37,9 @@ from hoist.state.keys import (
     DEFERRED,
     REFUSED,
     RUNS,
+    Marker,
     checkpoint_key,
+    decode_marker,
     encode_marker,
     latest_key,
     owner_key,
@@ -358,6 +360,11 @@ class Records:
         Returns True if raised. See :mod:`hoist.state.keys` for what a marker holds.
         """
         return bool(self._raise(keys=[key], args=[value, self.retention_seconds]))
+
+    def latest(self, store_id: str, object_name: str) -> Marker | None:
+        """The newest version logged under ``object_name`` in the store: its order key and id."""
+        value = self.marker(latest_key(store_id, object_name))
+        return None if value is None else decode_marker(value)
 
     def marker(self, key: str) -> str | None:
         """The marker at ``key`` (:func:`hoist.state.keys.decode_marker` reads it), or None."""

@@ -16,7 +16,6 @@ from hoist.protocol.messages import (
     CommitRequest,
     PointerRequest,
 )
-from hoist.state.keys import decode_marker, latest_key
 from hoist.state.records import ArtifactStatus
 from hoist.state.states import State
 from hoist.tasks.job import Job
@@ -75,8 +74,8 @@ class PointerJob(Job):
         return None
 
     def _newest_version(self, object_name: str) -> ArtifactStatus | None:
-        latest = self.ctx.records.marker(latest_key(self.spec.store_id, object_name))
-        return None if latest is None else self.ctx.records.get(decode_marker(latest).artifact)
+        latest = self.ctx.records.latest(self.spec.store_id, object_name)
+        return None if latest is None else self.ctx.records.get(latest.artifact)
 
 
 class CommitJob(Job):

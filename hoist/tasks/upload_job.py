@@ -21,7 +21,6 @@ from hoist.protocol.staged_file import (
     proc_fd_available,
     staged_components,
 )
-from hoist.state.keys import decode_marker, latest_key
 from hoist.state.leases import Limit, name_lock, rank_limit, store_limit
 from hoist.state.states import State
 from hoist.tasks.job import Heartbeat, Job
@@ -69,8 +68,8 @@ class UploadJob(Job):
 
     def work(self) -> dict[str, Any]:
         message = self.message
-        latest = self.ctx.records.marker(latest_key(self.spec.store_id, message.object_name))
-        if latest is not None and decode_marker(latest).order_key > message.order:
+        latest = self.ctx.records.latest(self.spec.store_id, message.object_name)
+        if latest is not None and latest.order_key > message.order:
             self._remove_staged()
             return self.settle(State.SUPERSEDED)
         try:
