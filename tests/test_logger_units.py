@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -752,10 +753,18 @@ def test_state_calls_give_up_after_the_timeout_naming_where_and_what_was_kept() 
         raise redis.ConnectionError("Connection refused")
 
     retry = StateRetry(0.3, "redis://:****@redis.lan:6379/0")
+    started = time.monotonic()
     with pytest.raises(EnqueueError) as caught:
         retry(down, "; the staged file is kept at /staging/x")
+    waited = time.monotonic() - started
     message = str(caught.value)
-    assert "redis://:****@redis.lan:6379/0 is unreachable after 0.3 s" in message
+    said = re.search(
+        r"redis://:\*\*\*\*@redis\.lan:6379/0 is unreachable after ([0-9.]+) s", message
+    )
+    assert said is not None, message
+    # The figure is the time actually spent (one 0.2 s backoff), not the 0.3 s budget.
+    assert float(said.group(1)) == pytest.approx(waited, abs=0.06)
+    assert float(said.group(1)) < 0.3
     assert message.endswith("Connection refused; the staged file is kept at /staging/x")
     assert isinstance(caught.value.__cause__, redis.ConnectionError)
 

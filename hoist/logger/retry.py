@@ -58,16 +58,21 @@ class StateRetry:
         Raises:
             EnqueueError: Redis was unreachable for ``timeout`` seconds.
         """
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
         delay = FIRST_DELAY
         while True:
             try:
                 return call()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
+                    # The time actually spent trying, not the budget: the two
+                    # differ by up to a backoff step, and a user checks one
+                    # against the other.
+                    waited = time.monotonic() - started
                     raise EnqueueError(
                         f"the hoist state store (Redis) at {self.shown} is unreachable "
-                        f"after {self.timeout:g} s: start it or fix HOIST_STATE_URL / "
+                        f"after {waited:.1f} s of trying: start it or fix HOIST_STATE_URL / "
                         f"HOIST_BROKER_URL, then log the artifact again; {exc}{kept}"
                     ) from exc
                 self._sleep(delay)
