@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 from hoist import __version__
 from hoist.commands import COMMANDS
+from hoist.commands.cluster_access import DEFAULT_HOME, find_home
 from hoist.commands.console import console
 from hoist.errors import HoistError
-
-DEFAULT_HOME = ".hoist"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,15 +22,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: hoist up --detach && hoist demo && hoist status",
     )
     parser.add_argument("--version", action="version", version=f"hoist {__version__}")
-    parser.add_argument(
-        "--home",
-        default=os.environ.get("HOIST_HOME", DEFAULT_HOME),
-        help="directory of the embedded default cluster (default: .hoist, or HOIST_HOME)",
-    )
+    add_global_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"hoist.commands.{name}").register(commands)
+    # The same options after the subcommand (`hoist status --home X`). SUPPRESS
+    # leaves the attribute alone when the option is absent there, so a value
+    # given before the subcommand is not overwritten by the subparser's default.
+    for subparser in commands.choices.values():
+        add_global_options(subparser, default=argparse.SUPPRESS)
     return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """The options every command takes, before or after its name."""
+    parser.add_argument(
+        "--home",
+        default=default,
+        help=f"directory of the embedded default cluster (default: HOIST_HOME, else the "
+        f"nearest {DEFAULT_HOME} holding an env file in this directory or above, else "
+        f"./{DEFAULT_HOME})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    # How the home was chosen, so "no cluster found" can say where it looked.
+    args.home_given = args.home is not None or bool(os.environ.get("HOIST_HOME"))
+    if args.home is None:
+        args.home = os.environ.get("HOIST_HOME") or find_home(os.getcwd()) or DEFAULT_HOME
     try:
         return int(args.func(args))
     except HoistError as exc:

@@ -326,7 +326,11 @@ def _natural_root(source: str) -> tuple[ObjectStore, str]:
         )
     kind, kwargs = parse_store_uri(source, settings.read("HOIST_SFTP_PASSWORD"))
     if kind == "s3":
+        # parse_store_uri reads the path as a store's prefix and ends it in "/";
+        # here it is one object's key, so that "/" is not part of it.
         name, kwargs["prefix"] = kwargs.get("prefix", ""), ""
+        if not urlsplit(source).path.endswith("/"):
+            name = name.removesuffix("/")
     else:
         path = kwargs.pop("cwd", "") or ""
         if path.startswith("/~/"):  # home-relative, as SFTP URIs write it

@@ -34,7 +34,6 @@ from tests.services.workers import WorkerFleet
 from tests.test_pipeline import FLEET_KEY, local_backend, run_ranks
 
 MiB = 1024 * 1024
-NO_CLUSTER = "no hoist cluster found: run `hoist up`, or set HOIST_BROKER_URL"
 
 # The pipeline tests' fixtures: real Redis, two `hoist worker` processes, their staging root.
 fleet = test_pipeline.fleet
@@ -168,6 +167,7 @@ def test_no_cluster_gives_one_clear_sentence(
 ) -> None:
     monkeypatch.delenv("HOIST_BROKER_URL", raising=False)
     monkeypatch.delenv("HOIST_STATE_URL", raising=False)
+    monkeypatch.setattr(console_module.console, "width", 300)  # one line per sentence
     home = str(tmp_path / "empty-home")
     for argv in (
         ["status"],
@@ -178,7 +178,12 @@ def test_no_cluster_gives_one_clear_sentence(
     ):
         assert main(["--home", home, *argv]) == 1, argv
         captured = capsys.readouterr()
-        assert captured.err.strip() == f"error: {NO_CLUSTER}", argv
+        # It says where it looked, and how to reach a running cluster before starting one.
+        assert captured.err.strip() == (
+            f"error: no hoist cluster found: {home}/env does not exist and HOIST_BROKER_URL is "
+            "not set\npass the --home a running cluster was started with, or start one with "
+            f"`hoist --home {home} up --detach`, or set HOIST_BROKER_URL"
+        ), argv
         assert captured.out == ""
 
 

@@ -1,0 +1,122 @@
+"""The CLI's edges: where ``--home`` may go, finding ``.hoist`` upward, object URIs alone.
+
+Real servers where one is involved (the session's Redis and moto S3); the
+commands run in-process through ``hoist.cli.main``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hoist.cli import main
+from hoist.commands import console as console_module
+from tests.services.redis import RedisServer
+from tests.services.s3 import S3Server
+
+CLUSTER_VARIABLES = ("HOIST_HOME", "HOIST_BROKER_URL", "HOIST_STATE_URL", "HOIST_STORE_URI")
+
+
+@pytest.fixture(autouse=True)
+def no_cluster_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cluster named by the environment; whatever ``<home>/env`` adds is undone after."""
+    for name in CLUSTER_VARIABLES:
+        monkeypatch.setenv(name, "")  # remembers the old value, so the test's changes revert
+        monkeypatch.delenv(name)
+    for shown in (console_module.out, console_module.console):
+        monkeypatch.setattr(shown, "width", 300)  # so paths and sentences are not folded
+
+
+def make_home(path: Path, redis_url: str) -> Path:
+    """A ``.hoist``-like folder whose ``env`` names the real Redis, as ``hoist up`` writes it."""
+    path.mkdir(parents=True)
+    (path / "env").write_text(f"HOIST_BROKER_URL={redis_url}\n")
+    return path
+
+
+def test_home_works_before_and_after_the_subcommand(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_server: RedisServer
+) -> None:
+    missing = tmp_path / "nowhere"
+    for argv in (["--home", str(missing), "status"], ["status", "--home", str(missing)]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert f"{missing}/env does not exist" in err, (argv, err)
+
+    home = make_home(tmp_path / "cluster", redis_server.url)
+    for argv in (
+        ["--home", str(home), "status", "--json"],
+        ["status", "--json", "--home", str(home)],
+    ):
+        code = main(argv)
+        captured = capsys.readouterr()
+        assert code == 0, (argv, captured.err)
+        json.loads(captured.out)  # the cluster's status, not an error
+
+    # After the subcommand wins over before it, as a later option does.
+    argv = ["--home", str(missing), "status", "--json", "--home", str(home)]
+    assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_the_cluster_is_found_from_a_directory_below_it(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    project = tmp_path / "project"
+    make_home(project / ".hoist", redis_server.url)
+    deep = project / "src" / "train"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    code = main(["status", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    json.loads(captured.out)
+
+
+def test_no_cluster_says_where_it_looked_and_not_to_start_a_second_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".hoist").mkdir()  # a .hoist without env is no cluster
+    monkeypatch.chdir(elsewhere)
+    assert main(["status"]) == 1
+    captured = capsys.readouterr()
+    first, _, advice = captured.err.partition("\n")
+    assert first == (
+        f"error: no hoist cluster found: no .hoist/env in {elsewhere} or any directory above "
+        "it, and neither --home, HOIST_HOME nor HOIST_BROKER_URL is set"
+    )
+    # The advice leads to the running cluster first; `hoist up` only for a project that has none.
+    assert "--home DIR/.hoist" in advice and "HOIST_HOME" in advice
+    assert advice.index("--home") < advice.index("hoist up")
+    assert captured.out == ""
+
+
+def test_download_an_s3_uri_without_a_store(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    moto_server: S3Server,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    body = b"checkpoint bytes " * 1000
+    moto_server.client().put_object(Bucket=moto_server.bucket, Key="small/run/ep1.pt", Body=body)
+    uri = f"s3://{moto_server.bucket}/small/run/ep1.pt?endpoint_url={moto_server.endpoint_url}"
+
+    code = main(["--home", str(tmp_path / "no-home"), "download", uri, str(tmp_path / "got.pt")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (tmp_path / "got.pt").read_bytes() == body
+    assert captured.out.strip() == str(tmp_path / "got.pt")
+
+    into = tmp_path / "into"
+    into.mkdir()
+    assert main(["download", uri, str(into)]) == 0, capsys.readouterr().err
+    assert (into / "ep1.pt").read_bytes() == body
