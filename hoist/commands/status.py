@@ -3,7 +3,9 @@
 The numbers come from :func:`summarize`, a pure function over artifact
 records, so the table, ``--json`` and ``hoist wait`` agree. Bytes count
 uploads only (a pointer is a few bytes); superseded uploads count in neither
-bytes done nor bytes total, since they are never sent.
+bytes done, bytes sent nor bytes total, since they are never sent. Bytes sent
+include uploads in flight, so the table and the bars move during an upload;
+bytes done only when an upload has finished.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Summary:
         uploading, done, failed, superseded: artifacts in that state.
         bytes_done: bytes of uploads done.
         bytes_total: bytes of uploads not superseded.
+        bytes_sent: bytes that have reached the store so far: uploads done,
+            and what uploads in flight have sent (the worker records it every
+            ``HOIST_PROGRESS_SECONDS``, so it lags by up to that much).
         throughput: bytes done per second from the first enqueue to the last
             finish, or None before the first upload is done.
         oldest_waiting: seconds the longest-queued artifact has waited
@@ -61,6 +66,7 @@ class Summary:
     superseded: int
     bytes_done: int
     bytes_total: int
+    bytes_sent: int
     throughput: float | None
     oldest_waiting: float | None
     first_enqueued: float | None
@@ -107,7 +113,7 @@ def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
     """
     counts = dict.fromkeys(State, 0)
     ranks: set[int] = set()
-    bytes_done = bytes_total = 0
+    bytes_done = bytes_total = bytes_sent = 0
     enqueued: list[float] = []
     finished: list[float] = []
     waiting_since: list[float] = []
@@ -126,8 +132,13 @@ def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
             continue
         size = int(artifact.message.get("size", 0))
         bytes_total += size
+        if artifact.state is State.UPLOADING:
+            # Only while uploading: an attempt that ended without success left
+            # nothing in the store, and the next one starts the count again at 0.
+            bytes_sent += min(size, int(_number(fields.get("bytes_sent")) or 0))
         if artifact.state is State.DONE:
             bytes_done += size
+            bytes_sent += size
             done_at = _number(fields.get("finished_at"))
             if done_at is not None:
                 finished.append(done_at)
@@ -144,6 +155,7 @@ def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
         superseded=counts[State.SUPERSEDED],
         bytes_done=bytes_done,
         bytes_total=bytes_total,
+        bytes_sent=bytes_sent,
         throughput=bytes_done / elapsed if elapsed else None,
         oldest_waiting=max(0.0, now - min(waiting_since)) if waiting_since else None,
         first_enqueued=first,
@@ -290,7 +302,7 @@ def _update_bars(bars: Progress, tasks: dict[str, TaskID], rows: list[tuple[str,
             tasks[label] = bars.add_task(label, total=None)
         # A total of 0 would draw an empty bar for a rank that only logged pointers.
         total = summary.bytes_total or None
-        bars.update(tasks[label], total=total, completed=summary.bytes_done)
+        bars.update(tasks[label], total=total, completed=summary.bytes_sent)
 
 
 def render_table(statuses: list[RunStatus], per_rank: bool) -> Table:
@@ -309,6 +321,7 @@ def render_table(statuses: list[RunStatus], per_rank: bool) -> Table:
         footer = None
     for column in ("artifacts", "queued", "uploading", "done", "failed", "superseded"):
         table.add_column(column, justify="right")
+    # Headed "done", read as "so far": the cells count bytes sent, uploads in flight included.
     for column in ("bytes done / total", "throughput", "oldest queued"):
         table.add_column(column, justify="right")
     for label, summary in rows:
@@ -329,7 +342,7 @@ def _cells(summary: Summary) -> list[str]:
         str(summary.done),
         failed,
         str(summary.superseded),
-        f"{decimal(summary.bytes_done)} / {decimal(summary.bytes_total)}",
+        f"{decimal(summary.bytes_sent)} / {decimal(summary.bytes_total)}",
         "-" if summary.throughput is None else f"{decimal(int(summary.throughput))}/s",
         "-" if summary.oldest_waiting is None else format_age(summary.oldest_waiting),
     ]

@@ -71,7 +71,7 @@ def wait_for_run(
 ) -> RunStatus:
     """Poll until the run has finished or ``timeout`` s have passed; return its last status.
 
-    A progress bar of bytes uploaded goes to stderr.
+    A progress bar of bytes sent (uploads in flight included) goes to stderr.
 
     Example:
         >>> wait_for_run(records, "bert-3", timeout=600).total.finished  # doctest: +SKIP
@@ -86,7 +86,7 @@ def wait_for_run(
             bar.update(
                 task,
                 total=total.bytes_total or None,
-                completed=total.bytes_done,
+                completed=total.bytes_sent,  # moves during an upload, not only after
                 description=f"{run}: {total.done + total.superseded}/{total.artifacts} finished",
             )
             if total.finished or (deadline is not None and time.monotonic() >= deadline):

@@ -350,6 +350,15 @@ class Records:
         attempts, started, *_ = pipe.execute()
         return int(attempts), bool(started)
 
+    def record_bytes_sent(self, artifact: str, nbytes: int) -> None:
+        """Note how many bytes the upload in flight has sent so far: one HSET.
+
+        The upload job calls it at the throttled progress cadence, never per
+        chunk; ``hoist status`` reads it while the artifact is uploading (an
+        attempt resets it to 0 when it begins, see :meth:`count_attempt`).
+        """
+        self.client.hset(record_key(artifact), "bytes_sent", nbytes)
+
     def mark_write_started(self, artifact: str, attempt: int) -> None:
         """Note that an attempt began sending the artifact's bytes to the store."""
         self.client.hsetnx(record_key(artifact), "write_started", attempt)

@@ -85,7 +85,8 @@ class UploadJob(Job):
             return self.settle(State.FAILED, error=rewritten)
         if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
             return self.hold_back("a concurrency limit or an upload of the same name")
-        attempt = self.begin_attempt(upload_started_at=self.ctx.clock())
+        # bytes_sent restarts with each attempt: what an earlier one sent is not in the store.
+        attempt = self.begin_attempt(upload_started_at=self.ctx.clock(), bytes_sent=0)
         store = self.ctx.store(self.spec)
         with Heartbeat(self) as heartbeat:
             progress = TransferProgress(
@@ -147,6 +148,12 @@ class UploadJob(Job):
         )
 
     def _report_progress(self, done: int, total: int) -> None:
+        """One progress tick: the byte count into the record (for ``hoist status``
+        and ``hoist wait``), and a ``task-progress`` event (for Flower)."""
+        try:
+            self.ctx.records.record_bytes_sent(self.message.id, done)
+        except Exception as exc:  # a lost reading must never fail the upload
+            log.debug("bytes sent of %s not recorded: %s", self.message.id, exc)
         if self.send_event is None:
             return
         try:
