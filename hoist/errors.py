@@ -142,8 +142,11 @@ class UploadFailedError(HoistError):
     """One or more uploads failed for good; the message names each with its cause.
 
     Parameters:
-        message: one line per failed artifact.
-        failures: ``(artifact name, object name, error)`` for each.
+        message: one sentence counting what failed, then one line per name,
+            checkpoints first, a name's versions folded into one line
+            (:func:`hoist.logger.pending.failure_report` writes it).
+        failures: ``(artifact name, object name, error)`` for each failed
+            upload, every version of a name included, in the order found.
     """
 
     def __init__(self, message: str, failures: list[tuple[str, str, str]]) -> None:

@@ -1015,3 +1015,120 @@ def test_a_bad_staging_mode_per_call_fails_before_anything_is_staged(tmp_path: P
         assert not (tmp_path / "staging" / "modes").exists()
     finally:
         logger.close()
+
+
+# ----- UploadFailedError's message: checkpoints first, versions folded --------
+
+
+def _composer_run_failures() -> list[tuple[str, str, str]]:
+    """What a Composer run against a missing bucket fails: the log file every batch,
+    TensorBoard's events every epoch, and one checkpoint among them (issue 16)."""
+    missing = "no such bucket 'ckpt' (StoreNotFoundError)"
+    log = ("composer-run/logs/train.log", "composer-run/logs/train.log", missing)
+    events = ("tensorboard_logs/composer-run/events.out.tfevents.1-0", "tb/e-0", missing)
+    checkpoint = (
+        "composer-run/checkpoints/ep1-ba20-rank0.pt",
+        "composer-run/checkpoints/ep1-ba20-rank0.pt",
+        "already exists with other bytes",
+    )
+    return [log] * 8 + [events] * 3 + [checkpoint] + [log] * 6 + [events] * 2
+
+
+def test_upload_failed_message_leads_with_one_sentence_then_the_checkpoint() -> None:
+    from hoist.logger.pending import failure_report
+
+    lines = failure_report("composer-run", 0, _composer_run_failures()).splitlines()
+    assert lines[0] == (
+        "Run 'composer-run' rank 0: 1 checkpoint and 2 other files failed to upload "
+        "(20 uploads in all); fix the causes below, then `hoist retry --run composer-run` "
+        "sends them again."
+    )
+    # The checkpoint's line right after the sentence, though it failed eleventh.
+    assert lines[1] == (
+        "  checkpoint composer-run/checkpoints/ep1-ba20-rank0.pt: already exists with other bytes"
+    )
+    # Every version of a name in one line, with the count and the first error;
+    # the object name only where it is not the artifact name.
+    assert lines[2:] == [
+        "  composer-run/logs/train.log: 14 versions failed: "
+        "no such bucket 'ckpt' (StoreNotFoundError)",
+        "  tensorboard_logs/composer-run/events.out.tfevents.1-0 (tb/e-0): 5 versions failed: "
+        "no such bucket 'ckpt' (StoreNotFoundError)",
+    ]
+
+
+def test_upload_failed_message_for_one_upload_and_for_versions_failing_differently() -> None:
+    from hoist.logger.pending import failure_report
+
+    assert failure_report("r", 2, [("ep1.pt", "r/artifacts/ep1.pt", "denied")]) == (
+        "Run 'r' rank 2: 1 checkpoint failed to upload; fix the cause below, then "
+        "`hoist retry --run r` sends it again.\n"
+        "  checkpoint ep1.pt (r/artifacts/ep1.pt): denied"
+    )
+    # Without a checkpoint the files are not "other"; a name whose versions
+    # failed differently shows the last error too.
+    report = failure_report(
+        "r", 0, [("train.log", "train.log", "timed out"), ("train.log", "train.log", "denied")]
+    )
+    assert report == (
+        "Run 'r' rank 0: 1 file failed to upload (2 uploads in all); fix the causes below, "
+        "then `hoist retry --run r` sends them again.\n"
+        "  train.log: 2 versions failed: timed out (the last: denied)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("artifact_name", "checkpoint"),
+    [
+        ("composer-run/checkpoints/ep0-ba10-rank0.pt", True),  # Composer's save_folder
+        ("checkpoints/step-00000100/__0_0.distcp", True),  # log_checkpoint_dir
+        ("checkpoints/step-00000100/.metadata", True),  # its directory, whatever the file
+        ("out/checkpoint-500/trainer_state.json", True),  # Hugging Face's checkpoint-<step>
+        ("ep1.pt", True),
+        ("ep1.pt.tar", True),  # a suffix anywhere in the file's name
+        ("latest-rank0.pt", True),  # a pointer to a checkpoint
+        ("model.safetensors", True),
+        ("last.ckpt", True),
+        ("logs/train.log", False),
+        ("tensorboard_logs/r/events.out.tfevents.1700000000.host-0", False),
+        ("checkpoint-test/logs/train.log", True),  # a directory named so: a checkpoint's
+        ("metrics/checkpoints.csv", False),  # the file's own name is not a directory
+        ("reports/ptx.txt", False),
+    ],
+)
+def test_which_failed_artifacts_count_as_checkpoints(artifact_name: str, checkpoint: bool) -> None:
+    from hoist.logger.pending import is_checkpoint
+
+    assert is_checkpoint(artifact_name) is checkpoint
+
+
+def test_wait_raises_the_folded_message_and_keeps_every_version_in_failures() -> None:
+    """PendingArtifacts.wait over a stand-in for the records: the message is
+    failure_report's, and ``failures`` still lists every failed version."""
+    from hoist.errors import UploadFailedError
+    from hoist.logger.pending import PendingArtifacts
+    from hoist.state.states import State
+
+    failures = _composer_run_failures()
+    messages = [
+        UploadRequest(f"hoist-r-r0-{seq}", "composer-run", 0, seq, name, obj, f"{seq:08d}", {})
+        for seq, (name, obj, _) in enumerate(failures, start=1)
+    ]
+    errors = {message.id: error for message, (_, _, error) in zip(messages, failures, strict=True)}
+
+    class Records:
+        def states(self, artifacts: list[str]) -> dict[str, State]:
+            return dict.fromkeys(artifacts, State.FAILED)
+
+        def get(self, artifact: str) -> Any:
+            return type("Status", (), {"error": errors[artifact]})()
+
+    pending = PendingArtifacts(Records(), "composer-run", 0, "redis://state")  # type: ignore[arg-type]
+    for message in messages:
+        pending.add(message)
+    with pytest.raises(UploadFailedError) as raised:
+        pending.wait(None, None, 0.01)
+    assert str(raised.value).splitlines()[1].startswith("  checkpoint composer-run/checkpoints/")
+    assert "14 versions failed" in str(raised.value)
+    assert raised.value.failures == failures
+    assert len(pending) == 0

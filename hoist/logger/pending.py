@@ -5,6 +5,13 @@ record reaches a terminal state (done or failed) on the fleet.
 :meth:`PendingArtifacts.wait` asks the state Redis after them, the oldest
 first and :data:`WAIT_WINDOW` at a time, and raises once for every failure it
 found, naming each artifact with the cause the worker recorded.
+
+The error reads checkpoints first: a run that logs its log file and
+TensorBoard events again and again (Composer's ``FileLogger`` every batch)
+fails dozens of versions of them when the store is wrong, and the one line a
+person needs, the checkpoint's, was lost among them. :func:`failure_report`
+folds the versions of one name into one line with their count and puts the
+names :func:`is_checkpoint` recognizes first.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterable
 
 import redis
 
@@ -27,6 +35,110 @@ WAIT_WINDOW = 64
 
 Failure = tuple[str, str, str]
 """A failed artifact as reported: its name, its object name, the recorded error."""
+
+CHECKPOINT_SUFFIXES = frozenset(
+    {".pt", ".pth", ".ckpt", ".safetensors", ".distcp", ".bin", ".h5", ".msgpack"}
+)
+"""Suffixes of checkpoint files: PyTorch and Composer (``.pt``, also inside
+``ep1.pt.tar`` or ``latest-rank0.pt`` pointers), Lightning (``.ckpt``),
+``torch.distributed.checkpoint`` (``.distcp``), Hugging Face (``.safetensors``,
+``pytorch_model.bin``), Keras (``.h5``), Flax (``.msgpack``)."""
+
+CHECKPOINT_DIRECTORIES = frozenset({"checkpoint", "checkpoints", "ckpt", "ckpts"})
+"""Directory names that hold checkpoints: Composer's ``{run_name}/checkpoints``
+save folder, ``log_checkpoint_dir``'s ``checkpoints/step-…`` (and a directory
+named ``checkpoint-<step>`` or ``checkpoint_<step>``, Hugging Face's)."""
+
+
+def is_checkpoint(artifact_name: str) -> bool:
+    """Whether a failed artifact is a checkpoint's, to put it first in :class:`UploadFailedError`.
+
+    Decided from the artifact name alone, as the rank logged it: a directory
+    in it that holds checkpoints (:data:`CHECKPOINT_DIRECTORIES`, or a name
+    starting with ``checkpoint-`` / ``checkpoint_``), which covers every file
+    of ``log_checkpoint_dir`` under its default name and Composer's
+    ``save_folder``; or a checkpoint suffix (:data:`CHECKPOINT_SUFFIXES`)
+    anywhere in the file's name. Only the order of the message depends on it.
+    The object name is not looked at: the run's name is usually in it, and a
+    run named ``checkpoint-test`` would make every log file a checkpoint.
+
+    Example:
+        >>> is_checkpoint("composer-run/checkpoints/ep0-ba10-rank0.pt")
+        True
+        >>> is_checkpoint("checkpoints/step-00000100/.metadata")
+        True
+        >>> is_checkpoint("ep1.pt.tar"), is_checkpoint("latest-rank0.pt")
+        (True, True)
+        >>> is_checkpoint("logs/train.log"), is_checkpoint("tb/events.out.tfevents.1.host")
+        (False, False)
+    """
+    *directories, file_name = artifact_name.lower().split("/")
+    for directory in directories:
+        if directory in CHECKPOINT_DIRECTORIES or directory.startswith(
+            ("checkpoint-", "checkpoint_")
+        ):
+            return True
+    suffixes = {"." + part for part in file_name.split(".")[1:]}
+    return not suffixes.isdisjoint(CHECKPOINT_SUFFIXES)
+
+
+def failure_report(run_name: str, rank: int, failures: Iterable[Failure]) -> str:
+    """:class:`UploadFailedError`'s message: one sentence, then one line per name.
+
+    The sentence counts the checkpoints and other files that failed and says
+    what to do. Below it, checkpoints first (:func:`is_checkpoint`), then the
+    other names, each in the order it first failed; the versions of one name
+    (a log file uploaded again every batch) fold into one line with their
+    count and the first version's error, and the last one's where it differs.
+    The object name is shown where it is not the artifact name.
+
+    Example:
+        >>> print(failure_report("bert-3", 0, [
+        ...     ("logs/train.log", "bert-3/logs/train.log", "no such bucket 'ckpt'"),
+        ...     ("ep1.pt", "bert-3/ep1.pt", "no such bucket 'ckpt'"),
+        ...     ("logs/train.log", "bert-3/logs/train.log", "no such bucket 'ckpt'"),
+        ... ]))
+        Run 'bert-3' rank 0: 1 checkpoint and 1 other file failed to upload (3 uploads
+        in all); fix the cause below, then `hoist retry --run bert-3` sends them again.
+          checkpoint ep1.pt (bert-3/ep1.pt): no such bucket 'ckpt'
+          logs/train.log (bert-3/logs/train.log): 2 versions failed: no such bucket 'ckpt'
+    """
+    # (artifact, object) -> every version's error, in the order they failed
+    by_name: dict[tuple[str, str], list[str]] = {}
+    uploads = 0
+    for name, obj, error in failures:
+        by_name.setdefault((name, obj), []).append(error)
+        uploads += 1
+    checkpoints = [key for key in by_name if is_checkpoint(key[0])]
+    others = [key for key in by_name if not is_checkpoint(key[0])]
+    counts = []
+    if checkpoints:
+        counts.append(_plural(len(checkpoints), "checkpoint"))
+    if others:
+        counts.append(_plural(len(others), "other file" if checkpoints else "file"))
+    in_all = f" ({uploads} uploads in all)" if uploads != len(by_name) else ""
+    distinct_errors = {error for errors in by_name.values() for error in errors}
+    causes = "the cause" if len(distinct_errors) == 1 else "the causes"
+    them = "them" if uploads > 1 else "it"
+    lines = [
+        f"Run {run_name!r} rank {rank}: {' and '.join(counts)} failed to upload{in_all}; "
+        f"fix {causes} below, then `hoist retry --run {run_name}` sends {them} again."
+    ]
+    for key in checkpoints + others:
+        name, obj = key
+        errors = by_name[key]
+        shown = name if obj == name else f"{name} ({obj})"
+        what = errors[0]
+        if len(errors) > 1:
+            what = f"{len(errors)} versions failed: {errors[0]}"
+            if errors[-1] != errors[0]:
+                what += f" (the last: {errors[-1]})"
+        lines.append(f"  {'checkpoint ' if key in checkpoints else ''}{shown}: {what}")
+    return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class PendingArtifacts:
@@ -94,12 +206,7 @@ class PendingArtifacts:
             time.sleep(poll_interval)
         if failures:
             self._failures = []
-            lines = "\n".join(f"  {name} ({obj}): {error}" for name, obj, error in failures)
-            raise UploadFailedError(
-                f"{len(failures)} upload(s) of run {self._run_name!r} rank {self._rank} "
-                f"failed:\n{lines}",
-                failures,
-            )
+            raise UploadFailedError(failure_report(self._run_name, self._rank, failures), failures)
 
     def _collect(self, artifacts: list[str], failures: list[Failure]) -> int:
         """Drop finished ``artifacts`` from the pending ones, noting failures; return how many."""
