@@ -406,6 +406,30 @@ def test_a_permanent_error_fails_at_once(world: World) -> None:
     assert world.records.client.zscore(DEFERRED, message.id) is None
 
 
+@pytest.mark.parametrize(
+    "error",
+    [ValueError('"params" dictionary contains an attribute "uploadId"'), KeyError("ETag")],
+    ids=["ValueError", "KeyError"],
+)
+def test_an_error_the_client_raises_about_its_own_request_fails_at_once(
+    world: World, error: Exception
+) -> None:
+    """Sending the same request again gets the same answer: no minutes of retries."""
+    message = world.upload("client-side.bin")
+    ctx = dataclasses.replace(world.ctx, store=failing(world, error))
+    assert world.deliver(UPLOAD_TASK, message, ctx)["outcome"] == State.FAILED.value
+    assert world.fields(message)["attempts"] == "1"
+    assert type(error).__name__ in world.fields(message)["error"]
+    assert world.records.client.zscore(DEFERRED, message.id) is None
+    assert os.path.exists(message.staged_path)
+
+
+def test_an_unknown_library_error_is_still_retried(world: World) -> None:
+    message = world.upload("reset.bin")
+    ctx = dataclasses.replace(world.ctx, store=failing(world, ConnectionResetError("reset")))
+    assert world.deliver(UPLOAD_TASK, message, ctx)["outcome"] == State.RETRYING.value
+
+
 # ----- leases -------------------------------------------------------------------
 
 

@@ -40,6 +40,33 @@ from hoist.tasks.worker_context import WorkerContext
 log = logging.getLogger("hoist.worker")
 
 
+# A client library raising one of these has refused its own request (a value
+# it cannot use, an answer it cannot parse): sending the same request again
+# gets the same error, so retrying for minutes only hides it (issue 16: a
+# Libcloud ValueError against rclone retried 9 times over 3 minutes).
+_CLIENT_SIDE = (ValueError, TypeError, LookupError, AttributeError, NotImplementedError)
+
+
+def is_retryable(exc: Exception) -> bool:
+    """Whether the same upload may succeed if tried again unchanged.
+
+    A store error says so itself (``retryable``); another hoist error is a
+    decision, final. Of the rest (a client library's own exceptions that its
+    store did not translate), an error the client raised about its own
+    request is final, and anything else (connections, timeouts, unknown
+    library errors) is tried again.
+
+    Example:
+        >>> is_retryable(ConnectionResetError()), is_retryable(ValueError("uploadId"))
+        (True, False)
+    """
+    if isinstance(exc, StoreError):
+        return exc.retryable
+    if isinstance(exc, HoistError):
+        return False
+    return not isinstance(exc, _CLIENT_SIDE) or isinstance(exc, OSError)
+
+
 class LeaseLost(HoistError):
     """A heartbeat could not renew this task's claim or leases; the work stops."""
 
@@ -241,9 +268,7 @@ class Job:
     def settle_error(self, exc: Exception) -> dict[str, Any]:
         """Retry transient errors with backoff up to ``max_retries``; fail the rest at once."""
         error = f"{type(exc).__name__}: {exc}"
-        retryable = (
-            exc.retryable if isinstance(exc, StoreError) else not isinstance(exc, HoistError)
-        )
+        retryable = is_retryable(exc)
         # An error before the store was tried (building it, say) still counts as a try.
         attempt = self.attempt if self.attempt is not None else self.begin_attempt()
         if not retryable:
