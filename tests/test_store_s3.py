@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import NoCredentialsError
 
 from hoist.errors import (
     ChecksumMismatchError,
@@ -21,6 +22,7 @@ from hoist.errors import (
 from hoist.stores.base import Verification
 from hoist.stores.checksum import Checksum, checksum_file
 from hoist.stores.s3 import S3ObjectStore, S3TransferConfig
+from hoist.stores.s3_errors import translate_s3_error
 from tests.services.faultproxy import FaultProxy
 from tests.services.process import free_port
 from tests.services.s3 import S3Server
@@ -278,3 +280,16 @@ def test_invalid_configuration() -> None:
         S3ObjectStore("bucket/with/slash")
     with pytest.raises(ValueError, match="5 MiB"):
         S3TransferConfig(part_size=MiB)
+
+
+def test_missing_credentials_say_the_workers_environment_is_what_counts() -> None:
+    """Exporting AWS_* in the training shell does not reach running workers; the error says so."""
+    error = translate_s3_error(
+        NoCredentialsError(), bucket="ckpts", where="s3://ckpts/ep1.pt", endpoint="AWS S3",
+        for_object=True,
+    )  # fmt: skip
+    assert isinstance(error, StoreAuthError)
+    text = str(error)
+    assert text.startswith("no AWS credentials for s3://ckpts/ep1.pt where the upload ran")
+    assert "environment it was started with" in text and "restart them" in text
+    assert "aws_access_key_id" in text

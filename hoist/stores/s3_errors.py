@@ -85,9 +85,15 @@ def translate_s3_error(
         TransientStoreError('AWS S3 answered 503 SlowDown for s3://ckpts/ep1.pt: Slow down')
     """
     if isinstance(exc, boto_errors.NoCredentialsError):
+        # Raised where the upload runs: on a worker, whose environment is the
+        # one it was started with, not the training job's.
         return StoreAuthError(
-            f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or pass them to the store"
+            f"no AWS credentials for {where} where the upload ran: a worker uses the "
+            "environment it was started with, so set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for the workers and restart them "
+            "(`hoist down` then `hoist up` for the embedded cluster), or pass "
+            "aws_access_key_id/aws_secret_access_key to the logger's store arguments, "
+            "which travel sealed with the fleet key"
         )
     if isinstance(exc, boto_errors.ClientError):
         return _translate_client_error(exc, bucket, where, endpoint, for_object)
