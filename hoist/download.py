@@ -39,6 +39,7 @@ from hoist.errors import (
 )
 from hoist.keys import FLEET_KEY_ENV, FleetKeys
 from hoist.protocol.manifest import is_manifest
+from hoist.protocol.messages import COMMIT_TASK
 from hoist.protocol.pointers import POINTER_SUFFIX, PointerError, read_pointer
 from hoist.state.connection import NO_CLUSTER, connect
 from hoist.state.records import ArtifactStatus, Records
@@ -120,7 +121,8 @@ def download_artifact(
         source: an object name in ``store``, an object URI, or with ``run`` a
             name the run logged (see the module docs).
         dest: a file path, or an existing directory (or a path ending in
-            ``/``) to download into under the object's base name.
+            ``/``) to download into under the base name asked for (a pointer's
+            own name, not its target's), with the mode the umask gives.
         run: look ``source`` up in this run's records.
         store: the store ``source`` is in: a URI or an :class:`ObjectStore`
             (default ``HOIST_STORE_URI``). Ignored with ``run``.
@@ -133,7 +135,7 @@ def download_artifact(
 
     Example (tested in tests/test_cli_ops.py, against a cluster and a store):
         >>> hoist.download_artifact("latest-rank0.pt", "ckpt/", run="bert-3").path  # doctest: +SKIP
-        'ckpt/ep2-rank0.pt'
+        'ckpt/latest-rank0.pt'
         >>> got = hoist.download_artifact("s3://ckpts/bert-3/ep1.pt", "/tmp/")  # doctest: +SKIP
         >>> got.path, got.size  # doctest: +SKIP
         ('/tmp/ep1.pt', 1073741824)
@@ -158,9 +160,11 @@ def download_checkpoint(
 
     ``source`` is found as for :func:`download_artifact`; it must resolve to a
     checkpoint's manifest, which is what a run's ``latest`` pointer names
-    (see :mod:`hoist.checkpoints`). Every file is checked against the manifest.
+    (see :mod:`hoist.checkpoints`). With ``run``, ``source`` may be the
+    pointer's name as given to ``log_checkpoint_dir`` (``"latest"``): its
+    commits are recorded under it. Every file is checked against the manifest.
 
-    Example (tested in tests/test_checkpoints.py):
+    Example (tested in tests/test_cli_small.py):
         >>> got = hoist.download_checkpoint("latest", "/tmp/resume", run="bert-3")  # doctest: +SKIP
         >>> got.manifest.step  # doctest: +SKIP
         1200
@@ -218,10 +222,13 @@ def fetch(
         >>> fetch(found, "/tmp/").path  # doctest: +SKIP
         '/tmp/ep2.pt'
     """
-    path = destination(dest, resolved.object_name)
+    path = destination(dest, asked_name(resolved))
     with resolved:
         held = resolved.store.download_file(resolved.object_name, path, progress=progress)
     assert held.checksum is not None  # download_file always hashes what it writes
+    # The store writes through a private temporary file (0600); the download is
+    # the user's file, so it gets the mode a file they create would get.
+    os.chmod(path, 0o666 & ~_umask())
     return Downloaded(
         resolved.uri, resolved.object_name, path, held.size, held.checksum, resolved.hops
     )
@@ -258,6 +265,35 @@ def follow_pointers(
         target = read_pointer(store, current)
         hops.append((current, target))
         current = target
+
+
+def asked_name(resolved: Resolved) -> str:
+    """The object name that was asked for: the first pointer's, without ``.symlink``.
+
+    A download into a directory is named after it, so ``latest-rank0.pt``
+    lands as ``latest-rank0.pt`` whichever step it points to today.
+
+    Example:
+        >>> asked_name(resolve("bert-3/latest.pt", store="file:///srv"))  # doctest: +SKIP
+        'bert-3/latest.pt'
+    """
+    if not resolved.hops:
+        return resolved.object_name
+    return resolved.hops[0][0].removesuffix(POINTER_SUFFIX)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def destination(dest: str | os.PathLike[str], object_name: str) -> str:
@@ -403,8 +439,13 @@ def _configured_state_url() -> str:
 
 def _names(artifact: ArtifactStatus, source: str) -> bool:
     object_name = artifact.message.get("object_name", "")
-    return source in (artifact.artifact_name, object_name) or object_name == (
-        source + POINTER_SUFFIX
+    if source in (artifact.artifact_name, object_name) or object_name == source + POINTER_SUFFIX:
+        return True
+    # log_checkpoint_dir's run-wide pointer ("latest") is recorded only by its
+    # commit's object name, the template filled in ("bert-3/latest.symlink"):
+    # a commit matches on that name's tail, so run= finds "latest" as documented.
+    return artifact.fields.get("task") == COMMIT_TASK and object_name.endswith(
+        f"/{source}{POINTER_SUFFIX}"
     )
 
 

@@ -385,8 +385,9 @@ def test_download_follows_the_pointer_to_the_newest_checkpoint(
     into.mkdir()
     code, _, err = cli("download", "latest-rank0.pt", str(into), "--run", run)
     assert code == 0, err
-    assert sha256(into / "ep2-rank0.pt") == ep2["sha256"]
-    assert [p.name for p in into.iterdir()] == ["ep2-rank0.pt"]  # no temporary file left
+    # Named after what was asked, not after today's target.
+    assert sha256(into / "latest-rank0.pt") == ep2["sha256"]
+    assert [p.name for p in into.iterdir()] == ["latest-rank0.pt"]  # no temporary file left
 
 
 def test_download_by_object_name_and_by_uri(
@@ -421,7 +422,7 @@ def test_download_by_object_name_and_by_uri(
 def test_download_artifact_python_api(cli: Cli, good_run: LoggedRun, tmp_path: Path) -> None:
     ep2 = logged(good_run, 1, "ckpt/ep2-rank1.pt")
     got = hoist.download_artifact("latest-rank1.pt", tmp_path, run=good_run.name)
-    assert got.path == str(tmp_path / "ep2-rank1.pt")
+    assert got.path == str(tmp_path / "latest-rank1.pt")  # the name asked, not the target's
     assert sha256(Path(got.path)) == ep2["sha256"]
     assert got.size == 1 * MiB + 2 and str(got.checksum).startswith("crc64nvme:")
     assert got.hops == (

@@ -1,4 +1,8 @@
-"""The CLI's edges: where ``--home`` may go, finding ``.hoist`` upward, object URIs alone.
+"""The CLI's edges and issue 16's small things.
+
+Where ``--home`` may go, finding ``.hoist`` upward, object URIs alone;
+``symlink_artifact`` in Composer's order, ``download_checkpoint("latest",
+run=...)``, and what a pointer downloaded into a directory is called.
 
 Real servers where one is involved (the session's Redis and moto S3); the
 commands run in-process through ``hoist.cli.main``.
@@ -7,14 +11,23 @@ commands run in-process through ``hoist.cli.main``.
 from __future__ import annotations
 
 import json
+import os
+import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hoist import LogLevel
 from hoist.cli import main
 from hoist.commands import console as console_module
+from hoist.download import download_artifact, download_checkpoint
+from hoist.errors import ConfigurationError
+from tests import test_checkpoints
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
+from tests.services.workers import WorkerFleet, wait_until
 
 CLUSTER_VARIABLES = ("HOIST_HOME", "HOIST_BROKER_URL", "HOIST_STATE_URL", "HOIST_STORE_URI")
 
@@ -120,3 +133,85 @@ def test_download_an_s3_uri_without_a_store(
     into.mkdir()
     assert main(["download", uri, str(into)]) == 0, capsys.readouterr().err
     assert (into / "ep1.pt").read_bytes() == body
+
+
+# ----- the small things: Composer's argument order, run= finds "latest", downloads' names --------
+
+fleet = test_checkpoints.fleet  # real Redis, two `hoist worker` processes, a local store
+
+
+@pytest.fixture
+def logged_run(
+    fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[test_checkpoints.Run]:
+    """Four ranks' loggers of a new run on the real fleet; the environment names its Redis."""
+    monkeypatch.setenv("HOIST_BROKER_URL", fleet.broker_url)
+    run = test_checkpoints.Run(fleet, tmp_path, f"small-{time.time_ns()}")
+    yield run
+    for logger in run.loggers:
+        logger.close()
+
+
+def test_symlink_artifact_takes_composers_argument_order_too(
+    logged_run: test_checkpoints.Run, tmp_path: Path
+) -> None:
+    logger = logged_run.loggers[0]
+    (tmp_path / "ep1.pt").write_bytes(b"one")
+    logger.file_artifact(LogLevel.EPOCH, "ep1.pt", tmp_path / "ep1.pt")
+    seen: list[LogLevel] = []
+    logger.should_log_artifact = lambda state, level, name: seen.append(level) or True
+
+    assert logger.symlink_artifact(LogLevel.EPOCH, "ep1.pt", "latest.pt") is not None
+    assert logger.symlink_artifact("ep1.pt", "newest.pt") is not None
+    assert seen == [LogLevel.EPOCH, LogLevel.FIT]  # the positional level is the one used
+
+    for wrong in ((LogLevel.EPOCH, "ep1.pt"), ("ep1.pt", "a.pt", "b.pt")):
+        with pytest.raises(ConfigurationError) as caught:
+            logger.symlink_artifact(*wrong)  # type: ignore[arg-type]
+        assert str(caught.value).startswith(
+            "call symlink_artifact(existing, symlink) or symlink_artifact(log_level, existing, "
+            "symlink); got "
+        ), caught.value
+
+    logger.wait(timeout=60)
+    got = download_artifact("latest.pt", tmp_path / "back.pt", run=logged_run.name)
+    assert Path(got.path).read_bytes() == b"one"
+
+
+def test_download_checkpoint_finds_the_runs_latest_by_run(
+    logged_run: test_checkpoints.Run, tmp_path: Path
+) -> None:
+    for step in (1, 2):
+        logged_run.write_step(step, 1000)
+        for rank in range(test_checkpoints.WORLD):
+            logged_run.log(rank, step)
+    assert logged_run.wait_all() == []
+    wait_until(lambda: logged_run.pointed_step() == 2, timeout=60)
+
+    # Its docstring's example, as written: the run-wide pointer by its name.
+    restored = download_checkpoint("latest", tmp_path / "resume", run=logged_run.name)
+    assert restored.manifest.step == 2
+    for name, data in logged_run.written[2].items():
+        assert (tmp_path / "resume" / name).read_bytes() == data
+
+
+def test_a_pointer_downloads_under_its_own_name_with_a_normal_mode(
+    logged_run: test_checkpoints.Run, tmp_path: Path
+) -> None:
+    logger = logged_run.loggers[0]
+    (tmp_path / "step000040-rank0.pt").write_bytes(b"forty")
+    logger.file_artifact(LogLevel.EPOCH, "step000040-rank0.pt", tmp_path / "step000040-rank0.pt")
+    logger.symlink_artifact("step000040-rank0.pt", "latest-rank0.pt")
+    logger.wait(timeout=60)
+
+    into = tmp_path / "into"
+    into.mkdir()
+    previous = os.umask(0o022)
+    try:
+        got = download_artifact("latest-rank0.pt", into, run=logged_run.name)
+    finally:
+        os.umask(previous)
+    assert got.path == str(into / "latest-rank0.pt")
+    assert [p.name for p in into.iterdir()] == ["latest-rank0.pt"]
+    assert (into / "latest-rank0.pt").read_bytes() == b"forty"
+    assert stat.S_IMODE(os.stat(got.path).st_mode) == 0o644

@@ -329,19 +329,30 @@ class ObjectStoreLogger(ComposerNames):
 
     def symlink_artifact(
         self,
-        existing_artifact_name: str,
+        existing_artifact_name: str | LogLevel,
         symlink_artifact_name: str,
-        *,
+        *names: str,
         log_level: LogLevel = LogLevel.FIT,
         state: Any = None,
     ) -> str | None:
         """Point ``<object name>.symlink`` (a pointer) at an artifact this rank logged.
 
-        Composer's name for it. The pointer is written only after the target
-        is uploaded and verified; a later call for the same pointer always
-        wins over an earlier one. Returns the pointer's artifact id, or None
-        if filtered.
+        Composer's name for it. ``symlink_artifact("ep1.pt", "latest.pt")``, or
+        with the level first as ``file_artifact`` and Composer's ``Logger`` take
+        it: ``symlink_artifact(LogLevel.EPOCH, "ep1.pt", "latest.pt")`` (a
+        LogLevel is never a name, so the order is unambiguous). The pointer is
+        written only after the target is uploaded and verified; a later call
+        for the same pointer always wins. Returns the pointer's id, or None if filtered.
         """
+        if isinstance(existing_artifact_name, LogLevel) and len(names) == 1:
+            log_level, existing_artifact_name, symlink_artifact_name = (
+                existing_artifact_name, symlink_artifact_name, names[0],
+            )  # fmt: skip
+        elif names or not isinstance(existing_artifact_name, str):
+            raise ConfigurationError(
+                "call symlink_artifact(existing, symlink) or symlink_artifact(log_level, "
+                f"existing, symlink); got {(existing_artifact_name, symlink_artifact_name, *names)}"
+            )
         self._check_open()
         validate_artifact_name(symlink_artifact_name)
         if self.should_log_artifact is not None and not self.should_log_artifact(
