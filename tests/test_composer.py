@@ -1,28 +1,37 @@
 """The Composer adapter, driven as Composer's Trainer drives a logger destination.
 
 Composer pins older torch releases than this machine has, so it is not
-installed: a stand-in makes the calls its ``Trainer``, ``CheckpointSaver`` and
-``get_file`` make (read from Composer's source: ``Engine.run_event`` for INIT,
-``Logger.upload_file`` → ``destination.upload_file(state=…, remote_file_name=…,
-file_path=…, overwrite=…)``, a ``latest-rank{rank}.pt.symlink`` file holding
-the checkpoint's remote name uploaded with ``overwrite=True`` right after it,
-FIT_END, ``close`` then ``post_close``; and for autoresume ``download_file`` of
-the latest name, ``FileNotFoundError``, then of its ``.symlink``, whose text is
-downloaded next). Real ``hoist worker`` processes upload to the Libcloud local
+installed: a stand-in makes the calls its ``Trainer``, ``CheckpointSaver``,
+``FileLogger`` and ``get_file`` make, as mosaicml 0.32.1's source has them
+(unchanged on Composer's main branch of April 2026): ``Engine.run_event`` for
+INIT, ``Logger.upload_file`` → ``destination.upload_file(state=…,
+remote_file_name=…, file_path=…, overwrite=…)`` for every destination, a
+``latest-rank{rank}.pt.symlink`` file holding the checkpoint's remote name
+uploaded with ``overwrite=True`` right after it, FIT_END; ``Engine._close``:
+every callback's ``close`` in ``state.callbacks`` order (the Trainer puts
+``loggers`` first, in the order given), an exception logged as an error and
+that callback's ``post_close`` skipped, then every other callback's
+``post_close`` in the same order; and for autoresume ``download_file`` of the
+latest name, ``FileNotFoundError``, then of its ``.symlink``, whose text is
+downloaded next. Real ``hoist worker`` processes upload to the Libcloud local
 store.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hoist.errors import UploadFailedError
+from hoist.errors import ConfigurationError, UploadFailedError
 from hoist.integrations.composer import HoistDestination
+from hoist.state.records import Records
+from hoist.state.states import State as ArtifactState
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
@@ -47,6 +56,85 @@ def fleet(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerFleet]:
     yield from serve_fleet(tmp_path_factory, redis_server.url, "composer", count=1, concurrency=2)
+
+
+composer_log = logging.getLogger("composer.core.engine")
+
+
+class ComposerLogger:
+    """Composer's ``Logger``: ``upload_file`` formats the remote name with the run's
+    and hands the file to every destination, keyword arguments only."""
+
+    def __init__(self, state: State, destinations: list[Any]) -> None:
+        self.state = state
+        self.destinations = destinations
+
+    def upload_file(self, remote_file_name: str, file_path: str | Path, *, overwrite: bool) -> None:
+        for destination in self.destinations:
+            destination.upload_file(
+                state=self.state,
+                remote_file_name=remote_file_name.format(run_name=self.state.run_name, rank=0),
+                file_path=Path(file_path),
+                overwrite=overwrite,
+            )
+
+
+class FileLogger:
+    """Composer's ``FileLogger``, as far as uploads go: it opens its file at INIT,
+    uploads it (``overwrite=True``) at FIT_END, and again from its own ``close``,
+    after flushing what was written since (the Trainer logs after FIT_END too)."""
+
+    remote_file_name = "{run_name}/logs-rank{rank}.txt"  # FileLogger's default
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def run_event(self, event: Event, state: State, logger: ComposerLogger) -> None:
+        if event.value == "init":
+            self.path.write_text("[INIT] training starts\n")
+        elif event.value == "fit_end":
+            self.write("[FIT_END] training ends\n")
+            logger.upload_file(self.remote_file_name, self.path, overwrite=True)
+
+    def write(self, line: str) -> None:
+        with self.path.open("a") as file:
+            file.write(line)
+
+    def close(self, state: State, logger: ComposerLogger) -> None:
+        self.write("[CLOSE] last lines, only in the upload from close()\n")
+        logger.upload_file(self.remote_file_name, self.path, overwrite=True)
+
+    def post_close(self) -> None:
+        pass
+
+    def upload_file(
+        self, state: State, remote_file_name: str, file_path: Path, *, overwrite: bool
+    ) -> None:
+        """``LoggerDestination``'s, which does nothing: ``Logger`` calls it on every destination."""
+
+
+def close_engine(callbacks: list[Any], state: State, logger: ComposerLogger | None) -> None:
+    """Composer's ``Engine._close`` (0.32.1): every ``close`` in order, then every
+    ``post_close`` of the callbacks whose ``close`` did not raise; it logs what
+    raised and never re-raises."""
+    closed = []
+    for callback in callbacks:
+        try:
+            callback.close(state, logger)
+        except Exception as exc:
+            name = type(callback).__name__
+            composer_log.error(
+                f"Error running {name}.close(). Skipping {name}.post_close().", exc_info=exc
+            )
+        else:
+            closed.append(callback)
+    for callback in closed:
+        try:
+            callback.post_close()
+        except Exception as exc:
+            composer_log.error(
+                f"Error running {type(callback).__name__}.post_close().", exc_info=exc
+            )
 
 
 def destination_for(fleet: WorkerFleet, store: Path, state: State) -> HoistDestination:
@@ -105,8 +193,7 @@ def test_trainer_checkpoints_and_autoresume_through_hoist(
     assert destination.get_uri_for_file(f"{RUN}/checkpoints/ep0-ba30-rank0.pt") == (
         f"local://artifacts/{RUN}/checkpoints/ep0-ba30-rank0.pt"
     )
-    destination.close(state, None)
-    destination.post_close()
+    close_engine([destination], state, None)
 
     # Autoresume in a new process: a fresh destination reads the latest back.
     resumed = destination_for(fleet, store, state)
@@ -116,7 +203,7 @@ def test_trainer_checkpoints_and_autoresume_through_hoist(
     assert local.read_bytes() == saved[-1]
     with pytest.raises(FileExistsError):
         resumed.download_file(f"{RUN}/checkpoints/ep0-ba10-rank0.pt", str(local))
-    resumed.close(state, None)
+    close_engine([resumed], state, None)
 
 
 def test_a_failed_checkpoint_upload_surfaces_at_fit_end(fleet: WorkerFleet, tmp_path: Path) -> None:
@@ -131,15 +218,53 @@ def test_a_failed_checkpoint_upload_surfaces_at_fit_end(fleet: WorkerFleet, tmp_
         destination.run_event(Event("fit_end"), state, None)
     # The pointer never names a checkpoint that did not land.
     assert not (taken.parent / "latest-rank0.pt.symlink").exists()
-    destination.close(state, None)
+    close_engine([destination], state, None)
 
 
 def test_object_name_is_composers_to_choose() -> None:
-    from hoist.errors import ConfigurationError
-
     with pytest.raises(ConfigurationError, match="save_filename"):
         HoistDestination(object_name="{run_name}/{artifact_name}")
     with pytest.raises(ConfigurationError, match="INIT"):
         HoistDestination(provider="local").upload_file(
             state=State(RUN), remote_file_name="x", file_path="x", overwrite=False
         )
+
+
+@pytest.mark.parametrize("place", ["first", "last"])
+def test_a_file_logger_uploading_in_its_close_lands_whatever_the_order_of_loggers(
+    fleet: WorkerFleet, tmp_path: Path, place: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16: with ``loggers=[HoistDestination(...), FileLogger(...)]``, as the
+    README shows, Composer closes HoistDestination before FileLogger uploads its
+    last lines; they land, verified, and nothing logs an error."""
+    store = tmp_path / "store"
+    (store / "artifacts").mkdir(parents=True)
+    state = State(f"{RUN}-close-{place}")
+    destination = HoistDestination(**single_rank_local_store(fleet, store))
+    file_logger = FileLogger(tmp_path / "logs-rank0.txt")
+    loggers: list[Any] = (
+        [destination, file_logger] if place == "first" else [file_logger, destination]
+    )
+    logger = ComposerLogger(state, loggers)
+    for event in ("init", "fit_end"):  # Engine.run_event: each logger in order
+        for callback in loggers:
+            callback.run_event(Event(event), state, logger)
+
+    with caplog.at_level(logging.WARNING):
+        close_engine(loggers, state, logger)
+
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    remote = store / "artifacts" / state.run_name / "logs-rank0.txt"
+    assert remote.read_bytes() == file_logger.path.read_bytes()
+    assert remote.read_text().endswith("[CLOSE] last lines, only in the upload from close()\n")
+    # post_close returned once the fleet had uploaded and verified the newest version.
+    versions = [
+        artifact
+        for artifact in Records.from_url(fleet.broker_url).run_artifacts(state.run_name)
+        if artifact.artifact_name == f"{state.run_name}/logs-rank0.txt"
+    ]
+    assert len(versions) == 2
+    assert versions[-1].state is ArtifactState.DONE
+    # After post_close the logger is closed; an upload then is refused, saying when.
+    with pytest.raises(ConfigurationError, match="post_close"):
+        logger.upload_file(FileLogger.remote_file_name, file_logger.path, overwrite=True)

@@ -21,6 +21,17 @@ signatures, on top of :class:`hoist.ObjectStoreLogger`:
 - ``download_file`` returns objects as they are (a ``.symlink`` object as its
   text), raising ``FileNotFoundError`` for a missing one, which Composer's
   ``get_file`` relies on to try ``<name>.symlink``.
+- uploads are accepted until ``post_close``, which waits for them and closes
+  hoist's logger; ``close`` closes nothing. Composer's ``Engine.close`` calls
+  every destination's ``close`` in ``loggers`` order, then every
+  ``post_close``; ``FileLogger`` and ``TensorboardLogger`` upload their last
+  files from their own ``close``, so with ``HoistDestination`` first (as the
+  README shows) a logger closed in ``close`` refused them and the log's last
+  bytes never landed. Waiting in ``post_close`` is what Composer's own
+  ``RemoteUploaderDownloader`` does, and works whatever the destination's
+  place in ``loggers``. A destination that uploads from its *own*
+  ``post_close`` is too late for any place: hoist refuses that upload with
+  :class:`~hoist.errors.ConfigurationError`, and Composer logs it.
 
 Composer is not a dependency: when it is installed the class is a real
 ``LoggerDestination``; otherwise it has the same methods, so code and tests
@@ -72,6 +83,7 @@ class HoistDestination(_Base):
         super().__init__()
         self.logger_kwargs = logger_kwargs
         self.logger: ObjectStoreLogger | None = None
+        self._post_closed = False  # uploads after post_close are refused, saying why
 
     # ----- Composer's events -------------------------------------------------
 
@@ -82,6 +94,7 @@ class HoistDestination(_Base):
             hook(state, logger)
 
     def init(self, state: Any, logger: Any) -> None:
+        self._post_closed = False
         self.logger = ObjectStoreLogger(
             **{"run_name": state.run_name, **self.logger_kwargs},
             object_name="{artifact_name}",
@@ -97,11 +110,22 @@ class HoistDestination(_Base):
         self._logger().wait()
 
     def close(self, state: Any, logger: Any) -> None:
-        if self.logger is not None:
-            self.logger.close()
+        """Keep accepting uploads: the destinations after this one upload from their ``close``.
+
+        Composer calls every destination's ``close`` before any ``post_close``;
+        :meth:`post_close` waits for everything and closes hoist's logger.
+        """
 
     def post_close(self) -> None:
-        """Composer calls it after ``close``; everything was waited for there."""
+        """Wait for every upload of this rank, the ones logged in ``close`` included; let go.
+
+        Raises:
+            UploadFailedError: an upload failed that ``fit_end`` had not
+                reported (Composer logs it as an error of ``post_close``).
+        """
+        self._post_closed = True
+        if self.logger is not None:
+            self.logger.close()  # waits, unless the logger was built with wait_on_close=False
 
     # ----- files ---------------------------------------------------------------
 
@@ -112,6 +136,12 @@ class HoistDestination(_Base):
         self, state: Any, remote_file_name: str, file_path: pathlib.Path | str, *, overwrite: bool
     ) -> None:
         """Stage ``file_path`` as the object ``remote_file_name``; a ``.symlink``: a pointer."""
+        if self._post_closed:
+            raise ConfigurationError(
+                f"HoistDestination cannot upload {remote_file_name!r}: Composer already called "
+                "its post_close, which waited for this rank's uploads and closed them; upload "
+                "from a destination's close(), not its post_close()"
+            )
         hoist = self._logger()
         if remote_file_name.endswith(POINTER_SUFFIX):
             target = pathlib.Path(file_path).read_text().strip()
