@@ -1,20 +1,29 @@
-"""Progress a person can see: bytes of an upload in flight reach ``hoist status``.
+"""Progress a person can see: bytes of an upload in flight reach ``hoist status`` and Flower.
 
 A real ``hoist worker`` uploads a file to moto through the throttling proxy,
 slow enough to take a few seconds, while the test polls the function behind
 ``hoist status --json`` (:func:`hoist.commands.status.run_status`). The
 worker records the bytes sent at its progress cadence, so the run's
 ``bytes_sent`` grows strictly between 0 and the size before the upload is done.
+
+For Flower, the same kind of upload (S3 multipart, whose parts are sent and
+counted on a thread pool) while an event receiver listens: every
+``task-progress`` event names the task, and Flower's own events state shows
+the task as ``PROGRESS`` with its reading as the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery import Celery
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
 from hoist.commands.status import run_status
@@ -60,11 +69,11 @@ def proxy(store: S3Server) -> Iterator[ThrottlingProxy]:
     proxy.stop()
 
 
-def test_status_counts_bytes_of_an_upload_in_flight(
-    store: S3Server, fleet: WorkerFleet, proxy: ThrottlingProxy, tmp_path: Path
-) -> None:
-    run = f"progress-{time.time_ns() // 1_000_000}"
-    logger = ObjectStoreLogger(
+def s3_logger(
+    run: str, store: S3Server, fleet: WorkerFleet, proxy: ThrottlingProxy
+) -> ObjectStoreLogger:
+    """Rank 0 of 1 logging to moto through the throttling proxy."""
+    return ObjectStoreLogger(
         object_store_cls=S3ObjectStore,
         object_store_kwargs={
             "bucket": BUCKET,
@@ -80,6 +89,13 @@ def test_status_counts_bytes_of_an_upload_in_flight(
         rank=0,
         world_size=1,
     )
+
+
+def test_status_counts_bytes_of_an_upload_in_flight(
+    store: S3Server, fleet: WorkerFleet, proxy: ThrottlingProxy, tmp_path: Path
+) -> None:
+    run = f"progress-{time.time_ns() // 1_000_000}"
+    logger = s3_logger(run, store, fleet, proxy)
     records = Records.from_url(fleet.broker_url)
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(SIZE))
@@ -109,3 +125,65 @@ def test_status_counts_bytes_of_an_upload_in_flight(
     assert totals == sorted(totals), readings
     assert all(total == rank for total, rank in readings), readings
     print(f"\n[progress] bytes_sent in flight of {SIZE}: {between}")
+
+
+def test_flower_shows_a_multipart_upload_in_flight_as_progress(
+    store: S3Server, fleet: WorkerFleet, proxy: ThrottlingProxy, tmp_path: Path
+) -> None:
+    from flower.events import EventsState
+
+    events: list[dict[str, Any]] = []
+    app = Celery(broker=fleet.broker_url, set_as_current=False)
+    run = f"flower-{time.time_ns() // 1_000_000}"
+    size = 32 * MiB  # four 8 MiB parts, two seconds through the proxy
+    source = tmp_path / "parts.bin"
+    source.write_bytes(os.urandom(size))
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": events.append})
+        listening = threading.Event()
+        receiver.consumer_context = _signal_when_consuming(receiver.consumer_context, listening)
+        capture = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+        capture.start()
+        try:
+            assert listening.wait(10)
+            logger = s3_logger(run, store, fleet, proxy)
+            try:
+                artifact = logger.file_artifact(LogLevel.EPOCH, "parts.bin", source)
+                assert artifact is not None
+                logger.wait()
+            finally:
+                logger.close()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(
+                e["type"] == "task-succeeded" and e.get("uuid") == artifact for e in events
+            ):
+                time.sleep(0.05)
+        finally:
+            receiver.should_stop = True
+            capture.join(10)
+    progress = [e for e in events if e["type"] == "task-progress"]
+    assert progress, [e["type"] for e in events]
+    # Sent from the parts' threads, each must still name its task, or Flower
+    # files it under no task and shows the upload as STARTED throughout.
+    assert {e.get("uuid") for e in progress} == {artifact}
+    ours = [e for e in events if e.get("uuid") == artifact]
+    before_success = ours[: [e["type"] for e in ours].index("task-succeeded")]
+    state = EventsState()  # what Flower keeps and its task views read
+    for event in before_success:
+        state.event(dict(event))
+    task = state.tasks[artifact]
+    assert task.state == "PROGRESS"
+    assert task.result.startswith("uploading: ") and task.result.endswith("(100%)"), task.result
+    print(f"\n[flower] {len(progress)} task-progress events: {[e['bytes_done'] for e in progress]}")
+
+
+def _signal_when_consuming(context: Any, listening: threading.Event) -> Any:
+    """Wrap a receiver's consumer context to set ``listening`` once it is subscribed."""
+
+    @contextlib.contextmanager
+    def consuming(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with context(*args, **kwargs) as consumer:
+            listening.set()
+            yield consumer
+
+    return consuming

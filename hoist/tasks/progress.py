@@ -11,8 +11,10 @@ already say it started and finished.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.filesize import decimal
 
@@ -64,6 +66,38 @@ class TransferProgress:
             self._last = now
             self._reported = True
             self._report(self.done, self.total)
+
+
+def callable_from_any_thread(send_event: Callable[..., Any]) -> Callable[..., Any]:
+    """``send_event`` (a Celery ``Task.send_event``) made to name its task from any thread.
+
+    ``Task.send_event`` takes the event's ``uuid`` and ``hostname`` from
+    ``task.request``, which Celery keeps per thread. S3 multipart sends and
+    counts its parts on a thread pool, so a progress event sent from there went
+    out with ``uuid`` None: Flower filed it under no task, and the upload
+    showed ``STARTED`` until it ended (measured: tests/test_progress.py). Call
+    this on the task's own thread; the sender it returns pushes that request
+    onto the calling thread's request stack for the one call when it is
+    another thread. Anything that is not a bound Celery task method (a test's
+    recorder) is returned as it is.
+    """
+    task = getattr(send_event, "__self__", None)
+    stack = getattr(task, "request_stack", None)
+    request = getattr(stack, "top", None)
+    if stack is None or request is None:
+        return send_event
+    home = threading.get_ident()
+
+    def send(type_: str, **fields: Any) -> Any:
+        if threading.get_ident() == home:
+            return send_event(type_, **fields)
+        stack.push(request)  # this thread's own stack: no other thread sees it
+        try:
+            return send_event(type_, **fields)
+        finally:
+            stack.pop()
+
+    return send
 
 
 def describe_progress(done: int, total: int) -> str:

@@ -24,7 +24,12 @@ from hoist.protocol.staged_file import (
 from hoist.state.leases import Limit, name_lock, rank_limit, store_limit
 from hoist.state.states import State
 from hoist.tasks.job import Heartbeat, Job
-from hoist.tasks.progress import PROGRESS_EVENT, TransferProgress, describe_progress
+from hoist.tasks.progress import (
+    PROGRESS_EVENT,
+    TransferProgress,
+    callable_from_any_thread,
+    describe_progress,
+)
 
 log = logging.getLogger("hoist.worker")
 
@@ -88,6 +93,9 @@ class UploadJob(Job):
         # bytes_sent restarts with each attempt: what an earlier one sent is not in the store.
         attempt = self.begin_attempt(upload_started_at=self.ctx.clock(), bytes_sent=0)
         store = self.ctx.store(self.spec)
+        if self.send_event is not None:
+            # Progress may be counted on the store's part threads (S3 multipart).
+            self.send_event = callable_from_any_thread(self.send_event)
         with Heartbeat(self) as heartbeat:
             progress = TransferProgress(
                 staged.size,
