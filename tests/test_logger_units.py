@@ -1040,7 +1040,7 @@ def test_upload_failed_message_leads_with_one_sentence_then_the_checkpoint() -> 
     lines = failure_report("composer-run", 0, _composer_run_failures()).splitlines()
     assert lines[0] == (
         "Run 'composer-run' rank 0: 1 checkpoint and 2 other files failed to upload "
-        "(20 uploads in all); fix the causes below, then `hoist retry --run composer-run` "
+        "(20 uploads in all); fix the causes below, then `hoist retry --run=composer-run` "
         "sends them again."
     )
     # The checkpoint's line right after the sentence, though it failed eleventh.
@@ -1062,7 +1062,7 @@ def test_upload_failed_message_for_one_upload_and_for_versions_failing_different
 
     assert failure_report("r", 2, [("ep1.pt", "r/artifacts/ep1.pt", "denied")]) == (
         "Run 'r' rank 2: 1 checkpoint failed to upload; fix the cause below, then "
-        "`hoist retry --run r` sends it again.\n"
+        "`hoist retry --run=r` sends it again.\n"
         "  checkpoint ep1.pt (r/artifacts/ep1.pt): denied"
     )
     # Without a checkpoint the files are not "other"; a name whose versions
@@ -1072,7 +1072,7 @@ def test_upload_failed_message_for_one_upload_and_for_versions_failing_different
     )
     assert report == (
         "Run 'r' rank 0: 1 file failed to upload (2 uploads in all); fix the causes below, "
-        "then `hoist retry --run r` sends them again.\n"
+        "then `hoist retry --run=r` sends them again.\n"
         "  train.log: 2 versions failed: timed out (the last: denied)"
     )
 
@@ -1132,3 +1132,10 @@ def test_wait_raises_the_folded_message_and_keeps_every_version_in_failures() ->
     assert "14 versions failed" in str(raised.value)
     assert raised.value.failures == failures
     assert len(pending) == 0
+
+
+def test_upload_failed_message_quotes_a_run_name_for_the_shell() -> None:
+    from hoist.logger.pending import failure_report
+
+    report = failure_report("my run 1", 0, [("ep1.pt", "ep1.pt", "denied")])
+    assert "then `hoist retry --run='my run 1'` sends it again." in report

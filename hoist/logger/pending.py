@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shlex
 import time
 from collections.abc import Iterable
 
@@ -99,7 +100,7 @@ def failure_report(run_name: str, rank: int, failures: Iterable[Failure]) -> str
         ...     ("logs/train.log", "bert-3/logs/train.log", "no such bucket 'ckpt'"),
         ... ]))
         Run 'bert-3' rank 0: 1 checkpoint and 1 other file failed to upload (3 uploads
-        in all); fix the cause below, then `hoist retry --run bert-3` sends them again.
+        in all); fix the cause below, then `hoist retry --run=bert-3` sends them again.
           checkpoint ep1.pt (bert-3/ep1.pt): no such bucket 'ckpt'
           logs/train.log (bert-3/logs/train.log): 2 versions failed: no such bucket 'ckpt'
     """
@@ -120,9 +121,11 @@ def failure_report(run_name: str, rank: int, failures: Iterable[Failure]) -> str
     distinct_errors = {error for errors in by_name.values() for error in errors}
     causes = "the cause" if len(distinct_errors) == 1 else "the causes"
     them = "them" if uploads > 1 else "it"
+    # A command to copy as it is: the run's name quoted for the shell where it must be.
+    retry = f"hoist retry --run={shlex.quote(run_name)}"
     lines = [
         f"Run {run_name!r} rank {rank}: {' and '.join(counts)} failed to upload{in_all}; "
-        f"fix {causes} below, then `hoist retry --run {run_name}` sends {them} again."
+        f"fix {causes} below, then `{retry}` sends {them} again."
     ]
     for key in checkpoints + others:
         name, obj = key
