@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from hoist import LogLevel
+from hoist import LogLevel, ObjectStoreLogger
 from hoist.cli import main
 from hoist.commands import console as console_module
 from hoist.download import download_artifact, download_checkpoint
 from hoist.errors import ConfigurationError
+from hoist.protocol.naming import validate_run_name
 from tests import test_checkpoints
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
@@ -215,3 +216,23 @@ def test_a_pointer_downloads_under_its_own_name_with_a_normal_mode(
     assert [p.name for p in into.iterdir()] == ["latest-rank0.pt"]
     assert (into / "latest-rank0.pt").read_bytes() == b"forty"
     assert stat.S_IMODE(os.stat(got.path).st_mode) == 0o644
+
+
+@pytest.mark.parametrize("run_name", ["my run 1", "tab\there", "line\nbreak", "bell\x07"])
+def test_a_run_name_a_shell_or_uri_would_split_is_refused_when_the_logger_is_built(
+    fleet: WorkerFleet, tmp_path: Path, run_name: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ObjectStoreLogger(
+            provider="local",
+            container="artifacts",
+            provider_kwargs={"key": str(tmp_path)},
+            broker_url=fleet.broker_url,
+            upload_staging_folder=str(fleet.staging_root),
+            run_name=run_name,
+        )
+    assert str(caught.value).startswith(
+        f"run name {run_name!r} has whitespace or a control character: give a non-empty name"
+    ), caught.value
+    assert "(e.g. 'my-run-1')" in str(caught.value)
+    assert validate_run_name("my-run-1") == "my-run-1"

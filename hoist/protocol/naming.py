@@ -68,7 +68,8 @@ def validate_run_name(run_name: str) -> str:
 
     Raises:
         ConfigurationError: it is not a string, is empty, ``.`` or ``..``, has a
-            ``/`` or NUL, is not valid UTF-8 or is longer than 255 bytes.
+            ``/`` or NUL, is not valid UTF-8, is longer than 255 bytes, or has
+            whitespace or a control character (``"my run 1"``).
 
     Example:
         >>> validate_run_name("bert-3")
@@ -83,10 +84,15 @@ def validate_run_name(run_name: str) -> str:
         problem = "is not valid UTF-8 (it holds a lone surrogate)"
     elif len(run_name.encode("utf-8")) > RUN_NAME_MAX_BYTES:
         problem = f"is longer than {RUN_NAME_MAX_BYTES} bytes"
+    elif any(c.isspace() or not c.isprintable() for c in run_name):
+        # It is printed in URIs, commands to copy (`hoist wait --run NAME`) and
+        # Flower's table, unquoted: a space would split it.
+        problem = "has whitespace or a control character"
     if problem is not None:
         raise ConfigurationError(
             f"run name {run_name!r} {problem}: give a non-empty name of at most "
-            f"{RUN_NAME_MAX_BYTES} bytes without '/' or NUL characters, not '.' or '..'"
+            f"{RUN_NAME_MAX_BYTES} bytes without whitespace, control characters or '/', "
+            "not '.' or '..' (e.g. 'my-run-1')"
         )
     return run_name
 
