@@ -19,8 +19,11 @@ store.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,3 +271,52 @@ def test_a_file_logger_uploading_in_its_close_lands_whatever_the_order_of_logger
     # After post_close the logger is closed; an upload then is refused, saying when.
     with pytest.raises(ConfigurationError, match="post_close"):
         logger.upload_file(FileLogger.remote_file_name, file_logger.path, overwrite=True)
+
+
+ENDS_WITHOUT_CLOSE = """
+import atexit, json, sys
+from pathlib import Path
+from hoist.integrations.composer import HoistDestination
+from tests.test_composer import ComposerLogger, Event, FileLogger, State, close_engine
+
+kwargs, folder, run = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+state = State(run)
+loggers = [HoistDestination(**kwargs), FileLogger(folder / "logs-rank0.txt")]
+logger = ComposerLogger(state, loggers)
+atexit.register(close_engine, loggers, state, logger)  # Engine.__init__, before INIT
+for event in ("init", "fit_end"):
+    for callback in loggers:
+        callback.run_event(Event(event), state, logger)
+# No trainer.close(): Composer's atexit hook closes the engine as the interpreter exits.
+"""
+
+
+def test_a_run_that_never_calls_close_lands_its_last_log_at_exit(
+    fleet: WorkerFleet, tmp_path: Path
+) -> None:
+    """Composer registers ``Engine._close`` with ``atexit`` when the Trainer is built,
+    before INIT builds hoist's logger, whose sending thread flushes at exit too: at
+    exit hoist's flush runs first, then FileLogger's ``close`` uploads and
+    HoistDestination's ``post_close`` waits for it."""
+    store = tmp_path / "store"
+    (store / "artifacts").mkdir(parents=True)
+    run = f"{RUN}-atexit"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ENDS_WITHOUT_CLOSE,
+            json.dumps(single_rank_local_store(fleet, store)),
+            str(tmp_path),
+            run,
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Error running" not in done.stderr, done.stderr
+    remote = store / "artifacts" / run / "logs-rank0.txt"
+    assert remote.read_bytes() == (tmp_path / "logs-rank0.txt").read_bytes()
+    assert remote.read_text().endswith("[CLOSE] last lines, only in the upload from close()\n")
