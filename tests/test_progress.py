@@ -15,6 +15,7 @@ the task as ``PROGRESS`` with its reading as the result.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 import time
@@ -24,9 +25,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from rich.console import Console
+from rich.filesize import decimal
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
-from hoist.commands.status import run_status
+from hoist.commands.status import RunStatus, render_table, run_status
 from hoist.state.records import Records
 from hoist.state.states import State
 from tests.conftest import serve_fleet
@@ -103,13 +106,17 @@ def test_status_counts_bytes_of_an_upload_in_flight(
     assert artifact is not None
     try:
         readings: list[tuple[int, int]] = []  # (run total, rank 0) while not yet done
+        table: tuple[int, str] | None = None  # a reading in flight and the table then
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            status = run_status(records, run).to_json()
+            current = run_status(records, run)
+            status = current.to_json()
             if status["total"]["done"]:
                 break
             [rank] = status["ranks"]
             readings.append((status["total"]["bytes_sent"], rank["bytes_sent"]))
+            if 0 < current.total.bytes_sent < SIZE and table is None:
+                table = current.total.bytes_sent, _table_text(current)
             assert status["total"]["bytes_done"] == 0  # bytes_done keeps its meaning
             time.sleep(0.05)
         final = run_status(records, run).to_json()["total"]
@@ -124,6 +131,11 @@ def test_status_counts_bytes_of_an_upload_in_flight(
     totals = [total for total, _ in readings]
     assert totals == sorted(totals), readings
     assert all(total == rank for total, rank in readings), readings
+    # What `hoist status --run` (and each --watch refresh) printed in flight:
+    # the bytes sent so far, not 0 until the upload ends.
+    assert table is not None
+    sent, text = table
+    assert f"{decimal(sent)} / {decimal(SIZE)}" in text, text
     print(f"\n[progress] bytes_sent in flight of {SIZE}: {between}")
 
 
@@ -175,6 +187,13 @@ def test_flower_shows_a_multipart_upload_in_flight_as_progress(
     assert task.state == "PROGRESS"
     assert task.result.startswith("uploading: ") and task.result.endswith("(100%)"), task.result
     print(f"\n[flower] {len(progress)} task-progress events: {[e['bytes_done'] for e in progress]}")
+
+
+def _table_text(status: RunStatus) -> str:
+    """The table ``hoist status --run`` prints for ``status``, as plain text."""
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_table([status], per_rank=True))
+    return console.export_text()
 
 
 def _signal_when_consuming(context: Any, listening: threading.Event) -> Any:
