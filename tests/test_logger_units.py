@@ -1135,7 +1135,8 @@ def test_wait_raises_the_folded_message_and_keeps_every_version_in_failures() ->
 
 
 def test_upload_failed_message_quotes_a_run_name_for_the_shell() -> None:
+    """Run names may hold characters a shell reads ('$', ';'); the command copies as is."""
     from hoist.logger.pending import failure_report
 
-    report = failure_report("my run 1", 0, [("ep1.pt", "ep1.pt", "denied")])
-    assert "then `hoist retry --run='my run 1'` sends it again." in report
+    report = failure_report("run$HOME", 0, [("ep1.pt", "ep1.pt", "denied")])
+    assert "then `hoist retry --run='run$HOME'` sends it again." in report

@@ -121,7 +121,7 @@ def failure_report(run_name: str, rank: int, failures: Iterable[Failure]) -> str
     distinct_errors = {error for errors in by_name.values() for error in errors}
     causes = "the cause" if len(distinct_errors) == 1 else "the causes"
     them = "them" if uploads > 1 else "it"
-    # A command to copy as it is: the run's name quoted for the shell where it must be.
+    # A command to copy as it is: the run's name quoted where a shell would read it ('$', ';').
     retry = f"hoist retry --run={shlex.quote(run_name)}"
     lines = [
         f"Run {run_name!r} rank {rank}: {' and '.join(counts)} failed to upload{in_all}; "
