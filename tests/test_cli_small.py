@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from hoist.download import download_artifact, download_checkpoint
 from hoist.errors import ConfigurationError
 from hoist.protocol.naming import validate_run_name
 from tests import test_checkpoints
+from tests.services.cluster import environment, local_cluster, pids
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
 from tests.services.workers import WorkerFleet, wait_until
@@ -236,3 +239,28 @@ def test_a_run_name_a_shell_or_uri_would_split_is_refused_when_the_logger_is_bui
     ), caught.value
     assert "(e.g. 'my-run-1')" in str(caught.value)
     assert validate_run_name("my-run-1") == "my-run-1"
+
+
+def test_up_and_status_below_a_running_cluster_use_it_not_a_second_one(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    below = project / "src" / "train"
+    below.mkdir(parents=True)
+    with local_cluster(project / ".hoist", workers=1) as cluster:
+        before = pids(cluster.home)
+
+        def hoist_here(*args: str) -> subprocess.CompletedProcess[str]:
+            """``hoist ARGS`` with no --home and no HOIST_*, run from below the project."""
+            argv = [sys.executable, "-m", "hoist.cli", *args]
+            return subprocess.run(
+                argv, capture_output=True, text=True, env=environment(), cwd=below, timeout=90
+            )
+
+        status = hoist_here("status", "--json")
+        assert status.returncode == 0, status.stderr
+        json.loads(status.stdout)
+
+        again = hoist_here("up", "--detach")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "already running, reused" in again.stdout
+        assert pids(cluster.home) == before
+        assert not (below / ".hoist").exists()
