@@ -14,11 +14,16 @@ the task as ``PROGRESS`` with its reading as the result.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import json
 import os
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from hoist.state.records import Records
 from hoist.state.states import State
 from tests.conftest import serve_fleet
 from tests.services.keys import FLEET_KEY
+from tests.services.process import ServerProcess, free_port, port_open
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
 from tests.services.throttle import ThrottlingProxy
@@ -206,3 +212,78 @@ def _signal_when_consuming(context: Any, listening: threading.Event) -> Any:
             yield consumer
 
     return consuming
+
+
+@pytest.fixture(scope="module")
+def flower(
+    tmp_path_factory: pytest.TempPathFactory, fleet: WorkerFleet
+) -> Iterator[tuple[int, tuple[str, str]]]:
+    """A real ``hoist flower`` on the fleet's broker, with a login: (port, login)."""
+    home = tmp_path_factory.mktemp("flower")
+    port = free_port()
+    login = ("ops", "progress-pw")
+    env = {
+        "HOIST_HOME": str(home / ".hoist"),
+        "HOIST_FLEET_KEY": FLEET_KEY,
+        "HOIST_FLOWER_USER": login[0],
+        "HOIST_FLOWER_PASSWORD": login[1],
+    }
+    argv = [sys.executable, "-m", "hoist.cli", "flower", "--broker-url", fleet.broker_url]
+    server = ServerProcess(
+        "hoist flower",
+        [*argv, "--port", str(port)],
+        home / "flower.log",
+        lambda: port_open(port),
+        env,
+    )
+    server.start()
+    try:
+        yield port, login
+    finally:
+        server.stop()
+
+
+def _flower_get(port: int, login: tuple[str, str], path: str) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_flower_api_shows_progress_mid_upload(
+    store: S3Server,
+    fleet: WorkerFleet,
+    proxy: ThrottlingProxy,
+    flower: tuple[int, tuple[str, str]],
+    tmp_path: Path,
+) -> None:
+    """Polled as the issue's reporter did: Flower's task API says PROGRESS mid-upload."""
+    port, login = flower
+    run = f"flower-api-{time.time_ns() // 1_000_000}"
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(SIZE))
+    logger = s3_logger(run, store, fleet, proxy)
+    seen: list[tuple[str, str]] = []  # (state, result) as Flower reported them
+    try:
+        artifact = logger.file_artifact(LogLevel.EPOCH, "big.bin", source)
+        assert artifact is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            code, body = _flower_get(port, login, f"/api/task/info/{artifact}")
+            if code == 200:
+                info = json.loads(body)
+                seen.append((info.get("state"), str(info.get("result"))))
+                if info.get("state") == "SUCCESS":
+                    break
+            time.sleep(0.1)
+    finally:
+        logger.close()
+    progress = [result for state, result in seen if state == "PROGRESS"]
+    assert progress, seen
+    assert all(result.startswith("uploading: ") for result in progress), progress
+    assert seen[-1][0] == "SUCCESS", seen[-1]
+    print(f"\n[flower api] PROGRESS results seen: {sorted(set(progress))}")
