@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from hoist import __version__
+from hoist import __version__, settings
 from hoist.commands import COMMANDS
 from hoist.commands.cluster_access import DEFAULT_HOME, find_home
 from hoist.commands.console import console
@@ -52,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     # How the home was chosen, so "no cluster found" can say where it looked.
-    args.home_given = args.home is not None or bool(os.environ.get("HOIST_HOME"))
+    home = settings.read("HOIST_HOME")
+    args.home_given = args.home is not None or home is not None
     if args.home is None:
-        args.home = os.environ.get("HOIST_HOME") or find_home(os.getcwd()) or DEFAULT_HOME
+        args.home = home or find_home(os.getcwd()) or DEFAULT_HOME
     try:
         return int(args.func(args))
     except HoistError as exc:
