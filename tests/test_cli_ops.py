@@ -129,7 +129,7 @@ def test_status_table_and_json(cli: Cli, good_run: LoggedRun) -> None:
 
     code, out, _ = cli("status")
     assert code == 0
-    assert good_run.name in out and "bytes done / total" in out
+    assert good_run.name in out and "bytes sent / total" in out
 
     code, out, _ = cli("status", "--json", "--limit", "0")
     assert code == 0

@@ -321,8 +321,8 @@ def render_table(statuses: list[RunStatus], per_rank: bool) -> Table:
         footer = None
     for column in ("artifacts", "queued", "uploading", "done", "failed", "superseded"):
         table.add_column(column, justify="right")
-    # Headed "done", read as "so far": the cells count bytes sent, uploads in flight included.
-    for column in ("bytes done / total", "throughput", "oldest queued"):
+    # Bytes that reached the store so far, uploads in flight included.
+    for column in ("bytes sent / total", "throughput", "oldest queued"):
         table.add_column(column, justify="right")
     for label, summary in rows:
         ranks = [] if per_rank else [str(summary.ranks)]
