@@ -41,6 +41,7 @@ from tests.services.cluster import (
     running,
     up,
 )
+from tests.services.flower import signal_when_consuming
 from tests.services.process import free_port, port_open
 from tests.services.secrets import assert_not_in_redis
 from tests.services.workers import wait_until
@@ -252,7 +253,7 @@ def test_an_upload_in_flight_reports_its_bytes_as_task_progress(cluster: Cluster
         capture = threading.Thread(
             target=receiver.capture, kwargs={"wakeup": False}, daemon=True, name="events"
         )
-        receiver.consumer_context = _signal_when_consuming(receiver.consumer_context, listening)
+        receiver.consumer_context = signal_when_consuming(receiver.consumer_context, listening)
         capture.start()
         try:
             assert listening.wait(10)
@@ -284,18 +285,6 @@ def test_an_upload_in_flight_reports_its_bytes_as_task_progress(cluster: Cluster
     assert task.result == "uploading: 41.9 MB of 41.9 MB (100%)"  # what Flower shows
     state.event(dict(ours[len(before_success)]))
     assert state.tasks[artifact].state == "SUCCESS"
-
-
-def _signal_when_consuming(context: Any, listening: threading.Event) -> Any:
-    """Wrap a receiver's consumer context to set ``listening`` once it is subscribed."""
-
-    @contextlib.contextmanager
-    def consuming(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with context(*args, **kwargs) as consumer:
-            listening.set()
-            yield consumer
-
-    return consuming
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian's chromium at {CHROMIUM}")

@@ -14,16 +14,12 @@ the task as ``PROGRESS`` with its reading as the result.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import io
 import json
 import os
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +34,7 @@ from hoist.commands.status import RunStatus, render_table, run_status
 from hoist.state.records import Records
 from hoist.state.states import State
 from tests.conftest import serve_fleet
+from tests.services.flower import flower_get, signal_when_consuming
 from tests.services.keys import FLEET_KEY
 from tests.services.process import ServerProcess, free_port, port_open
 from tests.services.redis import RedisServer
@@ -159,7 +156,7 @@ def test_flower_shows_a_multipart_upload_in_flight_as_progress(
     with app.connection_for_read() as connection:
         receiver = app.events.Receiver(connection, handlers={"*": events.append})
         listening = threading.Event()
-        receiver.consumer_context = _signal_when_consuming(receiver.consumer_context, listening)
+        receiver.consumer_context = signal_when_consuming(receiver.consumer_context, listening)
         capture = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
         capture.start()
         try:
@@ -202,18 +199,6 @@ def _table_text(status: RunStatus) -> str:
     return console.export_text()
 
 
-def _signal_when_consuming(context: Any, listening: threading.Event) -> Any:
-    """Wrap a receiver's consumer context to set ``listening`` once it is subscribed."""
-
-    @contextlib.contextmanager
-    def consuming(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with context(*args, **kwargs) as consumer:
-            listening.set()
-            yield consumer
-
-    return consuming
-
-
 @pytest.fixture(scope="module")
 def flower(
     tmp_path_factory: pytest.TempPathFactory, fleet: WorkerFleet
@@ -243,17 +228,6 @@ def flower(
         server.stop()
 
 
-def _flower_get(port: int, login: tuple[str, str], path: str) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
 def test_flower_api_shows_progress_mid_upload(
     store: S3Server,
     fleet: WorkerFleet,
@@ -273,7 +247,7 @@ def test_flower_api_shows_progress_mid_upload(
         assert artifact is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            code, body = _flower_get(port, login, f"/api/task/info/{artifact}")
+            code, body = flower_get(port, f"/api/task/info/{artifact}", login, timeout=5)
             if code == 200:
                 info = json.loads(body)
                 seen.append((info.get("state"), str(info.get("result"))))

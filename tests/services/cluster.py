@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hoist.workers.envfile import read_env_file
+from tests.services.flower import flower_get
 from tests.services.process import free_port
 from tests.services.workers import clean_environment
 
@@ -96,15 +94,7 @@ class Cluster:
 
     def flower(self, path: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
         """GET ``path`` from Flower: (status, body)."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.flower_port}{path}")
-        if auth is not None:
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
+        return flower_get(self.flower_port, path, auth)
 
 
 def up(
