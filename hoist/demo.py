@@ -18,10 +18,10 @@ import sys
 import tempfile
 import time
 
-from hoist import settings
 from hoist.errors import ConfigurationError, HoistError
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
+from hoist.settings import CommandSettings
 from hoist.stores.spec import store_class
 from hoist.stores.uri import parse_store_uri
 
@@ -31,7 +31,7 @@ MiB = 1024 * 1024
 
 def make_logger(store_uri: str) -> ObjectStoreLogger:
     """A logger for the store a URI names, as a user's training script would make it."""
-    kind, kwargs = parse_store_uri(store_uri, settings.read("HOIST_SFTP_PASSWORD"))
+    kind, kwargs = parse_store_uri(store_uri, CommandSettings.from_environment().sftp_password)
     return ObjectStoreLogger(
         object_store_cls=store_class(kind),
         object_store_kwargs=kwargs,
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # This program is an edge: the store comes from the environment `hoist demo` set.
-        store_uri: str | None = settings.read("HOIST_STORE_URI")
+        store_uri = CommandSettings.from_environment().store_uri
         if not store_uri:
             raise ConfigurationError(
                 "HOIST_STORE_URI is not set; `hoist demo` sets it for its ranks"

@@ -30,17 +30,17 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from hoist import settings
 from hoist.checkpoints import DownloadedCheckpoint, fetch_checkpoint
 from hoist.errors import (
     CheckpointError,
     ConfigurationError,
     ObjectNotFoundError,
 )
-from hoist.keys import FLEET_KEY_ENV, FleetKeys
+from hoist.keys import FleetKeys
 from hoist.protocol.manifest import is_manifest
 from hoist.protocol.messages import COMMIT_TASK
 from hoist.protocol.pointers import POINTER_SUFFIX, PointerError, read_pointer
+from hoist.settings import CommandSettings
 from hoist.state.connection import NO_CLUSTER, connect
 from hoist.state.records import ArtifactStatus, Records
 from hoist.state.states import State
@@ -323,7 +323,7 @@ def _store(store: str | ObjectStore | None, source: str) -> tuple[ObjectStore, b
             f"Python; e.g. s3://bucket or file:///dir), set {STORE_URI_ENV}, or look it up "
             "in a run's records with --run"
         )
-    return store_from_uri(uri, settings.read("HOIST_SFTP_PASSWORD")), True
+    return store_from_uri(uri, _environment().sftp_password), True
 
 
 def _from_uri(source: str, store: str | ObjectStore | None) -> tuple[ObjectStore, str, bool, bool]:
@@ -360,7 +360,7 @@ def _natural_root(source: str) -> tuple[ObjectStore, str]:
             f"{source} is not inside the store given by --store or {STORE_URI_ENV}; pass the "
             "URI of the store it is in (for a local store, file:///DIR of its directory)"
         )
-    kind, kwargs = parse_store_uri(source, settings.read("HOIST_SFTP_PASSWORD"))
+    kind, kwargs = parse_store_uri(source, _environment().sftp_password)
     if kind == "s3":
         # parse_store_uri reads the path as a store's prefix and ends it in "/";
         # here it is one object's key, so that "/" is not part of it.
@@ -414,7 +414,7 @@ def _in_run(
         )
     newest = max(done, key=lambda a: a.message["order"])
     spec = StoreSpec.from_json(newest.message["store"])
-    keys = fleet_key or settings.read(FLEET_KEY_ENV)
+    keys = fleet_key or _environment().keys
     return spec.build(keys), objects[0], True
 
 
@@ -423,18 +423,21 @@ def _in_run(
 # no store or records gets what the environment names, as documented above.
 
 
+def _environment() -> CommandSettings:
+    return CommandSettings.from_environment()
+
+
 def _configured_store() -> str | None:
     """``HOIST_STORE_URI``, or None."""
-    uri: str | None = settings.read(STORE_URI_ENV)
-    return uri
+    return _environment().store_uri
 
 
 def _configured_state_url() -> str:
     """``HOIST_STATE_URL``, else ``HOIST_BROKER_URL``; no cluster configured is an error."""
-    broker = settings.configured_broker_url()
-    if not broker:
+    state = _environment().state_url
+    if not state:
         raise ConfigurationError(NO_CLUSTER)
-    return settings.state_url(broker=broker)
+    return state
 
 
 def _names(artifact: ArtifactStatus, source: str) -> bool:

@@ -303,6 +303,9 @@ class WorkerSettings:
             ``HOIST_ALLOW_ANY_STORE=1``).
         retention_seconds: how long finished records are kept
             (``HOIST_RETENTION_DAYS``, in seconds).
+        node_queue: ``HOIST_NODE_QUEUE``, or None.
+        state_url_apart: ``HOIST_STATE_URL`` was set, so ``--broker-url``
+            does not move the records with the broker.
     """
 
     broker_url: str = DEFAULT_BROKER_URL
@@ -322,6 +325,8 @@ class WorkerSettings:
     insecure_unsigned: bool = False
     allowed: AllowedStores = field(default_factory=AllowedStores)
     retention_seconds: int = retention_seconds(14.0)
+    node_queue: str | None = None
+    state_url_apart: bool = False
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -330,6 +335,8 @@ class WorkerSettings:
         return cls(
             broker_url=broker,
             state_url=state_url(env, broker),
+            node_queue=read("HOIST_NODE_QUEUE", env),
+            state_url_apart=read("HOIST_STATE_URL", env) is not None,
             staging_root=read("HOIST_STAGING_DIR", env),
             store_limit=read("HOIST_STORE_LIMIT", env),
             max_retries=read("HOIST_MAX_RETRIES", env),

@@ -412,11 +412,14 @@ def test_the_command_line_overrides_the_environment_settings(tmp_path: Path) -> 
 
 
 def test_a_broker_given_alone_holds_the_records_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The base comes from the environment, as `hoist worker` resolves it.
     monkeypatch.delenv("HOIST_STATE_URL", raising=False)
-    chosen = worker_settings(WorkerSettings(), options(broker_url="redis://b:6379/2"))
+    base = WorkerSettings.from_environment()
+    chosen = worker_settings(base, options(broker_url="redis://b:6379/2"))
     assert chosen.state_url == "redis://b:6379/2"
     monkeypatch.setenv("HOIST_STATE_URL", "redis://records:6379/0")
-    chosen = worker_settings(WorkerSettings(), options(broker_url="redis://b:6379/2"))
+    base = WorkerSettings.from_environment()
+    chosen = worker_settings(base, options(broker_url="redis://b:6379/2"))
     assert chosen.state_url == "redis://records:6379/0"
     chosen = worker_settings(WorkerSettings(), options(broker_url="b", state_url="redis://s/3"))
     assert chosen.state_url == "redis://s/3"

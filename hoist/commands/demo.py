@@ -16,6 +16,7 @@ from hoist.commands.cluster_access import records_for
 from hoist.commands.console import console, out
 from hoist.commands.status import summarize
 from hoist.errors import ConfigurationError, HoistError
+from hoist.settings import CommandSettings
 from hoist.state.records import ArtifactStatus, Records
 from hoist.state.states import State
 from hoist.workers.cluster import LocalCluster
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     ensure_cluster(args.home)
     records = records_for(args)
     run_name = args.run or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    store_uri = args.store or os.environ.get("HOIST_STORE_URI")
+    command = CommandSettings.from_environment()
+    store_uri = args.store or command.store_uri
     if not store_uri:
         raise ConfigurationError(
             "say where the demo uploads to: --store URI, or set HOIST_STORE_URI"
@@ -56,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
     failed_ranks = [rank for rank, proc in enumerate(ranks) if proc.returncode != 0]
     print_landed(artifacts)
     failures = [a for a in artifacts if a.state is State.FAILED]
-    flower = os.environ.get("HOIST_FLOWER_URL")
+    flower = command.flower_url
     if flower:
         console.print(
-            f"Flower: {flower}/tasks (user {os.environ.get('HOIST_FLOWER_USER', 'hoist')}, "
+            f"Flower: {flower}/tasks (user {command.flower_user or 'hoist'}, "
             f"password: HOIST_FLOWER_PASSWORD in {os.path.join(args.home, 'env')})"
         )
     if failures or failed_ranks:
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def ensure_cluster(home: str) -> None:
     """Use a cluster the environment names, else start (or reuse) the local one in ``home``."""
-    if os.environ.get("HOIST_BROKER_URL") and not os.path.exists(env_path(home)):
+    if CommandSettings.from_environment().broker_url and not os.path.exists(env_path(home)):
         return  # a cluster elsewhere, chosen by the user
     info, reused = LocalCluster(home).start()
     console.print(

@@ -11,11 +11,10 @@ from typing import Any
 
 from rich.filesize import decimal
 
-from hoist import settings
 from hoist.commands.cluster_access import load_environment, records_for
 from hoist.commands.console import console, out, transfer_progress
-from hoist.download import STORE_URI_ENV, fetch, resolve
-from hoist.keys import FLEET_KEY_ENV
+from hoist.download import fetch, resolve
+from hoist.settings import CommandSettings
 
 
 def register(commands: Any) -> None:
@@ -50,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
     # The CLI is the edge: it reads the environment (after <home>/env) and hands
     # the library the store, the records and the fleet key explicitly.
     load_environment(args)
-    store = args.store if args.store is not None else settings.read(STORE_URI_ENV)
+    command = CommandSettings.from_environment()
+    store = args.store if args.store is not None else command.store_uri
     if args.run:
-        records, fleet_key = records_for(args), settings.read(FLEET_KEY_ENV)
+        records, fleet_key = records_for(args), command.keys
     else:
         records, fleet_key = None, None
     resolved = resolve(args.source, run=args.run, store=store, records=records, fleet_key=fleet_key)

@@ -19,7 +19,7 @@ from typing import Any
 
 from hoist.protocol.broker import transport_for
 from hoist.protocol.messages import NODE_QUEUE_ENV, POINTER_QUEUE, UPLOAD_QUEUE, node_queue
-from hoist.settings import WorkerSettings, read
+from hoist.settings import WorkerSettings
 from hoist.stores.allowed import AllowedStores
 from hoist.tasks.app import worker_app
 
@@ -142,8 +142,9 @@ def worker_settings(base: WorkerSettings, args: argparse.Namespace) -> WorkerSet
         for option, field in OPTION_SETTINGS.items()
         if (value := getattr(args, option, None)) is not None
     }
-    if "broker_url" in changes and getattr(args, "state_url", None) is None:
-        changes["state_url"] = read("HOIST_STATE_URL") or changes["broker_url"]
+    moved = "broker_url" in changes and getattr(args, "state_url", None) is None
+    if moved and not base.state_url_apart:
+        changes["state_url"] = changes["broker_url"]
     if "staging_root" in changes:
         changes["staging_root"] = changes["staging_root"] or None
     allow = list(getattr(args, "allow_store", None) or [])
@@ -160,9 +161,9 @@ def worker_settings(base: WorkerSettings, args: argparse.Namespace) -> WorkerSet
 
 def run_worker(args: argparse.Namespace) -> int:
     """Resolve the worker's settings once, build the app from them, run Celery's worker."""
-    node = args.node_queue if args.node_queue is not None else read("HOIST_NODE_QUEUE")
-    queues = worker_queues(args.queues, node)
     settings = worker_settings(WorkerSettings.from_environment(), args)
+    node = args.node_queue if args.node_queue is not None else settings.node_queue
+    queues = worker_queues(args.queues, node)
     refusal = settings.startup_refusal()
     if refusal is not None:
         print(f"hoist worker: {refusal}", file=sys.stderr)
