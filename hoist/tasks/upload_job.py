@@ -129,8 +129,10 @@ class UploadJob(Job):
             if not result.already_present:
                 store.delete(message.object_name)
             return self.settle(State.FAILED, error=rewritten)
-        staged.unlink()
-        return self.settle(
+        # Recorded done first, then the staged copy goes: a settle lost to a
+        # Redis restart leaves the file for the redelivery, which finds the
+        # object already present, instead of a record that fails on a missing file.
+        outcome = self.settle(
             State.DONE,
             uri=result.uri,
             size=result.size,
@@ -141,6 +143,8 @@ class UploadJob(Job):
             upload_finished_at=self.ctx.clock(),
             error="",
         )
+        staged.unlink()
+        return outcome
 
     def _rewritten(self, staged: OpenStagedFile) -> str | None:
         """Why a hard-linked staged file no longer holds what was logged, or None."""
