@@ -26,11 +26,12 @@ from typing import Any
 from celery import Celery, signals
 
 from hoist.errors import ArtifactFailed
-from hoist.protocol.messages import COMMIT_TASK, POINTER_TASK, UPLOAD_BATCH_TASK, UPLOAD_TASK
+from hoist.protocol.messages import UPLOAD_BATCH_TASK
 from hoist.protocol.sending import celery_config
 from hoist.settings import WorkerSettings
 from hoist.tasks.control import restrict_remote_control
 from hoist.tasks.delivery import deliver, deliver_batch, raise_failures
+from hoist.tasks.jobs import JOBS
 from hoist.tasks.resender import Resender
 from hoist.tasks.worker_context import PerProcess, WorkerContext
 
@@ -38,7 +39,7 @@ from hoist.tasks.worker_context import PerProcess, WorkerContext
 def worker_app(
     settings: WorkerSettings, contexts: Callable[[], WorkerContext] | None = None
 ) -> Celery:
-    """A Celery app for workers with ``settings``: its four tasks and its signal handlers.
+    """A Celery app for workers with ``settings``: its tasks and its signal handlers.
 
     Parameters:
         settings: the worker's settings, resolved once at its start.
@@ -63,12 +64,9 @@ def worker_app(
     def run_batch(task: Any, messages: Any) -> dict[str, Any]:
         return deliver_batch(context(), task.name, messages, task.request.id, task.send_event)
 
-    for name, body in (
-        (UPLOAD_TASK, run_job),
-        (UPLOAD_BATCH_TASK, run_batch),
-        (POINTER_TASK, run_job),
-        (COMMIT_TASK, run_job),
-    ):
+    # One task per job (hoist.tasks.jobs.JOBS names them), and the batch of uploads.
+    bodies = {name: run_job for name in JOBS} | {UPLOAD_BATCH_TASK: run_batch}
+    for name, body in bodies.items():
         app.task(name=name, bind=True, throws=(ArtifactFailed,))(body)
 
     def on_worker_init(sender: Any = None, **_: Any) -> None:
