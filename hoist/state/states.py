@@ -19,7 +19,8 @@ class State(str, Enum):
     """Held back for a concurrency lease, a name lock or a pointer's target."""
     UPLOADING = "uploading"
     RETRYING = "retrying"
-    """A transient error; sent again after a backoff."""
+    """A transient error; sent again after a backoff. The record holds the last
+    ``error``, ``next_attempt_at`` and ``retrying_since`` (Unix times)."""
     DONE = "done"
     """Uploaded and verified (or, for a pointer, written)."""
     FAILED = "failed"

@@ -283,4 +283,10 @@ class Job:
         log.warning(
             "%s: attempt %d failed (%s); again in %.2f s", self.message.id, attempt, error, delay
         )
-        return self.settle(State.RETRYING, retry_in=delay, error=error)
+        # When the next try falls due, and since when it has been retrying, so
+        # `hoist status`, `hoist wait`, Flower and the rank can say so while it lasts.
+        now = self.ctx.clock()
+        since = {"retrying_since": now} if attempt == 1 else {}
+        return self.settle(
+            State.RETRYING, retry_in=delay, error=error, next_attempt_at=now + delay, **since
+        )
