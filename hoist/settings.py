@@ -155,8 +155,9 @@ VARIABLES: tuple[Variable, ...] = (
              "before the broker hands an unacknowledged message to another worker"),
     Variable("HOIST_QUEUED_TIMEOUT", _number, 300.0, "s", WORKERS,
              "how long an artifact may stay queued before it is sent again"),
-    Variable("HOIST_STORE_URI", _text, None, "", CLI,
-             "the store `hoist download` and `hoist demo` use", shown="none"),
+    Variable("HOIST_STORE_URI", _text, None, "", f"{RANKS}, {CLI}",
+             "the store of a logger given none, and of `hoist download` and `hoist demo`",
+             shown="none"),
     Variable("HOIST_SFTP_PASSWORD", _text, None, "", CLI,
              "the password of an sftp:// store URI", shown="none", secret=True),
     Variable("HOIST_HOME", _text, None, "", CLI,
@@ -234,6 +235,8 @@ class RankSettings:
         node_queue: ``HOIST_NODE_QUEUE``, or None.
         enqueue_timeout: ``HOIST_ENQUEUE_TIMEOUT``, seconds.
         retention_seconds: ``HOIST_RETENTION_DAYS``, in seconds.
+        store_uri: ``HOIST_STORE_URI``, the store of a logger given no store
+            arguments (``hoist up`` writes its embedded store there), or None.
     """
 
     broker_url: str = DEFAULT_BROKER_URL
@@ -244,6 +247,7 @@ class RankSettings:
     node_queue: str | None = None
     enqueue_timeout: float = 30.0
     retention_seconds: int = retention_seconds(14.0)
+    store_uri: str | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> RankSettings:
@@ -261,6 +265,7 @@ class RankSettings:
             node_queue=read("HOIST_NODE_QUEUE", env),
             enqueue_timeout=timeout,
             retention_seconds=retention_seconds(read("HOIST_RETENTION_DAYS", env)),
+            store_uri=read("HOIST_STORE_URI", env),
         )
 
 

@@ -2,7 +2,8 @@
 
 Every choice a logger makes from its environment is made here, when it is
 built: explicit arguments first, then :class:`~hoist.settings.RankSettings`
-(the ``HOIST_*`` variables), then the launcher (``RANK``, ``TORCHELASTIC_RUN_ID``,
+(the ``HOIST_*`` variables; ``HOIST_STORE_URI`` is the store of a logger
+given no store arguments), then the launcher (``RANK``, ``TORCHELASTIC_RUN_ID``,
 ``SLURM_JOB_ID``…, see :mod:`hoist.logger.ranks`), then defaults. A bad
 value is a :class:`~hoist.errors.ConfigurationError` raised by the
 constructor; nothing the logger does later reads the environment.
@@ -28,6 +29,7 @@ from hoist.protocol.naming import ObjectNameTemplate, validate_run_name
 from hoist.settings import RankSettings
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, kind_of
+from hoist.stores.uri import parse_store_uri
 
 log = logging.getLogger("hoist.rank")
 
@@ -37,9 +39,20 @@ DEFAULT_CHECKPOINT_OBJECT_NAME = "{run_name}/{artifact_name}"
 """Sharded checkpoints: one directory per step for all ranks, and the run's pointer."""
 
 
+NO_STORE = (
+    "the logger has no store: pass one (ObjectStoreLogger(provider='s3', container='bucket', "
+    "provider_kwargs={...}) or ObjectStoreLogger(object_store_cls=S3ObjectStore, "
+    "object_store_kwargs={'bucket': ...})), or set HOIST_STORE_URI to a store URI; for the "
+    "embedded store run `hoist up` and `set -a; . ./.hoist/env; set +a`, which sets it"
+)
+"""The error of a logger given neither store arguments nor ``HOIST_STORE_URI``."""
+
+
 @dataclass(frozen=True)
 class StoreArguments:
     """Where to upload, in either of Composer's forms (see :class:`ObjectStoreLogger`).
+
+    None of them given means the default store, ``HOIST_STORE_URI``.
 
     Parameters:
         provider, container, provider_kwargs: the Libcloud form.
@@ -75,8 +88,49 @@ class StoreArguments:
                 object_store_kwargs, container = container, None
         return cls(provider, container, provider_kwargs, object_store_cls, object_store_kwargs)
 
-    def spec(self, keys: FleetKeys) -> StoreSpec:
-        """The store's description as sent to workers, its credentials sealed with ``keys``."""
+    @property
+    def given(self) -> bool:
+        """Whether any store argument was passed (else the default store applies).
+
+        Example:
+            >>> StoreArguments().given, StoreArguments(provider="local").given
+            (False, True)
+        """
+        return any(
+            value is not None
+            for value in (
+                self.provider,
+                self.container,
+                self.provider_kwargs,
+                self.object_store_cls,
+                self.object_store_kwargs,
+            )
+        )
+
+    def spec(self, keys: FleetKeys, default_uri: str | None = None) -> StoreSpec:
+        """The store's description as sent to workers, its credentials sealed with ``keys``.
+
+        Parameters:
+            keys: the fleet keys.
+            default_uri: the store when no argument names one (``HOIST_STORE_URI``).
+
+        Raises:
+            ConfigurationError: the arguments are incomplete or contradictory,
+                or there are none and no ``default_uri``.
+
+        Example:
+            >>> from hoist.keys import keys_from, new_fleet_key
+            >>> keys = keys_from(new_fleet_key())
+            >>> spec = StoreArguments().spec(keys, "file:///srv/hoist/store")
+            >>> spec.kind, spec.kwargs["container"]
+            ('libcloud', 'store')
+        """
+        if not self.given:
+            if not default_uri:
+                raise ConfigurationError(NO_STORE)
+            # Parsed on the rank: a relative file:// path means this rank's directory.
+            kind, kwargs = parse_store_uri(default_uri)
+            return StoreSpec.describe(kind, kwargs, keys)
         if self.object_store_cls is not None:
             if self.provider is not None:
                 raise ConfigurationError(
@@ -174,7 +228,7 @@ class LoggerConfiguration:
         name = validate_run_name(_run_name(run_name, settings, info, env))
         staging_root = staging_root_from(upload_staging_folder or settings.staging_dir)
         keys = _fleet_keys(fleet_key, settings)
-        spec = store.spec(keys)
+        spec = store.spec(keys, settings.store_uri)
         node = (settings.node_queue or "") if node_queue is None else node_queue
         broker = broker_url or settings.broker_url
         return cls(
