@@ -152,7 +152,13 @@ def test_status_table_and_json(cli: Cli, good_run: LoggedRun) -> None:
 
     code, out, _ = cli("status", "--run", good_run.name)
     assert code == 0
-    assert f"run {good_run.name}" in out and "all" in out
+    # stdout is no terminal here: TSV, a header line, then a line per rank and the total.
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert lines[0][:2] == ["rank", "artifacts"] and [row[0] for row in lines[1:]] == [
+        "0",
+        "1",
+        "all",
+    ]
 
     # Everything has finished, so a watch draws once and returns.
     code, out, _ = cli("status", "--run", good_run.name, "--watch", "--interval", "0.1")

@@ -9,11 +9,11 @@ import sys
 import time
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from hoist.commands.cluster_access import records_for
-from hoist.commands.console import console, out
+from hoist.commands.console import console, format_bytes, out
 from hoist.commands.status import summarize
 from hoist.errors import ConfigurationError, HoistError
 from hoist.settings import CommandSettings
@@ -117,12 +117,13 @@ def watch(
     records: Records, run_name: str, ranks: list[subprocess.Popen[bytes]], timeout: float
 ) -> list[ArtifactStatus]:
     """Show artifacts and bytes verified against staged until ranks exit and uploads settle."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    # One count column for both bars: artifacts as "3/10", bytes in binary units.
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                TextColumn("{task.fields[detail]}"))  # fmt: skip
     deadline = time.monotonic() + timeout
     with Progress(*columns, console=console) as bar:
-        artifacts_bar = bar.add_task("artifacts verified", total=None, detail="")
-        bytes_bar = bar.add_task("MiB verified      ", total=None, detail="")
+        artifacts_bar = bar.add_task("artifacts verified", total=None, count="", detail="")
+        bytes_bar = bar.add_task("bytes verified    ", total=None, count="", detail="")
         while True:
             artifacts = records.run_artifacts(run_name)
             summary = summarize(artifacts, time.time())
@@ -131,14 +132,15 @@ def watch(
                 artifacts_bar,
                 total=live,
                 completed=summary.done,
+                count=f"{summary.done}/{live}",
                 detail=f"{summary.uploading} uploading, {summary.queued} queued, "
-                f"{summary.failed} failed",
+                f"{summary.retrying} retrying, {summary.failed} failed",
             )
             bar.update(
                 bytes_bar,
-                total=summary.bytes_total // 2**20,
-                completed=summary.bytes_done // 2**20,
-                detail="",
+                total=summary.bytes_total or None,  # 0 would draw a full bar
+                completed=summary.bytes_done,
+                count=f"{format_bytes(summary.bytes_done)} / {format_bytes(summary.bytes_total)}",
             )
             ranks_done = all(proc.poll() is not None for proc in ranks)
             settled = all(a.state.terminal for a in artifacts)
@@ -150,7 +152,7 @@ def watch(
 def print_landed(artifacts: list[ArtifactStatus]) -> None:
     """The table of what landed: the newest version of each object name the run logged."""
     table = Table(title="what landed")
-    for column in ("object", "bytes", "crc64nvme", "verified", "pointer to"):
+    for column in ("object", "size", "crc64nvme", "verified", "pointer to"):
         table.add_column(column, overflow="fold")
     newest = {a.message.get("object_name", ""): a for a in artifacts}  # in logging order
     superseded = len(artifacts) - len(newest)
@@ -163,7 +165,7 @@ def print_landed(artifacts: list[ArtifactStatus]) -> None:
             verified = f"[red]{artifact.state.value}[/]"
         table.add_row(
             artifact.message.get("object_name", ""),
-            f"{int(fields.get('size', 0) or 0):,}",
+            format_bytes(int(fields.get("size", 0) or 0)),
             fields.get("checksum", "").removeprefix("crc64nvme:"),
             verified,
             target,

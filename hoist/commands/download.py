@@ -9,10 +9,8 @@ import argparse
 import posixpath
 from typing import Any
 
-from rich.filesize import decimal
-
 from hoist.commands.cluster_access import load_environment, records_for
-from hoist.commands.console import console, out, transfer_progress
+from hoist.commands.console import console, format_bytes, out, transfer_progress
 from hoist.download import fetch, resolve
 from hoist.settings import CommandSettings
 
@@ -62,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task(posixpath.basename(resolved.object_name), total=resolved.size)
         downloaded = fetch(resolved, args.dest, progress=lambda n: bar.advance(task, n))
     console.print(
-        f"[green]downloaded[/] {downloaded.uri} ({decimal(downloaded.size)}, "
+        f"[green]downloaded[/] {downloaded.uri} ({format_bytes(downloaded.size)}, "
         f"{downloaded.checksum}) to {downloaded.path}",
         highlight=False,
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from hoist.commands.console import console, out, transfer_progress
+from hoist.commands.console import console, format_bytes, format_rate, out, transfer_progress
 from hoist.errors import HoistError
 from hoist.settings import CommandSettings
 from hoist.stores.uri import store_from_uri
@@ -58,19 +58,18 @@ def run(args: argparse.Namespace) -> int:
             f"downloaded bytes differ from uploaded ones: {back.checksum} != {result.checksum}"
         )
     table = Table(title=f"hoist selfcheck: {uri}")
-    for column in ("step", "object", "bytes", "seconds", "MB/s", "checksum", "verified by"):
+    for column in ("step", "object", "size", "seconds", "rate", "checksum", "verified by"):
         table.add_column(column)
     for step, seconds, how in (
         ("upload", result.seconds, result.verified_by.value),
         ("download", download_seconds, "checksum equal"),
     ):
-        rate = size / max(seconds, 1e-9) / 1e6
         table.add_row(
             step,
             result.uri,
-            f"{size:,}",
+            format_bytes(size),
             f"{seconds:.2f}",
-            f"{rate:.0f}",
+            format_rate(size / max(seconds, 1e-9)),
             str(result.checksum),
             how,
         )

@@ -20,20 +20,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Group
-from rich.filesize import decimal
 from rich.live import Live
 from rich.progress import Progress, TaskID
-from rich.table import Table
+from rich.text import Text
 
 from hoist.commands.cluster_access import records_for
-from hoist.commands.console import out, transfer_progress
+from hoist.commands.console import out, print_sheet, render, transfer_progress
+from hoist.commands.status_tables import sheets
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_TASK
 from hoist.state.records import ArtifactStatus, Records
 from hoist.state.states import State
 
-PENDING = (State.QUEUED, State.WAITING, State.RETRYING)
-"""States shown together as "queued": sent, and not being worked on right now."""
+PENDING = (State.QUEUED, State.WAITING)
+"""States shown together as "queued": sent, and not being worked on right now.
+Retrying ones are counted apart: an error put them back, and they say which."""
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,20 @@ class Summary:
     Parameters:
         ranks: distinct ranks among the artifacts.
         artifacts: how many artifacts.
-        queued: queued, waiting or retrying.
+        queued: queued or waiting (held back for a limit or a pointer's target).
+        retrying: a transient error put them back; each waits for its next attempt.
         uploading, done, failed, superseded: artifacts in that state.
         bytes_done: bytes of uploads done.
         bytes_total: bytes of uploads not superseded.
         bytes_sent: bytes that have reached the store so far: uploads done,
             and what uploads in flight have sent (the worker records it every
             ``HOIST_PROGRESS_SECONDS``, so it lags by up to that much).
-        throughput: bytes done per second from the first enqueue to the last
-            finish, or None before the first upload is done.
+        upload_seconds: how long at least one upload was in flight: the union
+            of each upload's last attempt, from ``upload_started_at`` to
+            ``upload_finished_at`` (to now while it is uploading).
+        throughput: ``bytes_sent / upload_seconds``: the rate while uploading,
+            not over the run's wall time (a run that logs a checkpoint an hour
+            is not a slow store); None before any upload time is recorded.
         oldest_waiting: seconds the longest-queued artifact has waited
             (since it was logged, or re-sent by ``hoist retry``), or None.
         first_enqueued, last_finished: Unix times, or None.
@@ -60,6 +66,7 @@ class Summary:
     ranks: int
     artifacts: int
     queued: int
+    retrying: int
     uploading: int
     done: int
     failed: int
@@ -67,6 +74,7 @@ class Summary:
     bytes_done: int
     bytes_total: int
     bytes_sent: int
+    upload_seconds: float
     throughput: float | None
     oldest_waiting: float | None
     first_enqueued: float | None
@@ -75,7 +83,47 @@ class Summary:
     @property
     def finished(self) -> bool:
         """Every artifact is in a terminal state (done, failed or superseded)."""
-        return self.queued == 0 and self.uploading == 0
+        return self.queued == 0 and self.retrying == 0 and self.uploading == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """An artifact in ``retrying``: what failed last, and when it is tried again.
+
+    Parameters:
+        id: the artifact id.
+        artifact: its artifact name.
+        rank: the rank that logged it.
+        attempts: tries at the store so far.
+        error: the last attempt's error.
+        next_attempt_at: Unix time its next attempt falls due, or None (a record
+            written before workers recorded it).
+        retrying_since: Unix time of its first failed attempt, or None.
+    """
+
+    id: str
+    artifact: str
+    rank: int
+    attempts: int
+    error: str
+    next_attempt_at: float | None
+    retrying_since: float | None
+
+    @classmethod
+    def from_record(cls, artifact: ArtifactStatus) -> Retrying:
+        fields = artifact.fields
+        return cls(
+            id=artifact.id,
+            artifact=artifact.artifact_name,
+            rank=int(_number(fields.get("rank")) or 0),
+            attempts=int(_number(fields.get("attempts")) or 0),
+            error=artifact.error,
+            next_attempt_at=_number(fields.get("next_attempt_at")),
+            retrying_since=_number(fields.get("retrying_since")),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,21 +131,28 @@ class Summary:
 
 @dataclass(frozen=True)
 class RunStatus:
-    """One run: its total and one :class:`Summary` per rank.
+    """One run: its total, one :class:`Summary` per rank, and its retrying artifacts.
 
     Parameters:
         run: the run name.
         total: the whole run.
         ranks: rank number to that rank's summary, in rank order.
+        retrying: the run's artifacts in ``retrying``, the soonest due first.
     """
 
     run: str
     total: Summary
     ranks: dict[int, Summary]
+    retrying: list[Retrying] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         ranks = [{"rank": rank, **summary.to_json()} for rank, summary in self.ranks.items()]
-        return {"run": self.run, "total": self.total.to_json(), "ranks": ranks}
+        return {
+            "run": self.run,
+            "total": self.total.to_json(),
+            "ranks": ranks,
+            "retrying": [r.to_json() for r in self.retrying],
+        }
 
 
 def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
@@ -105,7 +160,7 @@ def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
 
     Parameters:
         artifacts: records, as :meth:`Records.run_artifacts` returns them.
-        now: the time waiting ages are measured to.
+        now: the time waiting ages and uploads in flight are measured to.
 
     Example:
         >>> summarize(records.run_artifacts("bert-3"), time.time()).done  # doctest: +SKIP
@@ -117,6 +172,7 @@ def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
     enqueued: list[float] = []
     finished: list[float] = []
     waiting_since: list[float] = []
+    in_flight: list[tuple[float, float]] = []
     for artifact in artifacts:
         fields = artifact.fields
         counts[artifact.state] += 1
@@ -132,23 +188,28 @@ def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
             continue
         size = int(artifact.message.get("size", 0))
         bytes_total += size
+        began = _number(fields.get("upload_started_at"))
         if artifact.state is State.UPLOADING:
             # Only while uploading: an attempt that ended without success left
             # nothing in the store, and the next one starts the count again at 0.
             bytes_sent += min(size, int(_number(fields.get("bytes_sent")) or 0))
+            if began is not None:
+                in_flight.append((began, now))
         if artifact.state is State.DONE:
             bytes_done += size
             bytes_sent += size
             done_at = _number(fields.get("finished_at"))
             if done_at is not None:
                 finished.append(done_at)
-    first = min(enqueued, default=None)
-    last = max(finished, default=None)
-    elapsed = None if first is None or last is None else last - first
+            ended = _number(fields.get("upload_finished_at"))
+            if began is not None and ended is not None:
+                in_flight.append((began, ended))
+    upload_seconds = covered_seconds(in_flight)
     return Summary(
         ranks=len(ranks),
         artifacts=sum(counts.values()),
         queued=sum(counts[state] for state in PENDING),
+        retrying=counts[State.RETRYING],
         uploading=counts[State.UPLOADING],
         done=counts[State.DONE],
         failed=counts[State.FAILED],
@@ -156,11 +217,28 @@ def summarize(artifacts: Iterable[ArtifactStatus], now: float) -> Summary:
         bytes_done=bytes_done,
         bytes_total=bytes_total,
         bytes_sent=bytes_sent,
-        throughput=bytes_done / elapsed if elapsed else None,
+        upload_seconds=upload_seconds,
+        throughput=bytes_sent / upload_seconds if upload_seconds > 0 else None,
         oldest_waiting=max(0.0, now - min(waiting_since)) if waiting_since else None,
-        first_enqueued=first,
-        last_finished=last,
+        first_enqueued=min(enqueued, default=None),
+        last_finished=max(finished, default=None),
     )
+
+
+def covered_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals: time when any was open.
+
+    Example:
+        >>> covered_seconds([(0, 10), (5, 12), (20, 21)])
+        13.0
+    """
+    total = 0.0
+    reach = -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def summarize_run(run: str, artifacts: list[ArtifactStatus], now: float) -> RunStatus:
@@ -175,10 +253,13 @@ def summarize_run(run: str, artifacts: list[ArtifactStatus], now: float) -> RunS
     by_rank: dict[int, list[ArtifactStatus]] = {}
     for artifact in artifacts:
         by_rank.setdefault(int(_number(artifact.fields.get("rank")) or 0), []).append(artifact)
+    retrying = [Retrying.from_record(a) for a in artifacts if a.state is State.RETRYING]
+    retrying.sort(key=lambda r: (r.next_attempt_at is None, r.next_attempt_at or 0.0))
     return RunStatus(
         run,
         summarize(artifacts, now),
         {rank: summarize(by_rank[rank], now) for rank in sorted(by_rank)},
+        retrying,
     )
 
 
@@ -222,16 +303,19 @@ def register(commands: Any) -> None:
         "status",
         help="show where the uploads of each run stand",
         description="A table of runs (most recently active first), or with --run of one run's "
-        "ranks: artifacts per state (queued counts waiting and retrying ones), bytes uploaded "
-        "of the total, throughput since the first artifact was logged, and how long the "
-        "oldest queued artifact has waited.",
+        "ranks and of its retrying artifacts (last error, next attempt): artifacts per state "
+        "(queued counts waiting ones; retrying ones are counted apart), bytes sent of the "
+        "total, the rate while uploading (bytes over the time at least one upload was in "
+        "flight), and how long the oldest queued artifact has waited. Byte figures are "
+        "binary (KiB, MiB, GiB). When stdout is not a terminal the tables are TSV.",
         epilog="example: hoist status --run bert-3 --watch",
     )
     parser.add_argument("--run", metavar="NAME", help="show this run's ranks")
     parser.add_argument(
         "--watch",
         action="store_true",
-        help="refresh with progress bars until Ctrl-C or until every artifact has finished",
+        help="refresh with progress bars until Ctrl-C or until every artifact has finished "
+        "(with --run, waits for a run that has not logged anything yet)",
     )
     parser.add_argument("--json", action="store_true", help="print the data as JSON to stdout")
     parser.add_argument(
@@ -263,8 +347,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         data = statuses[0].to_json() if args.run else {"runs": [s.to_json() for s in statuses]}
         print(json.dumps(data, indent=2))
-    else:
-        out.print(render_table(statuses, args.run is not None))
+        return 0
+    now = time.time()
+    for sheet in sheets(statuses, args.run is not None, now):
+        print_sheet(sheet)
     return 0
 
 
@@ -274,20 +360,38 @@ def gather(records: Records, run: str | None, limit: int) -> list[RunStatus]:
 
 
 def watch(records: Records, run: str | None, limit: int, interval: float) -> int:
-    """Redraw the table and one progress bar per rank (or run) until all is finished or Ctrl-C."""
+    """Redraw the table and one progress bar per rank (or run) until all is finished or Ctrl-C.
+
+    A run that has logged nothing yet is waited for: a watch started
+    alongside the training job shows it from its first artifact.
+    """
     bars = transfer_progress()  # rendered inside the Live below, never started on its own
     tasks: dict[str, TaskID] = {}
     try:
         with Live(console=out, auto_refresh=False) as live:
             while True:
-                statuses = gather(records, run, limit)
-                _update_bars(bars, tasks, _bar_rows(statuses, run is not None))
-                live.update(Group(render_table(statuses, run is not None), bars), refresh=True)
-                if all(status.total.finished for status in statuses):
+                statuses = runs_status(records, limit) if run is None else _maybe(records, run)
+                if run is not None and not statuses:
+                    shown: Any = Text(f"waiting for run {run} to log its first artifact… "
+                                      "(Ctrl-C to stop)")  # fmt: skip
+                else:
+                    _update_bars(bars, tasks, _bar_rows(statuses, run is not None))
+                    tables = sheets(statuses, run is not None, time.time())
+                    shown = Group(*(render(t, out.width) for t in tables), bars)
+                live.update(shown, refresh=True)
+                if statuses and all(status.total.finished for status in statuses):
                     return 0
+                if run is None and not statuses:
+                    return 0  # nothing recorded at all: the table says so
                 time.sleep(interval)
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how one leaves a watch
+
+
+def _maybe(records: Records, run: str) -> list[RunStatus]:
+    """The run's status, or nothing while it has logged no artifact."""
+    artifacts = records.run_artifacts(run)
+    return [summarize_run(run, artifacts, time.time())] if artifacts else []
 
 
 def _bar_rows(statuses: list[RunStatus], per_rank: bool) -> list[tuple[str, Summary]]:
@@ -305,63 +409,13 @@ def _update_bars(bars: Progress, tasks: dict[str, TaskID], rows: list[tuple[str,
         bars.update(tasks[label], total=total, completed=summary.bytes_sent)
 
 
-def render_table(statuses: list[RunStatus], per_rank: bool) -> Table:
-    """The table ``hoist status`` prints: runs, or (``per_rank``) the ranks of one run."""
-    if per_rank:
-        [status] = statuses
-        table = Table(title=f"hoist status: run {status.run}")
-        table.add_column("rank", justify="right")
-        rows = [(str(rank), summary) for rank, summary in status.ranks.items()]
-        footer = ("all", status.total)
-    else:
-        table = Table(title="hoist status" if statuses else "hoist status: no runs recorded yet")
-        table.add_column("run", overflow="fold")
-        table.add_column("ranks", justify="right")
-        rows = [(status.run, status.total) for status in statuses]
-        footer = None
-    for column in ("artifacts", "queued", "uploading", "done", "failed", "superseded"):
-        table.add_column(column, justify="right")
-    # Bytes that reached the store so far, uploads in flight included.
-    for column in ("bytes sent / total", "throughput", "oldest queued"):
-        table.add_column(column, justify="right")
-    for label, summary in rows:
-        ranks = [] if per_rank else [str(summary.ranks)]
-        table.add_row(label, *ranks, *_cells(summary))
-    if footer is not None and len(rows) > 1:
-        table.add_section()
-        table.add_row(footer[0], *_cells(footer[1]), style="bold")
-    return table
+# ----- the tables: hoist.commands.status_tables -------------------------------------------------
 
 
-def _cells(summary: Summary) -> list[str]:
-    failed = f"[red]{summary.failed}[/]" if summary.failed else "0"
-    return [
-        str(summary.artifacts),
-        str(summary.queued),
-        str(summary.uploading),
-        str(summary.done),
-        failed,
-        str(summary.superseded),
-        f"{decimal(summary.bytes_sent)} / {decimal(summary.bytes_total)}",
-        "-" if summary.throughput is None else f"{decimal(int(summary.throughput))}/s",
-        "-" if summary.oldest_waiting is None else format_age(summary.oldest_waiting),
-    ]
-
-
-def format_age(seconds: float) -> str:
-    """A short duration.
-
-    Example:
-        >>> format_age(3725)
-        '1h 2m'
-    """
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes}m"
+def render_table(statuses: list[RunStatus], per_rank: bool, width: int | None = None) -> Group:
+    """What ``hoist status`` shows on a terminal ``width`` columns wide (stdout's by default)."""
+    tables = sheets(statuses, per_rank, time.time())
+    return Group(*(render(sheet, width or out.width) for sheet in tables))
 
 
 def _number(text: str | None) -> float | None:

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from hoist.commands.cluster_access import records_for
-from hoist.commands.console import console, out
+from hoist.commands.console import console, format_bytes, out
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError, ObjectNotFoundError
 from hoist.keys import FleetKeys
 from hoist.protocol.messages import POINTER_TASK, UPLOAD_TASK
@@ -250,5 +250,7 @@ def check_table(run: str, checks: list[Check]) -> Table:
     table.add_column("result", overflow="fold")
     for check in checks:
         style = "green" if check.ok else "red"
-        table.add_row(check.uri, f"{check.size:,}", check.checksum, f"[{style}]{check.result}[/]")
+        table.add_row(
+            check.uri, format_bytes(check.size), check.checksum, f"[{style}]{check.result}[/]"
+        )
     return table
