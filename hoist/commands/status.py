@@ -25,7 +25,7 @@ from rich.progress import Progress, TaskID
 from rich.text import Text
 
 from hoist.commands.cluster_access import records_for
-from hoist.commands.console import out, print_sheet, render, transfer_progress
+from hoist.commands.console import console, out, print_sheet, render, transfer_progress
 from hoist.commands.status_tables import sheets
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_TASK
@@ -367,13 +367,18 @@ def watch(records: Records, run: str | None, limit: int, interval: float) -> int
     """
     bars = transfer_progress()  # rendered inside the Live below, never started on its own
     tasks: dict[str, TaskID] = {}
+    said = False
     try:
         with Live(console=out, auto_refresh=False) as live:
             while True:
                 statuses = runs_status(records, limit) if run is None else _maybe(records, run)
                 if run is not None and not statuses:
-                    shown: Any = Text(f"waiting for run {run} to log its first artifact… "
-                                      "(Ctrl-C to stop)")  # fmt: skip
+                    waiting = f"waiting for run {run} to log its first artifact… (Ctrl-C to stop)"
+                    if not out.is_terminal and not said:
+                        # Off a terminal the live display shows only its last frame: say it once.
+                        console.print(waiting, highlight=False, markup=False)
+                        said = True
+                    shown: Any = Text(waiting)
                 else:
                     _update_bars(bars, tasks, _bar_rows(statuses, run is not None))
                     tables = sheets(statuses, run is not None, time.time())
