@@ -55,6 +55,7 @@ from hoist.protocol.naming import OBJECT_NAME_FIELDS, ObjectNameTemplate, valida
 from hoist.protocol.staged_file import open_staged_file
 from hoist.settings import VARIABLES, RankSettings
 from tests.services.keys import KEYS
+from tests.services.redis import RedisServer
 from tests.services.tmpfs import small_tmpfs
 
 RANKS = {"rank": 9, "local_rank": 1, "world_size": 16, "local_world_size": 8, "node_rank": 1}
@@ -982,11 +983,17 @@ def test_a_bad_variable_fails_the_constructor_naming_it(
 
 
 def test_a_logger_given_its_settings_reads_no_hoist_variable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
 ) -> None:
     for variable in VARIABLES:
         monkeypatch.setenv(variable.name, "not-a-value")
-    settings = _settings(tmp_path, run_name="given", enqueue_timeout=1.0, retention_seconds=3600)
+    settings = _settings(
+        tmp_path,
+        run_name="given",
+        enqueue_timeout=1.0,
+        retention_seconds=3600,
+        broker_url=redis_server.url,
+    )
     logger = ObjectStoreLogger("local", "artifacts", {"key": str(tmp_path)}, settings=settings)
     try:
         # The records it writes expire after the settings' retention, not HOIST_RETENTION_DAYS'.
@@ -1000,9 +1007,11 @@ def test_a_logger_given_its_settings_reads_no_hoist_variable(
         logger.close()
 
 
-def test_a_bad_staging_mode_per_call_fails_before_anything_is_staged(tmp_path: Path) -> None:
-    """Checked before the sequence number is taken: no server is needed to refuse it."""
-    settings = _settings(tmp_path, run_name="modes")
+def test_a_bad_staging_mode_per_call_fails_before_anything_is_staged(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Checked before the sequence number is taken: nothing is staged or recorded."""
+    settings = _settings(tmp_path, run_name="modes", broker_url=redis_server.url)
     logger = ObjectStoreLogger("local", "artifacts", {"key": str(tmp_path)}, settings=settings)
     kept = tmp_path / "kept.pt"
     kept.write_bytes(b"weights")

@@ -8,10 +8,13 @@ the worker fleet. The logger's collaborators, one concept each:
 - :mod:`hoist.logger.configuration`: the constructor's arguments resolved
   once against :class:`~hoist.settings.RankSettings` and the launcher;
 - :mod:`hoist.logger.staging`: the copy (or link, or rename) into the staging root;
+- :mod:`hoist.logger.connection`: the collaborators below that talk to Redis
+  and the broker, built together;
 - :mod:`hoist.logger.sequence`: the rank's sequence numbers;
 - :mod:`hoist.logger.outbox`: sign, record, hand to the sending thread;
 - :mod:`hoist.logger.retry`: Redis calls retried through a short outage;
 - :mod:`hoist.logger.pending`: what ``wait()`` waits for, and the failures;
+- :mod:`hoist.logger.health`: failures raised at the next call, and the store check;
 - :mod:`hoist.logger.sharded`: ``log_checkpoint_dir`` and the step's commit.
 """
 
@@ -22,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hoist.errors import ConfigurationError
+from hoist.errors import ConfigurationError, UploadFailedError
 from hoist.logger.composer_names import ComposerNames
 from hoist.logger.configuration import (
     DEFAULT_CHECKPOINT_OBJECT_NAME,
@@ -30,12 +33,10 @@ from hoist.logger.configuration import (
     LoggerConfiguration,
     StoreArguments,
 )
+from hoist.logger.connection import FleetConnection
+from hoist.logger.health import OnFailure, on_failure_mode, store_check_request
 from hoist.logger.levels import LogLevel
 from hoist.logger.object_names import ObjectNames
-from hoist.logger.outbox import Outbox
-from hoist.logger.pending import PendingArtifacts
-from hoist.logger.retry import StateRetry
-from hoist.logger.sequence import SequenceNumbers
 from hoist.logger.sharded import ShardedCheckpoints
 from hoist.logger.staging import StagingMode, stage_file, staging_mode
 from hoist.protocol.layout import staged_path
@@ -49,10 +50,7 @@ from hoist.protocol.messages import (
 )
 from hoist.protocol.naming import validate_artifact_name
 from hoist.protocol.pointers import POINTER_SUFFIX
-from hoist.protocol.sending import sender
-from hoist.protocol.urls import mask_url
 from hoist.settings import RankSettings
-from hoist.state.records import Records
 from hoist.stores.base import ObjectStore
 
 ShouldLog = Callable[[Any, LogLevel, str], bool]
@@ -111,6 +109,15 @@ class ObjectStoreLogger(ComposerNames):
             NAME``). Empty: uploads go to the shared queue, and any worker of
             the fleet must be able to read the staging folder. Pointers always
             go to the shared pointer queue (they need no staged file).
+        on_failure: ``"raise"`` (default): the first call after the fleet
+            recorded a failure of this rank (or failed the store check) raises
+            :class:`~hoist.errors.UploadFailedError`; ``"warn"``: log each
+            failure once and train on (``close()`` logs instead of raising).
+            See :mod:`hoist.logger.health`.
+        store_check: when the logger starts, ask a worker to write and delete
+            a small object under the run's prefix (:mod:`hoist.tasks.probe_job`),
+            so a missing bucket or a wrong secret fails at the next call, not at
+            ``close()``; :meth:`check` can wait for the answer.
         settings: the rank's ``HOIST_*`` settings (default
             :meth:`RankSettings.from_environment() <hoist.settings.RankSettings.from_environment>`,
             read once, here); every argument above that is given wins over them.
@@ -154,10 +161,13 @@ class ObjectStoreLogger(ComposerNames):
         enqueue_timeout: float | None = None,
         staging: StagingMode | str = StagingMode.COPY,
         node_queue: str | None = None,
+        on_failure: OnFailure | str = OnFailure.RAISE,
+        store_check: bool = True,
         settings: RankSettings | None = None,
     ) -> None:
         if num_concurrent_uploads < 1:
             raise ConfigurationError("num_concurrent_uploads must be at least 1")
+        on_failure = on_failure_mode(on_failure)
         config = LoggerConfiguration.resolve(
             StoreArguments.of(
                 provider, container, provider_kwargs, object_store_cls, object_store_kwargs
@@ -196,33 +206,10 @@ class ObjectStoreLogger(ComposerNames):
         self.wait_on_close = wait_on_close
         # Built here so bad arguments fail in the caller; used for URIs only.
         self._store = self.spec.build(config.keys)
-        # For error messages: where the rank tried to reach, never with its password.
-        state_shown = mask_url(config.state_url)
-        self._records = Records.from_url(
-            config.state_url, retention_seconds=config.retention_seconds
-        )
-        self._retry = StateRetry(self.enqueue_timeout, state_shown)
-        self._pending = PendingArtifacts(self._records, self.run_name, self.ranks.rank, state_shown)
-        self._outbox = Outbox(
-            sender(config.broker_url),
-            self._records,
-            self._retry,
-            self._pending,
-            config.keys,
-            self.spec.store_id,
-            self.run_name,
-            mask_url(config.broker_url),
-            self.enqueue_timeout,
-        )
+        fleet = FleetConnection.open(config, on_failure)
+        self._records, self._retry, self._pending = fleet.records, fleet.retry, fleet.pending
+        self._health, self._outbox, self._seqs = fleet.health, fleet.outbox, fleet.seqs
         self._publisher = self._outbox.publisher
-        self._seqs = SequenceNumbers(
-            lambda count: self._retry(
-                lambda: self._records.reserve_seqs(self.run_name, self.ranks.rank, count)
-            ),
-            # A forked child (a data-loader worker, say) must not wait for the
-            # parent's uploads either.
-            on_fork=self._pending.clear,
-        )
         self._names = ObjectNames(
             config.template,
             config.checkpoint_template,
@@ -244,6 +231,10 @@ class ObjectStoreLogger(ComposerNames):
         )
         self._latest_by_object: dict[str, str] = {}  # object name -> its newest artifact id
         self._closed = False
+        probe = store_check_request(self._names, self.spec, self.run_name, self.ranks.rank)
+        if store_check and probe is not None:
+            self._outbox.send_probe(probe)
+            self._health.probe_sent(probe.id)
 
     # ----- the API ----------------------------------------------------------
 
@@ -394,6 +385,19 @@ class ObjectStoreLogger(ComposerNames):
         """
         return self._store.get_uri(self._names.artifact(artifact_name))
 
+    def check(self, store_check_timeout: float = 0.0) -> None:
+        """Raise now for what the fleet recorded: failed uploads, a failed store check.
+
+        Every logging call checks too; a training loop that logs rarely can
+        call it every step (Composer's ``batch_end`` does). Each failure is
+        reported once; with ``on_failure="warn"`` it is logged instead.
+
+        Parameters:
+            store_check_timeout: wait up to this many seconds for the store
+                check's answer (unanswered by then: no error).
+        """
+        self._health.check(store_check_timeout)
+
     def wait(self, timeout: float | None = None, poll_interval: float = 0.1) -> None:
         """Block until this rank's uploads are uploaded and verified.
 
@@ -415,7 +419,7 @@ class ObjectStoreLogger(ComposerNames):
         self._closed = True
         try:
             if self.wait_on_close:
-                self.wait()
+                self._wait_reporting()
         finally:
             # Fire-and-forget too hands everything to the broker before it returns.
             self._publisher.close(self.enqueue_timeout)
@@ -432,6 +436,16 @@ class ObjectStoreLogger(ComposerNames):
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigurationError("this ObjectStoreLogger is closed; make a new one")
+        self._health.check()
+
+    def _wait_reporting(self) -> None:
+        """``wait()``, for ``close()``: with ``on_failure="warn"`` failures are logged."""
+        try:
+            self.wait()
+        except UploadFailedError as exc:
+            if self._health.on_failure is OnFailure.RAISE:
+                raise
+            self._health.report(exc.failures)
 
     def _common(self, seq: int, artifact_name: str, object_name: str) -> dict[str, Any]:
         return {

@@ -18,7 +18,7 @@ from hoist.keys import FleetKeys
 from hoist.logger.pending import PendingArtifacts
 from hoist.logger.publisher import Outgoing, Publisher
 from hoist.logger.retry import StateRetry
-from hoist.protocol.messages import Message
+from hoist.protocol.messages import PROBE_TASK, Message, ProbeRequest
 from hoist.state.records import Records
 
 log = logging.getLogger("hoist.rank")
@@ -91,6 +91,10 @@ class Outbox:
         self.publish(task, message)
         return True
 
+    def send_probe(self, message: ProbeRequest) -> None:
+        """Sign a store check and hand it to the sending thread: no record, nothing to wait for."""
+        self.publisher.put(Outgoing(PROBE_TASK, message.signed(self._keys)))
+
     def publish(self, task: str, message: Message, kept: str = "") -> None:
         """Hand a recorded ``message`` to the sending thread; returns at once."""
         # Recorded: from here on the artifact is pending whatever the broker does.
@@ -101,6 +105,9 @@ class Outbox:
         """The publisher gave up on ``items``: mark their records failed, say how to resend."""
         retry = f"hoist retry --run {self._run_name}"
         for item in items:
+            if item.task == PROBE_TASK:  # no record to mark: the uploads will say it all
+                log.warning("the store check was not sent: the broker is unreachable (%s)", exc)
+                continue
             reason = (
                 f"never sent: the broker at {self._broker_shown} was unreachable for "
                 f"{self._timeout:g} s ({exc}); start it or fix HOIST_BROKER_URL, then "

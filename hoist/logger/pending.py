@@ -211,6 +211,24 @@ class PendingArtifacts:
             self._failures = []
             raise UploadFailedError(failure_report(self._run_name, self._rank, failures), failures)
 
+    def take_failures(self) -> list[Failure]:
+        """Drop every finished artifact now; return the failures among them, and any
+        an earlier :meth:`wait` found, so each failure is reported once."""
+        failures, self._failures = self._failures, []
+        self._collect(list(self._pending), failures)
+        return failures
+
+    def retrying(self) -> list[tuple[Message, dict[str, str]]]:
+        """The pending artifacts whose records say ``retrying``, with their records' fields."""
+        pending = list(self._pending)
+        states = self._records.states(pending) if pending else {}
+        found = []
+        for artifact, state in states.items():
+            status = self._records.get(artifact) if state is State.RETRYING else None
+            if status is not None:
+                found.append((self._pending[artifact], status.fields))
+        return found
+
     def _collect(self, artifacts: list[str], failures: list[Failure]) -> int:
         """Drop finished ``artifacts`` from the pending ones, noting failures; return how many."""
         try:

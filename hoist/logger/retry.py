@@ -48,12 +48,15 @@ class StateRetry:
         self.shown = shown
         self._sleep = sleep
 
-    def __call__(self, call: Callable[[], T], kept: str = "") -> T:
+    def __call__(
+        self, call: Callable[[], T], kept: str = "", then: str = "log the artifact again"
+    ) -> T:
         """Return ``call()``, retried while Redis cannot be reached.
 
         Parameters:
             call: one Redis operation (a record write, a reservation).
             kept: appended to the error, e.g. where the staged file was kept.
+            then: what to do once Redis is back, as the error says it.
 
         Raises:
             EnqueueError: Redis was unreachable for ``timeout`` seconds.
@@ -73,7 +76,7 @@ class StateRetry:
                     raise EnqueueError(
                         f"the hoist state store (Redis) at {self.shown} is unreachable "
                         f"after {waited:.1f} s of trying: start it or fix HOIST_STATE_URL / "
-                        f"HOIST_BROKER_URL, then log the artifact again; {exc}{kept}"
+                        f"HOIST_BROKER_URL, then {then}; {exc}{kept}"
                     ) from exc
                 self._sleep(delay)
                 delay = min(delay * 2, MAX_DELAY)

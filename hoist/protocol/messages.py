@@ -25,6 +25,8 @@ from hoist.protocol.signing import MAC_FIELD, newest_mac
 UPLOAD_TASK = "hoist.upload"
 POINTER_TASK = "hoist.symlink"
 COMMIT_TASK = "hoist.commit"
+PROBE_TASK = "hoist.probe"
+"""A logger's check, when it starts, that the fleet can use its store."""
 UPLOAD_BATCH_TASK = "hoist.upload_batch"
 """Several small uploads of one rank in one task
 (see :func:`~hoist.protocol.sending.send_batch`)."""
@@ -265,6 +267,31 @@ class CommitRequest(Message):
         return {**super().summary(), "step": self.step, "ranks": self.world_size}
 
 
+@dataclass(frozen=True)
+class ProbeRequest(Message):
+    """Check that the fleet can use the store: it exists, takes the credentials, and
+    accepts a write and a delete of ``object_name`` (see :mod:`hoist.tasks.probe_job`).
+
+    Not an artifact: it has no record and counts in no run's status; the
+    worker writes its outcome under :func:`hoist.state.keys.probe_key`.
+    ``seq`` is 0 and ``artifact_name`` :data:`PROBE_NAME`.
+    """
+
+
+PROBE_NAME = "(store check)"
+"""The artifact name of a :class:`ProbeRequest`, as errors and Flower show it."""
+
+
+def probe_id(run_name: str, rank: int, nonce: str) -> str:
+    """The id of one store check; unique per logger (``nonce``).
+
+    Example:
+        >>> probe_id("bert-3", 0, "9f2c")
+        'hoist-bert-3-r0-probe-9f2c'
+    """
+    return f"hoist-{run_name}-r{rank}-probe-{nonce}"
+
+
 def commit_id(run_name: str, checkpoint: str) -> str:
     """The id of a checkpoint's commit; the same whichever rank sends it.
 
@@ -279,8 +306,15 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     UPLOAD_TASK: UploadRequest,
     POINTER_TASK: PointerRequest,
     COMMIT_TASK: CommitRequest,
+    PROBE_TASK: ProbeRequest,
 }
-QUEUES = {UPLOAD_TASK: UPLOAD_QUEUE, POINTER_TASK: POINTER_QUEUE, COMMIT_TASK: POINTER_QUEUE}
+# A probe is a few requests: it goes with the pointers, never behind long uploads.
+QUEUES = {
+    UPLOAD_TASK: UPLOAD_QUEUE,
+    POINTER_TASK: POINTER_QUEUE,
+    COMMIT_TASK: POINTER_QUEUE,
+    PROBE_TASK: POINTER_QUEUE,
+}
 
 
 _JSON_TYPES: dict[Any, type] = {str: str, int: int, bool: bool, dict: dict, list: list}

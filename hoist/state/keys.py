@@ -14,6 +14,8 @@ Keys (all under ``hoist:``):
 ``ckpt:<run>:<checkpoint>``     hash: each rank's artifact ids of a sharded checkpoint
 ``lease:<kind>:...``            sorted set: a fleet-wide limit's holders, by expiry
 ``refused``                     hash: refused messages, counted by reason
+``failures:<run>:<rank>``       counter: the rank's artifacts that failed (rises only)
+``probe:<id>``                  hash: a store check's outcome (expires)
 ==============================  ==================================================
 
 **Order key** is the one name of the ordering of versions: a string that
@@ -51,6 +53,22 @@ def record_key(artifact: str) -> str:
 def owner_key(artifact: str) -> str:
     """The string holding the token of the task that has claimed ``artifact``."""
     return f"{PREFIX}owner:{artifact}"
+
+
+def failures_key(run_name: str, rank: int) -> str:
+    """The counter of a rank's failed artifacts: raised with every failure written,
+    so a rank learns of one with a single GET (:mod:`hoist.logger.health`).
+
+    Example:
+        >>> failures_key("bert-3", 0)
+        'hoist:failures:bert-3:0'
+    """
+    return f"{PREFIX}failures:{run_name}:{rank}"
+
+
+def probe_key(probe: str) -> str:
+    """The hash of a store check's outcome (:class:`~hoist.protocol.messages.ProbeRequest`)."""
+    return f"{PREFIX}probe:{probe}"
 
 
 def run_key(run_name: str) -> str:

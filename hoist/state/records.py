@@ -41,6 +41,7 @@ from hoist.state.keys import (
     checkpoint_key,
     decode_marker,
     encode_marker,
+    failures_key,
     latest_key,
     owner_key,
     record_key,
@@ -251,7 +252,31 @@ class Records:
         ``wait`` and ``hoist status`` show ``error``, and ``hoist retry`` sends
         it again. False (and nothing changed) if a worker has it already.
         """
-        return bool(self._fail_queued(keys=[record_key(artifact)], args=[time.time(), error]))
+        marked = bool(self._fail_queued(keys=[record_key(artifact)], args=[time.time(), error]))
+        if marked:
+            self._count_failure(artifact)
+        return marked
+
+    def failures(self, run_name: str, rank: int) -> int:
+        """How many of the rank's artifacts have failed so far (a counter that only rises)."""
+        return int(cast(str | None, self.client.get(failures_key(run_name, rank))) or 0)
+
+    def _count_failure(self, artifact: str, pipe: redis.client.Pipeline | None = None) -> None:
+        """Raise the failure counter of the rank that logged ``artifact`` (from its record).
+
+        A rank compares the counter at each logger call with what it last saw
+        (:mod:`hoist.logger.health`): one GET tells it whether anything failed.
+        With ``pipe`` (a transaction), the raise commits with the failure.
+        """
+        run, rank = cast(list[str | None], self.client.hmget(record_key(artifact), "run", "rank"))
+        if run is None or rank is None:
+            return
+        key = failures_key(run, int(rank))
+        target = pipe if pipe is not None else self.client.pipeline(transaction=False)
+        target.incr(key)
+        target.expire(key, self.retention_seconds)
+        if pipe is None:
+            target.execute()
 
     # ----- worker side ------------------------------------------------------
 
@@ -289,7 +314,10 @@ class Records:
                 *_pairs(initial_fields(message, task, now)),
             ],
         )
-        return Claim(result)
+        claim = Claim(result)
+        if claim is Claim.POISON:
+            self._count_failure(message.id)
+        return claim
 
     def renew(self, artifact: str, token: str) -> bool:
         """The heartbeat of a claim: extend it by ``lease_ms`` and push the watchdog on.
@@ -330,10 +358,17 @@ class Records:
             values += ["finished_at", now]
         for name, value in fields.items():
             values += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
-        self._settle(
-            keys=[record_key(artifact), owner_key(artifact), DEFERRED, *release],
-            args=[token, artifact, due, keep, *values],
-        )
+        keys = [record_key(artifact), owner_key(artifact), DEFERRED, *release]
+        args = [token, artifact, due, keep, *values]
+        if state is not State.FAILED:
+            self._settle(keys=keys, args=args)
+            return
+        # The failure and the rank's failure counter in one transaction: a rank
+        # that sees the counter rise finds the record failed.
+        pipe = self.client.pipeline(transaction=True)
+        self._settle(keys=keys, args=args, client=pipe)
+        self._count_failure(artifact, pipe)
+        pipe.execute()
 
     def count_attempt(self, artifact: str, **fields: str | float) -> tuple[int, bool]:
         """Count one try at the store and record ``fields`` with it, in one round trip.

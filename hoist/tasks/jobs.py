@@ -1,7 +1,7 @@
-"""What a worker does with each task: the upload, pointer and commit jobs, by task name.
+"""What a worker does with each task: the upload, pointer, commit and probe jobs, by task name.
 
 The steps they share are in :mod:`hoist.tasks.job`; the upload job is in
-:mod:`hoist.tasks.upload_job`.
+:mod:`hoist.tasks.upload_job`, the store check in :mod:`hoist.tasks.probe_job`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from hoist.protocol.messages import (
 from hoist.state.records import ArtifactStatus
 from hoist.state.states import State
 from hoist.tasks.job import Job
+from hoist.tasks.probe_job import ProbeJob
 from hoist.tasks.upload_job import UploadJob
 
 log = logging.getLogger("hoist.worker")
@@ -170,5 +171,7 @@ class CommitJob(Job):
         )
 
 
-JOBS: dict[str, type[Job]] = {job.task: job for job in (UploadJob, PointerJob, CommitJob)}
+JOBS: dict[str, type[Job]] = {
+    job.task: job for job in (UploadJob, PointerJob, CommitJob, ProbeJob)
+}
 """The job class of each task name."""
