@@ -14,6 +14,11 @@ signatures, on top of :class:`hoist.ObjectStoreLogger`:
   names: written only once that checkpoint is uploaded and verified, and never
   moved back to an older one. Composer uploads its ``.symlink`` file right after
   the checkpoint, without waiting for it.
+- ``init`` builds the logger and waits up to ``store_check_timeout`` seconds
+  for the fleet's check of the store (:mod:`hoist.logger.health`), so a
+  missing bucket or a wrong secret fails there, as Composer's own
+  ``RemoteUploaderDownloader`` fails in the ``Trainer`` constructor;
+  ``batch_end`` raises a failure the fleet recorded since (one GET a batch).
 - ``fit_end`` waits until every upload of this rank is uploaded *and
   verified* and raises the real cause of any failure; Composer's own
   ``wait_for_workers`` returns when its queue is empty, which can be while
@@ -72,9 +77,12 @@ class HoistDestination(_Base):
             always ``"{artifact_name}"``: Composer formats remote file names
             itself. The logger is built at ``init``, when Composer's run name
             is known.
+        store_check_timeout: seconds ``init`` waits for the fleet's check of
+            the store (unanswered by then, training starts and a failure
+            raises at a later ``batch_end``).
     """
 
-    def __init__(self, **logger_kwargs: Any) -> None:
+    def __init__(self, store_check_timeout: float = 10.0, **logger_kwargs: Any) -> None:
         if "object_name" in logger_kwargs:
             raise ConfigurationError(
                 "HoistDestination names objects as Composer formats them; set Composer's "
@@ -82,6 +90,7 @@ class HoistDestination(_Base):
             )
         super().__init__()
         self.logger_kwargs = logger_kwargs
+        self.store_check_timeout = store_check_timeout
         self.logger: ObjectStoreLogger | None = None
         self._post_closed = False  # uploads after post_close are refused, saying why
 
@@ -99,6 +108,11 @@ class HoistDestination(_Base):
             **{"run_name": state.run_name, **self.logger_kwargs},
             object_name="{artifact_name}",
         )
+        self.logger.check(self.store_check_timeout)
+
+    def batch_end(self, state: Any, logger: Any) -> None:
+        """Raise an upload failure the fleet recorded since the last batch."""
+        self._logger().check()
 
     def fit_end(self, state: Any, logger: Any) -> None:
         self._logger().wait()

@@ -7,6 +7,10 @@ training loop waits microseconds, not for a copy) and returns. Workers
 upload it, verify it, and move ``<run>/latest.symlink`` to its manifest once
 every file landed. At the end of training the callback waits until every
 checkpoint is uploaded and verified, and raises the real cause of a failure.
+Failures reach the loop sooner: ``on_train_begin`` waits up to
+``store_check_timeout`` seconds for the fleet's check of the store, and
+``on_step_end`` raises a failure the fleet recorded since (one GET a step;
+see :mod:`hoist.logger.health`).
 
 Hard links are safe here: the ``Trainer`` writes each checkpoint to a new
 directory and never rewrites its files; deleting old ones
@@ -38,16 +42,24 @@ class HoistCallback(TrainerCallback):
             they leave out comes from the ``HOIST_*`` environment, read once
             when the logger is built, on the main process only. ``run_name``
             defaults to the ``TrainingArguments``' ``run_name``.
+        store_check_timeout: seconds ``on_train_begin`` waits for the
+            fleet's check of the store.
     """
 
-    def __init__(self, **logger_kwargs: Any) -> None:
+    def __init__(self, store_check_timeout: float = 10.0, **logger_kwargs: Any) -> None:
         self.logger_kwargs = logger_kwargs
+        self.store_check_timeout = store_check_timeout
         self.logger: ObjectStoreLogger | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.logger is None and state.is_world_process_zero:
             run_name = self.logger_kwargs.pop("run_name", None) or args.run_name
             self.logger = ObjectStoreLogger(run_name=run_name, **self.logger_kwargs)
+            self.logger.check(self.store_check_timeout)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.logger is not None:
+            self.logger.check()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.logger is None:  # not the main process: it writes no checkpoint
