@@ -404,6 +404,42 @@ def test_a_second_up_reuses_the_running_cluster(cluster: Cluster) -> None:
     assert pids(cluster.home) == before
 
 
+def test_up_names_changed_credentials_and_restart_applies_them(cluster: Cluster) -> None:
+    """Before the test of ``down``, whose ``up`` starts the cluster with its first environment."""
+    before = pids(cluster.home)
+    same = up(cluster.home, cluster.flower_port, env=cluster.extra_env)
+    assert "already running" in same.stdout and "differ" not in same.stderr
+
+    secret = f"hoist-test-secret-{os.urandom(8).hex()}"
+    changed = {**cluster.extra_env, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "eu-north-1"}
+    again = up(cluster.home, cluster.flower_port, env=changed)
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout and pids(cluster.home) == before
+    note = " ".join(again.stderr.split())
+    assert "AWS_SECRET_ACCESS_KEY, AWS_REGION differ from what the running workers" in note
+    assert "`hoist up --restart`" in note
+
+    args = ("up", "--detach", "--restart", "--workers", "2", "--concurrency", "1")
+    port = ("--flower-port", str(cluster.flower_port))
+    restarted = hoist(cluster.home, *args, *port, env=environment(**changed))
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    cluster.remember()
+    assert "stopped the running cluster" in restarted.stderr
+    after = pids(cluster.home)
+    assert not any(running(pid) for pid in before.values())
+    assert set(after.values()).isdisjoint(before.values())
+    worker_env = Path(f"/proc/{after['worker0']}/environ").read_bytes().split(b"\0")
+    assert b"AWS_REGION=eu-north-1" in worker_env
+
+    quiet = up(cluster.home, cluster.flower_port, env=changed)
+    assert "already running" in quiet.stdout and "differ" not in quiet.stderr
+    # Fingerprints only: the secret is nowhere under the cluster's home.
+    for path in cluster.home.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert stat.S_IMODE((cluster.home / "cluster.json").stat().st_mode) == 0o600
+
+
 def test_down_stops_everything_and_up_keeps_the_data(cluster: Cluster) -> None:
     url = cluster.env["HOIST_BROKER_URL"]
     port = redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]

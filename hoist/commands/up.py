@@ -24,7 +24,9 @@ def register(commands: Any) -> None:
         description="Start a private Redis (loopback only, password, persistence), upload "
         "workers and Flower (basic auth) under --home, and write <home>/env for every other "
         "command and for training scripts. Runs in the foreground until Ctrl-C unless "
-        "--detach; a cluster already running from the same home is reused.",
+        "--detach. A cluster already running from the same home is reused, with a note when "
+        "your AWS variables (credentials, profile, region, endpoint) differ from those its "
+        "workers started with; --restart stops it and starts it again with your environment.",
         epilog="example: hoist up --detach --workers 4 && set -a; . ./.hoist/env; set +a",
     )
     parser.add_argument(
@@ -45,6 +47,12 @@ def register(commands: Any) -> None:
         "--detach",
         action="store_true",
         help="start in the background and return; stop with `hoist down`",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="stop the cluster running from this home first (uploads in flight finish), then "
+        "start it with this shell's environment and the given size",
     )
     parser.add_argument(
         "--flower-port",
@@ -80,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
         allow_stores=tuple(args.allow_store),
     )
     if args.detach:
-        info, reused = cluster.start()
+        info, reused = cluster.start(restart=args.restart)
         report(cluster, info, reused, detached=True)
         return 0
-    return run_foreground(cluster)
+    return run_foreground(cluster, restart=args.restart)
 
 
-def run_foreground(cluster: LocalCluster) -> int:
+def run_foreground(cluster: LocalCluster, restart: bool = False) -> int:
     """Start, print the summary, and stop everything on SIGINT/SIGTERM."""
     stop, hurry, started = threading.Event(), threading.Event(), threading.Event()
 
@@ -101,7 +109,7 @@ def run_foreground(cluster: LocalCluster) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        info, reused = cluster.start()
+        info, reused = cluster.start(restart=restart)
         started.set()
         report(cluster, info, reused, detached=reused)
         if reused:

@@ -5,7 +5,8 @@ A private ``redis-server`` (loopback only, password, AOF persistence), N
 directory (``--home``, default ``.hoist``)::
 
     <home>/env            the variables every hoist command and a shell need (0600)
-    <home>/cluster.json   pids of the running processes, for `hoist down`
+    <home>/cluster.json   pids of the running processes, for `hoist down`, and the
+                          fingerprints of the credentials the workers started with
     <home>/redis/         Redis's config (holds the password, 0600) and data
     <home>/logs/          redis.log, worker<i>.log, flower.log
     <home>/staging/       the staging root
@@ -43,7 +44,13 @@ from urllib.parse import urlsplit
 from hoist.errors import ConfigurationError, HoistError
 from hoist.keys import new_fleet_key
 from hoist.stores.allowed import ALLOWED_STORES_ENV
-from hoist.workers.envfile import env_path, read_env_file, write_env_file
+from hoist.workers.envfile import (
+    changed_variables,
+    env_path,
+    fingerprints,
+    read_env_file,
+    write_env_file,
+)
 from hoist.workers.flower import DEFAULT_ADDRESS, DEFAULT_PORT
 from hoist.workers.network import (
     LOOPBACK,
@@ -61,6 +68,7 @@ FLOWER_USER = "hoist"
 STATE_FILE = "cluster.json"
 WORKER_GRACE_SECONDS = 30.0
 READY_TIMEOUT_SECONDS = 60.0
+STOP_ORDER = {"flower": 1, "redis": 2}  # workers (0) first
 DEFAULT_CONCURRENCY = 2
 """Uploads are I/O-bound: two per worker keep a core busy while one waits on the network."""
 
@@ -160,6 +168,8 @@ class LocalCluster:
         self.processes: list[Managed] = []
         self.notes: list[str] = []
         """Things worth telling the user (a port that moved, a partial cluster restarted)."""
+        self.started_env: dict[str, Any] = {}
+        """The salt and fingerprints of the credentials the workers were started with."""
 
     # ----- paths and recorded state ----------------------------------------------------------
 
@@ -179,16 +189,20 @@ class LocalCluster:
             return {}, []
         return data, [Managed.from_json(p) for p in data.get("processes", [])]
 
-    def _record(self, stopping: bool = False) -> None:
-        data = {
-            "home": str(self.home),
-            "workers": self.workers,
-            "concurrency": self.concurrency,
-            "processes": [p.to_json() for p in self.processes],
-            "stopping": stopping,
-        }
+    def _record(self) -> None:
+        processes = [p.to_json() for p in self.processes]
+        size = {"workers": self.workers, "concurrency": self.concurrency}
+        self._write_state(
+            {"home": str(self.home), **size, "processes": processes, "stopping": False,
+             "environment": self.started_env}
+        )  # fmt: skip
+
+    def _write_state(self, data: dict[str, Any]) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        # Owner only: it holds fingerprints of credentials (never a value).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.state_path)
 
     def info(self) -> ClusterInfo:
@@ -208,8 +222,12 @@ class LocalCluster:
 
     # ----- start -------------------------------------------------------------------------------
 
-    def start(self) -> tuple[ClusterInfo, bool]:
+    def start(self, restart: bool = False) -> tuple[ClusterInfo, bool]:
         """Start the cluster, or find it already running; returns (summary, reused).
+
+        A running cluster is reused, with a note when this caller's credentials
+        differ from its workers'; with ``restart`` it is stopped and started
+        again, with this caller's environment and size.
 
         Raises:
             ConfigurationError: redis-server is missing, or a port is taken.
@@ -218,14 +236,19 @@ class LocalCluster:
         redis_server = find_redis_server()  # before anything is created or started
         with home_lock(self.home):
             data, recorded = self.recorded()
+            if restart and any(p.alive() for p in recorded):
+                self._stop_recorded(data, recorded)
+                self.notes.append("stopped the running cluster to start it with this environment")
+                data, recorded = {}, []
             if recorded and all(p.alive() for p in recorded):
-                if (data.get("workers"), data.get("concurrency")) != (
+                if [data.get("workers"), data.get("concurrency")] != [
                     self.workers,
                     self.concurrency,
-                ):
+                ]:
                     self.notes.append(
-                        "the running cluster keeps its size; `hoist down` first to change it"
+                        "the running cluster keeps its size; `hoist up --restart` changes it"
                     )
+                self._note_credentials(data.get("environment") or {})
                 self.processes = recorded
                 return self.info(), True
             if any(p.alive() for p in recorded):
@@ -240,6 +263,18 @@ class LocalCluster:
                 raise
         return self.info(), False
 
+    def _note_credentials(self, started: dict[str, Any]) -> None:
+        """Say which credential variables the running workers have other values of than ours."""
+        if not started:
+            return  # started by a hoist that kept no fingerprints: nothing to compare
+        ours = self._env(read_env_file(str(self.home)))  # what workers started now would get
+        changed = changed_variables(started.get("fingerprints", {}), ours, started["salt"])
+        if changed:
+            self.notes.append(
+                f"this shell's {', '.join(changed)} differ from what the running workers were "
+                "started with; they keep theirs until `hoist up --restart` restarts them with yours"
+            )
+
     def _start(self, redis_server: str) -> None:
         if not port_free(self.flower_port, self.flower_address or "0.0.0.0"):
             raise ConfigurationError(
@@ -250,6 +285,8 @@ class LocalCluster:
             (self.home / directory).mkdir(parents=True, exist_ok=True)
         os.chmod(self.home / "redis", 0o700)  # its AOF holds every artifact record
         env = self._write_env()
+        salt = secrets.token_hex(16)  # a fresh one per start: fingerprints never compare across
+        self.started_env = {"salt": salt, "fingerprints": fingerprints(self._env(env), salt)}
         password = urlsplit(env["HOIST_BROKER_URL"]).password or ""
         port = urlsplit(env["HOIST_BROKER_URL"]).port or 0
 
@@ -403,12 +440,24 @@ class LocalCluster:
 
     def stop(self, hurry: threading.Event | None = None, locked: bool = False) -> None:
         """Stop this cluster's processes: workers, then Flower, then Redis."""
-        if locked:
+        with contextlib.nullcontext() if locked else home_lock(self.home):
             stop_processes(self.processes, str(self.home), hurry)
-        else:
-            with home_lock(self.home):
-                stop_processes(self.processes, str(self.home), hurry)
+            # A `hoist up --restart` may have started the next cluster meanwhile: keep its record.
+            ours = {p.pid for p in self.processes}
+            if ours >= {p.pid for p in self.recorded()[1]}:
+                self.state_path.unlink(missing_ok=True)
+
+    def _stop_recorded(self, data: dict[str, Any], processes: list[Managed]) -> list[str]:
+        """Stop the processes ``cluster.json`` lists (home lock held); the names that were alive."""
+        if processes:
+            # Tell a foreground `hoist up` that this is no crash to report.
+            self._write_state({**data, "stopping": True})
+        alive = [
+            p.name for p in sorted(processes, key=lambda p: STOP_ORDER.get(p.name, 0)) if p.alive()
+        ]
+        stop_processes(processes, str(self.home))
         self.state_path.unlink(missing_ok=True)
+        return alive
 
 
 def stop_processes(
@@ -438,10 +487,6 @@ def stop_processes(
             process.popen.wait()  # reap our own children
 
 
-def _stop_order(process: Managed) -> int:
-    return {"flower": 1, "redis": 2}.get(process.name, 0)
-
-
 def stop_cluster(home: str | os.PathLike[str]) -> list[str]:
     """Stop the cluster recorded under ``home`` (``hoist down``); returns what was stopped.
 
@@ -451,13 +496,4 @@ def stop_cluster(home: str | os.PathLike[str]) -> list[str]:
     """
     cluster = LocalCluster(home, workers=1)
     with home_lock(cluster.home):
-        data, processes = cluster.recorded()
-        if processes:
-            # Tell a foreground `hoist up` that this is no crash to report.
-            cluster.workers, cluster.concurrency = data["workers"], data["concurrency"]
-            cluster.processes = processes
-            cluster._record(stopping=True)
-        alive = [p.name for p in sorted(processes, key=_stop_order) if p.alive()]
-        stop_processes(processes, str(cluster.home))
-        cluster.state_path.unlink(missing_ok=True)
-    return alive
+        return cluster._stop_recorded(*cluster.recorded())

@@ -7,10 +7,21 @@ Variables already set in the environment win over the file, so a cluster
 elsewhere is chosen by exporting ``HOIST_BROKER_URL``.
 
 The format is ``NAME=value`` lines, shell-quoted, readable by ``sh``.
+
+The workers of ``hoist up`` inherit the caller's environment, their store
+credentials included. So that a later ``hoist up`` can say when the caller's
+credentials are no longer those (:func:`changed_variables`), the cluster
+keeps a fingerprint of each of :data:`CREDENTIAL_VARIABLES`
+(:func:`fingerprints`), never a value: HMAC-SHA256 under a random salt of
+that start. A fingerprint cannot be turned back into a key or a token; a
+short value (a region, a profile name) could be guessed from it by whoever
+reads the cluster's state, and those are no secrets.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import shlex
 from collections.abc import Mapping
@@ -79,3 +90,49 @@ def apply_env_file(home: str) -> bool:
     for name, value in values.items():
         os.environ.setdefault(name, value)
     return bool(values)
+
+
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+)
+"""The variables whose change a running cluster's workers would not see."""
+
+
+def fingerprints(environ: Mapping[str, str], salt: str) -> dict[str, str]:
+    """A keyed hash of each of :data:`CREDENTIAL_VARIABLES` set in ``environ``.
+
+    Example:
+        >>> prints = fingerprints({"AWS_PROFILE": "ml", "HOME": "/root"}, salt="0f")
+        >>> list(prints), len(prints["AWS_PROFILE"])
+        (['AWS_PROFILE'], 64)
+    """
+    return {
+        name: hmac.new(salt.encode(), environ[name].encode(), hashlib.sha256).hexdigest()
+        for name in CREDENTIAL_VARIABLES
+        if name in environ
+    }
+
+
+def changed_variables(
+    recorded: Mapping[str, str], environ: Mapping[str, str], salt: str
+) -> list[str]:
+    """The credential variables set, unset or changed in ``environ`` since ``recorded`` was taken.
+
+    Example:
+        >>> then = fingerprints({"AWS_PROFILE": "ml"}, salt="0f")
+        >>> changed_variables(then, {"AWS_PROFILE": "prod", "AWS_REGION": "eu-west-1"}, "0f")
+        ['AWS_PROFILE', 'AWS_REGION']
+    """
+    now = fingerprints(environ, salt)
+    return [
+        name
+        for name in CREDENTIAL_VARIABLES
+        # compare_digest: how long a comparison takes says nothing about a fingerprint.
+        if not hmac.compare_digest(recorded.get(name, ""), now.get(name, ""))
+    ]
