@@ -380,7 +380,7 @@ def test_a_forged_message_under_a_queued_id_touches_no_record(
     source = tmp_path / "model.pt"
     source.write_bytes(b"the real model")
     # Hold the rank's send back: the record is written, the message not yet sent.
-    logger._publisher.put = lambda item: None  # type: ignore[method-assign]
+    logger._outbox.publisher.put = lambda item: None  # type: ignore[method-assign]
     artifact = logger.file_artifact(LogLevel.EPOCH, "model.pt", source)
     real = record_message(redis_server, artifact)
     if forger == "malformed":

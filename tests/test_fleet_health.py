@@ -9,6 +9,7 @@ worker`` processes and Composer's destination as its Trainer calls it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,10 +20,12 @@ from typing import Any
 
 import pytest
 
-from hoist.errors import UploadFailedError
+from hoist.errors import TransientStoreError, UploadFailedError
 from hoist.integrations.composer import HoistDestination
+from hoist.logger.health import RETRY_LOOK_SECONDS, FleetHealth, OnFailure
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
+from hoist.logger.pending import PendingArtifacts
 from hoist.protocol.messages import (
     PROBE_NAME,
     PROBE_TASK,
@@ -32,7 +35,7 @@ from hoist.protocol.messages import (
     probe_id,
 )
 from hoist.settings import RankSettings
-from hoist.state.probes import read_probe
+from hoist.state.signals import read_probe
 from hoist.state.states import State
 from hoist.stores.allowed import AllowedStores
 from hoist.stores.spec import StoreSpec
@@ -40,7 +43,7 @@ from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.keys import KEYS
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
-from tests.test_worker_core import World
+from tests.test_worker_core import World, failing
 
 
 @pytest.fixture
@@ -269,3 +272,32 @@ def test_composer_fails_at_init_when_its_bucket_is_missing(
     with pytest.raises(UploadFailedError, match="no-such-container"):
         destination.init(State(), None)
     destination.post_close()
+
+
+def test_a_rank_warns_once_of_an_artifact_retrying_for_over_a_minute(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky, young = world.upload("flaky.bin"), world.upload("young.bin")
+    for message, ago in ((flaky, 90.0), (young, 10.0)):
+        ctx = dataclasses.replace(
+            world.ctx,
+            store=failing(world, TransientStoreError("503 Slow Down")),
+            clock=lambda ago=ago: time.time() - ago,  # type: ignore[misc]
+        )
+        assert world.deliver(UPLOAD_TASK, message, ctx)["outcome"] == "retrying"
+    pending = PendingArtifacts(world.records, world.run, 0, "redis://127.0.0.1")
+    pending.add(flaky)
+    pending.add(young)
+    now = [0.0]
+    health = FleetHealth(world.records, pending, world.run, 0, OnFailure.RAISE, 0, lambda: now[0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hoist.rank"):
+        health.after_call()  # the first look is RETRY_LOOK_SECONDS after the start
+        assert not caplog.records
+        for _ in range(3):
+            now[0] += RETRY_LOOK_SECONDS
+            health.after_call()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hoist.rank"]
+    assert len(warnings) == 1, warnings
+    assert "flaky.bin" in warnings[0] and "503 Slow Down" in warnings[0], warnings[0]
+    assert "retrying for 9" in warnings[0]  # 90 s, give or take the test's own time

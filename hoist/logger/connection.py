@@ -54,6 +54,7 @@ class FleetConnection:
         pending = PendingArtifacts(records, run, rank, state_shown)
         # The first round trip doubles as the check that the state Redis answers.
         seen = retry(lambda: records.failures(run, rank), then="build the logger again")
+        health = FleetHealth(records, pending, run, rank, on_failure, seen)
         outbox = Outbox(
             sender(config.broker_url),
             records,
@@ -64,6 +65,7 @@ class FleetConnection:
             run,
             mask_url(config.broker_url),
             config.enqueue_timeout,
+            health.note,
         )
         seqs = SequenceNumbers(
             lambda count: retry(lambda: records.reserve_seqs(run, rank, count)),
@@ -71,5 +73,4 @@ class FleetConnection:
             # parent's uploads either.
             on_fork=pending.clear,
         )
-        health = FleetHealth(records, pending, run, rank, on_failure, seen)
         return cls(records, retry, pending, health, outbox, seqs)

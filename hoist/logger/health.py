@@ -4,24 +4,28 @@ A run that logs to a missing bucket must not train for three days and learn
 at ``close()`` that nothing landed. So at each logger call
 (``file_artifact``, ``symlink_artifact``, ``log_checkpoint_dir``, and
 ``check()``, which Composer's ``batch_end`` and Hugging Face's ``on_step_end``
-call) :meth:`FleetHealth.check` asks the state Redis one question: has this
-rank's failure counter (:func:`hoist.state.keys.failures_key`) moved since the
-last call? Workers raise it in the same transaction that records a failure,
-so "known" means recorded: the first call after the record says failed
-raises :class:`~hoist.errors.UploadFailedError`, naming the artifact, the
-cause and the fix, or, with ``on_failure="warn"``, logs it once and lets
-training go on. While the logger's store check
-(:mod:`hoist.tasks.probe_job`) is unanswered, its outcome is read in the same
-round trip.
+call) the rank asks one question: has its failure counter
+(:mod:`hoist.state.signals`) moved since the last call? Workers raise it in
+the same transaction that records a failure, so "known" means recorded: the
+first call after the record says failed raises
+:class:`~hoist.errors.UploadFailedError`, naming the artifact, the cause and
+the fix, or, with ``on_failure="warn"``, logs it once and lets training go
+on. A failed store check (:mod:`hoist.tasks.probe_job`) raises the counter
+too, and is reported the same way.
+
+A logging call reads the counter in the round trip that writes its record
+(:meth:`~hoist.state.records.Records.create`), so the question costs the
+training loop nothing; it raises after handing its own file over (that file
+is staged and recorded, and will upload: the error is about earlier ones).
+``check()`` asks with a GET of its own.
 
 An artifact that keeps retrying is no failure yet, but a person should hear
 of it before its retries run out: at most every :data:`RETRY_LOOK_SECONDS`,
 a call looks at the rank's retrying artifacts and warns once for each that
 has retried for more than :data:`RETRY_WARN_SECONDS`, with its last error.
 
-The cost is one GET per call (about 0.1 ms on loopback; the stall benchmark
-measures it). If Redis does not answer, the check is skipped: the call's own
-record write then waits for Redis and says so.
+If Redis does not answer, the look is skipped: the next record write waits
+for Redis and says so.
 """
 
 from __future__ import annotations
@@ -36,11 +40,11 @@ import redis
 
 from hoist.errors import ConfigurationError, InvalidObjectNameError, UploadFailedError
 from hoist.logger.object_names import ObjectNames
+from hoist.logger.outbox import Outbox
 from hoist.logger.pending import Failure, PendingArtifacts, failure_report
 from hoist.protocol.messages import PROBE_NAME, ProbeRequest, order_key, probe_id
-from hoist.state.keys import failures_key, probe_key
-from hoist.state.probes import ProbeOutcome, read_probe
 from hoist.state.records import Records
+from hoist.state.signals import ProbeOutcome, failures, read_probe
 from hoist.stores.spec import StoreSpec
 
 log = logging.getLogger("hoist.rank")
@@ -135,21 +139,36 @@ class FleetHealth:
         self._rank = rank
         self.on_failure = on_failure
         self._clock = clock
-        self._counter = failures_key(run_name, rank)
-        self._seen = seen
+        self._seen = self._noted = seen
         self._probe: str | None = None
         self._probe_sent = 0.0
         self._probe_late_warned = False
-        self._next_retry_look = clock() + RETRY_LOOK_SECONDS
+        self._next_look = clock() + RETRY_LOOK_SECONDS
         self._warned_retrying: set[str] = set()
 
-    def probe_sent(self, probe: str) -> None:
-        """Watch for the outcome of the store check ``probe`` from now on."""
-        self._probe = probe
+    def send_store_check(self, outbox: Outbox, names: ObjectNames, spec: StoreSpec) -> None:
+        """Send the logger's store check (:func:`store_check_request`) and watch for its outcome."""
+        probe = store_check_request(names, spec, self._run_name, self._rank)
+        if probe is None:
+            return
+        outbox.send_probe(probe)
+        self._probe = probe.id
         self._probe_sent = self._clock()
 
+    def note(self, count: int) -> None:
+        """The failure counter as a record write read it (:meth:`Records.create`)."""
+        self._noted = count
+
+    def after_call(self) -> None:
+        """Raise (or warn) for what the call's record writes learned; see :meth:`check`.
+
+        No request of its own unless the counter moved or a periodic look
+        (:data:`RETRY_LOOK_SECONDS`) falls due.
+        """
+        self._act(None)
+
     def check(self, store_check_timeout: float = 0.0) -> None:
-        """Raise (or warn) for what the fleet recorded since the last call.
+        """Ask the state Redis now, and raise (or warn) for what the fleet recorded.
 
         Parameters:
             store_check_timeout: wait up to this many seconds for the store
@@ -161,31 +180,52 @@ class FleetHealth:
                 failed, or artifacts of this rank failed, each reported once.
         """
         try:
-            store_error, failures = self._look(store_check_timeout)
+            store_error = self._wait_for_probe(store_check_timeout)
+            self._noted = failures(self._client, self._run_name, self._rank)
         except redis.RedisError:
-            return  # the call's own record write waits for Redis, and says so
+            return  # the next record write waits for Redis, and says so
+        self._act(store_error)
+
+    def _act(self, store_error: str | None) -> None:
+        try:
+            news_error, failures = self._news()
+        except redis.RedisError:
+            return
+        store_error = store_error or news_error
         if store_error is not None or failures:
             self.report(failures, store_error)
 
-    def _look(self, store_check_timeout: float) -> tuple[str | None, list[Failure]]:
-        deadline = self._clock() + store_check_timeout
-        count, outcome = self._ask()
-        while self._probe is not None and outcome is None and self._clock() < deadline:
-            time.sleep(0.1)
-            count, outcome = self._ask()
+    def _news(self) -> tuple[str | None, list[Failure]]:
+        """The store check's error and the failures, found since the last look."""
         store_error = None
-        if outcome is not None:
-            store_error = self._probe_answered(outcome)
-        elif self._probe is not None:
-            self._warn_if_probe_late()
         failures: list[Failure] = []
-        if count != self._seen:
-            self._seen = count
+        if self._noted != self._seen:
+            self._seen = self._noted
+            store_error = self._read_probe()
             failures = self._pending.take_failures()
-        if self._clock() >= self._next_retry_look:
-            self._next_retry_look = self._clock() + RETRY_LOOK_SECONDS
+        if self._clock() >= self._next_look:
+            self._next_look = self._clock() + RETRY_LOOK_SECONDS
             self._warn_retrying()
+            store_error = store_error or self._read_probe()
+            if self._probe is not None:
+                self._warn_if_probe_late()
         return store_error, failures
+
+    def _wait_for_probe(self, timeout: float) -> str | None:
+        deadline = self._clock() + timeout
+        while self._probe is not None and self._clock() < deadline:
+            store_error = self._read_probe()
+            if self._probe is None:
+                return store_error
+            time.sleep(0.1)
+        return None
+
+    def _read_probe(self) -> str | None:
+        """Look at the store check if it is unanswered; its error once it failed."""
+        if self._probe is None:
+            return None
+        outcome = read_probe(self._client, self._probe)
+        return None if outcome is None else self._probe_answered(outcome)
 
     def report(self, failures: list[Failure], store_error: str | None = None) -> None:
         """Raise :class:`UploadFailedError` for ``failures`` and a failed store check,
@@ -207,16 +247,6 @@ class FleetHealth:
         if store_error is not None:
             failures = [(PROBE_NAME, "", store_error), *failures]
         raise UploadFailedError(text, failures)
-
-    def _ask(self) -> tuple[int, ProbeOutcome | None]:
-        if self._probe is None:
-            return int(self._client.get(self._counter) or 0), None
-        pipe = self._client.pipeline(transaction=False)
-        pipe.get(self._counter)
-        pipe.exists(probe_key(self._probe))
-        count, answered = pipe.execute()
-        outcome = read_probe(self._client, self._probe) if answered else None
-        return int(count or 0), outcome
 
     def _probe_answered(self, outcome: ProbeOutcome) -> str | None:
         """Stop watching the store check; its error, or None if it passed."""

@@ -34,7 +34,7 @@ from hoist.logger.configuration import (
     StoreArguments,
 )
 from hoist.logger.connection import FleetConnection
-from hoist.logger.health import OnFailure, on_failure_mode, store_check_request
+from hoist.logger.health import OnFailure, on_failure_mode
 from hoist.logger.levels import LogLevel
 from hoist.logger.object_names import ObjectNames
 from hoist.logger.sharded import ShardedCheckpoints
@@ -209,7 +209,6 @@ class ObjectStoreLogger(ComposerNames):
         fleet = FleetConnection.open(config, on_failure)
         self._records, self._retry, self._pending = fleet.records, fleet.retry, fleet.pending
         self._health, self._outbox, self._seqs = fleet.health, fleet.outbox, fleet.seqs
-        self._publisher = self._outbox.publisher
         self._names = ObjectNames(
             config.template,
             config.checkpoint_template,
@@ -231,10 +230,8 @@ class ObjectStoreLogger(ComposerNames):
         )
         self._latest_by_object: dict[str, str] = {}  # object name -> its newest artifact id
         self._closed = False
-        probe = store_check_request(self._names, self.spec, self.run_name, self.ranks.rank)
-        if store_check and probe is not None:
-            self._outbox.send_probe(probe)
-            self._health.probe_sent(probe.id)
+        if store_check:
+            self._health.send_store_check(self._outbox, self._names, self.spec)
 
     # ----- the API ----------------------------------------------------------
 
@@ -266,9 +263,11 @@ class ObjectStoreLogger(ComposerNames):
         ):
             return None
         mode = StagingMode.MOVE if move else staging_mode(staging or self.staging)
-        return self._upload(
+        artifact = self._upload(
             artifact_name, self._names.artifact(artifact_name), file_path, overwrite, mode
         )
+        self._health.after_call()
+        return artifact
 
     def log_checkpoint_dir(
         self,
@@ -314,9 +313,11 @@ class ObjectStoreLogger(ComposerNames):
             ...                           files=glob.glob(f"/ckpt/step-{step}/__{rank}_*"))
         """
         self._check_open()
-        return self._checkpoints.log(
+        artifacts = self._checkpoints.log(
             step, path, files, name, pointer, staging or self.staging, ranks
         )
+        self._health.after_call()
+        return artifacts
 
     def symlink_artifact(
         self,
@@ -365,6 +366,7 @@ class ObjectStoreLogger(ComposerNames):
             target_object_name=target_object,
         )
         self._outbox.enqueue(POINTER_TASK, message, None)
+        self._health.after_call()
         return message.id
 
     def has_logged(self, artifact_name: str) -> bool:
@@ -409,7 +411,7 @@ class ObjectStoreLogger(ComposerNames):
         deadline = None if timeout is None else time.monotonic() + timeout
         # Messages still in this process first: a record the publisher gives up
         # on turns failed, and is reported below.
-        self._publisher.flush(timeout)
+        self._outbox.publisher.flush(timeout)
         self._pending.wait(deadline, timeout, poll_interval)
 
     def close(self) -> None:
@@ -419,10 +421,14 @@ class ObjectStoreLogger(ComposerNames):
         self._closed = True
         try:
             if self.wait_on_close:
-                self._wait_reporting()
+                self.wait()
+        except UploadFailedError as exc:
+            if self._health.on_failure is OnFailure.RAISE:
+                raise
+            self._health.report(exc.failures)  # on_failure="warn": logged, not raised
         finally:
             # Fire-and-forget too hands everything to the broker before it returns.
-            self._publisher.close(self.enqueue_timeout)
+            self._outbox.publisher.close(self.enqueue_timeout)
             self._store.close()
 
     def __enter__(self) -> ObjectStoreLogger:
@@ -436,16 +442,6 @@ class ObjectStoreLogger(ComposerNames):
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigurationError("this ObjectStoreLogger is closed; make a new one")
-        self._health.check()
-
-    def _wait_reporting(self) -> None:
-        """``wait()``, for ``close()``: with ``on_failure="warn"`` failures are logged."""
-        try:
-            self.wait()
-        except UploadFailedError as exc:
-            if self._health.on_failure is OnFailure.RAISE:
-                raise
-            self._health.report(exc.failures)
 
     def _common(self, seq: int, artifact_name: str, object_name: str) -> dict[str, Any]:
         return {

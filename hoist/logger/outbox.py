@@ -11,6 +11,7 @@ its record failed with a reason that says how to send it again, which
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import redis
 
@@ -38,6 +39,8 @@ class Outbox:
         broker_shown: the broker's URL with its password masked.
         timeout: the logger's ``enqueue_timeout``: how long the sending
             thread retries an unreachable broker.
+        noted: given the rank's failure counter as each record write read it
+            (:meth:`hoist.logger.health.FleetHealth.note`).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Outbox:
         run_name: str,
         broker_shown: str,
         timeout: float,
+        noted: Callable[[int], None],
     ) -> None:
         self._records = records
         self._retry = retry
@@ -60,6 +64,7 @@ class Outbox:
         self._run_name = run_name
         self._broker_shown = broker_shown
         self._timeout = timeout
+        self._noted = noted
         self.publisher = Publisher(app, self._unsent, timeout)
 
     def enqueue(self, task: str, message: Message, staged: str | None) -> Message:
@@ -75,8 +80,9 @@ class Outbox:
         """
         message = message.signed(self._keys)
         kept = f"; the staged file is kept at {staged}" if staged else ""
-        self._retry(lambda: self._records.create(message, task, self._store_id), kept)
+        failures = self._retry(lambda: self._records.create(message, task, self._store_id), kept)
         self.publish(task, message, kept)
+        self._noted(failures)
         return message
 
     def enqueue_once(self, task: str, message: Message) -> bool:

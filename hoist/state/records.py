@@ -55,6 +55,7 @@ from hoist.state.schedule import (
     watchdog_due_ms,
 )
 from hoist.state.scripts import register
+from hoist.state.signals import count_failure, failures
 from hoist.state.states import Claim, State
 
 DEFAULT_RETENTION_SECONDS = RankSettings.retention_seconds
@@ -166,10 +167,19 @@ class Records:
 
     # ----- rank side --------------------------------------------------------
 
-    def create(self, message: Message, task: str, store_id: str) -> None:
-        """Record a newly staged artifact and mark it the newest version of its name."""
+    def create(self, message: Message, task: str, store_id: str) -> int:
+        """Record a newly staged artifact and mark it the newest version of its name.
+
+        Returns the rank's failure counter (:meth:`failures`), read in the same
+        round trip: how a rank learns of failures at no cost to its stall.
+        """
         marker = encode_marker(message.order, message.id)
-        self._create_record(message, task, latest_key(store_id, message.object_name), marker)
+        pipe = self.client.pipeline(transaction=False)
+        self._create_record(
+            message, task, latest_key(store_id, message.object_name), marker, client=pipe
+        )
+        pipe.get(failures_key(message.run_name, message.rank))
+        return int(pipe.execute()[-1] or 0)
 
     def register_shards(
         self, run_name: str, checkpoint: str, rank: int, world_size: int, artifacts: list[str]
@@ -213,6 +223,7 @@ class Records:
         marker: str = "",
         *,
         once: bool = False,
+        client: redis.client.Pipeline | None = None,
     ) -> bool:
         now = time.time()
         keys = [record_key(message.id), run_key(message.run_name), RUNS, DEFERRED]
@@ -220,7 +231,9 @@ class Records:
             message.id, message.run_name, now, first_look_due_ms(now), self.retention_seconds,
             "1" if once else "", marker, *_pairs(initial_fields(message, task, now)),
         ]  # fmt: skip
-        return bool(self._create(keys=keys + ([latest] if latest else []), args=args))
+        return bool(
+            self._create(keys=keys + ([latest] if latest else []), args=args, client=client)
+        )
 
     def reserve_seqs(self, run_name: str, rank: int, count: int = 1) -> range:
         """Reserve the rank's next ``count`` sequence numbers; unique across restarts of a run.
@@ -258,25 +271,11 @@ class Records:
         return marked
 
     def failures(self, run_name: str, rank: int) -> int:
-        """How many of the rank's artifacts have failed so far (a counter that only rises)."""
-        return int(cast(str | None, self.client.get(failures_key(run_name, rank))) or 0)
+        """How many of the rank's artifacts have failed so far (:mod:`hoist.state.signals`)."""
+        return failures(self.client, run_name, rank)
 
     def _count_failure(self, artifact: str, pipe: redis.client.Pipeline | None = None) -> None:
-        """Raise the failure counter of the rank that logged ``artifact`` (from its record).
-
-        A rank compares the counter at each logger call with what it last saw
-        (:mod:`hoist.logger.health`): one GET tells it whether anything failed.
-        With ``pipe`` (a transaction), the raise commits with the failure.
-        """
-        run, rank = cast(list[str | None], self.client.hmget(record_key(artifact), "run", "rank"))
-        if run is None or rank is None:
-            return
-        key = failures_key(run, int(rank))
-        target = pipe if pipe is not None else self.client.pipeline(transaction=False)
-        target.incr(key)
-        target.expire(key, self.retention_seconds)
-        if pipe is None:
-            target.execute()
+        count_failure(self.client, artifact, self.retention_seconds, pipe)
 
     # ----- worker side ------------------------------------------------------
 

@@ -7,7 +7,7 @@ sends one :class:`~hoist.protocol.messages.ProbeRequest` when it is built,
 and a worker makes the requests an upload would: the bucket or container
 exists and takes the credentials (:meth:`~hoist.stores.base.ObjectStore.check`),
 and a small object under the logger's prefix can be written, verified and
-deleted. The outcome goes to :mod:`hoist.state.probes`, where the rank reads
+deleted. The outcome goes to :mod:`hoist.state.signals`, where the rank reads
 it at its next call and raises a failure there, hours before ``close()``.
 
 A transient error (a connection reset) is tried again twice, a second apart,
@@ -25,7 +25,7 @@ from typing import Any
 
 from hoist.errors import StoreAuthError, StoreNotAllowedError
 from hoist.protocol.messages import PROBE_TASK, ProbeRequest
-from hoist.state.probes import ProbeOutcome, record_probe
+from hoist.state.signals import ProbeOutcome, record_probe
 from hoist.tasks.job import Job, is_retryable
 from hoist.tasks.worker_context import WorkerContext
 

@@ -1,4 +1,10 @@
-"""The outcomes of store checks: what a worker found when a logger asked it to try the store.
+"""What the fleet tells a rank between its calls: its failure counter, and its store checks.
+
+Each rank has a counter (:func:`~hoist.state.keys.failures_key`) that every
+failure of its artifacts raises, in the transaction that records the failure
+(:class:`~hoist.state.records.Records` calls :func:`count_failure`). A rank
+reads it in the round trip that writes each record, so it learns of a
+failure without a request of its own (:mod:`hoist.logger.health`).
 
 A logger sends a :class:`~hoist.protocol.messages.ProbeRequest` when it
 starts (:mod:`hoist.logger.health`); a worker tries the store
@@ -16,10 +22,36 @@ from typing import cast
 
 import redis
 
-from hoist.state.keys import failures_key, probe_key
+from hoist.state.keys import failures_key, probe_key, record_key
 
 PROBE_RETENTION_SECONDS = 24 * 3600
 """How long a probe's outcome is kept: long enough for a rank to read it."""
+
+
+def failures(client: redis.Redis, run_name: str, rank: int) -> int:
+    """How many of the rank's artifacts have failed so far (a counter that only rises)."""
+    return int(cast(str | None, client.get(failures_key(run_name, rank))) or 0)
+
+
+def count_failure(
+    client: redis.Redis,
+    artifact: str,
+    retention_seconds: int,
+    pipe: redis.client.Pipeline | None = None,
+) -> None:
+    """Raise the failure counter of the rank that logged ``artifact`` (from its record).
+
+    With ``pipe`` (a transaction), the raise commits with the failure.
+    """
+    run, rank = cast(list[str | None], client.hmget(record_key(artifact), "run", "rank"))
+    if run is None or rank is None:
+        return
+    key = failures_key(run, int(rank))
+    target = pipe if pipe is not None else client.pipeline(transaction=False)
+    target.incr(key)
+    target.expire(key, retention_seconds)
+    if pipe is None:
+        target.execute()
 
 
 @dataclass(frozen=True)
