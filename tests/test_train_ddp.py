@@ -1,10 +1,10 @@
 """examples/train_ddp.py under torchrun: 4 CPU ranks, real workers, resume from the store.
 
 Three runs of the same job through real ``hoist worker`` processes into the
-Libcloud local store: 10 steps straight; 6 steps, then (with every local
-file gone) ``--resume`` to step 10, which must end with the very same
-weights; and 10 steps with ``--no-hoist``, the same run without hoist, for
-the time hoist adds to a step.
+Libcloud local store: 10 steps straight; 6 steps with ``--resume`` and
+nothing to resume yet (it must start fresh at step 1), then (with every
+local file gone) ``--resume`` to step 10, which must end with the very same
+weights. Every run must leave its temporary directory (``TMPDIR``) empty.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ torch = pytest.importorskip("torch", reason="the test extra installs torch")
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = 4
+TORCH_OWN = ("torchelastic_", "torchinductor_")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,23 @@ def fleet(
     yield from serve_fleet(tmp_path_factory, redis_server.url, "ddp", count=2, concurrency=2)
 
 
-def torchrun(fleet: WorkerFleet, store: Path, *args: str) -> dict[str, float]:
-    """Run the example with 4 ranks; rank 0's JSON summary."""
+@dataclass(frozen=True)
+class Run:
+    """One torchrun of the example.
+
+    Parameters:
+        summary: rank 0's JSON summary.
+        stderr: what the ranks and torchrun wrote to stderr.
+    """
+
+    summary: dict[str, Any]
+    stderr: str
+
+
+def torchrun(fleet: WorkerFleet, store: Path, *args: str) -> Run:
+    """Run the example with 4 ranks, checking it left nothing in its own ``TMPDIR``."""
+    tmpdir = store.parent / "tmp"
+    tmpdir.mkdir(exist_ok=True)
     env = {
         **clean_environment(),
         "HOIST_BROKER_URL": fleet.broker_url,
@@ -44,6 +62,7 @@ def torchrun(fleet: WorkerFleet, store: Path, *args: str) -> dict[str, float]:
         "HOIST_STORE_URI": f"file://{store / 'artifacts'}",
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(tmpdir),
     }
     argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
     argv += ["--nproc-per-node", str(RANKS), "--master-port", str(free_port())]
@@ -56,7 +75,11 @@ def torchrun(fleet: WorkerFleet, store: Path, *args: str) -> dict[str, float]:
         timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    # torchrun's own folders (torchelastic_*, torchinductor_<user>) are torch's
+    # to keep; anything else was the example's and must be gone.
+    left = [p.name for p in tmpdir.iterdir() if not p.name.startswith(TORCH_OWN)]
+    assert left == [], f"the example left {left} in its TMPDIR"
+    return Run(dict(json.loads(result.stdout.strip().splitlines()[-1])), result.stderr)
 
 
 def test_ddp_checkpoints_land_and_a_resumed_run_ends_with_the_same_weights(
@@ -76,10 +99,14 @@ def test_ddp_checkpoints_land_and_a_resumed_run_ends_with_the_same_weights(
         assert saved["step"] == 10
         assert (ranks / "hparams.yaml").exists() and (ranks / "train.log").exists()
 
-    # Stop at step 6 (checkpoint at 5), lose every local file, resume from the store.
-    torchrun(fleet, store, "--run-name", "resumed", "--steps", "6")
+    # --resume with nothing to resume yet starts fresh, as Composer's autoresume does.
+    fresh = torchrun(fleet, store, "--run-name", "resumed", "--steps", "6", "--resume")
+    assert fresh.summary["first_step"] == 1
+    assert "run 'resumed' has no checkpoint in file://" in fresh.stderr
+    assert "starting fresh at step 1" in fresh.stderr
+    # It stopped at step 6 (checkpoint at 5); lose every local file, resume from the store.
     resumed = tmp_path / "resumed.pt"
-    summary = torchrun(
+    again = torchrun(
         fleet,
         store,
         "--run-name",
@@ -90,7 +117,8 @@ def test_ddp_checkpoints_land_and_a_resumed_run_ends_with_the_same_weights(
         "--weights-out",
         str(resumed),
     )
-    assert summary["first_step"] == 6  # the checkpoint of step 5, then steps 6..10
+    assert again.summary["first_step"] == 6  # the checkpoint of step 5, then steps 6..10
+    assert "starting fresh" not in again.stderr
 
     # What the resume loaded is bit for bit what the uninterrupted run had at step 5.
     for rank in range(RANKS):
