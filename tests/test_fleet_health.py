@@ -10,8 +10,10 @@ worker`` processes and Composer's destination as its Trainer calls it.
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -301,3 +303,52 @@ def test_a_rank_warns_once_of_an_artifact_retrying_for_over_a_minute(
     assert len(warnings) == 1, warnings
     assert "flaky.bin" in warnings[0] and "503 Slow Down" in warnings[0], warnings[0]
     assert "retrying for 9" in warnings[0]  # 90 s, give or take the test's own time
+
+
+class WebPage(http.server.BaseHTTPRequestHandler):
+    """A web server where an S3 endpoint was expected: 200 and a page, to anything."""
+
+    def answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<html><body>Welcome to nginx!</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_store_check_against_a_server_that_is_not_s3_fails_at_once(
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    try:
+        allowed = AllowedStores.parse([f"s3://ckpts/?endpoint_url={endpoint}"])
+        world = World(redis_server.url, tmp_path, allowed=allowed)
+        kwargs = {
+            "bucket": "ckpts",
+            "endpoint_url": endpoint,
+            "aws_access_key_id": "key",
+            "aws_secret_access_key": "secret",
+            "region_name": "us-east-1",
+        }
+        message = dataclasses.replace(
+            probe(world, "artifacts"), store=StoreSpec.describe("s3", kwargs, KEYS).to_json()
+        ).signed(KEYS)
+        assert world.deliver(PROBE_TASK, message)["outcome"] == "failed"
+        # Not tried again: the same request gets the same page.
+        assert not [r for r in caplog.records if "trying again" in r.getMessage()]
+        outcome = read_probe(world.records.client, message.id)
+        assert outcome is not None
+        assert "does not answer as an S3 server" in outcome.error, outcome.error
+        assert "endpoint_url" in outcome.error and "secret" not in outcome.error
+    finally:
+        server.shutdown()

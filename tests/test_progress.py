@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from celery import Celery
 from rich.console import Console
-from rich.filesize import decimal
 
 from hoist import LogLevel, ObjectStoreLogger, S3ObjectStore
+from hoist.commands.console import format_bytes
 from hoist.commands.status import RunStatus, render_table, run_status
 from hoist.state.records import Records
 from hoist.state.states import State
@@ -138,7 +138,7 @@ def test_status_counts_bytes_of_an_upload_in_flight(
     # the bytes sent so far, not 0 until the upload ends.
     assert table is not None
     sent, text = table
-    assert f"{decimal(sent)} / {decimal(SIZE)}" in text, text
+    assert f"{format_bytes(sent)} / {format_bytes(SIZE)}" in text, text
     print(f"\n[progress] bytes_sent in flight of {SIZE}: {between}")
 
 

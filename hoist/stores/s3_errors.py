@@ -8,6 +8,7 @@ connection) or gives up at once with advice (credentials, a missing bucket).
 from __future__ import annotations
 
 import botocore.exceptions as boto_errors
+from botocore.parsers import ResponseParserError
 
 from hoist.errors import (
     ContainerNotFoundError,
@@ -97,6 +98,15 @@ def translate_s3_error(
         )
     if isinstance(exc, boto_errors.ClientError):
         return _translate_client_error(exc, bucket, where, endpoint, for_object)
+    if isinstance(exc, (ResponseParserError, KeyError)):
+        # An answer boto3 cannot read as S3, or one without the fields every S3
+        # answer has (a web server's page: 200 and no ETag). The same request
+        # gets the same answer, so retrying for minutes would only hide it.
+        what = f"its answer lacks {exc}" if isinstance(exc, KeyError) else str(exc)[:300]
+        return PermanentStoreError(
+            f"{endpoint} does not answer as an S3 server for {where}; check endpoint_url "
+            f"(scheme, host, port, path): {what}"
+        )
     if isinstance(exc, _CONNECTION_ERRORS):
         return StoreConnectionError(f"cannot reach {endpoint} for {where}: {exc}")
     return None
