@@ -195,9 +195,23 @@ class Message:
     def summary(self) -> dict[str, Any]:
         """What Flower shows as the task's arguments: what, whose, how big; never secrets.
 
-        The artifact comes first: Flower's task table cuts long arguments short.
+        Shortest first: Flower's tasks table shows the arguments on one line and
+        cuts what does not fit, so the artifact and short details (its size)
+        come before the run's name, and long ones (a pointer's target) last;
+        at 1400 px the size still shows beside a long run name.
+
+        Example:
+            >>> UploadRequest("i", "bert-3", 0, 7, "ep1.pt", "o", "k", {}, size=5).summary()
+            {'artifact': 'ep1.pt', 'size': 5, 'run': 'bert-3', 'rank': 0}
         """
-        return {"artifact": self.artifact_name, "run": self.run_name, "rank": self.rank}
+        return self._summary()
+
+    def _summary(
+        self, first: dict[str, Any] | None = None, last: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The summary with a kind's own short details ``first`` and long ones ``last``."""
+        whose = {"run": self.run_name, "rank": self.rank}
+        return {"artifact": self.artifact_name, **(first or {}), **whose, **(last or {})}
 
 
 @dataclass(frozen=True)
@@ -226,7 +240,7 @@ class UploadRequest(Message):
     queue: str = ""
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "size": self.size}
+        return self._summary(first={"size": self.size})
 
 
 @dataclass(frozen=True)
@@ -242,7 +256,7 @@ class PointerRequest(Message):
     target_object_name: str = ""
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "target": self.target_object_name}
+        return self._summary(last={"target": self.target_object_name})
 
 
 @dataclass(frozen=True)
@@ -264,7 +278,7 @@ class CommitRequest(Message):
     prefix: str = ""
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "step": self.step, "ranks": self.world_size}
+        return self._summary(first={"step": self.step, "ranks": self.world_size})
 
 
 @dataclass(frozen=True)

@@ -212,16 +212,24 @@ def batch_id(messages: list[UploadRequest]) -> str:
 
 
 def batch_summary(messages: list[UploadRequest]) -> dict[str, Any]:
-    """What Flower shows as a batch's arguments: its artifacts' names first."""
+    """What Flower shows as a batch's arguments, shortest first (as :meth:`Message.summary`).
+
+    Up to eight names make the list of artifacts the longest, so the counts
+    come before it and the run after.
+
+    Example:
+        >>> batch_summary([UploadRequest("i", "r", 0, 7, "a.txt", "o", "k", {}, size=3)] * 2)
+        {'files': 2, 'size': 6, 'artifacts': 'a.txt, a.txt', 'run': 'r', 'rank': 0}
+    """
     names = [message.artifact_name for message in messages]
     shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
     first = messages[0]
     return {
+        "files": len(messages),
+        "size": sum(message.size for message in messages),
         "artifacts": shown,
         "run": first.run_name,
         "rank": first.rank,
-        "files": len(messages),
-        "size": sum(message.size for message in messages),
     }
 
 
