@@ -61,7 +61,12 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> installing hoist$extra into $venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e ".$extra"
+  # setuptools prints an "Editable installation ... be careful with folders"
+  # banner as a Python warning from its build backend, even under --quiet.
+  # Ignore that one warning by its message: other warnings and every error
+  # still show, and a failed install still stops this script.
+  PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation" \
+    "$venv/bin/python" -m pip install --quiet -e ".$extra"
   echo "$want" > "$stamp"
 fi
 
@@ -72,6 +77,8 @@ elif [ "$mode" = bench ]; then
   exec "$venv/bin/python" -m benchmarks "$@"
 else
   # Starts (or reuses) the embedded default: Redis, workers and Flower under
-  # .hoist/; `hoist down` stops it.
-  exec hoist demo
+  # .hoist/; `hoist down` stops it. PATH above is this script's only: say how
+  # a new shell finds hoist (the README's Quickstart starts from there).
+  hoist demo
+  echo "==> hoist is in $venv: run '. $venv/bin/activate' to put it on PATH (README.md, Quickstart)"
 fi
