@@ -6,7 +6,8 @@ test runs whatever the README says today) and run, in order, in one new
 README's first command: it holds ``.venv`` (the repository's own) and
 nothing else, and the environment is a login's, with neither the venv nor
 any ``HOIST_*`` variable in it. The blocks start a real embedded cluster
-(``hoist up --detach``) there, which the test reads directly and stops.
+(``hoist up --detach``) there, which the test reads directly and stops. As
+the README's command does, its Flower takes port 5555 (as tests/test_cli_demo.py's).
 """
 
 from __future__ import annotations
