@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from tests.services.process import ServerProcess, free_port, port_open
 
 
 def flower_get(
@@ -36,3 +40,34 @@ def signal_when_consuming(context: Any, listening: threading.Event) -> Any:
             yield consumer
 
     return consuming
+
+
+@contextlib.contextmanager
+def flower_server(
+    workdir: Path, broker_url: str, login: tuple[str, str], env: dict[str, str] | None = None
+) -> Iterator[int]:
+    """Run a real ``hoist flower`` on ``broker_url`` with basic auth ``login``; yield its port.
+
+    Its log is ``workdir/flower.log``; ``env`` (``HOIST_FLEET_KEY``...) is added
+    to its environment.
+    """
+    port = free_port()
+    extra = {
+        "HOIST_HOME": str(workdir / ".hoist"),  # no cluster's env file is read
+        "HOIST_FLOWER_USER": login[0],
+        "HOIST_FLOWER_PASSWORD": login[1],
+        **(env or {}),
+    }
+    argv = [sys.executable, "-m", "hoist.cli", "flower", "--broker-url", broker_url]
+    server = ServerProcess(
+        "hoist flower",
+        [*argv, "--port", str(port)],
+        workdir / "flower.log",
+        lambda: port_open(port),
+        extra,
+    )
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop()
