@@ -67,7 +67,9 @@ class ObjectStoreLogger(ComposerNames):
 
     Parameters:
         provider, container, provider_kwargs: the Libcloud form.
-        object_store_cls, object_store_kwargs: the store-class form.
+        object_store_cls, object_store_kwargs: the store-class form. None of
+            them given: the store ``HOIST_STORE_URI`` names (``hoist up``
+            writes the embedded one to ``.hoist/env``).
         object_name: template of object names; fields ``{artifact_name}``,
             ``{run_name}``, ``{rank}``, ``{local_rank}``, ``{world_size}``,
             ``{local_world_size}``, ``{node_rank}``.
