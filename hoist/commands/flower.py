@@ -16,8 +16,10 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "flower",
         help="run Flower, the web monitor of the upload fleet",
-        description="Flower for the hoist app: tasks show run, rank, artifact and size, never "
-        "credentials. Credentials come from HOIST_FLOWER_USER/HOIST_FLOWER_PASSWORD (or "
+        description="Flower for the hoist app: tasks show artifact, size, run and rank, never "
+        "credentials, and what became of each: PROGRESS (bytes so far), FAILURE (its error), "
+        "RETRY (waiting or retrying, and when it is sent again), SUPERSEDED. Credentials "
+        "come from HOIST_FLOWER_USER/HOIST_FLOWER_PASSWORD (or "
         "<home>/env) and reach Flower through its environment, not its command line. Beyond "
         "loopback, authentication is required. Other Flower options can be set as FLOWER_* "
         "variables (FLOWER_CERTFILE, FLOWER_BROKER_API, …).",

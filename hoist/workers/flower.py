@@ -14,10 +14,17 @@ What Flower 2.2 does, read from its source (``flower/command.py``,
   kombu's ``as_uri()``, which masks the password (``redis://:**@host``);
   worker stats drop it too. Task arguments are what the sender's
   ``kwargsrepr`` says: :meth:`hoist.protocol.messages.Message.summary`.
-- The tasks page shows each upload's arguments (artifact, run, rank, size)
-  and its result (:mod:`hoist.workers.flower_config`); an upload in flight
-  is in state ``PROGRESS`` with its bytes so far as its result, from the
-  worker's ``task-progress`` events (:mod:`hoist.tasks.progress`).
+- The tasks page shows each task's arguments, shortest first (artifact,
+  size, run, rank; :meth:`~hoist.protocol.messages.Message.summary`), and
+  its result (:mod:`hoist.workers.flower_config`). Flower builds both from
+  the workers' events alone, so the workers say what to show
+  (:class:`hoist.tasks.delivery.Shown`): an upload in flight is
+  ``PROGRESS`` with ``uploading: X of Y (Z%)`` (``task-progress`` events,
+  :mod:`hoist.tasks.progress`); a failed artifact ``FAILURE`` with its error
+  in the Result column; one waiting (a limit, a pointer's target) or
+  retrying after a transient error Celery's ``RETRY``, saying what for and
+  when it is sent again; one a newer version overtook ``SUPERSEDED``. The
+  texts are the records' errors, which never hold a secret.
 - ``/metrics`` (Prometheus) and ``/healthcheck`` answer without
   authentication by Flower's design; they carry task names and counts,
   not arguments.
