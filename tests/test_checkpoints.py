@@ -193,7 +193,10 @@ def busy_worker(fleet: WorkerFleet) -> Any:
         log = worker.log_path.read_text(errors="replace")
         received = set(re.findall(r"Task hoist\.upload\[([^\]]+)\] received", log))
         finished = set(
-            re.findall(r"Task hoist\.upload\[([^\]]+)\] (?:succeeded|raised expected)", log)
+            # Celery's words for every way a task ends: done, failed, deferred, a duplicate.
+            re.findall(
+                r"Task hoist\.upload\[([^\]]+)\] (?:succeeded|raised expected|retry:|ignored)", log
+            )
         )
         if received - finished:
             return worker

@@ -1,7 +1,7 @@
 """Where commands print, and how: tables to stdout, progress and messages to stderr.
 
 Every human-readable byte figure is binary (B, KiB, MiB, GiB…:
-:func:`format_bytes`), in tables, messages and progress bars alike, so a
+:func:`hoist.units.format_bytes`), in tables, messages and progress bars alike, so a
 1 GiB checkpoint reads ``1.0 GiB`` everywhere and never ``1.1 GB``.
 
 Tables are described as a :class:`Sheet` and printed by :func:`print_sheet`.
@@ -34,40 +34,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+# The one byte format of every command, and of Flower's progress text.
+from hoist.units import format_bytes as format_bytes
+from hoist.units import format_rate as format_rate
+
 # Off a terminal rich would fold messages at 80 columns; object names are long,
 # so give them room there. Tables off a terminal are TSV and ignore the width.
 out = Console(width=None if sys.stdout.isatty() else 160)
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-BINARY_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-
-
-def format_bytes(size: float) -> str:
-    """A byte count in binary units, the one unit family of every command.
-
-    Example:
-        >>> format_bytes(512), format_bytes(1536), format_bytes(2**30)
-        ('512 B', '1.5 KiB', '1.0 GiB')
-    """
-    if size < 1024:
-        return f"{int(size)} B"
-    value = float(size)
-    for unit in BINARY_UNITS:
-        value /= 1024
-        # Rounded, 1023.96 KiB would print as "1024.0 KiB": move up a unit first.
-        if round(value, 1) < 1024 or unit == BINARY_UNITS[-1]:
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")  # the loop returns at its last unit
-
-
-def format_rate(bytes_per_second: float) -> str:
-    """A transfer rate in binary units.
-
-    Example:
-        >>> format_rate(3 * 2**20)
-        '3.0 MiB/s'
-    """
-    return f"{format_bytes(bytes_per_second)}/s"
 
 
 class BinarySpeedColumn(ProgressColumn):

@@ -10,6 +10,7 @@ corruption, not against an adversary who can write to the store.
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -120,3 +121,23 @@ def checksum_file(path: str, progress: Progress | None = None) -> tuple[int, Che
         for _ in reader.chunks():
             pass
     return reader.hasher.size, reader.hasher.checksum
+
+
+class SentBytes(io.BytesIO):
+    """Bytes to send, telling ``progress`` of each block the HTTP client reads to send.
+
+    A client library that sends a file-like body reads it a block at a time
+    as the socket takes it (http.client: 8 KiB, or urllib3's block size), so
+    the counts follow the bytes on the wire. A rewind (botocore retrying the
+    request) counts the bytes again; readers clamp to the size.
+    """
+
+    def __init__(self, data: bytes, progress: Progress) -> None:
+        super().__init__(data)
+        self._progress = progress
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if data:
+            self._progress(len(data))
+        return data

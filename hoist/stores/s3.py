@@ -52,13 +52,17 @@ from botocore.config import Config
 
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError
 from hoist.stores.base import ObjectStat, ObjectStore, Verification
-from hoist.stores.checksum import Checksum, HashingReader, Progress
+from hoist.stores.checksum import Checksum, HashingReader, Progress, SentBytes
 from hoist.stores.s3_errors import translate_s3_error
 from hoist.stores.s3_multipart import MultipartUpload
 
 MiB = 1024 * 1024
 _MD5_HEX = re.compile("[0-9a-f]{32}")
 _COMPOSITE_ETAG = re.compile("[0-9a-f]{32}-[0-9]+")
+
+
+PROGRESS_BODY_BYTES = 1024 * 1024
+"""Single PUTs of at least this many bytes report progress as they are sent."""
 
 
 @dataclass(frozen=True)
@@ -212,10 +216,10 @@ class S3ObjectStore(ObjectStore):
         the bytes, STORE_MD5."""
         with open(path, "rb") as raw:
             if size < self.transfer.multipart_threshold:
-                reader = HashingReader(raw, progress)
+                reader = HashingReader(raw)
                 data = reader.read()
                 checksum = reader.hasher.checksum
-                return checksum, self._put_object(name, data, checksum)
+                return checksum, self._put_object(name, data, checksum, progress)
             upload = MultipartUpload(self, name, size, progress)
             checksum = upload.run(raw)
         return checksum, self._assembled_proof(name, size, upload)
@@ -227,13 +231,25 @@ class S3ObjectStore(ObjectStore):
         with contextlib.suppress(boto_errors.BotoCoreError, boto_errors.ClientError):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
 
-    def _put_object(self, name: str, data: bytes, checksum: Checksum) -> Verification | None:
-        """One PutObject; returns STORE_MD5 when the server's ETag proved the bytes."""
+    def _put_object(
+        self, name: str, data: bytes, checksum: Checksum, progress: Progress | None = None
+    ) -> Verification | None:
+        """One PutObject; returns STORE_MD5 when the server's ETag proved the bytes.
+
+        With ``progress``, a body of :data:`PROGRESS_BODY_BYTES` or more is told
+        to it as the HTTP client reads it to send, so a slow single PUT shows
+        its bytes moving (counting them while reading the file showed 100% before
+        a byte was sent). Smaller bodies go in one piece: a few more sends per
+        file cost the small-file rate more than their progress is worth.
+        """
         md5_hex, headers = self._content_md5(data)
+        body: bytes | SentBytes = data
+        if progress is not None and len(data) >= PROGRESS_BODY_BYTES:
+            body = SentBytes(data, progress)
         response = self._client.put_object(
             Bucket=self.bucket,
             Key=self._key(name),
-            Body=data,
+            Body=body,
             ChecksumCRC64NVME=checksum.to_base64(),
             **headers,
         )

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rich.filesize import decimal
+from hoist.units import format_bytes
 
 PROGRESS_EVENT = "task-progress"
 """The Celery event an upload sends; Flower shows the task as ``PROGRESS``."""
@@ -104,8 +104,8 @@ def describe_progress(done: int, total: int) -> str:
     """A person's reading of an upload's progress.
 
     Example:
-        >>> describe_progress(3_000_000, 12_000_000)
-        '3.0 MB of 12.0 MB (25%)'
+        >>> describe_progress(3 * 2**20, 12 * 2**20)
+        '3.0 MiB of 12.0 MiB (25%)'
     """
     share = 100 * done // total if total else 100
-    return f"{decimal(done)} of {decimal(total)} ({share}%)"
+    return f"{format_bytes(done)} of {format_bytes(total)} ({share}%)"
