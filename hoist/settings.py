@@ -127,6 +127,8 @@ VARIABLES: tuple[Variable, ...] = (
              "this node's upload queue, for node-local staging", shown="none"),
     Variable("HOIST_ENQUEUE_TIMEOUT", _number, 30.0, "s", RANKS,
              "how long a rank retries an unreachable Redis before raising"),
+    Variable("HOIST_MAX_STAGED_BYTES", _whole, 0, "bytes", RANKS,
+             "bytes a rank may keep in staging before a call waits; 0 for no bound"),
     Variable("HOIST_RETENTION_DAYS", _number, 14.0, "days", ALL,
              "how long finished records are kept"),
     Variable(ALLOWED_STORES_ENV, _words, (), "", WORKERS,
@@ -237,6 +239,7 @@ class RankSettings:
         retention_seconds: ``HOIST_RETENTION_DAYS``, in seconds.
         store_uri: ``HOIST_STORE_URI``, the store of a logger given no store
             arguments (``hoist up`` writes its embedded store there), or None.
+        max_staged_bytes: ``HOIST_MAX_STAGED_BYTES``; 0 for no bound.
     """
 
     broker_url: str = DEFAULT_BROKER_URL
@@ -248,6 +251,7 @@ class RankSettings:
     enqueue_timeout: float = 30.0
     retention_seconds: int = retention_seconds(14.0)
     store_uri: str | None = None
+    max_staged_bytes: int = 0
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> RankSettings:
@@ -266,6 +270,7 @@ class RankSettings:
             enqueue_timeout=timeout,
             retention_seconds=retention_seconds(read("HOIST_RETENTION_DAYS", env)),
             store_uri=read("HOIST_STORE_URI", env),
+            max_staged_bytes=read("HOIST_MAX_STAGED_BYTES", env),
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hoist.errors import ConfigurationError
 from hoist.logger.levels import LogLevel
 
 
@@ -55,3 +56,26 @@ class ComposerNames:
     def can_upload_files(self) -> bool:
         """Composer asks before handing files over: always True."""
         return True
+
+
+def pointer_arguments(
+    first: str | LogLevel, second: str, rest: tuple[str, ...], log_level: LogLevel
+) -> tuple[LogLevel, str, str]:
+    """``symlink_artifact``'s arguments as ``(log_level, existing, symlink)``, in either order.
+
+    ``symlink_artifact("ep1.pt", "latest.pt")``, or with the level first as
+    ``file_artifact`` and Composer's ``Logger`` take it. A LogLevel is never a
+    name, so the order is unambiguous.
+
+    Example:
+        >>> pointer_arguments(LogLevel.EPOCH, "ep1.pt", ("latest.pt",), LogLevel.FIT)[1:]
+        ('ep1.pt', 'latest.pt')
+    """
+    if isinstance(first, LogLevel) and len(rest) == 1:
+        return first, second, rest[0]
+    if rest or not isinstance(first, str):
+        raise ConfigurationError(
+            "call symlink_artifact(existing, symlink) or symlink_artifact(log_level, "
+            f"existing, symlink); got {(first, second, *rest)}"
+        )
+    return log_level, first, second

@@ -21,6 +21,7 @@ from typing import Any
 
 from hoist.errors import ConfigurationError
 from hoist.keys import FLEET_KEY_ENV, FleetKeys, keys_from
+from hoist.logger.backlog import StagingFull, staging_full_mode
 from hoist.logger.ranks import RankInfo, launcher_run_name
 from hoist.logger.staging import StagingMode, staging_mode
 from hoist.protocol.layout import staging_root_from
@@ -167,6 +168,8 @@ class LoggerConfiguration:
         spec: the store, as workers are told of it.
         staging: the default :class:`~hoist.logger.staging.StagingMode`.
         enqueue_timeout: seconds to retry an unreachable Redis.
+        max_staged_bytes: the bound on this rank's staged bytes; 0 for none.
+        when_staging_full: what a call does at the bound (:mod:`hoist.logger.backlog`).
         upload_queue: this node's upload queue, or "" for the shared one.
         broker_url, state_url: the broker and the Redis holding records.
         retention_seconds: how long finished records are kept.
@@ -181,6 +184,8 @@ class LoggerConfiguration:
     spec: StoreSpec
     staging: StagingMode
     enqueue_timeout: float
+    max_staged_bytes: int
+    when_staging_full: StagingFull
     upload_queue: str
     broker_url: str
     state_url: str
@@ -202,6 +207,8 @@ class LoggerConfiguration:
         enqueue_timeout: float | None,
         staging: StagingMode | str,
         node_queue: str | None,
+        max_staged_bytes: int | None = None,
+        when_staging_full: StagingFull | str = StagingFull.WAIT,
         settings: RankSettings | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> LoggerConfiguration:
@@ -241,6 +248,10 @@ class LoggerConfiguration:
             spec=spec,
             staging=staging_mode(staging),
             enqueue_timeout=_enqueue_timeout(enqueue_timeout, settings),
+            max_staged_bytes=(
+                settings.max_staged_bytes if max_staged_bytes is None else max_staged_bytes
+            ),
+            when_staging_full=staging_full_mode(when_staging_full),
             upload_queue=node_queue_name(node) if node else "",
             broker_url=broker,
             # HOIST_STATE_URL unset means "the broker the logger uses", which an

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hoist.logger.backlog import StagingBudget
 from hoist.logger.configuration import LoggerConfiguration
 from hoist.logger.health import FleetHealth, OnFailure
 from hoist.logger.outbox import Outbox
@@ -33,6 +34,7 @@ class FleetConnection:
         health: failures raised at the next call, and the store check.
         outbox: sign, record, hand to the sending thread.
         seqs: the rank's sequence numbers.
+        budget: the bound on the rank's staged bytes.
     """
 
     records: Records
@@ -41,6 +43,7 @@ class FleetConnection:
     health: FleetHealth
     outbox: Outbox
     seqs: SequenceNumbers
+    budget: StagingBudget
 
     @classmethod
     def open(cls, config: LoggerConfiguration, on_failure: OnFailure) -> FleetConnection:
@@ -73,4 +76,5 @@ class FleetConnection:
             # parent's uploads either.
             on_fork=pending.clear,
         )
-        return cls(records, retry, pending, health, outbox, seqs)
+        budget = StagingBudget(config.max_staged_bytes, config.when_staging_full, pending, records)
+        return cls(records, retry, pending, health, outbox, seqs, budget)

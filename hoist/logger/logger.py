@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hoist.errors import ConfigurationError, UploadFailedError
-from hoist.logger.composer_names import ComposerNames
+from hoist.logger.composer_names import ComposerNames, pointer_arguments
 from hoist.logger.configuration import (
     DEFAULT_CHECKPOINT_OBJECT_NAME,
     DEFAULT_OBJECT_NAME,
@@ -116,6 +116,10 @@ class ObjectStoreLogger(ComposerNames):
             :class:`~hoist.errors.UploadFailedError`; ``"warn"``: log each
             failure once and train on (``close()`` logs instead of raising).
             See :mod:`hoist.logger.health`.
+        max_staged_bytes, when_staging_full: a bound on this rank's staged bytes
+            (default ``HOIST_MAX_STAGED_BYTES``, else none) and what a call does at
+            it: ``"wait"`` for room, or ``"supersede"`` unstarted versions of the
+            same name first (:mod:`hoist.logger.backlog`).
         store_check: when the logger starts, ask a worker to write and delete
             a small object under the run's prefix (:mod:`hoist.tasks.probe_job`),
             so a missing bucket or a wrong secret fails at the next call, not at
@@ -164,6 +168,8 @@ class ObjectStoreLogger(ComposerNames):
         staging: StagingMode | str = StagingMode.COPY,
         node_queue: str | None = None,
         on_failure: OnFailure | str = OnFailure.RAISE,
+        max_staged_bytes: int | None = None,
+        when_staging_full: str = "wait",
         store_check: bool = True,
         settings: RankSettings | None = None,
     ) -> None:
@@ -191,6 +197,8 @@ class ObjectStoreLogger(ComposerNames):
             enqueue_timeout=enqueue_timeout,
             staging=staging,
             node_queue=node_queue,
+            max_staged_bytes=max_staged_bytes,
+            when_staging_full=when_staging_full,
             settings=settings,
         )
         self.ranks = config.ranks
@@ -211,6 +219,7 @@ class ObjectStoreLogger(ComposerNames):
         fleet = FleetConnection.open(config, on_failure)
         self._records, self._retry, self._pending = fleet.records, fleet.retry, fleet.pending
         self._health, self._outbox, self._seqs = fleet.health, fleet.outbox, fleet.seqs
+        self._budget = fleet.budget  # max_staged_bytes (hoist.logger.backlog)
         self._names = ObjectNames(
             config.template,
             config.checkpoint_template,
@@ -331,22 +340,14 @@ class ObjectStoreLogger(ComposerNames):
     ) -> str | None:
         """Point ``<object name>.symlink`` (a pointer) at an artifact this rank logged.
 
-        Composer's name for it. ``symlink_artifact("ep1.pt", "latest.pt")``, or
-        with the level first as ``file_artifact`` and Composer's ``Logger`` take
-        it: ``symlink_artifact(LogLevel.EPOCH, "ep1.pt", "latest.pt")`` (a
-        LogLevel is never a name, so the order is unambiguous). The pointer is
-        written only after the target is uploaded and verified; a later call
-        for the same pointer always wins. Returns the pointer's id, or None if filtered.
+        Composer's name for it: ``symlink_artifact("ep1.pt", "latest.pt")``, or
+        the level first, as Composer's ``Logger`` (:func:`pointer_arguments`).
+        Written only after the target is uploaded and verified; a later call for
+        the same pointer always wins. Returns the pointer's id, or None if filtered.
         """
-        if isinstance(existing_artifact_name, LogLevel) and len(names) == 1:
-            log_level, existing_artifact_name, symlink_artifact_name = (
-                existing_artifact_name, symlink_artifact_name, names[0],
-            )  # fmt: skip
-        elif names or not isinstance(existing_artifact_name, str):
-            raise ConfigurationError(
-                "call symlink_artifact(existing, symlink) or symlink_artifact(log_level, "
-                f"existing, symlink); got {(existing_artifact_name, symlink_artifact_name, *names)}"
-            )
+        log_level, existing_artifact_name, symlink_artifact_name = pointer_arguments(
+            existing_artifact_name, symlink_artifact_name, names, log_level
+        )
         self._check_open()
         validate_artifact_name(symlink_artifact_name)
         if self.should_log_artifact is not None and not self.should_log_artifact(
@@ -478,6 +479,7 @@ class ObjectStoreLogger(ComposerNames):
                 f"artifact {artifact_name!r} ({object_name}) is still being uploaded; pass "
                 "overwrite=True to replace it with this version"
             )
+        self._budget.make_room(os.fspath(file_path), artifact_name, object_name)
         seq = self._seqs.next()
         staged = stage_file(
             os.fspath(file_path),

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import redis
 
 from hoist.errors import UploadFailedError, WaitTimeoutError
-from hoist.protocol.messages import Message
+from hoist.protocol.messages import Message, UploadRequest
 from hoist.state.records import Records
 from hoist.state.states import State
 
@@ -160,16 +160,37 @@ class PendingArtifacts:
         self._rank = rank
         self._state_shown = state_shown
         self._pending: dict[str, Message] = {}
+        self.staged_bytes = 0  # sizes of the pending uploads: what staging holds for them
         self._failures: list[Failure] = []  # found by wait(), not yet raised
         self._state_unreachable = False  # warned once per outage
 
     def add(self, message: Message) -> None:
         """Wait for ``message``'s artifact from now on (its record is written)."""
         self._pending[message.id] = message
+        self.staged_bytes += _staged_size(message)
 
     def clear(self) -> None:
         """Forget every pending artifact (a forked child does not wait for its parent's)."""
         self._pending.clear()
+        self.staged_bytes = 0
+
+    def uploads_of(self, object_name: str) -> list[UploadRequest]:
+        """The pending uploads of ``object_name``, oldest first."""
+        return [
+            message
+            for message in self._pending.values()
+            if isinstance(message, UploadRequest) and message.object_name == object_name
+        ]
+
+    def forget(self, artifact: str) -> None:
+        """Stop waiting for ``artifact`` (the rank withdrew it)."""
+        message = self._pending.pop(artifact, None)
+        if message is not None:
+            self.staged_bytes -= _staged_size(message)
+
+    def refresh(self) -> None:
+        """Drop every finished artifact now; failures are kept for the next report."""
+        self._collect(list(self._pending), self._failures)
 
     def __contains__(self, artifact: object) -> bool:
         return artifact in self._pending
@@ -247,6 +268,7 @@ class PendingArtifacts:
             if state.terminal:
                 finished += 1
                 message = self._pending.pop(artifact)
+                self.staged_bytes -= _staged_size(message)
                 if state is State.FAILED:
                     failures.append(self._failure(message))
         return finished
@@ -255,3 +277,7 @@ class PendingArtifacts:
         status = self._records.get(message.id)
         error = status.error if status is not None else "its record is gone"
         return message.artifact_name, message.object_name, error
+
+
+def _staged_size(message: Message) -> int:
+    return message.size if isinstance(message, UploadRequest) else 0

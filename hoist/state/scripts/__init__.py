@@ -47,6 +47,7 @@ NAMES = (
     "settle",
     "states",
     "take_due",
+    "withdraw",
 )
 """Every script, by the name of its file without ``.lua``."""
 
