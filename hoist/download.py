@@ -45,7 +45,7 @@ from hoist.state.connection import NO_CLUSTER, connect
 from hoist.state.records import ArtifactStatus, Records
 from hoist.state.states import State
 from hoist.stores.base import ObjectStat, ObjectStore
-from hoist.stores.checksum import Checksum, Progress
+from hoist.stores.checksum import ALGORITHM, Checksum, Progress
 from hoist.stores.spec import StoreSpec, store_class
 from hoist.stores.uri import parse_store_uri, store_from_uri
 
@@ -63,6 +63,8 @@ class Resolved:
         size: its size in bytes.
         hops: each pointer followed, as ``(pointer object, the name it holds)``.
         owned: the store was built here and is closed after the download.
+        checksum: the CRC64NVME the download must have: the run's record of
+            the upload, else what the store reports; None where neither says.
     """
 
     store: ObjectStore
@@ -70,6 +72,7 @@ class Resolved:
     size: int
     hops: tuple[tuple[str, str], ...] = ()
     owned: bool = True
+    checksum: Checksum | None = None
 
     @property
     def uri(self) -> str:
@@ -115,7 +118,12 @@ def download_artifact(
     fleet_key: str | FleetKeys | None = None,
     progress: Progress | None = None,
 ) -> Downloaded:
-    """Download ``source`` to ``dest``, following pointers; atomic, and checksummed on the way.
+    """Download ``source`` to ``dest``, following pointers; atomic, and verified on the way.
+
+    S3 objects are fetched as parallel ranged GETs (the store's part size and
+    concurrency). The bytes must have the size the store reports and the
+    CRC64NVME the run's record (with ``run``) or the store holds, else
+    :class:`~hoist.errors.ChecksumMismatchError` is raised and ``dest`` is not written.
 
     Parameters:
         source: an object name in ``store``, an object URI, or with ``run`` a
@@ -196,8 +204,9 @@ def resolve(
         (('bert-3/latest.pt.symlink', 'bert-3/ep2.pt'),)
     """
     guessed_root = False
+    recorded: dict[str, Checksum] = {}
     if run is not None:
-        found, name, owned = _in_run(source, run, records, state_url, fleet_key)
+        found, name, owned, recorded = _in_run(source, run, records, state_url, fleet_key)
     elif "://" in source:
         found, name, owned, guessed_root = _from_uri(source, store)
     else:
@@ -209,7 +218,8 @@ def resolve(
         if owned:
             found.close()
         raise
-    return Resolved(found, target, stat.size, hops, owned)
+    reported = stat.checksum if stat.checksum and stat.checksum.algorithm == ALGORITHM else None
+    return Resolved(found, target, stat.size, hops, owned, recorded.get(target, reported))
 
 
 def fetch(
@@ -223,8 +233,11 @@ def fetch(
         '/tmp/ep2.pt'
     """
     path = destination(dest, asked_name(resolved))
+    expected = ObjectStat(resolved.object_name, resolved.size, resolved.checksum)
     with resolved:
-        held = resolved.store.download_file(resolved.object_name, path, progress=progress)
+        held = resolved.store.download_file(
+            resolved.object_name, path, progress=progress, expected=expected
+        )
     assert held.checksum is not None  # download_file always hashes what it writes
     # The store writes through a private temporary file (0600); the download is
     # the user's file, so it gets the mode a file they create would get.
@@ -384,8 +397,9 @@ def _in_run(
     records: Records | None,
     state_url: str | None,
     fleet_key: str | FleetKeys | None,
-) -> tuple[ObjectStore, str, bool]:
-    """The store and object of the name ``source`` the run logged, from its records."""
+) -> tuple[ObjectStore, str, bool, dict[str, Checksum]]:
+    """The store and object of the name ``source`` the run logged, from its records,
+    and the checksum each record of it says was uploaded."""
     if records is None:
         records = connect(state_url or _configured_state_url())
     artifacts = records.run_artifacts(run)
@@ -415,7 +429,14 @@ def _in_run(
     newest = max(done, key=lambda a: a.message["order"])
     spec = StoreSpec.from_json(newest.message["store"])
     keys = fleet_key or _environment().keys
-    return spec.build(keys), objects[0], True
+    # A pointer's record holds the pointer's checksum: it is used only when
+    # the name resolves to that same object.
+    recorded = {
+        a.message["object_name"]: Checksum.parse(a.fields["checksum"])
+        for a in done
+        if a.fields.get("checksum")
+    }
+    return spec.build(keys), objects[0], True, recorded
 
 
 # ----- the library's defaults from the environment ---------------------------------------------

@@ -55,6 +55,9 @@ class Verification(str, Enum):
     """The store computed the MD5 of every request's bytes (its ETag) and each
     equalled ours; a multipart object was also shown to be exactly those parts
     (its composite ETag, or where the server answers none, its size)."""
+    SERVER_HASH = "server-hash"
+    """The server hashed the object it holds (SFTP: ``sha256sum`` or ``md5sum``
+    over SSH) and the digest equalled the one hoist computed while sending."""
     READ_BACK = "read-back"
     """hoist read the object back and hashed it."""
 
@@ -303,30 +306,56 @@ class ObjectStore(ABC):
         path: str | os.PathLike[str],
         *,
         progress: Progress | None = None,
+        expected: ObjectStat | None = None,
     ) -> ObjectStat:
-        """Download to ``path`` atomically: a temporary sibling, then a rename.
+        """Download to ``path`` atomically: a temporary sibling, then a rename; hashed on the way.
 
-        Returns the size and the checksum of the bytes written, so a caller can
-        compare them with a recorded upload.
+        With ``expected`` (from a record or a manifest) its size and checksum,
+        where it has one, must match before the rename: else nothing is left at
+        ``path`` and :class:`~hoist.errors.ChecksumMismatchError` is raised.
+        ``progress`` may be called from the store's transfer threads. Returns
+        the size and checksum of the bytes written.
         """
         name = validate_object_name(object_name)
         target = os.path.abspath(os.fspath(path))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".hoist-download-", dir=os.path.dirname(target))
         try:
-            hasher = StreamHasher(progress)
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self._chunks(name):
-                    out.write(chunk)
-                    hasher.update(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            try:
+                size = expected.size if expected is not None else None
+                held = self._call(self._download_into, name, fd, size, progress, name=name)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if expected is not None:
+                self._compare_download(expected, held, target)
             os.replace(tmp, target)
         except BaseException:
-            if os.path.exists(tmp):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        return held
+
+    def _download_into(
+        self, name: str, fd: int, size: int | None, progress: Progress | None
+    ) -> ObjectStat:
+        """Write the object into the empty file ``fd`` (``size``: expected, if known).
+
+        This default reads one stream in order; S3 overrides it to fetch in parallel."""
+        hasher = StreamHasher(progress)
+        with open(fd, "wb", closefd=False) as out:
+            for chunk in self._chunks(name):
+                out.write(chunk)
+                hasher.update(chunk)
         return ObjectStat(name, hasher.size, hasher.checksum)
+
+    def _compare_download(self, expected: ObjectStat, held: ObjectStat, target: str) -> None:
+        if expected.size != held.size or expected.checksum not in (None, held.checksum):
+            said = f"{expected.size} bytes with {expected.checksum or 'no checksum known'}"
+            raise ChecksumMismatchError(
+                f"{self.get_uri(held.object_name)} arrived as other bytes than expected, so "
+                f"{target} was not written: {held.size} bytes with {held.checksum}, expected {said}"
+            )
 
     def read_back(self, object_name: str) -> ObjectStat:
         """Stream the object and return the size and checksum of what the store holds."""

@@ -53,6 +53,7 @@ from botocore.config import Config
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError
 from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import Checksum, HashingReader, Progress, SentBytes
+from hoist.stores.s3_download import RangedDownload, preallocate
 from hoist.stores.s3_errors import translate_s3_error
 from hoist.stores.s3_multipart import MultipartUpload
 
@@ -178,6 +179,7 @@ class S3ObjectStore(ObjectStore):
                 config=config,
             )
         self._pool: ThreadPoolExecutor | None = None
+        self._downloads: ThreadPoolExecutor | None = None
 
     def get_uri(self, object_name: str) -> str:
         return f"s3://{self.bucket}/{self._key(object_name)}"
@@ -186,6 +188,9 @@ class S3ObjectStore(ObjectStore):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._downloads is not None:
+            self._downloads.shutdown(wait=True)
+            self._downloads = None
         self._client.close()
 
     # ----- primitives -------------------------------------------------------
@@ -312,6 +317,19 @@ class S3ObjectStore(ObjectStore):
     def _put_bytes(self, name: str, data: bytes) -> Verification | None:
         return self._put_object(name, data, Checksum.of(data))
 
+    def _download_into(
+        self, name: str, fd: int, size: int | None, progress: Progress | None
+    ) -> ObjectStat:
+        if size is None:
+            size = self._stat(name).size
+        preallocate(fd, size)  # the file's blocks at once: no growth per write, ENOSPC first
+        where = self.get_uri(name)
+        download = RangedDownload(
+            self._client, self.bucket, self._key(name), where, size,
+            self.transfer.part_size, self._download_pool(),
+        )  # fmt: skip
+        return ObjectStat(name, size, download.run(fd, progress))
+
     def _read_chunks(self, name: str) -> Iterator[bytes]:
         response = self._client.get_object(Bucket=self.bucket, Key=self._key(name))
         yield from response["Body"].iter_chunks(chunk_size=MiB)
@@ -343,6 +361,15 @@ class S3ObjectStore(ObjectStore):
             endpoint=self.endpoint_url or "AWS S3",
             for_object=name is not None,
         )
+
+    def _download_pool(self) -> ThreadPoolExecutor:
+        # Apart from the upload pool: a part GET never waits behind an upload's part.
+        with _SESSIONS_LOCK:  # two threads downloading at once must share one pool
+            if self._downloads is None:
+                self._downloads = ThreadPoolExecutor(
+                    self.transfer.max_concurrency, thread_name_prefix="hoist-s3-get"
+                )
+        return self._downloads
 
     def _parts_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
