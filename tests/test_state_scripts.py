@@ -428,14 +428,15 @@ def create(
     now: float = NOW_MS / 1000,
     **fields: Any,
 ) -> int:
-    key_list = [keys.record, keys.run, keys.runs, keys.deferred]
+    key_list = [keys.record, keys.run, keys.runs, keys.deferred, keys.failures]
     if marker is not None:
         key_list.append(keys.latest)
     args = [
         "a", "run", now, NOW_MS + 5_000, 100, "1" if once else "", marker or "",
         *pairs({**initial(), **fields}),
     ]  # fmt: skip
-    return int(script("create")(keys=key_list, args=args))
+    created, _failures = script("create")(keys=key_list, args=args)
+    return int(created)
 
 
 def test_create_writes_indexes_watches_and_raises_the_latest_marker(
@@ -451,6 +452,20 @@ def test_create_writes_indexes_watches_and_raises_the_latest_marker(
     assert client.zscore(keys.deferred, "a") == NOW_MS + 5_000
     assert client.get(keys.latest) == "0002|a"
     assert 90 < client.ttl(keys.latest) <= 100
+
+
+def test_create_returns_the_ranks_failure_counter_as_it_stands(
+    client: redis.Redis, keys: Keys, script: Callable[[str], Any]
+) -> None:
+    """Read in the round trip that writes the record (hoist.logger.health), never written."""
+    arguments = [NOW_MS + 5_000, 100, "", ""]
+    call = script("create")
+    key_list = [keys.record, keys.run, keys.runs, keys.deferred, keys.failures]
+    base = ["a", "run", NOW_MS / 1000, *arguments, *pairs(initial())]
+    assert call(keys=key_list, args=base) == [1, 0]
+    client.set(keys.failures, 3)
+    assert call(keys=key_list, args=base) == [1, 3]
+    assert client.get(keys.failures) == "3"
 
 
 def test_create_keeps_a_due_time_already_set_and_a_later_marker(

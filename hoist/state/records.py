@@ -174,12 +174,9 @@ class Records:
         round trip: how a rank learns of failures at no cost to its stall.
         """
         marker = encode_marker(message.order, message.id)
-        pipe = self.client.pipeline(transaction=False)
-        self._create_record(
-            message, task, latest_key(store_id, message.object_name), marker, client=pipe
-        )
-        pipe.get(failures_key(message.run_name, message.rank))
-        return int(pipe.execute()[-1] or 0)
+        return self._create_record(
+            message, task, latest_key(store_id, message.object_name), marker
+        )[1]
 
     def register_shards(
         self, run_name: str, checkpoint: str, rank: int, world_size: int, artifacts: list[str]
@@ -213,7 +210,7 @@ class Records:
 
         Several ranks may ask for the same commit; only one sends it.
         """
-        return self._create_record(message, task, once=True)
+        return bool(self._create_record(message, task, once=True)[0])
 
     def _create_record(
         self,
@@ -223,17 +220,22 @@ class Records:
         marker: str = "",
         *,
         once: bool = False,
-        client: redis.client.Pipeline | None = None,
-    ) -> bool:
+    ) -> tuple[int, int]:
+        """One call of ``create.lua``: whether it created the record, and the failure counter."""
         now = time.time()
-        keys = [record_key(message.id), run_key(message.run_name), RUNS, DEFERRED]
+        keys = [
+            record_key(message.id),
+            run_key(message.run_name),
+            RUNS,
+            DEFERRED,
+            failures_key(message.run_name, message.rank),
+        ]
         args: list[EncodableT] = [
             message.id, message.run_name, now, first_look_due_ms(now), self.retention_seconds,
             "1" if once else "", marker, *_pairs(initial_fields(message, task, now)),
         ]  # fmt: skip
-        return bool(
-            self._create(keys=keys + ([latest] if latest else []), args=args, client=client)
-        )
+        created, failures = self._create(keys=keys + ([latest] if latest else []), args=args)
+        return int(created), int(failures)
 
     def reserve_seqs(self, run_name: str, rank: int, count: int = 1) -> range:
         """Reserve the rank's next ``count`` sequence numbers; unique across restarts of a run.
