@@ -2,13 +2,20 @@
 
 What the store wrote is checked independently: the test reads the server's
 directory on disk, which is the same filesystem, and hashes it with hashlib.
+
+Two kinds of account: the fixture's, which may run commands, so uploads are
+verified by a hash the server computes (``server-hash``); and an SFTP-only one
+(:class:`SftpOnlyServer`: ``ForceCommand internal-sftp``, the usual way to give
+an account file transfer and nothing else), where they are read back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from hoist.errors import (
+    ChecksumMismatchError,
     ConfigurationError,
     ContainerNotFoundError,
     HostKeyError,
@@ -31,8 +39,9 @@ from hoist.errors import (
 from hoist.stores.base import Verification
 from hoist.stores.checksum import checksum_file
 from hoist.stores.sftp import SFTPObjectStore
-from hoist.stores.sftp_transfer import PipelinedReader
-from tests.services.process import free_port
+from hoist.stores.sftp_hash import COMMANDS, HashCommand, probe, quote_path, server_digest
+from hoist.stores.sftp_transfer import STANDARD_REQUEST, PipelinedReader, RequestSizes
+from tests.services.process import free_port, port_open
 from tests.services.sshd import SshServer, generate_key
 from tests.services.tmpfs import small_tmpfs
 
@@ -89,12 +98,63 @@ def closed_port_store(sshd_server: SshServer) -> SFTPObjectStore:
     return make_store(sshd_server, port=free_port())
 
 
-def check_round_trip(store: SFTPObjectStore, cwd: Path, source: Path, tmp_path: Path) -> float:
+class SftpOnlyServer(SshServer):
+    """The fixture's sshd with a third port where the account may use SFTP and nothing else.
+
+    ``ForceCommand internal-sftp`` answers every exec request with an SFTP
+    server instead of the command, as on a hosting account restricted to file
+    transfer, so no hash tool can run and uploads must be read back.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.sftp_only_port = free_port()
+        super().__init__(workdir)
+
+    def _config(self) -> str:
+        listen = f"Port {self.read_only_port}\n"
+        config = super()._config().replace(listen, listen + f"Port {self.sftp_only_port}\n", 1)
+        # Match blocks run to the end of the file: this one goes after the read-only one.
+        return config + f"Match LocalPort {self.sftp_only_port}\n    ForceCommand internal-sftp\n"
+
+    def write_known_hosts(self, path: str | os.PathLike[str], key_line: str) -> None:
+        super().write_known_hosts(path, key_line)
+        with open(path, "a") as known_hosts:
+            known_hosts.write(f"[{self.host}]:{self.sftp_only_port} {key_line}\n")
+
+    def _up(self) -> bool:
+        return super()._up() and port_open(self.sftp_only_port)
+
+
+@pytest.fixture(scope="module")
+def sftp_only_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpOnlyServer]:
+    server = SftpOnlyServer(tmp_path_factory.mktemp("sshd-sftp-only"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sftp_only_store(sftp_only_server: SftpOnlyServer) -> Iterator[tuple[SFTPObjectStore, Path]]:
+    """A store on the SFTP-only port, with its fresh remote directory."""
+    cwd = Path(tempfile.mkdtemp(prefix="t-", dir=sftp_only_server.root))
+    with make_store(sftp_only_server, port=sftp_only_server.sftp_only_port, cwd=str(cwd)) as opened:
+        yield opened, cwd
+
+
+def check_round_trip(
+    store: SFTPObjectStore,
+    cwd: Path,
+    source: Path,
+    tmp_path: Path,
+    verified_by: Verification = Verification.SERVER_HASH,
+) -> float:
     result = store.upload_file("run1/rank0/ckpt.bin", source)
 
     size, checksum = checksum_file(str(source))
     assert (result.size, result.checksum) == (size, checksum)
-    assert result.verified_by is Verification.READ_BACK
+    assert result.verified_by is verified_by
     assert not result.already_present
     remote = cwd / "run1" / "rank0" / "ckpt.bin"
     assert sha256(remote) == sha256(source)
@@ -114,15 +174,23 @@ def test_round_trip(
     check_round_trip(store, cwd, make_file(size), tmp_path)
 
 
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB], ids=["0B", "1B", "5MiB"])
+def test_round_trip_on_an_sftp_only_account_reads_back(
+    sftp_only_store: tuple[SFTPObjectStore, Path], make_file: MakeFile, tmp_path: Path, size: int
+) -> None:
+    store, cwd = sftp_only_store
+    check_round_trip(store, cwd, make_file(size), tmp_path, Verification.READ_BACK)
+
+
 @pytest.mark.slow
 def test_round_trip_200_mib(
     store: SFTPObjectStore, cwd: Path, make_file: MakeFile, tmp_path: Path
 ) -> None:
     size = 200 * MiB
     seconds = check_round_trip(store, cwd, make_file(size), tmp_path)
-    # upload_file's time includes reading the object back to verify it
+    # upload_file's time includes the server hashing the object to verify it
     rate = size / seconds / 1e6
-    print(f"\nSFTP upload of 200 MiB, read-back included: {seconds:.2f} s, {rate:.0f} MB/s")
+    print(f"\nSFTP upload of 200 MiB, server hash included: {seconds:.2f} s, {rate:.0f} MB/s")
 
 
 def test_put_bytes_and_get_bytes(store: SFTPObjectStore, cwd: Path) -> None:
@@ -404,6 +472,7 @@ def test_full_disk(store: SFTPObjectStore, tiny_disk: Path, make_file: MakeFile)
         store.upload_file("disk/too-big.bin", make_file(2 * MiB, "too-big.bin"))
     assert not raised.value.retryable
     assert sorted(os.listdir(tiny_disk)) == ["fits.bin"]  # the temporary is gone
+    assert digest_threads() == []  # the hashing thread stopped with the upload
     started = time.monotonic()
     assert store.get_bytes("disk/fits.bin")  # the connection is still usable
     assert time.monotonic() - started < 5
@@ -417,3 +486,147 @@ def test_reader_stops_at_the_real_end_of_file(store: SFTPObjectStore, cwd: Path)
     with store._sftp().open(store._path("shrunk"), "rb") as remote:
         chunks = list(PipelinedReader(remote).chunks(len(data) + 5 * 32 * 1024))
     assert b"".join(chunks) == data
+
+
+# ----- verification by the server's hash ---------------------------------------
+
+
+def digest_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "hoist-sftp-digest"]
+
+
+def corrupt_after_writing(
+    store: SFTPObjectStore, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Flip one byte of each temporary object on the server's disk once it is written and
+    before it is verified, as a faulty disk or server would; returns the names corrupted."""
+    write = store._write_temporary
+    corrupted: list[str] = []
+
+    def write_then_corrupt(name: str, chunks: Iterator[bytes]) -> str:
+        temp = write(name, chunks)
+        held = bytearray((cwd / temp).read_bytes())
+        held[len(held) // 2] ^= 0xFF
+        (cwd / temp).write_bytes(bytes(held))
+        corrupted.append(temp)
+        return temp
+
+    monkeypatch.setattr(store, "_write_temporary", write_then_corrupt)
+    return corrupted
+
+
+@pytest.mark.parametrize("account", ["may-run-commands", "sftp-only"])
+def test_a_corrupted_upload_is_detected(
+    account: str,
+    request: pytest.FixtureRequest,
+    make_file: MakeFile,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if account == "sftp-only":
+        store, cwd = request.getfixturevalue("sftp_only_store")
+    else:
+        store, cwd = request.getfixturevalue("store"), request.getfixturevalue("cwd")
+    corrupted = corrupt_after_writing(store, cwd, monkeypatch)
+
+    with pytest.raises(ChecksumMismatchError, match="holds other bytes") as raised:
+        store.upload_file("ckpt.bin", make_file(MiB))
+    assert len(corrupted) == 1
+    # the server's digest differs (sha256 or md5), or the read-back CRC does
+    named = "checksum is crc64nvme" if account == "sftp-only" else "sha256 is"
+    assert named in str(raised.value) or "md5 is" in str(raised.value)
+    assert not (cwd / "ckpt.bin").exists()  # never published
+    assert temporaries(cwd) == []
+    assert digest_threads() == []
+
+
+HOSTILE_NAMES = [
+    "it's",
+    "$(touch {marker})",
+    "`touch {marker}`",
+    "a; touch {marker}",
+    "x'; touch {marker}; '",
+    'q"; touch {marker}; "',
+    "a\ntouch {marker}",
+    "-n",
+    "back\\slash",
+    "star *",
+    "~root",
+]
+
+
+@pytest.mark.parametrize("template", HOSTILE_NAMES)
+def test_hostile_names_reach_the_hash_tool_as_one_quoted_path(
+    store: SFTPObjectStore, cwd: Path, tmp_path: Path, template: str
+) -> None:
+    marker = tmp_path / "a-command-ran"
+    name = template.format(marker=marker)
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(1000))
+
+    result = store.upload_file(name, source)
+    assert not marker.exists()
+    # A name that broke the quoting would make the tool fail and the store read back.
+    assert result.verified_by is Verification.SERVER_HASH
+    assert (cwd / name).read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+@pytest.mark.parametrize(
+    "path", ["/a b/c", "-rf", "it's", "$(id)", "`id`", "a\nb", "'", "\\", "*", "~", "!x"]
+)
+def test_quote_path_is_one_literal_word(shell: str, path: str) -> None:
+    done = subprocess.run(
+        [shell, "-c", "printf '%s' " + quote_path(path)], capture_output=True, check=True
+    )
+    assert done.stdout.decode() == (path if path.startswith("/") else "./" + path)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.name.split()[0] for c in COMMANDS])
+def test_each_hash_tool_hashes_what_the_server_holds(
+    store: SFTPObjectStore, cwd: Path, command: HashCommand
+) -> None:
+    data = os.urandom(70_000)
+    name = "odd \\ name\nwith a newline"  # md5sum and sha256sum escape such names
+    (cwd / name).write_bytes(data)
+
+    digest = server_digest(store._transport(), command, store._path(name), 10.0)
+    assert digest == hashlib.new(command.algorithm, data).hexdigest()
+
+
+def test_hash_tool_failures_are_no_digest(store: SFTPObjectStore, cwd: Path) -> None:
+    (cwd / "held").write_bytes(b"x")
+    transport = store._transport()
+    assert probe(transport, 10.0) in COMMANDS
+    # a missing file (as under a chroot the shell does not share), a missing tool,
+    # and a tool whose output holds no digest: the store reads back instead
+    assert server_digest(transport, COMMANDS[0], store._path("absent"), 10.0) is None
+    missing_tool = HashCommand("no-such-hash-tool", "sha256")
+    assert server_digest(transport, missing_tool, store._path("held"), 10.0) is None
+    assert server_digest(transport, HashCommand("echo", "md5"), store._path("held"), 10.0) is None
+
+
+def test_no_hash_tool_runs_on_a_forced_command_account(
+    sftp_only_store: tuple[SFTPObjectStore, Path], sshd_server: SshServer
+) -> None:
+    store, _ = sftp_only_store
+    assert probe(store._transport(), 10.0) is None
+    with make_store(sshd_server, port=sshd_server.read_only_port) as read_only:
+        assert probe(read_only._transport(), 10.0) is None
+
+
+# ----- request sizes ------------------------------------------------------------
+
+
+def test_openssh_serves_large_requests(store: SFTPObjectStore) -> None:
+    store.check()
+    assert store._sizes.read > STANDARD_REQUEST
+    assert store._sizes.write > STANDARD_REQUEST
+
+
+def test_round_trip_in_standard_requests(
+    store: SFTPObjectStore, cwd: Path, make_file: MakeFile, tmp_path: Path
+) -> None:
+    """What a server without ``limits@openssh.com`` gets: 32 KiB reads and writes."""
+    store.check()
+    store._sizes = RequestSizes.standard()
+    check_round_trip(store, cwd, make_file(3 * MiB + 5), tmp_path)

@@ -44,12 +44,16 @@ from hoist.stores.base import (
     temporary_name,
 )
 from hoist.stores.checksum import Checksum, HashingReader, Progress
+from hoist.stores.sftp_hash import BackgroundDigest, HashCommand, probe, server_digest
 from hoist.stores.sftp_hostkeys import RejectUnknownHost, changed_host_key_error, load_host_keys
 from hoist.stores.sftp_transfer import (
     READ_CHUNK,
     WRITE_CHUNK,
     PipelinedReader,
+    RequestSizes,
     await_write_acks,
+    open_sftp,
+    request_sizes,
     tuned_transport,
 )
 
@@ -124,6 +128,9 @@ class SFTPObjectStore(ObjectStore):
         self.io_timeout = io_timeout
         self._client: paramiko.SSHClient | None = None
         self._sftp_client: paramiko.SFTPClient | None = None
+        self._sizes = RequestSizes.standard()
+        self._hash_tool: HashCommand | None = None
+        self._probed = False
 
     # ----- naming ------------------------------------------------------------
 
@@ -156,6 +163,14 @@ class SFTPObjectStore(ObjectStore):
         assert self._sftp_client is not None
         return self._sftp_client
 
+    def _transport(self) -> paramiko.Transport:
+        """The SSH connection under the SFTP session, (re)connecting as :meth:`_sftp` does."""
+        self._sftp()
+        assert self._client is not None
+        transport = self._client.get_transport()
+        assert transport is not None
+        return transport
+
     def _connected(self) -> bool:
         transport = self._client.get_transport() if self._client is not None else None
         return transport is not None and transport.is_active()
@@ -187,13 +202,16 @@ class SFTPObjectStore(ObjectStore):
                 look_for_keys=not explicit,
                 transport_factory=tuned_transport,
             )
-            sftp = client.open_sftp()
+            transport = client.get_transport()
+            assert transport is not None  # connect() succeeded
+            sftp = open_sftp(transport)
+            # Without a timeout a server that stops answering would hang the upload forever.
+            sftp.get_channel().settimeout(self.io_timeout)
+            sizes = request_sizes(sftp)
         except BaseException:
             client.close()
             raise
-        # Without a timeout a server that stops answering would hang the upload forever.
-        sftp.get_channel().settimeout(self.io_timeout)
-        self._client, self._sftp_client = client, sftp
+        self._client, self._sftp_client, self._sizes = client, sftp, sizes
 
     def _disconnect(self) -> None:
         client, self._client, self._sftp_client = self._client, None, None
@@ -208,13 +226,20 @@ class SFTPObjectStore(ObjectStore):
     def _put_file(
         self, name: str, path: str, size: int, progress: Progress | None
     ) -> tuple[Checksum, Verification]:
+        tool = self._server_hash_tool()
         try:
             local = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise SourceFileError(f"cannot upload {path!r}: {exc.strerror}") from exc
-        with local:
-            reader = HashingReader(local, progress)
-            temp = self._write_temporary(name, _local_chunks(reader, path))
+        # The server's algorithm, computed from the same reads as the CRC
+        digest = BackgroundDigest(tool) if tool is not None else None
+        try:
+            with local:
+                reader = HashingReader(local, progress)
+                temp = self._write_temporary(name, _local_chunks(reader, path, digest))
+        finally:
+            if digest is not None:
+                digest.close()
         sent = reader.hasher
         if sent.size != size:
             self._abandon(temp)
@@ -223,7 +248,7 @@ class SFTPObjectStore(ObjectStore):
                 "read); upload files only once they are complete"
             )
         try:
-            verified_by = self.verify(temp, sent.size, sent.checksum)
+            verified_by = self._verify_upload(temp, sent.size, sent.checksum, tool, digest)
             self._publish(temp, name)
         except BaseException as exc:
             self._abandon(temp, exc)
@@ -249,7 +274,8 @@ class SFTPObjectStore(ObjectStore):
             if stat_module.S_ISDIR(attrs.st_mode or 0):
                 raise ObjectNotFoundError(f"{self.get_uri(name)} is a directory, not an object")
             if PipelinedReader.available():
-                yield from PipelinedReader(remote).chunks(attrs.st_size or 0)
+                reader = PipelinedReader(remote, self._sizes.read)
+                yield from reader.chunks(attrs.st_size or 0)
                 return
             # The public way: requests for the whole file, sent by a helper thread.
             remote.prefetch(attrs.st_size)
@@ -291,6 +317,8 @@ class SFTPObjectStore(ObjectStore):
             raise self._not_found(name) from None
         try:
             remote.set_pipelined(True)
+            # paramiko reads the request size from the file; the class default is 32 KiB
+            remote.MAX_REQUEST_SIZE = self._sizes.write
             for chunk in chunks:
                 remote.write(chunk)
             await_write_acks(remote)
@@ -301,6 +329,29 @@ class SFTPObjectStore(ObjectStore):
                 raise self._write_failed(name, exc) from exc
             raise
         return temp
+
+    def _verify_upload(
+        self,
+        temp: str,
+        size: int,
+        checksum: Checksum,
+        tool: HashCommand | None,
+        digest: BackgroundDigest | None,
+    ) -> Verification:
+        """Show the temporary object holds what was sent: by the server's hash, else read-back."""
+        if tool is not None and digest is not None:
+            held = server_digest(self._transport(), tool, self._path(temp), self.io_timeout)
+            if held is not None:
+                self._compare(temp, tool.algorithm, digest.hexdigest(), held)
+                return Verification.SERVER_HASH
+        return self.verify(temp, size, checksum)
+
+    def _server_hash_tool(self) -> HashCommand | None:
+        """The hash tool this account may run on the server, probed once per store."""
+        if not self._probed:
+            self._hash_tool = probe(self._transport(), self.io_timeout)
+            self._probed = True
+        return self._hash_tool
 
     def _publish(self, temp: str, name: str) -> None:
         """Rename the verified temporary object over ``name``.
@@ -427,10 +478,15 @@ class SFTPObjectStore(ObjectStore):
         return None
 
 
-def _local_chunks(reader: HashingReader, path: str) -> Iterator[bytes]:
-    """The local file's chunks, with a read error reported as the source's fault."""
+def _local_chunks(
+    reader: HashingReader, path: str, digest: BackgroundDigest | None
+) -> Iterator[bytes]:
+    """The local file's chunks, also fed to ``digest``; a read error is the source's fault."""
     try:
-        yield from reader.chunks(WRITE_CHUNK)
+        for chunk in reader.chunks(WRITE_CHUNK):
+            if digest is not None:
+                digest.update(chunk)
+            yield chunk
     except OSError as exc:
         raise SourceFileError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
 

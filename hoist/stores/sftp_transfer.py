@@ -21,18 +21,33 @@ from __future__ import annotations
 import socket
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import paramiko
 from paramiko.message import Message
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, SFTPError, int64
+from paramiko.sftp import (
+    CMD_DATA,
+    CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
+    CMD_READ,
+    CMD_STATUS,
+    SFTPError,
+    int64,
+)
 
 WRITE_CHUNK = 1024 * 1024
-"""Bytes handed to paramiko per write; it splits them into pipelined 32 KiB requests."""
-READ_REQUEST = 32 * 1024
-"""Bytes asked for per SFTP read request: the most every server must serve at once."""
-READ_DEPTH = 64
-"""Read requests kept in flight: 2 MiB, paramiko's default channel window."""
+"""Bytes handed to paramiko per write; it splits them into pipelined requests."""
+STANDARD_REQUEST = 32 * 1024
+"""Bytes per read or write request that every server must serve at once."""
+LARGEST_REQUEST = 1024 * 1024
+"""The most bytes per request hoist asks for, whatever a server advertises."""
+IN_FLIGHT_BYTES = 8 * 1024 * 1024
+"""Bytes of read requests kept outstanding, and the receive window that holds them."""
+CHANNEL_WINDOW = IN_FLIGHT_BYTES
+"""The SFTP channel's receive window: the server may send this much before we acknowledge."""
+CHANNEL_PACKET = 256 * 1024
+"""The largest SSH packet we accept from the server on the SFTP channel."""
 READ_CHUNK = 1024 * 1024
 """Bytes per read from a file paramiko prefetches (the fallback; 1 MiB beat 256 KiB and 4 MiB)."""
 
@@ -50,8 +65,62 @@ def tuned_transport(sock: socket.socket, **kwargs: Any) -> paramiko.Transport:
     return transport
 
 
+@dataclass(frozen=True)
+class RequestSizes:
+    """Bytes per SFTP read and write request on one session.
+
+    Example:
+        >>> RequestSizes.standard()
+        RequestSizes(read=32768, write=32768)
+    """
+
+    read: int
+    write: int
+
+    @classmethod
+    def standard(cls) -> RequestSizes:
+        return cls(STANDARD_REQUEST, STANDARD_REQUEST)
+
+
+def request_sizes(sftp: paramiko.SFTPClient) -> RequestSizes:
+    """The request sizes the server allows (``limits@openssh.com``), else the standard 32 KiB.
+
+    OpenSSH (8.6 and later) serves 255 KiB reads and writes. Asking for them
+    halves the time a write takes here: a 32 KiB write with its header is
+    larger than one 32 KiB SSH packet, so paramiko sends it as a full packet
+    and a tiny one, and every request costs Python time on both ends (256 MiB:
+    2.1-2.5 s in 32 KiB writes, 1.1-1.4 s in 255 KiB ones).
+    """
+    try:
+        kind, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+    except (OSError, SFTPError):  # "operation unsupported": not an OpenSSH server
+        return RequestSizes.standard()
+    if kind != CMD_EXTENDED_REPLY:
+        return RequestSizes.standard()
+    packet, read, write = msg.get_int64(), msg.get_int64(), msg.get_int64()
+
+    def usable(advertised: int) -> int:
+        # 0 means "no limit"; keep 1 KiB of a packet's limit for the request's header
+        fits = [LARGEST_REQUEST, advertised or LARGEST_REQUEST]
+        if packet:
+            fits.append(packet - 1024)
+        return max(STANDARD_REQUEST, min(fits))
+
+    return RequestSizes(usable(read), usable(write))
+
+
+def open_sftp(transport: paramiko.Transport) -> paramiko.SFTPClient:
+    """An SFTP session whose channel takes large packets and a window for the reads in flight."""
+    sftp = paramiko.SFTPClient.from_transport(
+        transport, window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET
+    )
+    if sftp is None:  # paramiko's annotation allows it; from_transport raises instead
+        raise paramiko.SSHException("the server refused to open an SFTP session")
+    return sftp
+
+
 class PipelinedReader:
-    """Reads a remote file front to back with up to READ_DEPTH requests in flight.
+    """Reads a remote file front to back with IN_FLIGHT_BYTES of requests outstanding.
 
     Requests are sent and answers read by the calling thread. paramiko's own
     ``prefetch()`` sends its requests from a helper thread, which contends with
@@ -61,6 +130,7 @@ class PipelinedReader:
 
     Parameters:
         remote: a file opened for reading on an SFTP session.
+        request: bytes asked for per read request (see :func:`request_sizes`).
     """
 
     _INTERNALS = ("_async_request", "_read_response", "_convert_status")
@@ -70,9 +140,11 @@ class PipelinedReader:
         """Whether this paramiko still has the internal request API the reader uses."""
         return all(hasattr(paramiko.SFTPClient, name) for name in cls._INTERNALS)
 
-    def __init__(self, remote: paramiko.SFTPFile) -> None:
+    def __init__(self, remote: paramiko.SFTPFile, request: int = STANDARD_REQUEST) -> None:
         self._sftp = remote.sftp
         self._handle = remote.handle
+        self._request_bytes = request
+        self._depth = max(1, IN_FLIGHT_BYTES // request)
         self._early: dict[int, tuple[int, Message]] = {}
 
     def chunks(self, size: int) -> Iterator[bytes]:
@@ -80,8 +152,8 @@ class PipelinedReader:
         in_flight: deque[tuple[int, int, int]] = deque()  # request id, offset, length
         offset = 0
         while offset < size or in_flight:
-            while offset < size and len(in_flight) < READ_DEPTH:
-                length = min(READ_REQUEST, size - offset)
+            while offset < size and len(in_flight) < self._depth:
+                length = min(self._request_bytes, size - offset)
                 in_flight.append((self._request(offset, length), offset, length))
                 offset += length
             request, at, length = in_flight.popleft()
