@@ -29,7 +29,9 @@ from benchmarks.files import RESULTS_DIR, bench_dir, filesystem_of
 from benchmarks.report import Report
 from benchmarks.services import Lab
 
-BENCHMARKS = ["stall", "throughput", "small_files", "fleet", "memory", "checksum", "signing"]
+BENCHMARKS = [
+    "stall", "throughput", "small_files", "fleet", "memory", "checksum", "signing", "resume",
+]  # fmt: skip
 """Modules of this package, in the order they run (checksum reuses throughput's figure)."""
 
 
