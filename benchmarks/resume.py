@@ -1,7 +1,7 @@
 """Resume: downloading a checkpoint back, hoist against ``s5cmd cp`` and boto3 ``download_file``.
 
 Each candidate runs as its own process, as a restarted job would run it, so
-its start-up counts and its peak RSS is its own (``os.wait4``): ``hoist
+its start-up counts and its peak RSS is its own (GNU ``time``): ``hoist
 download`` for one 1 GiB object; ``download_checkpoint`` (``python -c``) for a
 16 x 64 MiB sharded checkpoint, against ``s5cmd cp 's3://…/step/*'`` and a
 loop of boto3 ``download_file``. hoist verifies size and CRC64NVME (against
@@ -45,18 +45,23 @@ for key, path in zip(sys.argv[3::2], sys.argv[4::2]):
 """
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run ``argv`` to its end; wall seconds and the process's peak RSS in MiB."""
+def _timed(argv: list[str], env: dict[str, str], scratch: str) -> tuple[float, float]:
+    """Run ``argv`` to its end; wall seconds and its peak RSS in MiB.
+
+    The peak is GNU time's (``%M``): a child forked from this Python process
+    would count this process's own memory in its ``ru_maxrss``, which Linux
+    carries over at fork and exec; ``time`` is a small process of its own.
+    """
+    report = os.path.join(scratch, "rss")
     start = time.perf_counter()
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert child.stderr is not None
-    errors = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", report, *argv], env=env, capture_output=True
+    )
     seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"{argv[:3]} failed ({child.returncode}): {errors.decode()[-800:]}")
-    return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} failed ({done.returncode}): {done.stderr.decode()[-800:]}")
+    with open(report) as kib:
+        return seconds, int(kib.read().split()[-1]) / 1024
 
 
 def _upload(lab: Lab, root: str, cfg: RunConfig) -> tuple[str, int, Manifest]:
@@ -120,7 +125,7 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
             name: str, argv: list[str], peaks: dict[str, list[float]] = peaks
         ) -> Candidate:
             def timed(_round: int) -> float:
-                seconds, peak = _timed(argv, env)
+                seconds, peak = _timed(argv, env, root)
                 peaks[name].append(peak)
                 return seconds
 
