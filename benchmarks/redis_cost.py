@@ -34,7 +34,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -189,10 +189,12 @@ class CountingProxy:
 
         async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             up_reader, up_writer = await asyncio.open_connection(host, port)
-            await asyncio.gather(
-                self._pipe(reader, up_writer, role, server, requests=True),
-                self._pipe(up_reader, writer, role, server, requests=False),
-            )
+            # Cancelled by close(); let through, asyncio's server callback reports it as an error.
+            with suppress(asyncio.CancelledError):
+                await asyncio.gather(
+                    self._pipe(reader, up_writer, role, server, requests=True),
+                    self._pipe(up_reader, writer, role, server, requests=False),
+                )
 
         async def listen() -> asyncio.base_events.Server:
             return await asyncio.start_server(relay, "127.0.0.1", 0)
