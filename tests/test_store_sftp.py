@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -36,10 +37,19 @@ from hoist.errors import (
     StoreConnectionError,
     StoreFullError,
 )
+from hoist.stores import sftp as sftp_module
+from hoist.stores import sftp_hash
 from hoist.stores.base import Verification
 from hoist.stores.checksum import checksum_file
 from hoist.stores.sftp import SFTPObjectStore
-from hoist.stores.sftp_hash import COMMANDS, HashCommand, probe, quote_path, server_digest
+from hoist.stores.sftp_hash import (
+    COMMANDS,
+    HashCommand,
+    PiecewiseHash,
+    probe,
+    quote_path,
+    server_digest,
+)
 from hoist.stores.sftp_transfer import STANDARD_REQUEST, PipelinedReader, RequestSizes
 from tests.services.process import free_port, port_open
 from tests.services.sshd import SshServer, generate_key
@@ -503,13 +513,14 @@ def corrupt_after_writing(
     write = store._write_temporary
     corrupted: list[str] = []
 
-    def write_then_corrupt(name: str, chunks: Iterator[bytes]) -> str:
-        temp = write(name, chunks)
+    def write_then_corrupt(
+        name: str, temp: str, chunks: Iterator[bytes], pieces: PiecewiseHash | None = None
+    ) -> None:
+        write(name, temp, chunks, pieces)
         held = bytearray((cwd / temp).read_bytes())
         held[len(held) // 2] ^= 0xFF
         (cwd / temp).write_bytes(bytes(held))
         corrupted.append(temp)
-        return temp
 
     monkeypatch.setattr(store, "_write_temporary", write_then_corrupt)
     return corrupted
@@ -532,8 +543,12 @@ def test_a_corrupted_upload_is_detected(
         store.upload_file("ckpt.bin", make_file(MiB))
     assert len(corrupted) == 1
     # the server's digest differs (sha256 or md5), or the read-back CRC does
-    named = "checksum is crc64nvme" if account == "sftp-only" else "sha256 is"
-    assert named in str(raised.value) or "md5 is" in str(raised.value)
+    if account == "sftp-only":
+        assert "checksum is crc64nvme" in str(raised.value)
+    else:
+        assert re.search(
+            r"the (sha256|md5) of piece 1 of 1 is [0-9a-f]+, expected", str(raised.value)
+        )
     assert not (cwd / "ckpt.bin").exists()  # never published
     assert temporaries(cwd) == []
     assert digest_threads() == []
@@ -612,6 +627,55 @@ def test_no_hash_tool_runs_on_a_forced_command_account(
     assert probe(store._transport(), 10.0) is None
     with make_store(sshd_server, port=sshd_server.read_only_port) as read_only:
         assert probe(read_only._transport(), 10.0) is None
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Pieces of 2 MiB, sent in 768 KiB chunks, so that chunks cross pieces' ends."""
+    monkeypatch.setattr(sftp_hash, "PIECE_BYTES", 2 * MiB)
+    monkeypatch.setattr(sftp_module, "WRITE_CHUNK", 768 * 1024)
+    return 2 * MiB
+
+
+@pytest.mark.parametrize("size", [5 * MiB + 3, 4 * MiB], ids=["2.5-pieces", "2-pieces"])
+def test_the_server_hashes_piece_by_piece(
+    store: SFTPObjectStore,
+    cwd: Path,
+    make_file: MakeFile,
+    tmp_path: Path,
+    small_pieces: int,
+    size: int,
+) -> None:
+    check_round_trip(store, cwd, make_file(size), tmp_path)
+
+
+def test_a_piece_corrupted_while_later_ones_are_sent_is_detected(
+    store: SFTPObjectStore,
+    cwd: Path,
+    make_file: MakeFile,
+    small_pieces: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hash_piece = PiecewiseHash.piece_written
+    corrupted: list[str] = []
+
+    def corrupt_first_piece_then_hash(self: PiecewiseHash) -> None:
+        if not corrupted:  # the server's disk, the very path it is about to hash
+            path = self._path
+            with open(path, "r+b") as held:
+                first = held.read(1)
+                held.seek(0)
+                held.write(bytes([first[0] ^ 0xFF]))
+            corrupted.append(path)
+        hash_piece(self)
+
+    monkeypatch.setattr(PiecewiseHash, "piece_written", corrupt_first_piece_then_hash)
+    with pytest.raises(ChecksumMismatchError, match="piece 1 of 3"):
+        store.upload_file("ckpt.bin", make_file(5 * MiB + 3))
+    assert corrupted
+    assert not (cwd / "ckpt.bin").exists()
+    assert temporaries(cwd) == []
+    assert digest_threads() == []
 
 
 # ----- request sizes ------------------------------------------------------------

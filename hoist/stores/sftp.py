@@ -1,8 +1,10 @@
 """An SFTP server as an object store, through paramiko.
 
 Objects are files under a remote working directory; ``/`` in an object name is a
-directory. An upload writes a hidden temporary sibling, reads it back to verify
-it and renames it over the final name, so a reader never sees a partial file.
+directory. An upload writes a hidden temporary sibling, verifies it (by a hash
+the server computes where the account may run one, :mod:`hoist.stores.sftp_hash`,
+else by reading it back) and renames it over the final name, so a reader never
+sees a partial file.
 
 The host key is checked against known_hosts and never accepted blindly: an
 unknown or changed key raises :class:`~hoist.errors.HostKeyError`
@@ -13,16 +15,14 @@ pipelined reads and writes; the measurements behind them are in
 
 from __future__ import annotations
 
-import errno
 import getpass
 import os
 import posixpath
-import socket
 import stat as stat_module
 from collections.abc import Iterable, Iterator
 
 import paramiko
-from paramiko.ssh_exception import NoValidConnectionsError, PasswordRequiredException
+from paramiko.ssh_exception import PasswordRequiredException
 
 from hoist.errors import (
     ConfigurationError,
@@ -44,7 +44,9 @@ from hoist.stores.base import (
     temporary_name,
 )
 from hoist.stores.checksum import Checksum, HashingReader, Progress
-from hoist.stores.sftp_hash import BackgroundDigest, HashCommand, probe, server_digest
+from hoist.stores.sftp_config import expand_all, normalize_cwd
+from hoist.stores.sftp_errors import FULL_ERRNOS, is_connection_failure, is_sftp_failure
+from hoist.stores.sftp_hash import HashCommand, PiecewiseHash, probe
 from hoist.stores.sftp_hostkeys import RejectUnknownHost, changed_host_key_error, load_host_keys
 from hoist.stores.sftp_transfer import (
     READ_CHUNK,
@@ -56,18 +58,6 @@ from hoist.stores.sftp_transfer import (
     request_sizes,
     tuned_transport,
 )
-
-_CONNECTION_ERRNOS = {
-    errno.ECONNREFUSED,
-    errno.ECONNRESET,
-    errno.ECONNABORTED,
-    errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-    errno.ENETDOWN,
-    errno.ETIMEDOUT,
-    errno.EPIPE,
-}
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 class SFTPObjectStore(ObjectStore):
@@ -121,9 +111,9 @@ class SFTPObjectStore(ObjectStore):
         self.port = int(port)
         self.username = username or getpass.getuser()
         self._password = password
-        self._key_filenames = _expand_all(key_filename)
+        self._key_filenames = expand_all(key_filename)
         self.known_hosts = os.path.expanduser(os.fspath(known_hosts)) if known_hosts else None
-        self.cwd = _normalize_cwd(cwd)
+        self.cwd = normalize_cwd(cwd)
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
         self._client: paramiko.SSHClient | None = None
@@ -231,32 +221,35 @@ class SFTPObjectStore(ObjectStore):
             local = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise SourceFileError(f"cannot upload {path!r}: {exc.strerror}") from exc
-        # The server's algorithm, computed from the same reads as the CRC
-        digest = BackgroundDigest(tool) if tool is not None else None
+        temp = temporary_name(name)
+        pieces = None
+        if tool is not None:
+            pieces = PiecewiseHash(self._transport(), tool, self._path(temp), self.io_timeout)
         try:
             with local:
                 reader = HashingReader(local, progress)
-                temp = self._write_temporary(name, _local_chunks(reader, path, digest))
+                self._write_temporary(name, temp, _local_chunks(reader, path), pieces)
+            sent = reader.hasher
+            if sent.size != size:
+                self._abandon(temp)
+                raise SourceFileError(
+                    f"{path!r} changed while it was uploaded ({size} bytes before, {sent.size} "
+                    "read); upload files only once they are complete"
+                )
+            try:
+                verified_by = self._verify_upload(temp, sent.size, sent.checksum, pieces)
+                self._publish(temp, name)
+            except BaseException as exc:
+                self._abandon(temp, exc)
+                raise
         finally:
-            if digest is not None:
-                digest.close()
-        sent = reader.hasher
-        if sent.size != size:
-            self._abandon(temp)
-            raise SourceFileError(
-                f"{path!r} changed while it was uploaded ({size} bytes before, {sent.size} "
-                "read); upload files only once they are complete"
-            )
-        try:
-            verified_by = self._verify_upload(temp, sent.size, sent.checksum, tool, digest)
-            self._publish(temp, name)
-        except BaseException as exc:
-            self._abandon(temp, exc)
-            raise
+            if pieces is not None:
+                pieces.close()
         return sent.checksum, verified_by
 
     def _put_bytes(self, name: str, data: bytes) -> Verification | None:
-        temp = self._write_temporary(name, [data] if data else [])
+        temp = temporary_name(name)
+        self._write_temporary(name, temp, [data] if data else [])
         try:
             self._publish(temp, name)
         except BaseException as exc:
@@ -303,13 +296,16 @@ class SFTPObjectStore(ObjectStore):
 
     # ----- steps of an upload ------------------------------------------------
 
-    def _write_temporary(self, name: str, chunks: Iterable[bytes]) -> str:
-        """Write ``chunks`` to a new hidden sibling of ``name`` and return its object name.
+    def _write_temporary(
+        self, name: str, temp: str, chunks: Iterable[bytes], pieces: PiecewiseHash | None = None
+    ) -> None:
+        """Write ``chunks`` to ``temp``, a new hidden sibling of ``name``.
 
         Writes are pipelined: paramiko sends them without waiting for each answer,
-        which is what makes SFTP fast on any link with latency.
+        which is what makes SFTP fast on any link with latency. With ``pieces``,
+        the server hashes each piece once its writes are acknowledged, while the
+        next ones are sent.
         """
-        temp = temporary_name(name)
         self._make_parents(name)
         try:
             remote = self._sftp().open(self._path(temp), "wb")
@@ -321,30 +317,28 @@ class SFTPObjectStore(ObjectStore):
             remote.MAX_REQUEST_SIZE = self._sizes.write
             for chunk in chunks:
                 remote.write(chunk)
+                if pieces is not None and pieces.feed(chunk):
+                    await_write_acks(remote)
+                    pieces.piece_written()
             await_write_acks(remote)
             remote.close()
         except BaseException as exc:
             self._abandon(temp, exc, remote)
-            if _is_sftp_failure(exc):
+            if is_sftp_failure(exc):
                 raise self._write_failed(name, exc) from exc
             raise
-        return temp
 
     def _verify_upload(
-        self,
-        temp: str,
-        size: int,
-        checksum: Checksum,
-        tool: HashCommand | None,
-        digest: BackgroundDigest | None,
+        self, temp: str, size: int, checksum: Checksum, pieces: PiecewiseHash | None
     ) -> Verification:
         """Show the temporary object holds what was sent: by the server's hash, else read-back."""
-        if tool is not None and digest is not None:
-            held = server_digest(self._transport(), tool, self._path(temp), self.io_timeout)
-            if held is not None:
-                self._compare(temp, tool.algorithm, digest.hexdigest(), held)
-                return Verification.SERVER_HASH
-        return self.verify(temp, size, checksum)
+        pairs = pieces.pairs() if pieces is not None else None
+        if pieces is None or pairs is None:
+            return self.verify(temp, size, checksum)
+        for number, (ours, theirs) in enumerate(pairs, 1):
+            what = f"the {pieces.command.algorithm} of piece {number} of {len(pairs)}"
+            self._compare(temp, what, ours, theirs)
+        return Verification.SERVER_HASH
 
     def _server_hash_tool(self) -> HashCommand | None:
         """The hash tool this account may run on the server, probed once per store."""
@@ -382,7 +376,7 @@ class SFTPObjectStore(ObjectStore):
                 # perhaps made a moment ago by another worker.
                 if self._is_dir(directory):
                     continue
-                if _is_sftp_failure(exc):
+                if is_sftp_failure(exc):
                     raise PermanentStoreError(
                         f"cannot create the directory {self.get_uri(directory)} ({exc}); "
                         "is a file of that name in the way?"
@@ -426,7 +420,7 @@ class SFTPObjectStore(ObjectStore):
         it again would only delay the real error, perhaps by a whole io_timeout.
         """
         if exc is not None and (
-            _is_connection_failure(exc) or isinstance(exc, StoreConnectionError)
+            is_connection_failure(exc) or isinstance(exc, StoreConnectionError)
         ):
             self._disconnect()
             return
@@ -460,9 +454,9 @@ class SFTPObjectStore(ObjectStore):
                 "username, key_filename or password, and that the public key is in the "
                 "server's authorized_keys"
             )
-        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
             return StoreFullError(f"no space left for {where}: free space on the server")
-        if _is_connection_failure(exc):
+        if is_connection_failure(exc):
             # The SFTP session may be mid-request; only a fresh connection is safe.
             self._disconnect()
             return StoreConnectionError(
@@ -478,54 +472,9 @@ class SFTPObjectStore(ObjectStore):
         return None
 
 
-def _local_chunks(
-    reader: HashingReader, path: str, digest: BackgroundDigest | None
-) -> Iterator[bytes]:
-    """The local file's chunks, also fed to ``digest``; a read error is the source's fault."""
+def _local_chunks(reader: HashingReader, path: str) -> Iterator[bytes]:
+    """The local file's chunks, with a read error reported as the source's fault."""
     try:
-        for chunk in reader.chunks(WRITE_CHUNK):
-            if digest is not None:
-                digest.update(chunk)
-            yield chunk
+        yield from reader.chunks(WRITE_CHUNK)
     except OSError as exc:
         raise SourceFileError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
-
-
-def _is_sftp_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is the SFTP status "Failure", which paramiko raises as a bare OSError."""
-    return type(exc) is OSError and exc.errno is None
-
-
-def _is_connection_failure(exc: BaseException) -> bool:
-    if isinstance(exc, (EOFError, socket.timeout, NoValidConnectionsError, socket.gaierror)):
-        return True
-    if isinstance(exc, paramiko.SSHException):  # "Server connection dropped", a closed channel…
-        return True
-    return isinstance(exc, OSError) and exc.errno in _CONNECTION_ERRNOS
-
-
-def _normalize_cwd(cwd: str | None) -> str | None:
-    """None for the login directory; a path relative to it; or an absolute path.
-
-    ``~/dir`` and the URI form ``/~/dir`` (what :meth:`SFTPObjectStore.get_uri`
-    writes) are relative: SFTP resolves relative paths from the login directory.
-
-    Example:
-        >>> _normalize_cwd("/~/runs"), _normalize_cwd("/srv/ckpts/"), _normalize_cwd("~")
-        ('runs', '/srv/ckpts', None)
-    """
-    if cwd is None:
-        return None
-    for home in ("/~", "~"):
-        if cwd == home or cwd.startswith(home + "/"):
-            cwd = cwd[len(home) :].lstrip("/")
-            break
-    cwd = posixpath.normpath(cwd) if cwd else "."
-    return None if cwd == "." else cwd
-
-
-def _expand_all(key_filename: str | list[str] | None) -> list[str]:
-    if key_filename is None:
-        return []
-    names = [key_filename] if isinstance(key_filename, str) else list(key_filename)
-    return [os.path.expanduser(name) for name in names]
