@@ -21,8 +21,8 @@ The private Redis of this benchmark is its own (``private_redis``), so the
 tasks it queues never reach a worker of a later benchmark. Page cache is
 warm: the source was just written, as a checkpoint just saved is.
 
-Then :func:`benchmarks.training_loop.run` measures the steady state, and
-``close()`` with nothing pending is timed.
+Then ``close()`` with nothing pending is timed. The steady state of a
+training loop is the ``training_loop`` benchmark, run next.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from benchmarks import training_loop
 from benchmarks.config import RunConfig
 from benchmarks.files import GIB, KIB, MIB, filesystem_of, fmt_seconds, label, write_source
 from benchmarks.report import Figure, Report, Target, median
@@ -226,7 +225,7 @@ def _bench_logger(root: str, broker_url: str) -> Iterator[ObjectStoreLogger]:
 
 
 def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
-    """Time the hand-off for each size, then the training loop and ``close()``."""
+    """Time the hand-off for each size, then ``close()``."""
     modes, skipped = supported_modes()
     for text in skipped:
         report.note(NAME, text)
@@ -242,7 +241,6 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
             _one_size(lab, report, cfg, logger, Records.from_url(redis_url), root, size, modes)
         _close_idle(report, redis_url, root, cfg)
     shutil.rmtree(root, ignore_errors=True)
-    training_loop.run(lab, report, cfg)
 
 
 def _one_size(

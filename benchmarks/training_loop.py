@@ -1,71 +1,95 @@
-"""Steady state: the step time of a CPU training loop that checkpoints 100 MiB every step.
+"""Steady state: the step time of a CPU training loop that checkpoints every step.
 
 The loop stands in for a GPU job: each step is numpy matrix products on one
-thread (about 0.75 s here; BLAS is held to one thread), then writes a 100 MiB
-checkpoint and hands it off. The loop is pinned to CPU 0 and the workers,
-rclone and Redis to CPU 1: in production the fleet runs on its own machines.
+thread (BLAS is held to one thread), then writes a checkpoint of
+:data:`CHECKPOINT_BYTES` and hands it off. The loop is pinned to CPU 0 and the
+workers, rclone and Redis to CPU 1 (:func:`pinned_fleet`): in production the
+fleet runs on its own machines. The S3 server keeps its objects on tmpfs
+(:meth:`Lab.s3_tmpfs`): in production the store is another machine, and a
+store writing to the training node's own disk would add its writeback to the
+measurement.
 
-The S3 server keeps its objects on tmpfs (:meth:`Lab.s3_tmpfs`): in
-production the store is another machine, and a store writing 100 MiB per
-step to the training node's own disk would add its writeback to the
-measurement. Every thread of the services is pinned, not only their main
-threads (``sched_setaffinity`` of a pid moves one thread).
-
-The step is long enough that the fleet can drain a checkpoint per step
-(100 MiB in about 0.6 s on CPU 1; at 0.5 s steps the backlog grew and
-link and move runs slowed by 46%, measured), as in any run that means to keep
-its checkpoints: a job writing faster than its uploads can drain builds an
-ever-growing backlog whatever the tool. At this step length a synchronous
-upload costs well over the 20% the target names, so the figure says what the
-hand-off costs where it matters. (The previous version of this benchmark
-used 100 ms steps, 1 GB/s of checkpoints against a fleet draining 150 MB/s
-on one core: it measured the backlog's page-cache pressure, +100-320%.)
+**The pace is set by the fleet, measured at the start of the run.** A job
+writing checkpoints faster than its fleet drains them builds an ever-growing
+backlog whatever the tool, and then measures the backlog (its page-cache
+pressure, its disk), not the hand-off: the 2026-12-01 row (+57% copy, +80%
+move) came from 100 MiB steps that outran a fleet slowed by a loaded machine.
+So :func:`measure_drain` first times the fleet uploading a burst of
+checkpoints of the chosen size, and each step's compute takes
+:data:`HEADROOM` times that drain time per checkpoint: checkpoints come at no
+more than half the rate the fleet can take them, whatever today's weather.
+The untimed wait after each run's timed steps says whether a backlog formed
+anyway (it should take about one upload's time).
 
 Every variant writes each step's checkpoint to a new file and keeps the last
-:data:`KEEP`, as trainers do. That matters on this VM: writing 100 MiB into
-page cache took 25 ms when the kernel could reuse pages just freed and up to
-350 ms when it had to take fresh ones, so a baseline deleting its file at
-once would be favoured over any variant whose bytes live until uploaded.
-Variants, alternated run by run:
+:data:`KEEP`, as trainers do: writing into page cache costs more when the
+kernel must take fresh pages than when it reuses pages just freed, so a
+baseline deleting its file at once would be favoured over any variant whose
+bytes live until uploaded. Variants, alternated run by run
+(:func:`benchmarks.timing.alternate`, the order flipping every round):
 
 - ``none``: write the checkpoint, hand it to nobody (the baseline);
-- ``hoist``: ``file_artifact`` in the default copy mode;
+- ``hoist copy``: ``file_artifact`` in the default copy mode;
 - ``hoist link``: ``staging="link"`` (a hard link; the staged link keeps the
   bytes of a checkpoint the loop deletes);
 - ``hoist move``: the file given away with ``move=True`` (the worker deletes
-  it once uploaded);
-- ``boto3 sync``: a synchronous ``upload_file`` to the same server.
+  it once uploaded).
 
-The figure is the median step time of a run (median over runs); the slowdown
-is against ``none``. hoist's uploads are waited for after the timed steps
-(untimed), so each run starts with an idle fleet.
+Each run times :data:`STEPS` steps after a warm-up step. Per run: the p50 and
+p95 step time. Per variant: the median over runs of each, the spread of the
+per-run p50 (its range over its median), and the slowdown against ``none``
+*paired by round* (each run against the baseline run of the same round, so a
+slow minute of the shared machine hits both), as the median over rounds with
+its range.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 from benchmarks.config import RunConfig
-from benchmarks.files import MIB
+from benchmarks.files import MIB, label, write_source
 from benchmarks.report import Figure, Report, Target, median
 from benchmarks.services import Lab
+from benchmarks.throughput import hoist_upload
 from benchmarks.timing import alternate
 from hoist.logger.levels import LogLevel
+from hoist.logger.logger import ObjectStoreLogger
 from tests.services.process import descendants
+from tests.services.s3 import RcloneServer
+from tests.services.workers import WorkerFleet
 
-NAME = "stall"
-STEPS = 2
-"""Timed steps per run, each logging a checkpoint (the target: every step); two,
-after a warm-up step, to fit the suite's 10 minutes."""
-STEP_COMPUTE_SECONDS = 0.75
+NAME = "training_loop"
+CHECKPOINT_BYTES = 64 * MIB
+"""Each step's checkpoint. The slowdown hardly depends on it: the hand-off's cost and
+the step (paced by the upload's time) both grow with the size."""
+STEPS = 10
+"""Timed steps per run, after one warm-up step."""
+HEADROOM = 2.0
+"""A step's compute takes this many times the fleet's drain time per checkpoint."""
+DRAIN_BURST = 6
+"""Checkpoints queued at once to measure the drain rate (more than the fleet's 4 slots)."""
+FLEET_WORKERS, FLEET_CONCURRENCY = 2, 2
 KEEP = 2
 """Checkpoints the loop keeps on disk (older ones are deleted), as trainers do
 (Composer's ``save_num_checkpoints_to_keep``, Hugging Face's ``save_total_limit``)."""
+RUNS = 3
+"""Runs per variant: a spread needs three, and 4 variants x 3 runs x 11 steps of
+about 0.8 s fit the ~3 minutes this benchmark may take (``--repeats`` is ignored)."""
+
+Handoff = Callable[[str, int], object]
+"""What a step does with its checkpoint: given its path and the step number."""
 
 
-def _numpy():  # type: ignore[no-untyped-def]
+def _numpy() -> Any:
     """numpy with BLAS on one thread (must be set before numpy is first imported)."""
     if "numpy" not in sys.modules:
         for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -105,145 +129,320 @@ def _pin_threads(pid: int, cpus: set[int]) -> None:
             continue
 
 
-def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
-    np = _numpy()
-    size = cfg.size(100 * MIB)
-    root = os.path.join(lab.root, "training")
-    os.makedirs(root)
-    rng = np.random.default_rng(0)
-    matrix = rng.random((384, 384))
-    weights = rng.integers(0, 256, size, dtype=np.uint8).tobytes()  # incompressible
+@contextmanager
+def pinned_fleet(lab: Lab, server: RcloneServer) -> Iterator[WorkerFleet]:
+    """A fleet with itself, Redis and ``server`` on CPU 1 and this process on CPU 0."""
+    with lab.fleet(FLEET_WORKERS, concurrency=FLEET_CONCURRENCY) as fleet:
+        services = [w.proc.pid for w in fleet.workers if w.proc is not None]
+        assert server.process.proc is not None
+        services += [lab.redis_pid(), server.process.proc.pid]
+        previous = pin_apart(services)
+        try:
+            yield fleet
+        finally:
+            os.sched_setaffinity(0, previous)
 
-    def compute() -> None:
-        product = matrix
-        for _ in range(products):
-            product = matrix @ product
+
+class Compute:
+    """A step's compute: numpy matrix products on one thread, sized to take ``seconds``.
+
+    Calibrated once, when made; on a loaded machine a step may then take
+    longer than asked, which the baseline variant, measured alongside, shows.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        np = _numpy()
+        self._matrix = np.random.default_rng(0).random((384, 384))
+        self._products = 20
+        start = time.perf_counter()
+        self()
+        one = (time.perf_counter() - start) / self._products
+        self._products = max(1, round(seconds / max(one, 1e-6)))
+
+    def __call__(self) -> None:
+        product = self._matrix
+        for _ in range(self._products):
+            product = self._matrix @ product
             product /= product.max()
 
-    products = 20
-    start = time.perf_counter()
-    compute()
-    one = (time.perf_counter() - start) / products
-    products = max(1, int(STEP_COMPUTE_SECONDS / max(one, 1e-5)))
 
-    def loop(r: int, handoff, keep: bool = True) -> float:  # type: ignore[no-untyped-def]
-        steps = []
-        for step in range(STEPS + 1):  # the first step warms up and is not counted
-            path = os.path.join(root, f"checkpoint-{step}.pt")
+@dataclass
+class TrainingLoop:
+    """Steps of compute, each writing a checkpoint to a new file and handing it off.
+
+    Parameters:
+        root: where the checkpoints are written (emptied after each run).
+        compute: one step's compute.
+        size: bytes of each checkpoint (random, incompressible).
+        keep: checkpoints kept on disk; older ones are deleted.
+    """
+
+    root: str
+    compute: Compute
+    size: int
+    keep: int = KEEP
+    _weights: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        self._weights = os.urandom(self.size)
+
+    def run(
+        self,
+        handoff: Handoff,
+        steps: int,
+        *,
+        gives_away: bool = False,
+        after_step: Callable[[int], None] | None = None,
+    ) -> list[float]:
+        """Run one warm-up step and ``steps`` timed ones; return the timed steps' seconds.
+
+        Parameters:
+            handoff: called with each step's checkpoint.
+            steps: timed steps.
+            gives_away: the hand-off takes the file (``move=True``): the loop
+                deletes none of its own.
+            after_step: called untimed after each step with its number (to
+                sample staging).
+        """
+        timed = []
+        for step in range(steps + 1):  # step 0 warms up and is not counted
+            path = os.path.join(self.root, f"checkpoint-{step}.pt")
             began = time.perf_counter()
-            compute()
+            self.compute()
             with open(path, "wb") as out:
-                out.write(weights)
-            handoff(path, r, step)
-            oldest = os.path.join(root, f"checkpoint-{step - KEEP}.pt")
-            if keep and os.path.exists(oldest):
+                out.write(self._weights)
+            handoff(path, step)
+            oldest = os.path.join(self.root, f"checkpoint-{step - self.keep}.pt")
+            if not gives_away and os.path.exists(oldest):
                 os.unlink(oldest)
             if step:
-                steps.append(time.perf_counter() - began)
-        for name in os.listdir(root):
-            os.unlink(os.path.join(root, name))
-        # The median step: writing 100 MiB took 25 ms or 350 ms here at random, in
-        # every variant alike (the VM reclaiming page cache), and one slow write in
-        # a mean of three steps would decide the comparison.
-        return median(steps)
+                timed.append(time.perf_counter() - began)
+            if after_step is not None:
+                after_step(step)
+        for name in os.listdir(self.root):
+            os.unlink(os.path.join(self.root, name))
+        return timed
 
-    server = lab.s3_tmpfs()
-    client = lab.s3_client(server)
-    bucket = server.bucket
 
-    def none(r: int) -> float:
-        return loop(r, lambda path, r, step: None)
+def measure_drain(lab: Lab, root: str, size: int, count: int, attempts: int = 2) -> float:
+    """Seconds the fleet takes per checkpoint of ``size``, from bursts of ``count`` at once.
 
-    def with_boto3(r: int) -> float:
-        return loop(r, lambda path, r, step: client.upload_file(path, bucket, f"train/{r}/{step}"))
+    The slowest of ``attempts`` bursts: pacing from an unlucky fast one would
+    let a backlog form once the machine is busy again.
+    """
+    burst = os.path.join(root, "drain")
+    os.makedirs(burst)
+    files = [write_source(os.path.join(burst, f"drain-{i}.pt"), size) for i in range(count)]
+    try:
+        seconds = [
+            hoist_upload(lab, "s3-tmpfs", f"drain-{attempt}", files)[0]
+            for attempt in range(attempts)
+        ]
+    finally:
+        shutil.rmtree(burst)
+    return max(seconds) / count
 
-    def with_hoist(r: int, staging: str = "copy") -> float:
-        logger = lab.logger("s3-tmpfs", f"train-{r}-{staging}", wait_on_close=False)
-        move = staging == "move"
-        try:
-            seconds = loop(
-                r,
-                lambda path, r, step: logger.file_artifact(
-                    LogLevel.BATCH,
-                    f"ep{step}.pt",
-                    path,
-                    move=move,
-                    staging=None if move else staging,
-                ),
-                keep=not move,
+
+def hoist_handoff(
+    logger: ObjectStoreLogger, mode: str, name: str | None = None
+) -> tuple[Handoff, bool]:
+    """The hand-off of a staging ``mode`` (copy, link, move) and whether it gives files away.
+
+    Every step logs ``ep<step>.pt``, or ``name`` with ``overwrite=True`` (a
+    ``latest.pt`` every step) if given.
+    """
+    move = mode == "move"
+
+    def handoff(path: str, step: int) -> object:
+        return logger.file_artifact(
+            LogLevel.BATCH,
+            name or f"ep{step}.pt",
+            path,
+            overwrite=name is not None,
+            move=move,
+            staging=None if move else mode,
+        )
+
+    return handoff, move
+
+
+def percentile(samples: list[float], q: int) -> float:
+    """The ``q``-th percentile (1-99), interpolated between the samples."""
+    if len(samples) < 2:
+        return median(samples)
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def spread(values: list[float]) -> float:
+    """The range of ``values`` over their median: 0.04 means they span 4% of it."""
+    middle = median(values)
+    return (max(values) - min(values)) / middle if middle else 0.0
+
+
+def paired_slowdowns(runs: list[float], baseline: list[float]) -> list[float]:
+    """Each run's slowdown against the baseline run of the same round.
+
+    Example:
+        >>> [round(s, 2) for s in paired_slowdowns([1.1, 2.2], [1.0, 2.0])]
+        [0.1, 0.1]
+    """
+    return [run / base - 1 for run, base in zip(runs, baseline, strict=True)]
+
+
+@dataclass(frozen=True)
+class VariantSummary:
+    """One variant's runs, summarised.
+
+    Parameters:
+        name: the variant.
+        p50s, p95s: each run's p50 and p95 step seconds.
+        drained: each run's seconds of the untimed wait after its timed steps.
+        slowdowns: each run's slowdown against the same round's baseline
+            (empty for the baseline itself).
+    """
+
+    name: str
+    p50s: list[float]
+    p95s: list[float]
+    drained: list[float]
+    slowdowns: list[float]
+
+    @classmethod
+    def of(
+        cls, name: str, runs: list[list[float]], drained: list[float], baseline: list[float] | None
+    ) -> VariantSummary:
+        p50s = [median(steps) for steps in runs]
+        slowdowns = [] if baseline is None else paired_slowdowns(p50s, baseline)
+        return cls(name, p50s, [percentile(s, 95) for s in runs], drained, slowdowns)
+
+    def row(self) -> str:
+        """A line of :func:`table` (under 100 columns)."""
+        slow = "baseline"
+        if self.slowdowns:
+            slow = (
+                f"{median(self.slowdowns):+6.1%} "
+                f"[{min(self.slowdowns):+.1%} .. {max(self.slowdowns):+.1%}]"
             )
-            logger.wait()  # untimed: the next run starts with an idle fleet
-        finally:
-            logger.close()
-        return seconds
+        drained = f"{median(self.drained) * 1e3:5.0f} ms" if self.drained else ""
+        return (
+            f"{self.name:<11} {median(self.p50s) * 1e3:7.0f} ms {median(self.p95s) * 1e3:7.0f} ms"
+            f" {spread(self.p50s):6.1%}   {slow:<30} {drained}"
+        )
+
+
+def table(summaries: list[VariantSummary]) -> str:
+    """The variants as a table a 100-column terminal shows."""
+    header = (
+        f"{'variant':<11} {'p50 step':>10} {'p95 step':>10} {'spread':>7}   "
+        f"{'p50 slowdown, paired [range]':<30} {'drain after':>8}"
+    )
+    return "\n".join([header, "-" * len(header), *(s.row() for s in summaries)])
+
+
+def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
+    """Pace the loop from the fleet's drain rate, then time each variant in alternation."""
+    size = cfg.size(CHECKPOINT_BYTES)
+    runs = RUNS
+    root = os.path.join(lab.root, "training")
+    server = lab.s3_tmpfs()
+    steps: dict[str, list[list[float]]] = {}
+    drained: dict[str, list[float]] = {}
+
+    def timed(name: str, mode: str | None) -> Callable[[int], float]:
+        """A candidate for :func:`alternate`: one run of the loop; its p50 step."""
+        steps[name], drained[name] = [], []
+
+        def one_run(r: int) -> float:
+            if mode is None:
+                seconds = loop.run(lambda path, step: None, STEPS)
+            else:
+                logger = lab.logger("s3-tmpfs", f"train-{r}-{mode}", wait_on_close=False)
+                try:
+                    handoff, gives_away = hoist_handoff(logger, mode)
+                    seconds = loop.run(handoff, STEPS, gives_away=gives_away)
+                    began = time.perf_counter()
+                    logger.wait(poll_interval=0.01)  # untimed: the next run starts idle
+                    drained[name].append(time.perf_counter() - began)
+                finally:
+                    logger.close()
+            steps[name].append(seconds)
+            return median(seconds)
+
+        return one_run
 
     def settle() -> None:
         lab.clear_bucket(server)
         os.sync()
 
-    with lab.fleet(2, concurrency=2) as fleet:
-        services = [w.proc.pid for w in fleet.workers if w.proc is not None]
-        services += [lab.redis_pid(), server.process.proc.pid]  # type: ignore[union-attr]
-        previous = pin_apart(services)
-        try:
-            samples = alternate(
-                {
-                    "none": none,
-                    "hoist": with_hoist,
-                    "hoist link": lambda r: with_hoist(r, "link"),
-                    "hoist move": lambda r: with_hoist(r, "move"),
-                    "boto3 sync": with_boto3,
-                },
-                cfg.repeats,
-                between=settle,
-            )
-        finally:
-            os.sched_setaffinity(0, previous)
-    base = median(samples["none"])
-    note = (
-        f"{STEPS} steps of ~{base * 1e3:.0f} ms, a {size // MIB} MiB checkpoint every step; "
-        f"{cfg.repeats_note(cfg.repeats)}"
+    with pinned_fleet(lab, server):
+        drain = measure_drain(lab, lab.root, size, DRAIN_BURST)
+        loop = TrainingLoop(root, Compute(HEADROOM * drain), size)
+        variants = {"none": None, "hoist copy": "copy", "hoist link": "link", "hoist move": "move"}
+        alternate(
+            {name: timed(name, mode) for name, mode in variants.items()}, runs, between=settle
+        )
+    _report(report, cfg, size, drain, runs, steps, drained)
+
+
+def _report(
+    report: Report,
+    cfg: RunConfig,
+    size: int,
+    drain: float,
+    runs: int,
+    steps: dict[str, list[list[float]]],
+    drained: dict[str, list[float]],
+) -> None:
+    base = VariantSummary.of("none", steps["none"], [], None)
+    summaries = [base] + [
+        VariantSummary.of(name, steps[name], drained[name], base.p50s)
+        for name in steps
+        if name != "none"
+    ]
+    step = median(base.p50s)
+    pace = (
+        f"a {label(size)} checkpoint every {step * 1e3:.0f} ms step; the fleet drains one in "
+        f"{drain * 1e3:.0f} ms, so checkpoints come at {drain / step:.0%} of its rate"
     )
-    for ours, peer, name in (
-        ("hoist", "none", "no upload"),
-        ("hoist link", "none", "no upload"),
-        ("hoist move", "none", "no upload"),
-        ("hoist", "boto3 sync", "boto3 upload_file (sync)"),
-    ):
+    print(f"{pace}\n{runs} runs x {STEPS} timed steps per variant, alternated")
+    print(table(summaries), flush=True)
+    note = f"{pace}; {runs} runs x {STEPS} steps; {cfg.repeats_note(runs)}"
+    for summary in summaries[1:]:
         report.add(
             Figure(
                 NAME,
-                f"training step, checkpoint every step ({ours})",
+                f"training step p50, checkpoint every step ({summary.name})",
                 "s",
-                median(samples[ours]),
-                median(samples[peer]),
-                name,
-                samples={ours: samples[ours], peer: samples[peer]},
+                median(summary.p50s),
+                step,
+                "no upload",
+                samples={summary.name: summary.p50s, "none": base.p50s},
                 note=note,
             )
         )
-    slowdown = median(samples["hoist"]) / base - 1
-    link_slowdown = median(samples["hoist link"]) / base - 1
-    move_slowdown = median(samples["hoist move"]) / base - 1
-    sync_slowdown = median(samples["boto3 sync"]) / base - 1
-    report.details["training_loop"] = {
-        "slowdown_hoist": slowdown,
-        "slowdown_hoist_link": link_slowdown,
-        "slowdown_hoist_move": move_slowdown,
-        "slowdown_boto3": sync_slowdown,
+    report.details[NAME] = {
+        "checkpoint_bytes": size,
+        "drain_seconds_per_checkpoint": drain,
+        "timed_steps_per_run": STEPS,
+        "runs": runs,
+        "variants": {
+            s.name: {
+                "p50_by_run": s.p50s,
+                "p95_by_run": s.p95s,
+                "slowdown_by_run": s.slowdowns,
+                "drain_after_by_run": s.drained,
+                "steps_by_run": steps[s.name],
+            }
+            for s in summaries
+        },
     }
-    report.target(Target("training loop slowdown with hoist (copy), %", slowdown * 100, 5, False))
-    report.target(
-        Target("training loop slowdown with hoist (link), %", link_slowdown * 100, 5, False)
-    )
-    report.target(
-        Target("training loop slowdown with hoist (move=True), %", move_slowdown * 100, 5, False)
-    )
-    report.target(
-        Target(
-            "training loop slowdown with sync boto3, % (expected > 20)",
-            sync_slowdown * 100,
-            20,
-            True,
+    for summary in summaries[1:]:
+        report.target(
+            Target(
+                f"training loop p50 slowdown with {summary.name}, % (paired median)",
+                median(summary.slowdowns) * 100,
+                5,
+                False,
+            )
         )
-    )
