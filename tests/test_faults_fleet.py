@@ -134,7 +134,12 @@ def s3_logger_kwargs(server: S3Server, endpoint_url: str | None = None) -> dict[
 
 
 def make_logger(
-    run: str, server: S3Server, broker: RedisServer, staging: Path, endpoint: str | None = None
+    run: str,
+    server: S3Server,
+    broker: RedisServer,
+    staging: Path,
+    endpoint: str | None = None,
+    **options: Any,
 ) -> ObjectStoreLogger:
     return ObjectStoreLogger(
         **s3_logger_kwargs(server, endpoint),
@@ -145,6 +150,7 @@ def make_logger(
         fleet_key=FLEET_KEY,
         rank=0,
         world_size=1,
+        **options,
     )
 
 
@@ -309,7 +315,8 @@ def test_worker_killed_between_taking_a_message_and_claiming_it(
     for pid in pool:
         os.kill(pid, signal.SIGSTOP)
     run = unique("unclaimed")
-    logger = make_logger(run, store, broker, staging_root)
+    # No store check: the frozen worker would take that message instead of the upload's.
+    logger = make_logger(run, store, broker, staging_root, store_check=False)
     data = random_bytes(3 * MiB, run)
     source = tmp_path / "model.pt"
     source.write_bytes(data)

@@ -79,15 +79,15 @@ def landed(tmp_path: Path, run_name: str, name: str) -> Path:
 def test_unreachable_broker_fails_in_the_caller_without_the_password(
     tmp_path: Path, staging_root: Path
 ) -> None:
-    """Nothing listens on the port: the logger retries for enqueue_timeout, then says so."""
+    """Nothing listens on the port: the logger's constructor retries for enqueue_timeout,
+    then says so (issue 16: not the first checkpoint, minutes or days later)."""
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
     run_name = f"nobroker-{time.time_ns()}"
     source = tmp_path / "ep1.pt"
     source.write_bytes(b"weights")
-    logger = logger_for(tmp_path, staging_root, run_name, url, enqueue_timeout=1.5)
     started = time.monotonic()
     with pytest.raises(EnqueueError) as caught:
-        logger.file_artifact(LogLevel.EPOCH, "ep1.pt", source)
+        logger_for(tmp_path, staging_root, run_name, url, enqueue_timeout=1.5)
     blocked = time.monotonic() - started
     message = str(caught.value)
     print(f"\nblocked {blocked:.2f} s with enqueue_timeout=1.5; error: {message}")
@@ -97,16 +97,17 @@ def test_unreachable_broker_fails_in_the_caller_without_the_password(
     # The state Redis is that same URL, so nothing was numbered, recorded or staged.
     assert staged_files(staging_root, run_name) == []
     assert source.read_bytes() == b"weights"
-    logger.close()
+    assert "build the logger again" in message
 
 
 def test_enqueue_timeout_from_the_environment(
-    tmp_path: Path, staging_root: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, staging_root: Path, monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
 ) -> None:
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    url = redis_server.url
     monkeypatch.setenv("HOIST_ENQUEUE_TIMEOUT", "0.5")
-    logger = logger_for(tmp_path, staging_root, "env-timeout", url)
+    logger = logger_for(tmp_path, staging_root, "env-timeout", url, store_check=False)
     assert logger.enqueue_timeout == 0.5
+    logger.close()
     monkeypatch.setenv("HOIST_ENQUEUE_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="HOIST_ENQUEUE_TIMEOUT='soon'"):
         logger_for(tmp_path, staging_root, "env-timeout", url)

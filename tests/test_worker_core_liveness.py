@@ -165,7 +165,7 @@ def test_an_upload_in_flight_reports_its_bytes_to_flower(world: World) -> None:
     assert events and {kind for kind, _ in events} == {PROGRESS_EVENT}
     last = events[-1][1]
     assert (last["bytes_done"], last["bytes_total"]) == (len(data), len(data))
-    assert last["result"] == "uploading: 3.1 MB of 3.1 MB (100%)"
+    assert last["result"] == "uploading: 3.0 MiB of 3.0 MiB (100%)"
 
 
 def test_a_lost_progress_event_does_not_fail_the_upload(world: World) -> None:

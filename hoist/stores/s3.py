@@ -244,13 +244,19 @@ class S3ObjectStore(ObjectStore):
         With ``progress``, a body of :data:`PROGRESS_BODY_BYTES` or more is told
         to it as the HTTP client reads it to send, so a slow single PUT shows
         its bytes moving (counting them while reading the file showed 100% before
-        a byte was sent). Smaller bodies go in one piece: a few more sends per
-        file cost the small-file rate more than their progress is worth.
+        a byte was sent). A smaller body goes in one piece, told just before:
+        a few more sends per file cost the small-file rate more than its
+        progress is worth.
         """
         md5_hex, headers = self._content_md5(data)
         body: bytes | SentBytes = data
         if progress is not None and len(data) >= PROGRESS_BODY_BYTES:
             body = SentBytes(data, progress)
+        elif progress is not None:
+            # Told before the request goes out: the upload job marks the first
+            # bytes as the start of a write (an attempt that fails after it may
+            # leave its object under the name, for the next one to replace).
+            progress(len(data))
         response = self._client.put_object(
             Bucket=self.bucket,
             Key=self._key(name),
