@@ -46,7 +46,9 @@ store's ``max_concurrency`` part GETs, shared by all of them); several files in
 flight keep those busy when files are smaller than a part each."""
 
 
-def fetch_checkpoint(store: ObjectStore, manifest_name: str, dest: str) -> DownloadedCheckpoint:
+def fetch_checkpoint(
+    store: ObjectStore, manifest_name: str, dest: str, durable: bool = False
+) -> DownloadedCheckpoint:
     """Fetch every file a manifest lists into ``dest``, in parallel, checking each against it.
 
     Each file is checked while it streams (size and CRC64NVME against the
@@ -59,6 +61,7 @@ def fetch_checkpoint(store: ObjectStore, manifest_name: str, dest: str) -> Downl
         store: the store holding the checkpoint.
         manifest_name: the manifest's object name (what ``latest.symlink`` holds).
         dest: the directory to fill; created if missing.
+        durable: fsync each file and its directory (off: a download can be fetched again).
 
     Raises:
         CheckpointError: a file does not match the manifest.
@@ -80,7 +83,7 @@ def fetch_checkpoint(store: ObjectStore, manifest_name: str, dest: str) -> Downl
     def fetch_one(item: ManifestFile, path: str) -> None:
         expected = ObjectStat(item.object_name, item.size, Checksum.parse(item.checksum))
         try:
-            store.download_file(item.object_name, path, expected=expected)
+            store.download_file(item.object_name, path, expected=expected, durable=durable)
         except ChecksumMismatchError as exc:
             raise CheckpointError(
                 f"{store.get_uri(item.object_name)} does not match the manifest of step "

@@ -117,12 +117,12 @@ def download_artifact(
     state_url: str | None = None,
     fleet_key: str | FleetKeys | None = None,
     progress: Progress | None = None,
+    durable: bool = False,
 ) -> Downloaded:
     """Download ``source`` to ``dest``, following pointers; atomic, and verified on the way.
 
-    S3 objects are fetched as parallel ranged GETs (the store's part size and
-    concurrency). The bytes must have the size the store reports and the
-    CRC64NVME the run's record (with ``run``) or the store holds, else
+    S3 objects come as parallel ranged GETs. The bytes must have the size the store reports
+    and the CRC64NVME of the run's record (``run``) or the store, else
     :class:`~hoist.errors.ChecksumMismatchError` is raised and ``dest`` is not written.
 
     Parameters:
@@ -140,6 +140,7 @@ def download_artifact(
         fleet_key: opens sealed store credentials of the run's records
             (default ``HOIST_FLEET_KEY``).
         progress: called with the number of bytes of each chunk written.
+        durable: fsync the file and its directory (see ``ObjectStore.download_file``).
 
     Example (tested in tests/test_cli_ops.py, against a cluster and a store):
         >>> hoist.download_artifact("latest-rank0.pt", "ckpt/", run="bert-3").path  # doctest: +SKIP
@@ -151,7 +152,7 @@ def download_artifact(
     resolved = resolve(
         source, run=run, store=store, records=records, state_url=state_url, fleet_key=fleet_key
     )
-    return fetch(resolved, dest, progress=progress)
+    return fetch(resolved, dest, progress=progress, durable=durable)
 
 
 def download_checkpoint(
@@ -163,6 +164,7 @@ def download_checkpoint(
     records: Records | None = None,
     state_url: str | None = None,
     fleet_key: str | FleetKeys | None = None,
+    durable: bool = False,
 ) -> DownloadedCheckpoint:
     """Download a committed sharded checkpoint into the directory ``dest``.
 
@@ -170,7 +172,9 @@ def download_checkpoint(
     checkpoint's manifest, which is what a run's ``latest`` pointer names
     (see :mod:`hoist.checkpoints`). With ``run``, ``source`` may be the
     pointer's name as given to ``log_checkpoint_dir`` (``"latest"``): its
-    commits are recorded under it. Every file is checked against the manifest.
+    commits are recorded under it. Every file is checked against the manifest;
+    files are fetched in parallel, and in parallel ranges on S3. ``durable``
+    fsyncs each file and its directory.
 
     Example (tested in tests/test_cli_small.py):
         >>> got = hoist.download_checkpoint("latest", "/tmp/resume", run="bert-3")  # doctest: +SKIP
@@ -185,7 +189,7 @@ def download_checkpoint(
                 f"{source} resolves to {found.uri}, not a checkpoint committed by "
                 "log_checkpoint_dir; download it with download_artifact"
             )
-        return fetch_checkpoint(found.store, found.object_name, os.fspath(dest))
+        return fetch_checkpoint(found.store, found.object_name, os.fspath(dest), durable)
 
 
 def resolve(
@@ -223,7 +227,10 @@ def resolve(
 
 
 def fetch(
-    resolved: Resolved, dest: str | os.PathLike[str], progress: Progress | None = None
+    resolved: Resolved,
+    dest: str | os.PathLike[str],
+    progress: Progress | None = None,
+    durable: bool = False,
 ) -> Downloaded:
     """Download a :class:`Resolved` object to ``dest`` (a file, or a directory to put it in).
 
@@ -236,7 +243,7 @@ def fetch(
     expected = ObjectStat(resolved.object_name, resolved.size, resolved.checksum)
     with resolved:
         held = resolved.store.download_file(
-            resolved.object_name, path, progress=progress, expected=expected
+            resolved.object_name, path, progress=progress, expected=expected, durable=durable
         )
     assert held.checksum is not None  # download_file always hashes what it writes
     # The store writes through a private temporary file (0600); the download is
@@ -429,8 +436,7 @@ def _in_run(
     newest = max(done, key=lambda a: a.message["order"])
     spec = StoreSpec.from_json(newest.message["store"])
     keys = fleet_key or _environment().keys
-    # A pointer's record holds the pointer's checksum: it is used only when
-    # the name resolves to that same object.
+    # A pointer's record holds the pointer's checksum: used only if it resolves to itself.
     recorded = {
         a.message["object_name"]: Checksum.parse(a.fields["checksum"])
         for a in done

@@ -24,8 +24,10 @@ def register(commands: Any) -> None:
         "file:///dir/key, local://container/key), taken inside --store when it lies there; "
         "or, with --run, a name the run logged, in the store its records name. When the "
         "object does not exist but NAME.symlink does (or NAME ends in .symlink), the pointer "
-        "is followed, up to 8 deep, inside the same store. The download is written to a "
-        "temporary file and renamed into place; its path is printed to stdout.",
+        "is followed, up to 8 deep, inside the same store. S3 objects are fetched as parallel "
+        "ranged GETs and checked against the size and CRC64NVME the store or the run's record "
+        "says; the download is written to a temporary file and renamed into place only when it "
+        "matches; its path is printed to stdout.",
         epilog="example: hoist download latest-rank0.pt ./ckpt/ --run bert-3",
     )
     parser.add_argument("source", metavar="URI_OR_ARTIFACT", help="what to download")
@@ -39,6 +41,12 @@ def register(commands: Any) -> None:
         "--store",
         metavar="URI",
         help="the store it is in (s3://, sftp://, file://; default HOIST_STORE_URI)",
+    )
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="fsync the file and its directory before returning, so it survives a power loss "
+        "(off by default: a download can be fetched again, and the fsync can take longer than it)",
     )
     parser.set_defaults(func=run)
 
@@ -58,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{pointer} -> {target}", highlight=False)
     with transfer_progress() as bar:
         task = bar.add_task(posixpath.basename(resolved.object_name), total=resolved.size)
-        downloaded = fetch(resolved, args.dest, progress=lambda n: bar.advance(task, n))
+        downloaded = fetch(
+            resolved, args.dest, progress=lambda n: bar.advance(task, n), durable=args.durable
+        )
     console.print(
         f"[green]downloaded[/] {downloaded.uri} ({format_bytes(downloaded.size)}, "
         f"{downloaded.checksum}) to {downloaded.path}",

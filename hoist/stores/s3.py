@@ -324,10 +324,10 @@ class S3ObjectStore(ObjectStore):
         return self._put_object(name, data, Checksum.of(data))
 
     def _download_into(
-        self, name: str, fd: int, size: int | None, progress: Progress | None
+        self, name: str, fd: int, expected: ObjectStat | None, progress: Progress | None
     ) -> ObjectStat:
-        if size is None:
-            size = self._stat(name).size
+        # The size a record or a HEAD gave: every part's answer must agree with it.
+        size = expected.size if expected is not None else self._stat(name).size
         preallocate(fd, size)  # the file's blocks at once: no growth per write, ENOSPC first
         where = self.get_uri(name)
         download = RangedDownload(
