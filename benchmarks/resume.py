@@ -2,11 +2,12 @@
 
 Each candidate runs as its own process, as a restarted job would run it, so
 its start-up counts and its peak RSS is its own (GNU ``time``): ``hoist
-download`` for one 1 GiB object; ``download_checkpoint`` (``python -c``) for a
-16 x 64 MiB sharded checkpoint, against ``s5cmd cp 's3://…/step/*'`` and a
-loop of boto3 ``download_file``. hoist verifies size and CRC64NVME (against
-the manifest for the checkpoint; ``rclone serve s3`` reports no checksum, so
-the 1 GiB object is checked for size only and its CRC printed); the peers
+download`` for one 1 GiB object, and ``download_artifact`` alone (``python
+-c``) to show what the CLI's start-up adds; ``download_checkpoint`` (``python
+-c``) for a 16 x 64 MiB sharded checkpoint, against ``s5cmd cp
+'s3://…/step/*'`` and a loop of boto3 ``download_file``. hoist verifies size
+and CRC64NVME against the manifest for the checkpoint; ``rclone serve s3``
+reports no checksum, so the 1 GiB object is checked for size only. The peers
 verify nothing. Every destination is removed between runs, then ``sync``.
 """
 
@@ -29,7 +30,13 @@ from hoist.stores.checksum import checksum_file
 
 NAME = "resume"
 MEMORY_LIMIT_MIB = 200
+PEERS = ("s5cmd", "boto3")
 
+_ARTIFACT = """
+import sys
+from hoist.download import download_artifact
+download_artifact(sys.argv[1], sys.argv[2], store=sys.argv[3])
+"""
 _CHECKPOINT = """
 import sys
 from hoist.download import download_checkpoint
@@ -102,6 +109,8 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     cases = {
         f"1 object of {label(size)}": {
             "hoist": [sys.executable, "-m", "hoist.cli", "download", key, one, "--store", store],
+            # The library call alone: what the CLI's start-up adds is the difference.
+            "download_artifact": [*python, _ARTIFACT, key, one, store],
             "s5cmd": [*s5cmd, f"s3://{s3.bucket}/{key}", one],
             "boto3": [*python, _BOTO3, s3.endpoint_url, s3.bucket, key, one],
         },
@@ -137,8 +146,21 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
             warmup=1,
             between=settle,
         )
-        peak = max(peaks["hoist"])
-        for peer, peer_name in (("s5cmd", "s5cmd cp"), ("boto3", "boto3 download_file")):
+        peak = max(max(values) for name, values in peaks.items() if name not in PEERS)
+        for peer, peer_name in zip(PEERS, ("s5cmd cp", "boto3 download_file"), strict=True):
+            if "download_artifact" in samples:
+                report.add(
+                    Figure(
+                        NAME,
+                        f"download_artifact {case}",
+                        "s",
+                        median(samples["download_artifact"]),
+                        median(samples[peer]),
+                        peer_name,
+                        samples={"hoist": samples["download_artifact"], peer: samples[peer]},
+                        note=f"python -c, peak RSS {max(peaks['download_artifact']):.0f} MiB",
+                    )
+                )
             figure = report.add(
                 Figure(
                     NAME,
