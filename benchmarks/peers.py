@@ -70,6 +70,20 @@ def sftp_put(lab: Lab, sources: list[str], remote_dir: str) -> None:
         os.unlink(batch.name)
 
 
+def sftp_get(lab: Lab, remote_path: str, target: str) -> None:
+    """OpenSSH ``sftp -b`` with one ``get`` of ``remote_path`` (below the server's root)."""
+    sshd = lab.sshd()
+    with tempfile.NamedTemporaryFile("w", suffix=".sftp", dir=lab.root, delete=False) as batch:
+        batch.write(f'get "{sshd.root}/{remote_path}" "{target}"\n')
+    try:
+        _run(
+            [_binary("sftp", "install openssh-client"), "-b", batch.name, *_ssh_options(lab)]
+            + [f"{sshd.username}@{sshd.host}"]
+        )
+    finally:
+        os.unlink(batch.name)
+
+
 def scp_put(lab: Lab, sources: list[str], remote_dir: str) -> None:
     """OpenSSH ``scp`` of the files into ``remote_dir`` (created) in one command."""
     sshd = lab.sshd()
