@@ -119,7 +119,7 @@ def one_run(lab: Lab, loop: TrainingLoop, variant: Variant, run_name: str) -> Ba
             if step:  # the warm-up step is not counted
                 staged.append(staged_bytes(directory))
 
-        steps = loop.run(log, STEPS, after_step=sample)
+        steps = loop.run(log, STEPS, after_step=sample).wall
         began = time.perf_counter()
         logger.wait(poll_interval=0.01)
         drain_after = time.perf_counter() - began
@@ -146,6 +146,11 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
         def timed(r: int) -> float:
             result = one_run(lab, loop, variant, f"backlog-{r}-{variant.name.replace(' ', '-')}")
             runs[variant.name].append(result)
+            print(
+                f"  round {r} {variant.name:<9}: p50 {median(result.steps) * 1e3:.0f} ms, "
+                f"peak staged {max(result.staged) / MIB:.0f} MiB, drain {result.drain_after:.1f} s",
+                flush=True,
+            )
             return median(result.steps)
 
         return timed

@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks.config import RunConfig
 from benchmarks.files import MIB, label, write_source
@@ -146,24 +146,41 @@ def pinned_fleet(lab: Lab, server: RcloneServer) -> Iterator[WorkerFleet]:
 class Compute:
     """A step's compute: numpy matrix products on one thread, sized to take ``seconds``.
 
-    Calibrated once, when made; on a loaded machine a step may then take
-    longer than asked, which the baseline variant, measured alongside, shows.
+    Calibrated once, when made, from the fastest of several samples: a sample
+    slowed by a busy neighbour would size the step too short for a quiet
+    minute, and checkpoints would then come faster than the pace allows. On a
+    loaded machine a step takes longer than asked, which the baseline variant,
+    measured alongside, shows.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, samples: int = 5) -> None:
         np = _numpy()
         self._matrix = np.random.default_rng(0).random((384, 384))
-        self._products = 20
-        start = time.perf_counter()
-        self()
-        one = (time.perf_counter() - start) / self._products
-        self._products = max(1, round(seconds / max(one, 1e-6)))
+        self._products = 10
+        fastest = float("inf")
+        for _ in range(samples):
+            start = time.perf_counter()
+            self()
+            fastest = min(fastest, (time.perf_counter() - start) / self._products)
+        self._products = max(1, round(seconds / max(fastest, 1e-6)))
 
     def __call__(self) -> None:
         product = self._matrix
         for _ in range(self._products):
             product = self._matrix @ product
             product /= product.max()
+
+
+class Steps(NamedTuple):
+    """Seconds of each timed step: wall clock, and CPU time of the loop's thread.
+
+    The CPU time leaves out what a neighbour on the shared cores takes, and
+    also the hand-off's waits (I/O, the GIL): a figure to read the wall
+    clock's against, not instead of it.
+    """
+
+    wall: list[float]
+    cpu: list[float]
 
 
 @dataclass
@@ -194,7 +211,7 @@ class TrainingLoop:
         *,
         gives_away: bool = False,
         after_step: Callable[[int], None] | None = None,
-    ) -> list[float]:
+    ) -> Steps:
         """Run one warm-up step and ``steps`` timed ones; return the timed steps' seconds.
 
         Parameters:
@@ -205,10 +222,10 @@ class TrainingLoop:
             after_step: called untimed after each step with its number (to
                 sample staging).
         """
-        timed = []
+        timed = Steps([], [])
         for step in range(steps + 1):  # step 0 warms up and is not counted
             path = os.path.join(self.root, f"checkpoint-{step}.pt")
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.thread_time()
             self.compute()
             with open(path, "wb") as out:
                 out.write(self._weights)
@@ -217,7 +234,8 @@ class TrainingLoop:
             if not gives_away and os.path.exists(oldest):
                 os.unlink(oldest)
             if step:
-                timed.append(time.perf_counter() - began)
+                timed.wall.append(time.perf_counter() - began)
+                timed.cpu.append(time.thread_time() - began_cpu)
             if after_step is not None:
                 after_step(step)
         for name in os.listdir(self.root):
@@ -297,24 +315,36 @@ class VariantSummary:
     Parameters:
         name: the variant.
         p50s, p95s: each run's p50 and p95 step seconds.
+        cpu_p50s: each run's p50 of the loop thread's CPU seconds a step.
         drained: each run's seconds of the untimed wait after its timed steps.
-        slowdowns: each run's slowdown against the same round's baseline
-            (empty for the baseline itself).
+        slowdowns, cpu_slowdowns: each run's slowdown of ``p50s`` and
+            ``cpu_p50s`` against the same round's baseline (empty for the
+            baseline itself).
     """
 
     name: str
     p50s: list[float]
     p95s: list[float]
+    cpu_p50s: list[float]
     drained: list[float]
     slowdowns: list[float]
+    cpu_slowdowns: list[float]
 
     @classmethod
     def of(
-        cls, name: str, runs: list[list[float]], drained: list[float], baseline: list[float] | None
+        cls,
+        name: str,
+        runs: list[Steps],
+        drained: list[float],
+        baseline: VariantSummary | None = None,
     ) -> VariantSummary:
-        p50s = [median(steps) for steps in runs]
-        slowdowns = [] if baseline is None else paired_slowdowns(p50s, baseline)
-        return cls(name, p50s, [percentile(s, 95) for s in runs], drained, slowdowns)
+        """Summarise ``runs``, paired round by round with ``baseline``'s if given."""
+        p50s = [median(r.wall) for r in runs]
+        cpu_p50s = [median(r.cpu) for r in runs]
+        slowdowns = [] if baseline is None else paired_slowdowns(p50s, baseline.p50s)
+        cpu_slowdowns = [] if baseline is None else paired_slowdowns(cpu_p50s, baseline.cpu_p50s)
+        p95s = [percentile(r.wall, 95) for r in runs]
+        return cls(name, p50s, p95s, cpu_p50s, drained, slowdowns, cpu_slowdowns)
 
     def row(self) -> str:
         """A line of :func:`table` (under 100 columns)."""
@@ -324,18 +354,19 @@ class VariantSummary:
                 f"{median(self.slowdowns):+6.1%} "
                 f"[{min(self.slowdowns):+.1%} .. {max(self.slowdowns):+.1%}]"
             )
-        drained = f"{median(self.drained) * 1e3:5.0f} ms" if self.drained else ""
+        cpu = f"{median(self.cpu_slowdowns):+7.1%}" if self.cpu_slowdowns else ""
+        drained = f"{median(self.drained) * 1e3:8.0f} ms" if self.drained else ""
         return (
             f"{self.name:<11} {median(self.p50s) * 1e3:7.0f} ms {median(self.p95s) * 1e3:7.0f} ms"
-            f" {spread(self.p50s):6.1%}   {slow:<30} {drained}"
-        )
+            f" {spread(self.p50s):6.1%}   {slow:<30} {cpu:>7} {drained}"
+        ).rstrip()
 
 
 def table(summaries: list[VariantSummary]) -> str:
     """The variants as a table a 100-column terminal shows."""
     header = (
         f"{'variant':<11} {'p50 step':>10} {'p95 step':>10} {'spread':>7}   "
-        f"{'p50 slowdown, paired [range]':<30} {'drain after':>8}"
+        f"{'p50 slowdown, paired [range]':<30} {'cpu':>7} {'drain after':>11}"
     )
     return "\n".join([header, "-" * len(header), *(s.row() for s in summaries)])
 
@@ -346,7 +377,7 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     runs = RUNS
     root = os.path.join(lab.root, "training")
     server = lab.s3_tmpfs()
-    steps: dict[str, list[list[float]]] = {}
+    steps: dict[str, list[Steps]] = {}
     drained: dict[str, list[float]] = {}
 
     def timed(name: str, mode: str | None) -> Callable[[int], float]:
@@ -367,7 +398,14 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
                 finally:
                     logger.close()
             steps[name].append(seconds)
-            return median(seconds)
+            # One line a run: a slow one (the shared machine) is seen as it happens.
+            print(
+                f"  round {r} {name:<10}: p50 {median(seconds.wall) * 1e3:.0f} ms, "
+                f"p95 {percentile(seconds.wall, 95) * 1e3:.0f} ms, "
+                f"cpu p50 {median(seconds.cpu) * 1e3:.0f} ms",
+                flush=True,
+            )
+            return median(seconds.wall)
 
         return one_run
 
@@ -391,12 +429,12 @@ def _report(
     size: int,
     drain: float,
     runs: int,
-    steps: dict[str, list[list[float]]],
+    steps: dict[str, list[Steps]],
     drained: dict[str, list[float]],
 ) -> None:
-    base = VariantSummary.of("none", steps["none"], [], None)
+    base = VariantSummary.of("none", steps["none"], [])
     summaries = [base] + [
-        VariantSummary.of(name, steps[name], drained[name], base.p50s)
+        VariantSummary.of(name, steps[name], drained[name], base)
         for name in steps
         if name != "none"
     ]
@@ -405,7 +443,16 @@ def _report(
         f"a {label(size)} checkpoint every {step * 1e3:.0f} ms step; the fleet drains one in "
         f"{drain * 1e3:.0f} ms, so checkpoints come at {drain / step:.0%} of its rate"
     )
-    print(f"{pace}\n{runs} runs x {STEPS} timed steps per variant, alternated")
+    print(
+        f"{pace}\n{runs} runs x {STEPS} timed steps per variant, alternated; spread: range of"
+        " the runs' p50 over their median; cpu: the loop thread's CPU time a step, paired p50"
+        " slowdown; drain after: the untimed wait for the last uploads"
+    )
+    if drain / step > 1 / HEADROOM:
+        print(
+            f"WARNING: checkpoints came faster than 1/{HEADROOM:g} of the drain rate "
+            "(a busy minute at calibration?): the figure may include a backlog"
+        )
     print(table(summaries), flush=True)
     note = f"{pace}; {runs} runs x {STEPS} steps; {cfg.repeats_note(runs)}"
     for summary in summaries[1:]:
@@ -430,9 +477,12 @@ def _report(
             s.name: {
                 "p50_by_run": s.p50s,
                 "p95_by_run": s.p95s,
+                "cpu_p50_by_run": s.cpu_p50s,
+                "cpu_slowdown_by_run": s.cpu_slowdowns,
                 "slowdown_by_run": s.slowdowns,
                 "drain_after_by_run": s.drained,
-                "steps_by_run": steps[s.name],
+                "steps_by_run": [r.wall for r in steps[s.name]],
+                "cpu_by_run": [r.cpu for r in steps[s.name]],
             }
             for s in summaries
         },

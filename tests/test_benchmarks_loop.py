@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks.backlog import STEPS, BacklogRun, _at, staged_bytes, table
 from benchmarks.training_loop import (
+    Steps,
     VariantSummary,
     paired_slowdowns,
     percentile,
@@ -32,12 +33,13 @@ def test_percentile_and_spread() -> None:
 
 
 def test_summary_table_fits_100_columns() -> None:
-    runs = [[0.8] * 10, [0.9] * 10, [1.0] * 10]
-    base = VariantSummary.of("none", runs, [], None)
-    copy = VariantSummary.of(
-        "hoist copy", [[s * 1.05 for s in r] for r in runs], [0.4] * 3, base.p50s
-    )
+    runs = [Steps([t] * 10, [t / 2] * 10) for t in (0.8, 0.9, 1.0)]
+    base = VariantSummary.of("none", runs, [])
+    slower = [Steps([s * 1.05 for s in r.wall], [s * 1.01 for s in r.cpu]) for r in runs]
+    copy = VariantSummary.of("hoist copy", slower, [0.4] * 3, base)
     assert copy.slowdowns == pytest.approx([0.05] * 3)
+    assert copy.cpu_slowdowns == pytest.approx([0.01] * 3)
+    assert copy.p95s == pytest.approx([0.84, 0.945, 1.05])
     lines = loop_table([base, copy]).splitlines()
     assert max(map(len, lines)) <= 100
     assert "+5.0%" in lines[-1]
