@@ -13,14 +13,15 @@ its own commands, which the shared machine's load disturbs far less than wall
 time would.
 
 Scenarios, each divided by its count: 200 uploads of 64 KiB from one rank with
-``overwrite=False`` (the default) and with ``overwrite=True``; 200 pointers
-(``symlink_artifact``, each its own name) to uploaded artifacts; sharded
-commits (``log_checkpoint_dir``, one 64 KiB shard per rank and step) from 4
-and from 8 ranks, of which what a commit costs beyond its shards' uploads is
-divided by its ranks. An idle window measures what the fleet costs with nothing
-to do (Celery's polling), per worker and second. The output ends with the
-artifacts per second one Redis serves at half a core, and the sizing of a
-1,024-GPU job writing 2 TB every 10 minutes (docs/operations.md "Scale").
+``overwrite=False`` (the default) and with ``overwrite=True`` (these travel in
+batches); 200 pointers (``symlink_artifact``, each its own name) to uploaded
+artifacts; 100 uploads of 1.06 MiB, just too large for a batch, so one task
+each as a 2 GB shard has; sharded commits (``log_checkpoint_dir``, one such
+shard per rank and step) from 4 and from 8 ranks, divided by their ranks. An
+idle window measures what the fleet costs with nothing to do (Celery's
+polling), per worker and second. The output ends with the artifacts per
+second one Redis serves at half a core, and the sizing of a 1,024-GPU job
+writing 2 TB every 10 minutes (docs/operations.md "Scale").
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from benchmarks.services import WORKER_ENVIRONMENT, Lab, private_redis
 from benchmarks.small_files import write_small_files
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
+from hoist.protocol.messages import BATCH_FILE_BYTES
 from hoist.state import scripts
 from tests.services.workers import WorkerFleet
 
@@ -61,6 +63,9 @@ IDLE_SECONDS = 5.0
 QUIET_SECONDS = 1.5
 """After the last ``wait()``: the fleet acknowledges a message after its task returns."""
 SERVERS = ("broker", "state")
+ALONE_UPLOADS = 100
+ALONE_BYTES = BATCH_FILE_BYTES + 64 * KIB
+"""Just above what may travel in a batch: one task per file, as a 2 GB shard has."""
 
 # The sizing's assumptions (docs/operations.md "Scale" states them).
 JOB_RANKS = 1024
@@ -324,6 +329,8 @@ class Cost:
     seconds: float
     traffic: dict[tuple[str, str], Traffic]
     servers: dict[str, ServerReading]
+    background: dict[str, float] = field(default_factory=dict)
+    """Each server's CPU usec per second with no client at all (its timers), left out."""
 
     def calls(self, server: str, role: str) -> float:
         return self.traffic[(server, role)].calls / self.units
@@ -347,7 +354,8 @@ class Cost:
 
     def cpu_usec(self, server: str) -> float:
         """The server process' CPU per unit (``used_cpu_user + used_cpu_sys``), I/O included."""
-        return self.servers[server].cpu_usec / self.units
+        own = self.servers[server].cpu_usec - self.background.get(server, 0.0) * self.seconds
+        return own / self.units
 
     def inside_scripts(self, server: str) -> Counter[str]:
         """Commands Redis ran that no client sent: those Lua scripts and EXEC ran."""
@@ -366,6 +374,7 @@ class Rig:
     direct: dict[str, redis.Redis]
     rank_urls: dict[str, str]
     fleet_urls: dict[str, str]
+    background: dict[str, float] = field(default_factory=dict)
 
     def measure(
         self, scenario: str, units: int, act: Callable[[], None], loggers: list[ObjectStoreLogger]
@@ -395,7 +404,7 @@ class Rig:
             )
             traffic[(server, "fleet")] = self.proxy.traffic("fleet", server, rank + wait)
         servers = {name: after[name].since(before[name]) for name in SERVERS}
-        return Cost(scenario, units, seconds, traffic, servers)
+        return Cost(scenario, units, seconds, traffic, servers, self.background)
 
     def idle(self, seconds: float) -> Cost:
         """The fleet with nothing to do for ``seconds``: its cost per second."""
@@ -411,7 +420,9 @@ class Rig:
         }
         servers = {name: after[name].since(before[name]) for name in SERVERS}
         # Units of one second, so the per-unit figures read "per second".
-        return Cost("idle fleet, per second", round(seconds), seconds, traffic, servers)
+        return Cost(
+            "idle fleet, per second", round(seconds), seconds, traffic, servers, self.background
+        )
 
 
 @contextmanager
@@ -442,6 +453,10 @@ def _rig(lab: Lab, stack: ExitStack) -> Iterator[tuple[Rig, WorkerFleet]]:
         },
         args=["--pool", lab.pool],
     )
+    # Before any client: what each server costs doing nothing (serverCron,
+    # 10 times a second), so that the figures below are what clients cost.
+    quiet = rig.idle(IDLE_SECONDS)
+    rig.background = {name: quiet.servers[name].cpu_usec / quiet.seconds for name in SERVERS}
     fleet.start()
     stack.callback(fleet.stop)
     yield rig, fleet
@@ -473,7 +488,7 @@ def _sharded(lab: Lab, rig: Rig, root: str, ranks: int, steps: int) -> Cost:
         directory = os.path.join(root, f"shards-{ranks}", f"step-{step}")
         os.makedirs(directory)
         for r in range(ranks):
-            write_source(os.path.join(directory, f"__{r}_0.distcp"), 64 * KIB)
+            write_source(os.path.join(directory, f"__{r}_0.distcp"), ALONE_BYTES)
         shard_dirs.append((step, directory))
 
     def commit() -> None:
@@ -520,6 +535,9 @@ class Line:
         values = [a * x + b * y for x, y in zip(self.as_tuple(), other.as_tuple(), strict=True)]
         return Line(*values)
 
+    def scaled(self, a: float) -> Line:
+        return self.combine(self, a, 0.0)
+
     def as_tuple(self) -> tuple[float, ...]:
         return (self.calls_rank, self.calls_fleet, self.sent, self.received, self.usec, self.cpu)
 
@@ -562,34 +580,50 @@ def _detail(cost: Cost) -> list[str]:
     return lines
 
 
+def _upload_run(
+    lab: Lab, rig: Rig, key: str, files: list[str], overwrite: bool
+) -> tuple[Cost, ObjectStoreLogger]:
+    """One rank logs ``files``; the cost per upload, and the logger (still open)."""
+    logger = _logger(lab, rig, "cost-" + key.replace(" ", "-").replace(",", ""))
+    logger.check(store_check_timeout=30)  # the constructor's store check, untallied
+
+    def upload() -> None:
+        for path in files:
+            logger.file_artifact(LogLevel.BATCH, os.path.basename(path), path, overwrite=overwrite)
+
+    return rig.measure(key, len(files), upload, [logger]), logger
+
+
 def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     uploads = cfg.count(UPLOADS)
     pointers = min(cfg.count(POINTERS), uploads)
     steps = STEPS if cfg.scale == 1 else 2
     root = os.path.join(lab.root, "redis-cost")
     (files,) = write_small_files(root, uploads, 1)
+    os.makedirs(os.path.join(root, "alone"))
+    alone = [
+        write_source(os.path.join(root, "alone", f"a{i:04d}.bin"), ALONE_BYTES)
+        for i in range(cfg.count(ALONE_UPLOADS))
+    ]
     costs: dict[str, Cost] = {}
     with ExitStack() as stack, _rig(lab, stack) as (rig, fleet):
         costs["idle"] = rig.idle(IDLE_SECONDS)
-        for overwrite in (False, True):
-            logger = _logger(lab, rig, f"cost-{'o' if overwrite else 'n'}")
-            logger.check(store_check_timeout=30)  # the constructor's store check, untallied
+        costs["upload, overwrite=False"], logger = _upload_run(
+            lab, rig, "upload, overwrite=False", files, False
+        )
+        logger.close()
+        costs["upload, overwrite=True"], logger = _upload_run(
+            lab, rig, "upload, overwrite=True", files, True
+        )
 
-            def upload(logger: ObjectStoreLogger = logger, overwrite: bool = overwrite) -> None:
-                for path in files:
-                    name = os.path.basename(path)
-                    logger.file_artifact(LogLevel.BATCH, name, path, overwrite=overwrite)
+        def point() -> None:
+            for i, path in enumerate(files[:pointers]):
+                logger.symlink_artifact(os.path.basename(path), f"latest-{i}")
 
-            key = f"upload, overwrite={overwrite}"
-            costs[key] = rig.measure(key, uploads, upload, [logger])
-            if overwrite:
-
-                def point(logger: ObjectStoreLogger = logger) -> None:
-                    for i, path in enumerate(files[:pointers]):
-                        logger.symlink_artifact(os.path.basename(path), f"latest-{i}")
-
-                costs["pointer"] = rig.measure("pointer", pointers, point, [logger])
-            logger.close()
+        costs["pointer"] = rig.measure("pointer", pointers, point, [logger])
+        logger.close()
+        costs["upload alone"], logger = _upload_run(lab, rig, "upload alone", alone, False)
+        logger.close()
         for ranks in SHARD_RANKS:
             costs[f"commit{ranks}"] = _sharded(lab, rig, root, ranks, steps)
         log_tail = fleet.logs()[-2000:]
@@ -602,23 +636,26 @@ def _report(report: Report, costs: dict[str, Cost], log_tail: str) -> None:
         key: {server: Line.of(cost, server) for server in SERVERS} for key, cost in costs.items()
     }
     small, large = SHARD_RANKS
-    # What a commit adds to its shards' uploads, per rank: registering the
-    # shard, the commit task waiting for them, the manifest and the pointer.
+    # A commit per rank: its shard's upload, its registration, and its share
+    # of the commit task (waiting for the shards, the manifest, the pointer).
     # Spread over the ranks of the larger commit, so that the sizing for
-    # 1,024 ranks counts its fixed part 1,024 / large times: an upper bound.
+    # 1,024 ranks counts the fixed part 1,024 / large times: an upper bound.
     lines["commit per rank"] = {
-        server: lines[f"commit{large}"][server].combine(
-            lines["upload, overwrite=False"][server], 1 / large, -1
-        )
+        server: lines[f"commit{large}"][server].scaled(1 / large) for server in SERVERS
+    }
+    lines["commit beyond uploads"] = {
+        server: lines["commit per rank"][server].combine(lines["upload alone"][server], 1, -1)
         for server in SERVERS
     }
     labels = {
         "upload, overwrite=False": "upload (overwrite=False)",
         "upload, overwrite=True": "upload (overwrite=True)",
+        "upload alone": "upload, 1.06 MiB, a task each",
         "pointer": "pointer",
         f"commit{small}": f"commit, {small} ranks x 1 shard",
         f"commit{large}": f"commit, {large} ranks x 1 shard",
-        "commit per rank": "  beyond its uploads, per rank",
+        "commit per rank": f"  per rank, of {large}",
+        "commit beyond uploads": "  per rank, beyond its upload",
         "idle": f"idle fleet ({WORKERS} workers), per s",
     }
     out = [SUMMARY_HEADER, "-" * len(SUMMARY_HEADER)]
@@ -629,7 +666,12 @@ def _report(report: Report, costs: dict[str, Cost], log_tail: str) -> None:
     for key in labels:
         if key in costs:
             print("\n" + "\n".join(_detail(costs[key])))
-    derived = _derive(lines)
+    derived = [
+        "with no client, each server's own timers use "
+        + ", ".join(f"{s} {costs['idle'].background.get(s, 0.0):,.0f}" for s in SERVERS)
+        + " CPU usec/s, left out of the CPU usec above",
+        *_derive(lines),
+    ]
     print("\n" + "\n".join(derived))
     for key, label in labels.items():
         both = lines[key]
@@ -674,15 +716,16 @@ def _report(report: Report, costs: dict[str, Cost], log_tail: str) -> None:
 def _derive(lines: dict[str, dict[str, Line]]) -> list[str]:
     """Artifacts per second at half a core, and the 1,024-GPU job's fleet, from the counts."""
     out = []
-    upload = lines["upload, overwrite=False"]
-    for what, pick in (("cmd usec", "usec"), ("process CPU", "cpu")):
-        one = sum(getattr(upload[s], pick) for s in SERVERS)
-        apart = min(HALF_CORE_USEC / max(getattr(upload[s], pick), 1e-9) for s in SERVERS)
-        out.append(
-            f"uploads/s at half a core, by {what}: one Redis for both "
-            f"{HALF_CORE_USEC / one:,.0f}; broker and state apart {apart:,.0f}"
-        )
-    per_rank, upload = lines["commit per rank"], lines["upload, overwrite=False"]
+    for key, kind in (("upload, overwrite=False", "batched"), ("upload alone", "a task each")):
+        upload = lines[key]
+        for what, pick in (("cmd usec", "usec"), ("process CPU", "cpu")):
+            one = sum(getattr(upload[s], pick) for s in SERVERS)
+            apart = min(HALF_CORE_USEC / max(getattr(upload[s], pick), 1e-9) for s in SERVERS)
+            out.append(
+                f"uploads/s at half a core ({kind}), by {what}: one Redis for both "
+                f"{HALF_CORE_USEC / one:,.0f}; broker and state apart {apart:,.0f}"
+            )
+    per_rank = lines["commit per rank"]
     idle = lines["idle"]
     slots = math.ceil(JOB_RANKS * SHARD_BYTES / (UPLOAD_BYTES_PER_SECOND * DRAIN_SECONDS))
     node_seconds = JOB_RANKS // JOB_NODES * SHARD_BYTES / UPLOAD_BYTES_PER_SECOND
@@ -694,7 +737,7 @@ def _derive(lines: dict[str, dict[str, Line]]) -> list[str]:
     )
     workers = max(slots, JOB_NODES)
     for server in SERVERS:
-        step = per_rank[server].combine(upload[server], JOB_RANKS, JOB_RANKS)
+        step = per_rank[server].scaled(JOB_RANKS)
         calls = step.calls_rank + step.calls_fleet
         idle_calls = (idle[server].calls_fleet) / WORKERS * workers
         idle_cpu = idle[server].cpu / WORKERS * workers
