@@ -2,9 +2,11 @@
 
 The same loop, fleet and pinning as :mod:`benchmarks.training_loop`, paced the
 other way: each step's compute takes a third of the fleet's drain time per
-checkpoint (:data:`FASTER`), so checkpoints come at about three times the
-rate the fleet can upload them, as in a job whose checkpoints outgrew its
-fleet. Variants, alternated run by run, all in the default copy mode:
+checkpoint (:data:`FASTER`; the fastest of the drain bursts, so that a busy
+minute at the start cannot pace the loop slower than the fleet), so
+checkpoints come at about three times the rate the fleet can upload them, as
+in a job whose checkpoints outgrew its fleet. Variants, alternated run by
+run, all in the default copy mode:
 
 - ``no bound``: every step logs ``ep<step>.pt``; staging grows by about
   two thirds of a checkpoint a step for as long as the job runs, until the
@@ -166,7 +168,7 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
     rank_log.setLevel(logging.ERROR)
     try:
         with pinned_fleet(lab, server):
-            drain = measure_drain(lab, lab.root, size, DRAIN_BURST)
+            drain = min(measure_drain(lab, lab.root, size, DRAIN_BURST))
             loop = TrainingLoop(os.path.join(lab.root, "backlog"), Compute(drain / FASTER), size)
             alternate({v.name: candidate(v) for v in variants}, RUNS, between=settle)
     finally:
@@ -214,7 +216,8 @@ def _report(
     print(
         f"a {label(size)} checkpoint every {unbounded * 1e3:.0f} ms step without a bound; the "
         f"fleet drains one in {drain * 1e3:.0f} ms: checkpoints at {drain / unbounded:.1f}x its "
-        f"rate; max_staged_bytes {label(bound)}; {len(runs['no bound'])} runs x {STEPS} steps"
+        f"rate; max_staged_bytes {label(bound)}; {len(runs['no bound'])} runs x {STEPS} steps; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(table(runs), flush=True)
     note = f"{STEPS} steps, checkpoints at {drain / unbounded:.1f}x the drain rate"

@@ -243,11 +243,13 @@ class TrainingLoop:
         return timed
 
 
-def measure_drain(lab: Lab, root: str, size: int, count: int, attempts: int = 2) -> float:
+def measure_drain(lab: Lab, root: str, size: int, count: int, attempts: int = 2) -> list[float]:
     """Seconds the fleet takes per checkpoint of ``size``, from bursts of ``count`` at once.
 
-    The slowest of ``attempts`` bursts: pacing from an unlucky fast one would
-    let a backlog form once the machine is busy again.
+    One figure per burst, ``attempts`` of them. A benchmark that must not
+    build a backlog paces from the slowest (an unlucky fast burst would let
+    one form once the machine is busy again); one that must build one, from
+    the fastest. Each is printed with the load average, the day's weather.
     """
     burst = os.path.join(root, "drain")
     os.makedirs(burst)
@@ -259,7 +261,14 @@ def measure_drain(lab: Lab, root: str, size: int, count: int, attempts: int = 2)
         ]
     finally:
         shutil.rmtree(burst)
-    return max(seconds) / count
+    drains = [s / count for s in seconds]
+    print(
+        f"the fleet drains a {label(size)} checkpoint in "
+        + " / ".join(f"{d * 1e3:.0f}" for d in drains)
+        + f" ms ({attempts} bursts of {count}); load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    return drains
 
 
 def hoist_handoff(
@@ -414,7 +423,7 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
         os.sync()
 
     with pinned_fleet(lab, server):
-        drain = measure_drain(lab, lab.root, size, DRAIN_BURST)
+        drain = max(measure_drain(lab, lab.root, size, DRAIN_BURST))
         loop = TrainingLoop(root, Compute(HEADROOM * drain), size)
         variants = {"none": None, "hoist copy": "copy", "hoist link": "link", "hoist move": "move"}
         alternate(
@@ -444,7 +453,8 @@ def _report(
         f"{drain * 1e3:.0f} ms, so checkpoints come at {drain / step:.0%} of its rate"
     )
     print(
-        f"{pace}\n{runs} runs x {STEPS} timed steps per variant, alternated; spread: range of"
+        f"{pace}; load average {os.getloadavg()[0]:.1f}\n"
+        f"{runs} runs x {STEPS} timed steps per variant, alternated; spread: range of"
         " the runs' p50 over their median; cpu: the loop thread's CPU time a step, paired p50"
         " slowdown; drain after: the untimed wait for the last uploads"
     )
