@@ -406,8 +406,8 @@ class Rig:
         servers = {name: after[name].since(before[name]) for name in SERVERS}
         return Cost(scenario, units, seconds, traffic, servers, self.background)
 
-    def idle(self, seconds: float) -> Cost:
-        """The fleet with nothing to do for ``seconds``: its cost per second."""
+    def idle(self, seconds: float, workers: int = WORKERS) -> Cost:
+        """``workers`` idle for ``seconds``: the cost per worker and second."""
         before = {name: ServerReading.of(client) for name, client in self.direct.items()}
         self.proxy.label = "idle"
         time.sleep(seconds)
@@ -419,9 +419,10 @@ class Rig:
             for role in ROLES
         }
         servers = {name: after[name].since(before[name]) for name in SERVERS}
-        # Units of one second, so the per-unit figures read "per second".
+        # Units of one worker-second, so the per-unit figures read "per worker and second".
+        units = max(1, round(seconds * workers))
         return Cost(
-            "idle fleet, per second", round(seconds), seconds, traffic, servers, self.background
+            "idle fleet, per worker and second", units, seconds, traffic, servers, self.background
         )
 
 
@@ -455,7 +456,7 @@ def _rig(lab: Lab, stack: ExitStack) -> Iterator[tuple[Rig, WorkerFleet]]:
     )
     # Before any client: what each server costs doing nothing (serverCron,
     # 10 times a second), so that the figures below are what clients cost.
-    quiet = rig.idle(IDLE_SECONDS)
+    quiet = rig.idle(IDLE_SECONDS, workers=0)
     rig.background = {name: quiet.servers[name].cpu_usec / quiet.seconds for name in SERVERS}
     fleet.start()
     stack.callback(fleet.stop)
@@ -656,7 +657,7 @@ def _report(report: Report, costs: dict[str, Cost], log_tail: str) -> None:
         f"commit{large}": f"commit, {large} ranks x 1 shard",
         "commit per rank": f"  per rank, of {large}",
         "commit beyond uploads": "  per rank, beyond its upload",
-        "idle": f"idle fleet ({WORKERS} workers), per s",
+        "idle": "idle, per worker and second",
     }
     out = [SUMMARY_HEADER, "-" * len(SUMMARY_HEADER)]
     for key, label in labels.items():
@@ -739,8 +740,8 @@ def _derive(lines: dict[str, dict[str, Line]]) -> list[str]:
     for server in SERVERS:
         step = per_rank[server].scaled(JOB_RANKS)
         calls = step.calls_rank + step.calls_fleet
-        idle_calls = (idle[server].calls_fleet) / WORKERS * workers
-        idle_cpu = idle[server].cpu / WORKERS * workers
+        idle_calls = idle[server].calls_fleet * workers
+        idle_cpu = idle[server].cpu * workers
         out.append(
             f"job, {server} Redis per checkpoint: {calls:,.0f} commands, "
             f"{(step.sent + step.received) / 1e6:.2f} MB, {step.cpu / 1e6:.2f} CPU s "
