@@ -436,12 +436,10 @@ def _in_run(
     newest = max(done, key=lambda a: a.message["order"])
     spec = StoreSpec.from_json(newest.message["store"])
     keys = fleet_key or _environment().keys
-    # A pointer's record holds the pointer's checksum: used only if it resolves to itself.
-    recorded = {
-        a.message["object_name"]: Checksum.parse(a.fields["checksum"])
-        for a in done
-        if a.fields.get("checksum")
-    }
+    # The newest upload's bytes are the object's; a pointer's record holds the
+    # pointer's checksum, used only if the name resolves to the pointer itself.
+    held = newest.fields.get("checksum")
+    recorded = {objects[0]: Checksum.parse(held)} if held else {}
     return spec.build(keys), objects[0], True, recorded
 
 
