@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from benchmarks.timing import alternate
 from benchmarks.training_loop import (
     CHECKPOINT_BYTES,
     DRAIN_BURST,
+    FLEET_CONCURRENCY,
+    FLEET_WORKERS,
     RUNS,
     Compute,
     TrainingLoop,
@@ -57,8 +60,10 @@ FASTER = 3.0
 """Checkpoints come this many times faster than the fleet drains them."""
 STEPS = 20
 """Timed steps per run, after one warm-up step."""
-BOUND_CHECKPOINTS = 4
-"""``max_staged_bytes``, in checkpoints."""
+BOUND_CHECKPOINTS = FLEET_WORKERS * FLEET_CONCURRENCY + 2
+"""``max_staged_bytes``, in checkpoints: the fleet's upload slots and two more. Each
+slot holds a version it has claimed, which no call can withdraw; at a bound of
+only as many, ``supersede`` would find nothing to withdraw and wait like ``wait``."""
 SAMPLES_AT = (0.25, 0.5, 0.75, 1.0)
 """Fractions of the run at which the table shows what staging holds."""
 
@@ -184,18 +189,22 @@ def _at(staged: list[int], fraction: float) -> int:
 def table(runs: dict[str, list[BacklogRun]]) -> str:
     """The variants as a table a 100-column terminal shows.
 
-    Medians over runs, but the outcome (artifacts by final state) is the last run's.
+    Step times in ms: the p50 hides a loop that waits now and then, the mean
+    shows the pace it keeps, the p95 its stalls. Medians over runs, but the
+    outcome (artifacts by final state) is the last run's.
     """
     steps_at = [round(f * STEPS) for f in SAMPLES_AT]
     header = (
-        f"{'variant':<9} {'p50 step':>9} {'p95 step':>9}  MiB @ step"
+        f"{'variant':<9} {'p50 ms':>6} {'mean':>6} {'p95':>6}  MiB at step"
         + "".join(f"{s:>5}" for s in steps_at)
         + f" {'peak':>5} {'drain':>7}  outcome"
     )
     lines = [header, "-" * len(header)]
     for name, results in runs.items():
-        p50 = median([median(r.steps) for r in results])
-        p95 = median([percentile(r.steps, 95) for r in results])
+        times = " ".join(
+            f"{median([of(r.steps) for r in results]) * 1e3:6.0f}"
+            for of in (median, statistics.fmean, lambda s: percentile(s, 95))
+        )
         staged = "".join(
             f"{median([_at(r.staged, f) for r in results]) / MIB:5.0f}" for f in SAMPLES_AT
         )
@@ -203,8 +212,7 @@ def table(runs: dict[str, list[BacklogRun]]) -> str:
         drain_after = median([r.drain_after for r in results])
         outcome = ", ".join(f"{v} {k}" for k, v in results[-1].states.items())
         lines.append(
-            f"{name:<9} {p50 * 1e3:6.0f} ms {p95 * 1e3:6.0f} ms  {'':10}{staged} {peak:5.0f}"
-            f" {drain_after:5.1f} s  {outcome}"
+            f"{name:<9} {times}  {'':11}{staged} {peak:5.0f} {drain_after:5.1f} s  {outcome}"
         )
     return "\n".join(lines)
 
@@ -224,8 +232,12 @@ def _report(
     for name, results in runs.items():
         p50s = [median(r.steps) for r in results]
         peaks = [float(max(r.staged)) / MIB for r in results]
+        means = [statistics.fmean(r.steps) for r in results]
         report.add(
             Figure(NAME, f"step p50, backlog ({name})", "s", median(p50s), samples={name: p50s})
+        )
+        report.add(
+            Figure(NAME, f"step mean, backlog ({name})", "s", median(means), samples={name: means})
         )
         report.add(
             Figure(
