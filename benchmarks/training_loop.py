@@ -172,15 +172,18 @@ class Compute:
 
 
 class Steps(NamedTuple):
-    """Seconds of each timed step: wall clock, and CPU time of the loop's thread.
+    """Seconds of each timed step: wall clock, CPU time of the loop's thread, the hand-off.
 
     The CPU time leaves out what a neighbour on the shared cores takes, and
     also the hand-off's waits (I/O, the GIL): a figure to read the wall
-    clock's against, not instead of it.
+    clock's against, not instead of it. The hand-off is the wall time of the
+    call alone: a slower step with a quick hand-off is compute slowed by
+    something else (a neighbour, the upload's background work on CPU 0).
     """
 
     wall: list[float]
     cpu: list[float]
+    handoff: list[float]
 
 
 @dataclass
@@ -222,20 +225,23 @@ class TrainingLoop:
             after_step: called untimed after each step with its number (to
                 sample staging).
         """
-        timed = Steps([], [])
+        timed = Steps([], [], [])
         for step in range(steps + 1):  # step 0 warms up and is not counted
             path = os.path.join(self.root, f"checkpoint-{step}.pt")
             began, began_cpu = time.perf_counter(), time.thread_time()
             self.compute()
             with open(path, "wb") as out:
                 out.write(self._weights)
+            handed = time.perf_counter()
             handoff(path, step)
+            handed = time.perf_counter() - handed
             oldest = os.path.join(self.root, f"checkpoint-{step - self.keep}.pt")
             if not gives_away and os.path.exists(oldest):
                 os.unlink(oldest)
             if step:
                 timed.wall.append(time.perf_counter() - began)
                 timed.cpu.append(time.thread_time() - began_cpu)
+                timed.handoff.append(handed)
             if after_step is not None:
                 after_step(step)
         for name in os.listdir(self.root):
@@ -325,6 +331,7 @@ class VariantSummary:
         name: the variant.
         p50s, p95s: each run's p50 and p95 step seconds.
         cpu_p50s: each run's p50 of the loop thread's CPU seconds a step.
+        handoff_p50s: each run's p50 of the hand-off call's seconds.
         drained: each run's seconds of the untimed wait after its timed steps.
         slowdowns, cpu_slowdowns: each run's slowdown of ``p50s`` and
             ``cpu_p50s`` against the same round's baseline (empty for the
@@ -335,6 +342,7 @@ class VariantSummary:
     p50s: list[float]
     p95s: list[float]
     cpu_p50s: list[float]
+    handoff_p50s: list[float]
     drained: list[float]
     slowdowns: list[float]
     cpu_slowdowns: list[float]
@@ -353,7 +361,8 @@ class VariantSummary:
         slowdowns = [] if baseline is None else paired_slowdowns(p50s, baseline.p50s)
         cpu_slowdowns = [] if baseline is None else paired_slowdowns(cpu_p50s, baseline.cpu_p50s)
         p95s = [percentile(r.wall, 95) for r in runs]
-        return cls(name, p50s, p95s, cpu_p50s, drained, slowdowns, cpu_slowdowns)
+        handoffs = [median(r.handoff) for r in runs]
+        return cls(name, p50s, p95s, cpu_p50s, handoffs, drained, slowdowns, cpu_slowdowns)
 
     def row(self) -> str:
         """A line of :func:`table` (under 100 columns)."""
@@ -364,18 +373,19 @@ class VariantSummary:
                 f"[{min(self.slowdowns):+.1%} .. {max(self.slowdowns):+.1%}]"
             )
         cpu = f"{median(self.cpu_slowdowns):+7.1%}" if self.cpu_slowdowns else ""
-        drained = f"{median(self.drained) * 1e3:8.0f} ms" if self.drained else ""
+        drained = f"{median(self.drained) * 1e3:6.0f}" if self.drained else ""
         return (
-            f"{self.name:<11} {median(self.p50s) * 1e3:7.0f} ms {median(self.p95s) * 1e3:7.0f} ms"
-            f" {spread(self.p50s):6.1%}   {slow:<30} {cpu:>7} {drained}"
+            f"{self.name:<11} {median(self.p50s) * 1e3:6.0f} {median(self.p95s) * 1e3:6.0f}"
+            f" {spread(self.p50s):6.1%}  {slow:<30} {cpu:>7}"
+            f" {median(self.handoff_p50s) * 1e3:6.1f} {drained:>6}"
         ).rstrip()
 
 
 def table(summaries: list[VariantSummary]) -> str:
     """The variants as a table a 100-column terminal shows."""
     header = (
-        f"{'variant':<11} {'p50 step':>10} {'p95 step':>10} {'spread':>7}   "
-        f"{'p50 slowdown, paired [range]':<30} {'cpu':>7} {'drain after':>11}"
+        f"{'variant, ms':<11} {'p50':>6} {'p95':>6} {'spread':>6}  "
+        f"{'p50 slowdown, paired [range]':<30} {'cpu':>7} {'handoff':>6} {'drain':>6}"
     )
     return "\n".join([header, "-" * len(header), *(s.row() for s in summaries)])
 
@@ -411,7 +421,8 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
             print(
                 f"  round {r} {name:<10}: p50 {median(seconds.wall) * 1e3:.0f} ms, "
                 f"p95 {percentile(seconds.wall, 95) * 1e3:.0f} ms, "
-                f"cpu p50 {median(seconds.cpu) * 1e3:.0f} ms",
+                f"cpu p50 {median(seconds.cpu) * 1e3:.0f} ms, "
+                f"hand-off p50 {median(seconds.handoff) * 1e3:.1f} ms",
                 flush=True,
             )
             return median(seconds.wall)
@@ -456,7 +467,8 @@ def _report(
         f"{pace}; load average {os.getloadavg()[0]:.1f}\n"
         f"{runs} runs x {STEPS} timed steps per variant, alternated; spread: range of"
         " the runs' p50 over their median; cpu: the loop thread's CPU time a step, paired p50"
-        " slowdown; drain after: the untimed wait for the last uploads"
+        " slowdown; handoff: p50 of the call alone; drain: the untimed wait for the last"
+        " uploads"
     )
     if drain / step > 1 / HEADROOM:
         print(
@@ -489,6 +501,7 @@ def _report(
                 "p95_by_run": s.p95s,
                 "cpu_p50_by_run": s.cpu_p50s,
                 "cpu_slowdown_by_run": s.cpu_slowdowns,
+                "handoff_p50_by_run": s.handoff_p50s,
                 "slowdown_by_run": s.slowdowns,
                 "drain_after_by_run": s.drained,
                 "steps_by_run": [r.wall for r in steps[s.name]],

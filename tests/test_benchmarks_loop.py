@@ -33,9 +33,9 @@ def test_percentile_and_spread() -> None:
 
 
 def test_summary_table_fits_100_columns() -> None:
-    runs = [Steps([t] * 10, [t / 2] * 10) for t in (0.8, 0.9, 1.0)]
+    runs = [Steps([t] * 10, [t / 2] * 10, [0.001] * 10) for t in (0.8, 0.9, 1.0)]
     base = VariantSummary.of("none", runs, [])
-    slower = [Steps([s * 1.05 for s in r.wall], [s * 1.01 for s in r.cpu]) for r in runs]
+    slower = [Steps([s * 1.05 for s in r.wall], [s * 1.01 for s in r.cpu], r.handoff) for r in runs]
     copy = VariantSummary.of("hoist copy", slower, [0.4] * 3, base)
     assert copy.slowdowns == pytest.approx([0.05] * 3)
     assert copy.cpu_slowdowns == pytest.approx([0.01] * 3)
