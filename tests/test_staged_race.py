@@ -137,6 +137,8 @@ def test_swapping_a_staged_directory_for_a_symlink_reads_and_deletes_nothing_out
         wait_on_close=False,
         rank=0,
         world_size=1,
+        # Refusals are what this attack should cause: the rank logs them and goes on.
+        on_failure="warn",
     )
     payloads: dict[str, bytes] = {}
     planted: dict[str, bytes] = {}
