@@ -155,10 +155,11 @@ class Compute:
 
     def __init__(self, seconds: float, samples: int = 5) -> None:
         np = _numpy()
-        # 256 x 256 doubles (512 KiB) fit the core's own 1 MiB L2: a step then stands
-        # for a GPU's, which the uploads' memory traffic through the shared L3 does not
-        # slow. At 384 x 384 (1.1 MiB) the loop thread's CPU time a step rose 8-19%
-        # whenever the fleet uploaded on the other core, hand-off or not.
+        # 256 x 256 doubles (512 KiB) fit the core's own 1 MiB L2, to make the stand-in
+        # for a GPU less sensitive to the uploads' memory traffic on the other core. It
+        # did not remove it: at 384 x 384 (1.1 MiB) the loop thread's CPU time a step
+        # rose 8-19% with the fleet uploading, at 256 x 256 still 10-14% (2026-12-02),
+        # while the hand-off call itself took 1.5 ms (link, move) or 23 ms (copy).
         self._matrix = np.random.default_rng(0).random((256, 256))
         self._products = 10
         fastest = float("inf")
