@@ -113,6 +113,11 @@ class StagingBudget:
         pending = self._pending
         if pending.staged_bytes + size <= self.max_bytes:
             return
+        # The count holds what was pending at the last look: uploads may have
+        # landed since, so look once before withdrawing or waiting.
+        pending.refresh()
+        if pending.staged_bytes + size <= self.max_bytes:
+            return
         if self.when_full is StagingFull.SUPERSEDE:
             self._withdraw_older(object_name, size)
         started = time.monotonic()
