@@ -171,7 +171,5 @@ class CommitJob(Job):
         )
 
 
-JOBS: dict[str, type[Job]] = {
-    job.task: job for job in (UploadJob, PointerJob, CommitJob, ProbeJob)
-}
+JOBS: dict[str, type[Job]] = {job.task: job for job in (UploadJob, PointerJob, CommitJob, ProbeJob)}
 """The job class of each task name."""
