@@ -179,3 +179,27 @@ def test_a_file_larger_than_the_bound_is_refused_before_anything_is_staged(
 def test_when_staging_full_must_be_wait_or_supersede(world: World) -> None:
     with pytest.raises(ConfigurationError, match="'wait' or 'supersede', not 'drop'"):
         bounded_logger(world, 1, when_staging_full="drop")
+
+
+def test_a_call_that_fails_after_making_room_withdraws_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    """Older versions are withdrawn only once the new one is recorded: a call that
+    fails on the way (here its 'file' is a directory) leaves them to upload."""
+    logger = bounded_logger(world, 2, when_staging_full="supersede")
+    path = source(tmp_path)
+    try:
+        older = [
+            logger.file_artifact(LogLevel.BATCH, "latest.pt", path, overwrite=True)
+            for _ in range(2)
+        ]
+        not_a_file = tmp_path / "a-directory"
+        not_a_file.mkdir()
+        with pytest.raises(Exception):  # noqa: B017 (whatever staging a directory raises)
+            logger.file_artifact(LogLevel.BATCH, "latest.pt", not_a_file, overwrite=True)
+        for artifact in older:
+            status = world.records.get(str(artifact))
+            assert status is not None and status.state is State.QUEUED, status
+            assert Path(status.message["staged_path"]).exists()
+    finally:
+        logger.close()

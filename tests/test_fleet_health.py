@@ -65,15 +65,15 @@ def spec_of(world: World, container: str) -> StoreSpec:
     return StoreSpec.describe("libcloud", kwargs, KEYS)
 
 
-def probe(world: World, container: str) -> ProbeRequest:
-    nonce = uuid.uuid4().hex[:8]
+def probe(world: World, container: str, object_name: str | None = None) -> ProbeRequest:
+    nonce = uuid.uuid4().hex[:12]
     return ProbeRequest(
         id=probe_id(world.run, 0, nonce),
         run_name=world.run,
         rank=0,
         seq=0,
         artifact_name=PROBE_NAME,
-        object_name=f"{world.run}/hoist-store-check-{nonce}",
+        object_name=object_name or f"{world.run}/hoist-store-check-{nonce}",
         order=order_key(0, 0),
         store=spec_of(world, container).to_json(),
     ).signed(KEYS)
@@ -109,6 +109,19 @@ def test_a_store_check_of_a_store_not_allowed_is_refused_and_recorded(world: Wor
     outcome = read_probe(world.records.client, message.id)
     assert outcome is not None and not outcome.ok
     assert "allow" in outcome.error, outcome.error
+
+
+def test_a_signed_store_check_naming_an_artifact_is_refused_and_touches_it_not(
+    world: World,
+) -> None:
+    """A check writes and deletes its object: one naming a checkpoint would destroy it."""
+    victim = world.base / "artifacts" / world.run / "ep9.pt"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"the only copy")
+    message = probe(world, "artifacts", object_name=f"{world.run}/ep9.pt")
+    assert world.deliver(PROBE_TASK, message)["outcome"] == "refused"
+    assert victim.read_bytes() == b"the only copy"
+    assert read_probe(world.records.client, message.id) is None
 
 
 def test_an_unsigned_store_check_touches_nothing(world: World) -> None:

@@ -10,12 +10,14 @@ says (:class:`StagingFull`):
 - ``"wait"`` (the default): block until enough of this rank's uploads have
   finished. The loop stalls, visibly: a warning says how much is staged,
   against what bound, and that the fleet is slower than the checkpoints.
-- ``"supersede"``: first withdraw the oldest versions of the same name that
-  no worker has started (:func:`hoist.state.withdrawal.withdraw`; their
-  records say ``superseded`` and their staged files are removed: a worker
-  would have skipped them for the newer version anyway), then wait if that
-  was not enough. For a ``latest.pt`` logged every step, the fleet then
-  uploads the newest one it can, and staging holds at most a few versions.
+- ``"supersede"``: withdraw the oldest versions of the same name that no
+  worker has started (:func:`hoist.state.withdrawal.withdraw`; their records
+  say ``superseded`` and their staged files are removed: a worker would have
+  skipped them for the newer version anyway), waiting first if even that
+  would not make room. They are withdrawn only once the new version is
+  recorded, so a call that fails (Redis away, the source gone) loses neither.
+  For a ``latest.pt`` logged every step, the fleet then uploads the newest
+  one it can, and staging holds at most a few versions.
 
 Failed uploads keep their staged files for ``hoist retry`` but count no
 more: they are reported, and retrying is a person's decision. A single file
@@ -29,12 +31,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 
 from hoist.errors import ConfigurationError
 from hoist.logger.pending import PendingArtifacts
+from hoist.protocol.messages import UploadRequest
 from hoist.state.records import Records
+from hoist.state.states import State
 from hoist.state.withdrawal import withdraw
 
 log = logging.getLogger("hoist.rank")
@@ -96,14 +100,23 @@ class StagingBudget:
         self._records = records
         self._sleep = sleep
 
-    def make_room(self, path: str, artifact_name: str, object_name: str) -> None:
-        """Return once the file at ``path`` fits under the bound.
+    @contextlib.contextmanager
+    def room_for(self, path: str, artifact_name: str, object_name: str) -> Iterator[None]:
+        """Around staging and recording the file at ``path``: make room first (wait, or
+        pick older versions to withdraw) and withdraw those only once the new version
+        is recorded, so a failed call (Redis away, the source gone) loses neither.
+
+        Staging may pass the bound by that one file for as long as the call takes.
 
         Raises:
             ConfigurationError: the file alone is larger than the bound.
         """
-        if not self.max_bytes:
-            return
+        older = self._make_room(path, artifact_name, object_name) if self.max_bytes else []
+        yield
+        self._withdraw(older)
+
+    def _make_room(self, path: str, artifact_name: str, object_name: str) -> list[UploadRequest]:
+        """Wait until the file fits once the returned older versions are withdrawn."""
         size = os.stat(path).st_size
         if size > self.max_bytes:
             raise ConfigurationError(
@@ -112,17 +125,17 @@ class StagingBudget:
             )
         pending = self._pending
         if pending.staged_bytes + size <= self.max_bytes:
-            return
-        # The count holds what was pending at the last look: uploads may have
-        # landed since, so look once before withdrawing or waiting.
-        pending.refresh()
-        if pending.staged_bytes + size <= self.max_bytes:
-            return
-        if self.when_full is StagingFull.SUPERSEDE:
-            self._withdraw_older(object_name, size)
+            return []
         started = time.monotonic()
         warned = False
-        while pending.staged_bytes + size > self.max_bytes:
+        # The count holds what was pending at the last look: uploads may have
+        # landed since, so look before choosing or waiting.
+        pending.refresh()
+        while True:
+            older = self._older_versions(object_name, size)
+            freed = sum(message.size for message in older)
+            if pending.staged_bytes - freed + size <= self.max_bytes:
+                break
             if not warned:
                 warned = True
                 log.warning(
@@ -139,12 +152,33 @@ class StagingBudget:
             log.warning(
                 "staging %r went on after %.1f s", artifact_name, time.monotonic() - started
             )
+        return older
 
-    def _withdraw_older(self, object_name: str, size: int) -> None:
-        """Withdraw unstarted versions of ``object_name``, oldest first, until ``size`` fits."""
-        for message in self._pending.uploads_of(object_name):
-            if self._pending.staged_bytes + size <= self.max_bytes:
-                return
+    def _older_versions(self, object_name: str, size: int) -> list[UploadRequest]:
+        """With ``"supersede"``, the oldest pending versions of the name that would make
+        room for ``size`` bytes (all of them if that is not enough); else none."""
+        if self.when_full is not StagingFull.SUPERSEDE:
+            return []
+        versions = self._pending.uploads_of(object_name)
+        if not versions:
+            return []
+        # Only versions no worker has taken yet: a claimed one cannot be withdrawn,
+        # and counting on it would stage past the bound. (withdraw.lua decides in
+        # the end; a claim in between leaves staging one file over for a while.)
+        states = self._records.states([message.id for message in versions])
+        chosen: list[UploadRequest] = []
+        excess = self._pending.staged_bytes + size - self.max_bytes
+        for message in versions:
+            if excess <= 0:
+                break
+            if states.get(message.id) in (State.QUEUED, State.WAITING):
+                chosen.append(message)
+                excess -= message.size
+        return chosen
+
+    def _withdraw(self, older: list[UploadRequest]) -> None:
+        """Withdraw ``older`` where no worker has started them; remove their staged files."""
+        for message in older:
             if not withdraw(self._records, message.id, WITHDRAWN):
                 continue  # a worker has it: its bytes free up when it lands
             self._pending.forget(message.id)

@@ -42,7 +42,13 @@ from hoist.errors import ConfigurationError, InvalidObjectNameError, UploadFaile
 from hoist.logger.object_names import ObjectNames
 from hoist.logger.outbox import Outbox
 from hoist.logger.pending import Failure, PendingArtifacts, failure_report
-from hoist.protocol.messages import PROBE_NAME, ProbeRequest, order_key, probe_id
+from hoist.protocol.messages import (
+    PROBE_NAME,
+    ProbeRequest,
+    order_key,
+    probe_id,
+    probe_object_name,
+)
 from hoist.state.records import Records
 from hoist.state.signals import ProbeOutcome, failures, read_probe
 from hoist.stores.spec import StoreSpec
@@ -93,7 +99,7 @@ def store_check_request(
     """
     nonce = secrets.token_hex(6)
     try:
-        object_name = names.artifact(f"hoist-store-check-{nonce}")
+        object_name = names.artifact(probe_object_name(nonce))
     except InvalidObjectNameError:
         return None
     if "/" not in object_name:
@@ -200,9 +206,10 @@ class FleetHealth:
         store_error = None
         failures: list[Failure] = []
         if self._noted != self._seen:
-            self._seen = self._noted
             store_error = self._read_probe()
             failures = self._pending.take_failures()
+            if self._pending.answered:  # else look again at the next call
+                self._seen = self._noted
         if self._clock() >= self._next_look:
             self._next_look = self._clock() + RETRY_LOOK_SECONDS
             self._warn_retrying()

@@ -479,22 +479,22 @@ class ObjectStoreLogger(ComposerNames):
                 f"artifact {artifact_name!r} ({object_name}) is still being uploaded; pass "
                 "overwrite=True to replace it with this version"
             )
-        self._budget.make_room(os.fspath(file_path), artifact_name, object_name)
-        seq = self._seqs.next()
-        staged = stage_file(
-            os.fspath(file_path),
-            staged_path(self.staging_root, self.run_name, self.ranks.rank, seq, artifact_name),
-            mode=mode,
-        )
-        message = UploadRequest(
-            **self._common(seq, artifact_name, object_name),
-            staged_path=staged.path,
-            size=staged.size,
-            overwrite=overwrite,
-            rank_limit=self.num_concurrent_uploads,
-            fingerprint=staged.fingerprint.to_json() if staged.fingerprint else None,
-            queue=self.upload_queue,
-        )
-        self._outbox.enqueue(UPLOAD_TASK, message, staged.path)
+        with self._budget.room_for(os.fspath(file_path), artifact_name, object_name):
+            seq = self._seqs.next()
+            staged = stage_file(
+                os.fspath(file_path),
+                staged_path(self.staging_root, self.run_name, self.ranks.rank, seq, artifact_name),
+                mode=mode,
+            )
+            message = UploadRequest(
+                **self._common(seq, artifact_name, object_name),
+                staged_path=staged.path,
+                size=staged.size,
+                overwrite=overwrite,
+                rank_limit=self.num_concurrent_uploads,
+                fingerprint=staged.fingerprint.to_json() if staged.fingerprint else None,
+                queue=self.upload_queue,
+            )
+            self._outbox.enqueue(UPLOAD_TASK, message, staged.path)
         self._latest_by_object[object_name] = message.id
         return message.id

@@ -198,6 +198,11 @@ class PendingArtifacts:
     def __len__(self) -> int:
         return len(self._pending)
 
+    @property
+    def answered(self) -> bool:
+        """Whether the last look at the records got Redis' answer."""
+        return not self._state_unreachable
+
     def wait(self, deadline: float | None, timeout: float | None, poll_interval: float) -> None:
         """Block until no artifact is pending; see :meth:`ObjectStoreLogger.wait`.
 
@@ -236,7 +241,11 @@ class PendingArtifacts:
         """Drop every finished artifact now; return the failures among them, and any
         an earlier :meth:`wait` found, so each failure is reported once."""
         failures, self._failures = self._failures, []
-        self._collect(list(self._pending), failures)
+        try:
+            self._collect(list(self._pending), failures)
+        except redis.RedisError:
+            self._failures = failures + self._failures  # reported by a later look
+            raise
         return failures
 
     def retrying(self) -> list[tuple[Message, dict[str, str]]]:
@@ -266,11 +275,15 @@ class PendingArtifacts:
         finished = 0
         for artifact, state in states.items():
             if state.terminal:
+                message = self._pending[artifact]
+                # Read the cause before letting go: if Redis fails here, the
+                # artifact stays pending and its failure is found again.
+                failure = self._failure(message) if state is State.FAILED else None
                 finished += 1
-                message = self._pending.pop(artifact)
+                del self._pending[artifact]
                 self.staged_bytes -= _staged_size(message)
-                if state is State.FAILED:
-                    failures.append(self._failure(message))
+                if failure is not None:
+                    failures.append(failure)
         return finished
 
     def _failure(self, message: Message) -> Failure:

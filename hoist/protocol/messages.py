@@ -294,6 +294,19 @@ class ProbeRequest(Message):
 
 PROBE_NAME = "(store check)"
 """The artifact name of a :class:`ProbeRequest`, as errors and Flower show it."""
+PROBE_OBJECT = re.compile(r"(?:.*/)?hoist-store-check-[0-9a-f]{12}")
+"""The only object names a store check may write and delete: a worker refuses
+any other, so a probe message cannot be used to overwrite or delete an artifact."""
+
+
+def probe_object_name(nonce: str) -> str:
+    """The last segment of a store check's object (``nonce``: 12 hex digits).
+
+    Example:
+        >>> probe_object_name("0123456789ab")
+        'hoist-store-check-0123456789ab'
+    """
+    return f"hoist-store-check-{nonce}"
 
 
 def probe_id(run_name: str, rank: int, nonce: str) -> str:
