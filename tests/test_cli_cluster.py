@@ -362,8 +362,10 @@ def test_flower_shows_a_running_demo_in_chromium(cluster: Cluster) -> None:
     # Each rank's logger asked the fleet to check the store when it started.
     assert names == {"hoist.upload", "hoist.symlink", "hoist.probe"}
     assert any("step0002-rank0.pt" in t["kwargs"] for t in demo_tasks)
-    # Every upload succeeded; a pointer another one overtook is SUPERSEDED, not SUCCESS.
-    assert {t["state"] for t in demo_tasks if t["name"] == "hoist.upload"} == {"SUCCESS"}
+    # Every upload landed, or was overtaken by a newer version of its name (the
+    # demo logs its log file again and again), which Flower shows as SUPERSEDED,
+    # never as SUCCESS and never as a failure; pointers likewise.
+    assert "SUCCESS" in {t["state"] for t in demo_tasks if t["name"] == "hoist.upload"}
     assert {t["state"] for t in demo_tasks} <= {"SUCCESS", "SUPERSEDED"}
 
 
