@@ -21,10 +21,9 @@ from hoist.logger.backlog import WITHDRAWN
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.protocol.messages import UPLOAD_TASK, UploadRequest
-from hoist.settings import RankSettings
 from hoist.state.states import State
-from tests.services.keys import KEYS
 from tests.services.redis import RedisServer
+from tests.test_fleet_health import rank_logger
 from tests.test_worker_core import World
 
 SIZE = 64 * 1024
@@ -37,24 +36,8 @@ def world(redis_server: RedisServer, tmp_path: Path) -> World:
 
 def bounded_logger(world: World, files: float, **options: Any) -> ObjectStoreLogger:
     """A rank whose staging may hold ``files`` files of SIZE bytes."""
-    settings = RankSettings(
-        broker_url=world.settings.broker_url,
-        staging_dir=str(world.staging),
-        keys=KEYS,
-        run_name=world.run,
-    )
-    return ObjectStoreLogger(
-        "local",
-        "artifacts",
-        {"key": str(world.base)},
-        object_name="{run_name}/{artifact_name}",
-        settings=settings,
-        rank=0,
-        world_size=1,
-        wait_on_close=False,
-        store_check=False,
-        max_staged_bytes=int(files * SIZE),
-        **options,
+    return rank_logger(
+        world, "artifacts", wait_on_close=False, max_staged_bytes=int(files * SIZE), **options
     )
 
 
