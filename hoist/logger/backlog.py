@@ -100,18 +100,26 @@ class StagingBudget:
         self._records = records
         self._sleep = sleep
 
-    @contextlib.contextmanager
-    def room_for(self, path: str, artifact_name: str, object_name: str) -> Iterator[None]:
+    def room_for(
+        self, path: str, artifact_name: str, object_name: str
+    ) -> contextlib.AbstractContextManager[None]:
         """Around staging and recording the file at ``path``: make room first (wait, or
         pick older versions to withdraw) and withdraw those only once the new version
         is recorded, so a failed call (Redis away, the source gone) loses neither.
 
         Staging may pass the bound by that one file for as long as the call takes.
+        Without a bound, a no-op: ``file_artifact`` runs it on every call.
 
         Raises:
             ConfigurationError: the file alone is larger than the bound.
         """
-        older = self._make_room(path, artifact_name, object_name) if self.max_bytes else []
+        if not self.max_bytes:
+            return contextlib.nullcontext()
+        return self._bounded(path, artifact_name, object_name)
+
+    @contextlib.contextmanager
+    def _bounded(self, path: str, artifact_name: str, object_name: str) -> Iterator[None]:
+        older = self._make_room(path, artifact_name, object_name)
         yield
         self._withdraw(older)
 
