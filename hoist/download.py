@@ -408,7 +408,7 @@ def _in_run(
     """The store and object of the name ``source`` the run logged, from its records,
     and the checksum each record of it says was uploaded."""
     if records is None:
-        records = connect(state_url or _configured_state_url())
+        records = connect(state_url or _configured_state_url(), sentinel=_environment().sentinel)
     artifacts = records.run_artifacts(run)
     if not artifacts:
         raise ConfigurationError(

@@ -113,9 +113,13 @@ RANKS, WORKERS, CLI, ALL = "ranks", "workers", "CLI", "ranks, workers, CLI"
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("HOIST_BROKER_URL", _text, None, "", ALL,
-             "the Redis broker (redis://, rediss://)", shown=DEFAULT_BROKER_URL),
+             "the Redis broker (redis://, rediss://, sentinel://)", shown=DEFAULT_BROKER_URL),
     Variable("HOIST_STATE_URL", _text, None, "", ALL,
              "the Redis holding artifact records", shown="the broker"),
+    Variable("HOIST_SENTINEL_MASTER", _text, "hoist", "", ALL,
+             "the master's name for sentinel:// URLs (a `master_name` parameter wins)"),
+    Variable("HOIST_SENTINEL_PASSWORD", _text, None, "", ALL,
+             "Sentinel's own password, for sentinel:// URLs", shown="none", secret=True),
     Variable("HOIST_STAGING_DIR", _text, None, "", f"{RANKS}, {WORKERS}",
              "the staging root ranks write to and workers read from", shown="none"),
     Variable(FLEET_KEY_ENV, FleetKeys.parse, None, "", ALL,
@@ -225,6 +229,26 @@ def retention_seconds(days: float) -> int:
 
 
 @dataclass(frozen=True)
+class SentinelSettings:
+    """How a ``sentinel://`` URL is followed (:mod:`hoist.protocol.redis_url`).
+
+    Parameters:
+        master: ``HOIST_SENTINEL_MASTER``: the name the sentinels monitor the
+            master by; a URL's ``master_name`` parameter wins.
+        password: ``HOIST_SENTINEL_PASSWORD``: the sentinels' own password
+            (the URL's password is the master's), or None.
+    """
+
+    master: str = "hoist"
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> SentinelSettings:
+        env = os.environ if environ is None else environ
+        return cls(read("HOIST_SENTINEL_MASTER", env), read("HOIST_SENTINEL_PASSWORD", env))
+
+
+@dataclass(frozen=True)
 class RankSettings:
     """What a rank's logger takes from the environment.
 
@@ -240,6 +264,7 @@ class RankSettings:
         store_uri: ``HOIST_STORE_URI``, the store of a logger given no store
             arguments (``hoist up`` writes its embedded store there), or None.
         max_staged_bytes: ``HOIST_MAX_STAGED_BYTES``; 0 for no bound.
+        sentinel: ``HOIST_SENTINEL_MASTER`` and ``HOIST_SENTINEL_PASSWORD``.
     """
 
     broker_url: str = DEFAULT_BROKER_URL
@@ -252,6 +277,7 @@ class RankSettings:
     retention_seconds: int = retention_seconds(14.0)
     store_uri: str | None = None
     max_staged_bytes: int = 0
+    sentinel: SentinelSettings = field(default_factory=SentinelSettings)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> RankSettings:
@@ -271,6 +297,7 @@ class RankSettings:
             retention_seconds=retention_seconds(read("HOIST_RETENTION_DAYS", env)),
             store_uri=read("HOIST_STORE_URI", env),
             max_staged_bytes=read("HOIST_MAX_STAGED_BYTES", env),
+            sentinel=SentinelSettings.from_environment(env),
         )
 
 
@@ -316,6 +343,7 @@ class WorkerSettings:
         node_queue: ``HOIST_NODE_QUEUE``, or None.
         state_url_apart: ``HOIST_STATE_URL`` was set, so ``--broker-url``
             does not move the records with the broker.
+        sentinel: ``HOIST_SENTINEL_MASTER`` and ``HOIST_SENTINEL_PASSWORD``.
     """
 
     broker_url: str = DEFAULT_BROKER_URL
@@ -337,6 +365,7 @@ class WorkerSettings:
     retention_seconds: int = retention_seconds(14.0)
     node_queue: str | None = None
     state_url_apart: bool = False
+    sentinel: SentinelSettings = field(default_factory=SentinelSettings)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -364,6 +393,7 @@ class WorkerSettings:
                 list(read(ALLOWED_STORES_ENV, env)), read("HOIST_ALLOW_ANY_STORE", env)
             ),
             retention_seconds=retention_seconds(read("HOIST_RETENTION_DAYS", env)),
+            sentinel=SentinelSettings.from_environment(env),
         )
 
     def startup_refusal(self) -> str | None:
@@ -406,6 +436,7 @@ class CommandSettings:
         flower_user, flower_password: Flower's login, or None.
         retention_seconds: ``HOIST_RETENTION_DAYS``, in seconds (``hoist retry``
             writes records).
+        sentinel: ``HOIST_SENTINEL_MASTER`` and ``HOIST_SENTINEL_PASSWORD``.
     """
 
     broker_url: str | None = None
@@ -418,6 +449,7 @@ class CommandSettings:
     flower_user: str | None = None
     flower_password: str | None = field(default=None, repr=False)
     retention_seconds: int = retention_seconds(14.0)
+    sentinel: SentinelSettings = field(default_factory=SentinelSettings)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> CommandSettings:
@@ -434,6 +466,7 @@ class CommandSettings:
             flower_user=read("HOIST_FLOWER_USER", env),
             flower_password=read("HOIST_FLOWER_PASSWORD", env),
             retention_seconds=retention_seconds(read("HOIST_RETENTION_DAYS", env)),
+            sentinel=SentinelSettings.from_environment(env),
         )
 
 

@@ -121,5 +121,5 @@ def records_for(args: argparse.Namespace) -> Records:
     load_environment(args)
     if not settings.CommandSettings.from_environment().broker_url:
         raise ConfigurationError(no_cluster_message(args))
-    retention = settings.CommandSettings.from_environment().retention_seconds
-    return connect(state_url_from_environment(), retention)
+    chosen = settings.CommandSettings.from_environment()
+    return connect(state_url_from_environment(), chosen.retention_seconds, chosen.sentinel)

@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if not chosen:
         console.print(f"run {args.run}: nothing to retry", highlight=False)
         return 0
-    outcomes = retry(records, sender(broker_url_from_environment()), chosen)
+    broker = broker_url_from_environment()
+    outcomes = retry(records, sender(broker, CommandSettings.from_environment().sentinel), chosen)
     out.print(outcome_table(args.run, outcomes))
     resent = sum(outcome.resent for outcome in outcomes)
     console.print(

@@ -27,7 +27,7 @@ from hoist.logger.staging import StagingMode, staging_mode
 from hoist.protocol.layout import staging_root_from
 from hoist.protocol.messages import node_queue as node_queue_name
 from hoist.protocol.naming import ObjectNameTemplate, validate_run_name
-from hoist.settings import RankSettings
+from hoist.settings import RankSettings, SentinelSettings
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, kind_of
 from hoist.stores.uri import parse_store_uri
@@ -173,6 +173,7 @@ class LoggerConfiguration:
         upload_queue: this node's upload queue, or "" for the shared one.
         broker_url, state_url: the broker and the Redis holding records.
         retention_seconds: how long finished records are kept.
+        sentinel: how ``sentinel://`` URLs are followed (``HOIST_SENTINEL_*``).
     """
 
     ranks: RankInfo
@@ -190,6 +191,7 @@ class LoggerConfiguration:
     broker_url: str
     state_url: str
     retention_seconds: int
+    sentinel: SentinelSettings = field(default_factory=SentinelSettings)
 
     @classmethod
     def resolve(
@@ -258,6 +260,7 @@ class LoggerConfiguration:
             # explicit broker_url may have changed.
             state_url=state_url or settings.state_url or broker,
             retention_seconds=settings.retention_seconds,
+            sentinel=settings.sentinel,
         )
 
 

@@ -52,14 +52,16 @@ class FleetConnection:
         run, rank = config.run_name, config.ranks.rank
         # For error messages: where the rank tried to reach, never with its password.
         state_shown = mask_url(config.state_url)
-        records = Records.from_url(config.state_url, retention_seconds=config.retention_seconds)
+        records = Records.from_url(
+            config.state_url, sentinel=config.sentinel, retention_seconds=config.retention_seconds
+        )
         retry = StateRetry(config.enqueue_timeout, state_shown)
         pending = PendingArtifacts(records, run, rank, state_shown)
         # The first round trip doubles as the check that the state Redis answers.
         seen = retry(lambda: records.failures(run, rank), then="build the logger again")
         health = FleetHealth(records, pending, run, rank, on_failure, seen)
         outbox = Outbox(
-            sender(config.broker_url),
+            sender(config.broker_url, config.sentinel),
             records,
             retry,
             pending,

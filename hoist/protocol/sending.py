@@ -27,6 +27,8 @@ from hoist.protocol.messages import (
     Message,
     UploadRequest,
 )
+from hoist.protocol.redis_url import check_url, kombu_url, transport_options
+from hoist.settings import SentinelSettings
 
 _CERT_REQS = {
     "required": ssl.CERT_REQUIRED,
@@ -40,7 +42,8 @@ _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 def redis_tls_options(url: str) -> dict[str, Any] | None:
-    """The TLS options of a ``rediss://`` URL, as Celery's ``broker_use_ssl`` takes them.
+    """The TLS options of a ``rediss://`` URL, as Celery's ``broker_use_ssl`` takes them
+    (and of a ``sentinel://`` URL that has ``ssl_*`` parameters: TLS to the master).
 
     redis-py (the records), Celery's result backend and kombu (the broker) all
     read ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile`` and
@@ -71,8 +74,9 @@ def redis_tls_options(url: str) -> dict[str, Any] | None:
         >>> redis_tls_options("redis://redis.lan:6379/0") is None
         True
     """
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
+    parts = urlsplit(url)  # of a sentinel:// list, the query of its last part
+    tls_sentinel = parts.scheme == "sentinel" and "ssl_" in parts.query
+    if parts.scheme != "rediss" and not tls_sentinel:
         return None
     query = dict(parse_qsl(parts.query))
     reqs = query.get("ssl_cert_reqs", "required")
@@ -92,9 +96,20 @@ def redis_tls_options(url: str) -> dict[str, Any] | None:
     return options
 
 
-def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, Any]:
-    """Celery settings shared by ranks (sending) and workers (running)."""
-    transport = {
+def celery_config(
+    broker_url: str, visibility_timeout: int = 7200, sentinel: SentinelSettings | None = None
+) -> dict[str, Any]:
+    """Celery settings shared by ranks (sending) and workers (running).
+
+    A ``sentinel://`` URL (:mod:`hoist.protocol.redis_url`) is handed to kombu
+    as it reads one, with the master's name and the sentinels' password
+    (``sentinel``) as transport options of the broker and the result backend.
+
+    Raises:
+        ConfigurationError: ``broker_url`` is no Redis URL hoist can use.
+    """
+    check_url(broker_url, sentinel)
+    transport: dict[str, Any] = {
         "visibility_timeout": visibility_timeout,
         # kombu 5.7 looks for overdue unacknowledged messages only every
         # interval x throttle = 100 s, so a short visibility timeout would not
@@ -102,8 +117,10 @@ def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, 
         # every 10 s, and every half visibility timeout when that is shorter.
         "unacked_restore_interval": max(1, min(10, visibility_timeout // 2)),
         "unacked_restore_throttle": 1,
+        **transport_options(broker_url, sentinel),
     }
     tls = redis_tls_options(broker_url)
+    broker_url = kombu_url(broker_url, sentinel)
     return {
         # None for redis://; for rediss:// the URL's own TLS parameters (see above).
         "broker_use_ssl": tls,
@@ -145,20 +162,22 @@ def celery_config(broker_url: str, visibility_timeout: int = 7200) -> dict[str, 
     }
 
 
-_apps: dict[str, Celery] = {}
+_apps: dict[tuple[str, SentinelSettings], Celery] = {}
 
 
-def sender(broker_url: str) -> Celery:
-    """A Celery app for sending hoist tasks to ``broker_url`` (one per URL per process)."""
-    if broker_url not in _apps:
+def sender(broker_url: str, sentinel: SentinelSettings | None = None) -> Celery:
+    """A Celery app for sending hoist tasks to ``broker_url`` (one per URL and
+    ``sentinel`` per process)."""
+    key = (broker_url, sentinel or SentinelSettings())
+    if key not in _apps:
         sender = Celery("hoist", set_as_current=False)
-        sender.conf.update(celery_config(broker_url))
+        sender.conf.update(celery_config(broker_url, sentinel=sentinel))
         # Ranks never read task results; with a result backend set, every send
         # would also SUBSCRIBE to the task's result channel (measured: +0.7 ms).
         sender.conf.result_backend = None
         sender.conf.broker_transport = transport_for(broker_url)
-        _apps[broker_url] = sender
-    return _apps[broker_url]
+        _apps[key] = sender
+    return _apps[key]
 
 
 def queue_for(task: str, message: Message) -> str:

@@ -32,7 +32,8 @@ from redis.typing import EncodableT
 
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import Message
-from hoist.settings import RankSettings
+from hoist.protocol.redis_url import redis_client
+from hoist.settings import RankSettings, SentinelSettings
 from hoist.state.keys import (
     DEFERRED,
     REFUSED,
@@ -48,6 +49,7 @@ from hoist.state.keys import (
     run_key,
     seq_key,
 )
+from hoist.state.replicas import ReplicaWait
 from hoist.state.schedule import (
     TAKE_GUARD_SECONDS,
     first_look_due_ms,
@@ -145,25 +147,21 @@ class Records:
         self._recheck = register(client, "recheck_queued")
         self._create = register(client, "create")
         self._states = register(client, "states")
+        self._replicas = ReplicaWait(client)  # a record write waits for a replica
 
     @classmethod
     def from_url(
         cls,
         url: str,
         *,
+        sentinel: SentinelSettings | None = None,
         lease_ms: int = 30_000,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
     ) -> Records:
-        """Records in the Redis at ``url``, with timeouts that fit a shared server."""
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-            retry_on_timeout=True,
+        """Records at ``url``; through ``sentinel://`` they follow a failover (``redis_client``)."""
+        return cls(
+            redis_client(url, sentinel), lease_ms=lease_ms, retention_seconds=retention_seconds
         )
-        return cls(client, lease_ms=lease_ms, retention_seconds=retention_seconds)
 
     # ----- rank side --------------------------------------------------------
 
@@ -234,7 +232,9 @@ class Records:
             message.id, message.run_name, now, first_look_due_ms(now), self.retention_seconds,
             "1" if once else "", marker, *_pairs(initial_fields(message, task, now)),
         ]  # fmt: skip
-        created, failures = self._create(keys=keys + ([latest] if latest else []), args=args)
+        # Returning means a replica holds the record, when there is one (hoist.state.replicas).
+        keys += [latest] if latest else []
+        created, failures = self._replicas.run(self._create, keys, args)
         return int(created), int(failures)
 
     def reserve_seqs(self, run_name: str, rank: int, count: int = 1) -> range:

@@ -25,6 +25,14 @@ due and sends their messages again. One set serves three purposes:
   without this the artifact stayed queued and its rank's ``wait()`` timed
   out). A copy sent while the first still waits in a long queue is
   harmless: the claim stops it.
+- **After a failover.** Replication is asynchronous, so a message the old
+  master held may be missing on the replica Sentinel promoted. When a
+  resender finds its Redis client following a new master, every entry falls
+  due at once and a queued artifact last sent before the failover is sent
+  again then (:func:`check_queued`'s ``failover_at``), not ``queued_timeout``
+  later; the rest are looked at as when they fall due (a claimed artifact
+  whose owner renews stays its owner's, one whose task the failover cut off
+  is claimed again once its lease runs out).
 
 Taking due entries pushes each :data:`TAKE_GUARD_SECONDS` into the future, so
 an entry taken by a resender that dies before sending is taken again later.
@@ -128,7 +136,9 @@ class QueuedCheck(NamedTuple):
     """When to look at it again (seconds since the epoch)."""
 
 
-def check_queued(enqueued_at: float, resent_at: float, timeout: float, now: float) -> QueuedCheck:
+def check_queued(
+    enqueued_at: float, resent_at: float, timeout: float, now: float, failover_at: float = 0.0
+) -> QueuedCheck:
     """The resender's trigger for a queued (sent, never claimed) artifact.
 
     Parameters:
@@ -136,18 +146,22 @@ def check_queued(enqueued_at: float, resent_at: float, timeout: float, now: floa
         resent_at: when a resender last sent it again (``resent_at``; 0 if never).
         timeout: ``queued_timeout``: how long a message may wait unclaimed.
         now: the current time.
+        failover_at: when the resender last saw the state Redis fail over (0: never).
 
     Returns:
-        Before the timeout: do not send, look again when it runs out. Past it:
-        send again, and look again one timeout later.
+        Before the timeout: do not send, look again when it runs out. Past it,
+        or when it was last sent before a failover (its message may have been
+        lost with the old master): send again, and look again one timeout later.
 
     Example:
         >>> check_queued(enqueued_at=1000.0, resent_at=0.0, timeout=300.0, now=1100.0)
         QueuedCheck(resend=False, waited=100.0, look_again_at=1300.0)
         >>> check_queued(enqueued_at=1000.0, resent_at=0.0, timeout=300.0, now=1400.0)
         QueuedCheck(resend=True, waited=400.0, look_again_at=1700.0)
+        >>> check_queued(1000.0, 0.0, timeout=300.0, now=1100.0, failover_at=1090.0)
+        QueuedCheck(resend=True, waited=100.0, look_again_at=1400.0)
     """
     sent = max(enqueued_at, resent_at)
-    if now < sent + timeout:
+    if now < sent + timeout and sent >= failover_at:
         return QueuedCheck(False, now - sent, sent + timeout)
     return QueuedCheck(True, now - sent, now + timeout)

@@ -66,7 +66,9 @@ def worker_app(
     ``worker_ready`` it starts the resender thread (:mod:`hoist.tasks.resender`).
     """
     app = Celery("hoist")
-    app.conf.update(celery_config(settings.broker_url, settings.visibility_timeout))
+    app.conf.update(
+        celery_config(settings.broker_url, settings.visibility_timeout, settings.sentinel)
+    )
     context = contexts or PerProcess(lambda: WorkerContext.from_settings(settings))
 
     def run_job(task: Any, message: Any) -> dict[str, Any]:

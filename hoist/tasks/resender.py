@@ -5,6 +5,11 @@ pushed a little into the future, so one taken by a resender that dies is
 taken again later), so each is sent once per due time across the fleet; a
 rare duplicate send finds the record's claim and does nothing. When each
 entry falls due, and why, is :mod:`hoist.state.schedule`.
+
+Through Sentinel the resender also notices a failover: its Redis client
+notes the master's address on every (re)connection, and when that changes
+(:meth:`Resender.follow_failover`) every entry falls due at once and queued
+artifacts sent before it are sent again (see :mod:`hoist.state.schedule`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from collections.abc import Callable
 from celery import Celery
 
 from hoist.protocol.messages import MESSAGE_TYPES, Message
+from hoist.protocol.redis_url import master_address
 from hoist.protocol.sending import send
+from hoist.state.keys import DEFERRED
 from hoist.state.records import ArtifactStatus, Records
-from hoist.state.schedule import check_queued
+from hoist.state.schedule import check_queued, to_ms
 from hoist.state.states import State
 from hoist.tasks.worker_context import WorkerContext
 
@@ -55,6 +62,10 @@ class Resender:
         self.queued_timeout = queued_timeout
         self.interval = interval
         self.clock = clock
+        self.master: tuple[str, int] | None = None
+        """The state Redis's master as last seen (Sentinel only)."""
+        self.failover_at = 0.0
+        """When this resender last saw a failover (seconds since the epoch; 0: never)."""
 
     @classmethod
     def for_worker(cls, ctx: WorkerContext, app: Celery, interval: float = 0.25) -> Resender:
@@ -87,6 +98,7 @@ class Resender:
         renewing) is sent again at once.
         """
         records = self.records
+        self.follow_failover()
         due = records.take_due(now=self.clock())
         for artifact in due:
             status = records.get(artifact)
@@ -98,6 +110,35 @@ class Resender:
             task = status.fields["task"]
             self.send(task, MESSAGE_TYPES[task].from_json(json.loads(status.fields["message"])))
         return len(due)
+
+    def follow_failover(self) -> bool:
+        """Whether the state Redis failed over since the last look; if so, make every
+        deferred entry due now.
+
+        No round trip unless it did: the address is the one redis-py noted
+        when the client last connected (:func:`master_address`), so the
+        first look after a failover is the resender's first command that
+        reached the new master.
+        """
+        address = master_address(self.records.client)
+        previous, self.master = self.master, address or self.master
+        if previous is None or address is None or address == previous:
+            return False
+        self.failover_at = self.clock()
+        client = self.records.client
+        entries = [str(artifact) for artifact in client.zrange(DEFERRED, 0, -1)]
+        now_ms = to_ms(self.failover_at)
+        for start in range(0, len(entries), 1000):  # bounded commands on a long backlog
+            chunk = entries[start : start + 1000]
+            client.zadd(DEFERRED, dict.fromkeys(chunk, now_ms), xx=True)
+        log.warning(
+            "the state Redis failed over from %s:%d to %s:%d; looking at its %d unfinished "
+            "artifacts now, and sending queued ones again",
+            *previous,
+            *address,
+            len(entries),
+        )
+        return True
 
     def _overdue(self, status: ArtifactStatus) -> bool:
         """Whether a queued (never claimed) artifact has waited too long; if not, look later.
@@ -112,12 +153,14 @@ class Resender:
             float(fields.get("resent_at") or 0),
             self.queued_timeout,
             now,
+            self.failover_at,
         )
         if check.resend:
             log.warning(
-                "%s was sent %.0f s ago and no worker has claimed it; sending it again",
+                "%s was sent %.0f s ago and no worker has claimed it%s; sending it again",
                 status.id,
                 check.waited,
+                " since the failover" if check.waited < self.queued_timeout else "",
             )
             self.records.mark_resent(status.id, now)
         self.records.recheck_queued(status.id, check.look_again_at)

@@ -49,9 +49,11 @@ class WorkerContext:
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> WorkerContext:
-        """A worker process's context: its settings' Redis, one client per store."""
+        """A worker process's context: its settings' Redis (through Sentinel, the master
+        it names), one client per store."""
         records = Records.from_url(
             settings.state_url,
+            sentinel=settings.sentinel,
             lease_ms=settings.lease_ms,
             retention_seconds=settings.retention_seconds,
         )

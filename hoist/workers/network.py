@@ -12,6 +12,8 @@ import urllib.request
 
 import redis
 
+from hoist.protocol.redis_url import redis_client
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -59,9 +61,9 @@ def http_url(host: str, port: int) -> str:
 
 
 def pings(url: str) -> bool:
-    """Whether the Redis at ``url`` answers a PING within half a second."""
+    """Whether the Redis at ``url`` (any hoist Redis URL) answers a PING within half a second."""
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=0.5).ping())
+        return bool(redis_client(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
     except redis.RedisError:
         return False
 

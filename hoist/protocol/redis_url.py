@@ -1,0 +1,279 @@
+"""Every hoist Redis URL turned into a client the one way: ``redis://``, ``rediss://``, ``sentinel://``.
+
+A ``sentinel://`` URL is Celery's form, so the broker and the records share
+one URL::
+
+    sentinel://[:PASSWORD@]HOST:PORT[;sentinel://[:PASSWORD@]HOST:PORT...][/DB][?master_name=NAME]
+
+Each part names one sentinel. ``PASSWORD`` is the master's (as in Celery);
+the sentinels' own password is ``HOIST_SENTINEL_PASSWORD`` and the master's
+name ``HOIST_SENTINEL_MASTER`` unless ``master_name`` gives it
+(:class:`~hoist.settings.SentinelSettings`). ``ssl_*`` parameters
+(``ssl_cert_reqs=required``, ``ssl_ca_certs=PATH``...) make the connections
+to the master TLS, checked as a ``rediss://`` URL's are; the sentinels
+themselves are reached without TLS.
+
+The records, leases and locks use redis-py's :class:`redis.sentinel.Sentinel`
+(:func:`redis_client`); the broker uses kombu's Sentinel transport, which
+takes :func:`kombu_url` and :func:`transport_options`. Both ask the sentinels
+for the master again when a connection to it fails, so they follow a failover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import redis
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from hoist.errors import ConfigurationError
+from hoist.protocol.urls import mask_url
+from hoist.settings import SentinelSettings
+
+SCHEMES = ("redis", "rediss", "sentinel")
+"""The URL schemes hoist's Redis clients accept."""
+
+SENTINEL_PORT = 26379
+"""A sentinel's port when a part of the URL gives none."""
+
+CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 30,
+    "retry_on_timeout": True,
+}
+"""What the records' client is built with: timeouts that fit a shared server."""
+
+FAILOVER_RETRIES = 20
+"""How often one command through Sentinel is tried again while no master answers: with
+:data:`FAILOVER_BACKOFF`, for about 13 s."""
+
+FAILOVER_BACKOFF = EqualJitterBackoff(cap=1.0, base=0.1)
+"""0.05-0.1 s after the first failure, doubling to 0.5-1 s from the fifth."""
+
+SENTINEL_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 5}
+"""Timeouts of the connections to the sentinels themselves: one that hangs must not
+hold a command longer than asking the next would take."""
+
+_SHAPE = (
+    "sentinel://[:PASSWORD@]HOST:PORT[;sentinel://[:PASSWORD@]HOST:PORT...][/DB][?master_name=NAME]"
+)
+
+
+def is_sentinel(url: str) -> bool:
+    """Whether ``url`` names Redis through its sentinels.
+
+    Example:
+        >>> is_sentinel("sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379/0")
+        True
+        >>> is_sentinel("redis://10.0.0.1:6379/0")
+        False
+    """
+    return url.partition("://")[0].lower() == "sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A ``sentinel://`` URL taken apart.
+
+    Parameters:
+        sentinels: each sentinel's host and port, in the URL's order.
+        master: the name the sentinels know the master by.
+        db: the database number.
+        username, password: the master's login (the URL's), or None.
+        options: the URL's other parameters (``ssl_*``), as redis-py takes them.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+    options: dict[str, str]
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connections to the master use TLS."""
+        return any(name.startswith("ssl_") for name in self.options)
+
+
+def parse_sentinel_url(url: str, settings: SentinelSettings | None = None) -> SentinelTarget:
+    """Take a ``sentinel://`` URL apart; the DB and parameters may follow any part.
+
+    Raises:
+        ConfigurationError: the URL is not of the form above; one sentence on
+            what to fix, without the password.
+
+    Example:
+        >>> t = parse_sentinel_url("sentinel://:pw@h1:26379;sentinel://h2:26380/2?master_name=m")
+        >>> t.sentinels, t.master, t.db, t.password
+        ((('h1', 26379), ('h2', 26380)), 'm', 2, 'pw')
+        >>> parse_sentinel_url("sentinel://h1:26379/x")
+        Traceback (most recent call last):
+        ...
+        hoist.errors.ConfigurationError: the sentinel URL sentinel://h1:26379/x has the database ...
+    """
+    settings = settings or SentinelSettings()
+    shown = mask_url(url)
+    sentinels: list[tuple[str, int]] = []
+    dbs: set[str] = set()
+    options: dict[str, str] = {}
+    username = password = None
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        try:
+            port = parts.port or SENTINEL_PORT
+        except ValueError:
+            port = -1
+        if parts.scheme.lower() != "sentinel" or not parts.hostname or port < 0:
+            raise ConfigurationError(
+                f"the sentinel URL {shown} is not of the form {_SHAPE}; give each sentinel "
+                "as sentinel://HOST:PORT, separated by ';'"
+            )
+        sentinels.append((parts.hostname, port))
+        if parts.password is not None:
+            username = unquote(parts.username) if parts.username else None
+            password = unquote(parts.password)
+        if parts.path.strip("/"):
+            dbs.add(parts.path.strip("/"))
+        options.update(parse_qsl(parts.query))
+    if len(dbs) > 1 or not all(db.isdigit() for db in dbs):
+        raise ConfigurationError(
+            f"the sentinel URL {shown} has the database {' and '.join(sorted(dbs))}; give one "
+            f"number, after the last sentinel ({_SHAPE})"
+        )
+    master = options.pop("master_name", "") or settings.master
+    if not master:
+        raise ConfigurationError(
+            f"the sentinel URL {shown} names no master: set HOIST_SENTINEL_MASTER or add "
+            "?master_name=NAME"
+        )
+    db = int(dbs.pop()) if dbs else 0
+    return SentinelTarget(tuple(sentinels), master, db, username, password, options)
+
+
+def check_url(url: str, settings: SentinelSettings | None = None) -> None:
+    """Raise :class:`ConfigurationError` unless ``url`` is a Redis URL hoist can use.
+
+    Example:
+        >>> check_url("http://redis.lan:6379/0")
+        Traceback (most recent call last):
+        ...
+        hoist.errors.ConfigurationError: the Redis URL http://redis.lan:6379/0 is not ...
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sentinel":
+        parse_sentinel_url(url, settings)
+    elif scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"the Redis URL {mask_url(url)} is not redis://, rediss:// or sentinel://; "
+            "give one of those"
+        )
+
+
+def redis_client(url: str, settings: SentinelSettings | None = None, **options: Any) -> redis.Redis:
+    """A Redis client for any hoist URL; through Sentinel, one that follows the master.
+
+    Parameters:
+        url: ``redis://``, ``rediss://`` or ``sentinel://`` (see above).
+        settings: the master's name and the sentinels' password (default: ``hoist``, none).
+        options: redis-py client options (default :data:`CLIENT_OPTIONS`).
+
+    Through Sentinel a command is retried (:data:`FAILOVER_RETRIES` times,
+    about 13 s) while no master answers: a promotion takes
+    the sentinels' ``down-after-milliseconds`` plus about a second, and a
+    command that outlasts it raises ``redis.ConnectionError`` as for a Redis
+    that is down.
+
+    Raises:
+        ConfigurationError: the URL is not one of these (:func:`check_url`).
+
+    Example:
+        >>> redis_client("sentinel://127.0.0.1:26379/0").connection_pool.service_name
+        'hoist'
+    """
+    check_url(url, settings)
+    kwargs = {**CLIENT_OPTIONS, **options}
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **kwargs)
+    target = parse_sentinel_url(url, settings)
+    settings = settings or SentinelSettings()
+    on_sentinels = {**SENTINEL_TIMEOUTS, "password": settings.password}
+    kwargs.setdefault("retry", Retry(FAILOVER_BACKOFF, retries=FAILOVER_RETRIES))
+    kwargs.pop("retry_on_timeout", None)  # redis-py 8 deprecates it; the Retry above covers it
+    if target.tls:
+        kwargs["ssl"] = True
+        kwargs.update({k: v for k, v in target.options.items() if k.startswith("ssl_")})
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=on_sentinels)
+    return sentinel.master_for(
+        target.master,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **kwargs,
+    )
+
+
+def master_address(client: redis.Redis) -> tuple[str, int] | None:
+    """Where a Sentinel client last found its master; None for any other client.
+
+    No round trip: redis-py notes the address whenever it (re)connects, so a
+    change means the client followed a failover.
+    """
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        address = pool.master_address
+        return None if address is None else (str(address[0]), int(address[1]))
+    return None
+
+
+def kombu_url(url: str, settings: SentinelSettings | None = None) -> str:
+    """``url`` as kombu reads it: for Sentinel, the DB on every part and no ``master_name``.
+
+    kombu takes the database from the first part only and passes every
+    parameter as a connection argument (``master_name`` makes it fail), so
+    hoist hands it the master's name in :func:`transport_options` instead.
+
+    Example:
+        >>> kombu_url("sentinel://:pw@h1:26379;sentinel://h2:26379/2?master_name=m")
+        'sentinel://:pw@h1:26379/2;sentinel://h2:26379/2'
+        >>> kombu_url("redis://h1:6379/0")
+        'redis://h1:6379/0'
+    """
+    if not is_sentinel(url):
+        return url
+    target = parse_sentinel_url(url, settings)
+    query = urlencode(target.options)
+    parts = []
+    for part in url.split(";"):
+        netloc = urlsplit(part.strip()).netloc
+        parts.append(f"sentinel://{netloc}/{target.db}" + (f"?{query}" if query else ""))
+    return ";".join(parts)
+
+
+def transport_options(url: str, settings: SentinelSettings | None = None) -> dict[str, Any]:
+    """What kombu's (and Celery's result backend's) Sentinel transport needs; {} otherwise.
+
+    Example:
+        >>> transport_options("sentinel://h1:26379/0?master_name=m")
+        {'master_name': 'm'}
+        >>> transport_options("sentinel://h1:26379/0", SentinelSettings("m", "pw"))["master_name"]
+        'm'
+        >>> transport_options("redis://h1:6379/0")
+        {}
+    """
+    if not is_sentinel(url):
+        return {}
+    settings = settings or SentinelSettings()
+    target = parse_sentinel_url(url, settings)
+    options: dict[str, Any] = {"master_name": target.master}
+    if settings.password:
+        # Without sentinel_kwargs kombu gives the sentinels the master's timeouts;
+        # with them, only what they say.
+        options["sentinel_kwargs"] = {"password": settings.password, **SENTINEL_TIMEOUTS}
+    return options
