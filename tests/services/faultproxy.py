@@ -162,6 +162,8 @@ class FaultStats:
         events: one line per request (time, method, target, fault, and the
             server's status, or "(proxy)" for a fault that never reached it), to
             explain a failing test.
+        most_connections: the most client connections open at once (how
+            parallel a transfer was).
     """
 
     requests: int = 0
@@ -170,6 +172,7 @@ class FaultStats:
     corrupted_objects: Counter[str] = field(default_factory=Counter)
     writes: Counter[str] = field(default_factory=Counter)
     events: list[str] = field(default_factory=list)
+    most_connections: int = 0
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k} {self.faults[k]}" for k in FAULT_KINDS if self.faults[k])
@@ -272,6 +275,7 @@ class FaultProxy:
     def _track(self, sock: socket.socket, add: bool) -> None:
         with self._lock:
             (self._sockets.add if add else self._sockets.discard)(sock)
+            self.stats.most_connections = max(self.stats.most_connections, len(self._sockets))
 
     def _serve(self, client: socket.socket) -> None:
         self._track(client, True)
