@@ -198,6 +198,45 @@ def test_overwrite_rules(store: S3ObjectStore, make_file) -> None:  # type: igno
     assert store.get_bytes("ow/obj.bin") == second.read_bytes()
 
 
+def test_conditional_writes_take_one_request_and_keep_the_overwrite_rules(
+    moto_server: S3Server,
+    make_file,  # type: ignore[no-untyped-def]
+) -> None:
+    """moto honours ``If-None-Match: *`` as AWS does: no HEAD before a write to a free name."""
+    first = make_file(100, "first.bin")
+    second = make_file(100, "second.bin")
+    proxy = FaultProxy(moto_server.endpoint_url, rate=0)
+    with proxy, make_store(moto_server, endpoint_url=proxy.url, conditional_writes=True) as store:
+        written = store.upload_file("cond/obj.bin", first)
+        assert not written.already_present and written.verified_by is Verification.STORE_MD5
+        methods = [e.split()[1] for e in proxy.stats.events]
+        assert methods == ["PUT"], proxy.stats.events  # the write alone
+        # A taken name is then judged as before: same bytes accepted, others refused.
+        assert store.upload_file("cond/obj.bin", first).already_present
+        with pytest.raises(ObjectExistsError, match="overwrite=True"):
+            store.upload_file("cond/obj.bin", second)
+        assert store.get_bytes("cond/obj.bin") == first.read_bytes()
+        # An earlier attempt's own leftover is still replaced.
+        store.upload_file("cond/obj.bin", second, replace_own_leftover=True)
+        assert store.get_bytes("cond/obj.bin") == second.read_bytes()
+        seen: list[int] = []
+        store.upload_file("cond/counted.bin", first, progress=seen.append)
+        assert seen == [100]  # told once written, never before a refused condition
+
+
+def test_servers_that_may_ignore_the_condition_get_a_head_first(
+    rclone_server: S3Server,
+    make_file,  # type: ignore[no-untyped-def]
+) -> None:
+    """rclone answers 200 to a conditional PUT on a taken name and overwrites: off by default."""
+    first = make_file(100, "first.bin")
+    proxy = FaultProxy(rclone_server.endpoint_url, rate=0)
+    with proxy, make_store(rclone_server, endpoint_url=proxy.url) as store:
+        assert not store.conditional_writes
+        store.upload_file("cond/obj.bin", first)
+        assert [e.split()[1] for e in proxy.stats.events] == ["HEAD", "PUT"]
+
+
 def test_exists_delete_missing(store: S3ObjectStore, tmp_path: Path) -> None:
     assert not store.exists("nothing/here")
     with pytest.raises(ObjectNotFoundError):

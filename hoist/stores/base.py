@@ -7,6 +7,8 @@ supplies a handful of primitives that each talk to its server once:
 ==================  =========================================================
 ``_put_file``       upload a local file, hashing it in the same pass, and
                     make it visible only once complete and verified
+``_put_file_if_absent``  optional: ``_put_file`` only if nothing holds the name,
+                    in the same request (S3's ``If-None-Match: *``)
 ``_put_bytes``      write a small object in one request (and say whether
                     the store's answer already proved its bytes)
 ``_read_chunks``    stream an object's bytes
@@ -251,6 +253,16 @@ class ObjectStore(ABC):
         name = self.validate_name(object_name)
         size = source_file_size(path)
         if not overwrite:
+            if self._writes_if_absent(size):
+                # One request instead of a look then a write; a name found taken
+                # is then judged below as it would have been.
+                written = self._call(
+                    self._put_file_if_absent, name, os.fspath(path), size, progress, name=name
+                )
+                if written is not None:
+                    return UploadResult(
+                        name, self.get_uri(name), size, *written, time.monotonic() - started
+                    )
             existing = self._stat_or_none(name)
             if existing is not None:
                 try:
@@ -417,6 +429,16 @@ class ObjectStore(ABC):
         """Upload ``path``, hashing it on the way; return the checksum and the verification.
 
         The object must not be visible under ``name`` before it is complete."""
+
+    def _writes_if_absent(self, size: int) -> bool:
+        """Whether :meth:`_put_file_if_absent` serves a file of ``size`` bytes."""
+        return False
+
+    def _put_file_if_absent(
+        self, name: str, path: str, size: int, progress: Progress | None
+    ) -> tuple[Checksum, Verification] | None:
+        """:meth:`_put_file` if nothing holds ``name``, decided by the server; None if taken."""
+        raise NotImplementedError  # only called where _writes_if_absent says so
 
     @abstractmethod
     def _put_bytes(self, name: str, data: bytes) -> Verification | None:

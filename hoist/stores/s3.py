@@ -115,6 +115,12 @@ class S3ObjectStore(ObjectStore):
             faster than boto3's here, :mod:`hoist.stores.s3_crt`) or ``"boto3"``
             (ranged GETs on the boto3 client, which honours ``HTTPS_PROXY`` and
             boto3's configuration files; :mod:`hoist.stores.s3_download`).
+        conditional_writes: with ``overwrite=False``, write a file below the
+            multipart threshold with ``If-None-Match: *`` (the server refuses
+            if the name is taken) instead of a HEAD first: one request per file
+            instead of two. None (the default) is True on AWS only: set True
+            for a server that honours it (MinIO, Ceph, R2, moto), never for one
+            that ignores it (``rclone serve s3``), which would then overwrite.
 
     Example:
         >>> store = S3ObjectStore(  # doctest: +SKIP
@@ -145,6 +151,7 @@ class S3ObjectStore(ObjectStore):
         read_timeout: float = 60.0,
         max_attempts: int = 3,
         downloader: Literal["crt", "boto3"] = "crt",
+        conditional_writes: bool | None = None,
     ) -> None:
         if not bucket or "/" in bucket:
             raise ConfigurationError(
@@ -159,6 +166,11 @@ class S3ObjectStore(ObjectStore):
         self.bucket = bucket
         self.downloader = downloader
         self.max_attempts = max_attempts
+        # AWS has honoured If-None-Match on PutObject since 2024-08; rclone serve s3
+        # ignores it, and an ignored condition would overwrite, so elsewhere only when told.
+        self.conditional_writes = (
+            _is_aws(endpoint_url) if conditional_writes is None else conditional_writes
+        )
         self.connect_timeout = connect_timeout
         self.prefix = prefix.lstrip("/")
         self.endpoint_url = endpoint_url
@@ -211,11 +223,23 @@ class S3ObjectStore(ObjectStore):
     def _key(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    def _put_file(
+    def _writes_if_absent(self, size: int) -> bool:
+        # Multipart uploads keep their HEAD: one per large file costs nothing worth a second path.
+        return self.conditional_writes and size < self.transfer.multipart_threshold
+
+    def _put_file_if_absent(
         self, name: str, path: str, size: int, progress: Progress | None
+    ) -> tuple[Checksum, Verification] | None:
+        try:
+            return self._put_file(name, path, size, progress, if_absent=True)
+        except _NameTaken:
+            return None
+
+    def _put_file(
+        self, name: str, path: str, size: int, progress: Progress | None, if_absent: bool = False
     ) -> tuple[Checksum, Verification]:
         try:
-            checksum, proved = self._send_file(name, path, size, progress)
+            checksum, proved = self._send_file(name, path, size, progress, if_absent)
         except ChecksumMismatchError:
             self._delete_unverified(name)
             raise
@@ -228,7 +252,7 @@ class S3ObjectStore(ObjectStore):
             raise
 
     def _send_file(
-        self, name: str, path: str, size: int, progress: Progress | None
+        self, name: str, path: str, size: int, progress: Progress | None, if_absent: bool
     ) -> tuple[Checksum, Verification | None]:
         """Write the object; return its checksum and, when the server's MD5s proved
         the bytes, STORE_MD5."""
@@ -237,7 +261,7 @@ class S3ObjectStore(ObjectStore):
                 reader = HashingReader(raw)
                 data = reader.read()
                 checksum = reader.hasher.checksum
-                return checksum, self._put_object(name, data, checksum, progress)
+                return checksum, self._put_object(name, data, checksum, progress, if_absent)
             upload = MultipartUpload(self, name, size, progress)
             checksum = upload.run(raw)
         return checksum, self._assembled_proof(name, size, upload)
@@ -250,7 +274,12 @@ class S3ObjectStore(ObjectStore):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
 
     def _put_object(
-        self, name: str, data: bytes, checksum: Checksum, progress: Progress | None = None
+        self,
+        name: str,
+        data: bytes,
+        checksum: Checksum,
+        progress: Progress | None = None,
+        if_absent: bool = False,
     ) -> Verification | None:
         """One PutObject; returns STORE_MD5 when the server's ETag proved the bytes.
 
@@ -259,24 +288,38 @@ class S3ObjectStore(ObjectStore):
         its bytes moving (counting them while reading the file showed 100% before
         a byte was sent). A smaller body goes in one piece, told just before:
         a few more sends per file cost the small-file rate more than its
-        progress is worth.
+        progress is worth. ``if_absent`` sends ``If-None-Match: *``, and a
+        server's 412 raises :class:`_NameTaken`.
         """
         md5_hex, headers = self._content_md5(data)
         body: bytes | SentBytes = data
-        if progress is not None and len(data) >= PROGRESS_BODY_BYTES:
+        if if_absent:
+            # Told only once written: the upload job takes the first bytes for
+            # the start of a write, whose leftover a later attempt may replace,
+            # and a refused condition wrote nothing (nor does a lost answer
+            # leave other bytes than ours, which a retry then finds in place).
+            headers["IfNoneMatch"] = "*"
+        elif progress is not None and len(data) >= PROGRESS_BODY_BYTES:
             body = SentBytes(data, progress)
         elif progress is not None:
             # Told before the request goes out: the upload job marks the first
             # bytes as the start of a write (an attempt that fails after it may
             # leave its object under the name, for the next one to replace).
             progress(len(data))
-        response = self._client.put_object(
-            Bucket=self.bucket,
-            Key=self._key(name),
-            Body=body,
-            ChecksumCRC64NVME=checksum.to_base64(),
-            **headers,
-        )
+        try:
+            response = self._client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(name),
+                Body=body,
+                ChecksumCRC64NVME=checksum.to_base64(),
+                **headers,
+            )
+        except boto_errors.ClientError as exc:
+            if if_absent and _status(exc) == 412:
+                raise _NameTaken from None
+            raise
+        if if_absent and progress is not None:
+            progress(len(data))
         if md5_hex is not None and self._etag_matches(name, response["ETag"], md5_hex):
             return Verification.STORE_MD5
         return None
@@ -414,6 +457,14 @@ class S3ObjectStore(ObjectStore):
                 self.transfer.max_concurrency, thread_name_prefix="hoist-s3-part"
             )
         return self._pool
+
+
+class _NameTaken(Exception):
+    """A conditional PUT found the name taken (never seen outside this module)."""
+
+
+def _status(exc: boto_errors.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
 _SESSIONS: dict[str | None, boto3.session.Session] = {}
