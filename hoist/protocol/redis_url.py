@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis
-from redis.backoff import EqualJitterBackoff
+from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from hoist.errors import ConfigurationError
 from hoist.protocol.urls import mask_url
@@ -60,9 +60,8 @@ SENTINEL_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 5}
 """Timeouts of the connections to the sentinels themselves: one that hangs must not
 hold a command longer than asking the next would take."""
 
-_SHAPE = (
-    "sentinel://[:PASSWORD@]HOST:PORT[;sentinel://[:PASSWORD@]HOST:PORT...][/DB][?master_name=NAME]"
-)
+# No square brackets: the CLI prints messages through rich, which reads them as markup.
+_SHAPE = "sentinel://:PASSWORD@HOST:PORT;sentinel://HOST:PORT;.../DB"
 
 
 def is_sentinel(url: str) -> bool:
@@ -203,13 +202,18 @@ def redis_client(url: str, settings: SentinelSettings | None = None, **options: 
         return redis.Redis.from_url(url, **kwargs)
     target = parse_sentinel_url(url, settings)
     settings = settings or SentinelSettings()
-    on_sentinels = {**SENTINEL_TIMEOUTS, "password": settings.password}
+    # One try per sentinel and question: the master's client retries the whole.
+    on_sentinels = {
+        **SENTINEL_TIMEOUTS,
+        "password": settings.password,
+        "retry": Retry(NoBackoff(), 0),
+    }
     kwargs.setdefault("retry", Retry(FAILOVER_BACKOFF, retries=FAILOVER_RETRIES))
     kwargs.pop("retry_on_timeout", None)  # redis-py 8 deprecates it; the Retry above covers it
     if target.tls:
         kwargs["ssl"] = True
         kwargs.update({k: v for k, v in target.options.items() if k.startswith("ssl_")})
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=on_sentinels)
+    sentinel = _Sentinel(mask_url(url), list(target.sentinels), sentinel_kwargs=on_sentinels)
     return sentinel.master_for(
         target.master,
         db=target.db,
@@ -217,6 +221,33 @@ def redis_client(url: str, settings: SentinelSettings | None = None, **options: 
         password=target.password,
         **kwargs,
     )
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, which stops on a refused password instead of retrying it.
+
+    redis-py reports sentinels that refuse the password as "no master found",
+    a connection error that the client retries like a failover in progress;
+    a wrong password does not heal, so it is a :class:`ConfigurationError`
+    (not retried) saying what to set.
+    """
+
+    def __init__(self, shown: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown = shown
+
+    def discover_master(self, service_name: str) -> Any:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            refused = str(exc).count("AuthenticationError")
+            if refused and refused >= len(self.sentinels):
+                raise ConfigurationError(
+                    f"the sentinels of {self.shown} refused the password: set "
+                    "HOIST_SENTINEL_PASSWORD to the sentinels' own (their requirepass; the URL's "
+                    "password is the master's)"
+                ) from None
+            raise
 
 
 def master_address(client: redis.Redis) -> tuple[str, int] | None:
@@ -235,12 +266,15 @@ def master_address(client: redis.Redis) -> tuple[str, int] | None:
 def kombu_url(url: str, settings: SentinelSettings | None = None) -> str:
     """``url`` as kombu reads it: for Sentinel, the DB on every part and no ``master_name``.
 
-    kombu takes the database from the first part only and passes every
-    parameter as a connection argument (``master_name`` makes it fail), so
-    hoist hands it the master's name in :func:`transport_options` instead.
+    kombu takes the database and the master's password from the first part
+    only and passes every parameter as a connection argument (``master_name``
+    makes it fail), so hoist hands it the master's name in
+    :func:`transport_options` instead. The password is on the first part
+    only: kombu and Celery mask the first part's when they show the URL
+    (Flower, ``celery inspect conf``), not the others'.
 
     Example:
-        >>> kombu_url("sentinel://:pw@h1:26379;sentinel://h2:26379/2?master_name=m")
+        >>> kombu_url("sentinel://h1:26379;sentinel://:pw@h2:26379/2?master_name=m")
         'sentinel://:pw@h1:26379/2;sentinel://h2:26379/2'
         >>> kombu_url("redis://h1:6379/0")
         'redis://h1:6379/0'
@@ -249,10 +283,16 @@ def kombu_url(url: str, settings: SentinelSettings | None = None) -> str:
         return url
     target = parse_sentinel_url(url, settings)
     query = urlencode(target.options)
+    login = ""
+    if target.password is not None:
+        login = f"{quote(target.username or '', safe='')}:{quote(target.password, safe='')}@"
     parts = []
-    for part in url.split(";"):
-        netloc = urlsplit(part.strip()).netloc
-        parts.append(f"sentinel://{netloc}/{target.db}" + (f"?{query}" if query else ""))
+    for index, (host, port) in enumerate(target.sentinels):
+        shown_host = f"[{host}]" if ":" in host else host
+        parts.append(
+            f"sentinel://{login if index == 0 else ''}{shown_host}:{port}/{target.db}"
+            + (f"?{query}" if query else "")
+        )
     return ";".join(parts)
 
 

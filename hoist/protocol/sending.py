@@ -144,7 +144,12 @@ def celery_config(
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # An upload in flight goes on when the broker connection drops (a
+        # failover, a restart): its record, not the message, says who owns it,
+        # and it settles through the records' client once Redis answers again.
+        # Cancelled instead, it was started again from scratch once its lease
+        # ran out (measured: 30 s after a Sentinel failover, default lease).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_routes": {
             UPLOAD_TASK: {"queue": UPLOAD_QUEUE},
             UPLOAD_BATCH_TASK: {"queue": UPLOAD_QUEUE},

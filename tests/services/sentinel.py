@@ -1,0 +1,199 @@
+"""A Redis master, its replica and three sentinels on loopback (Debian's ``redis-server``).
+
+The master and the replica are :class:`~tests.services.redis.RedisServer`\\ s
+(with a password, the replica following the master); each sentinel is
+``redis-server sentinel.conf --sentinel`` with a password of its own. With
+``down-after-milliseconds 1000``, ``failover-timeout 5000`` and a quorum of
+two, a killed master's replica is promoted about 2.3 s later.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import redis as redis_client
+
+from tests.services.process import ServerProcess, free_port
+from tests.services.redis import RedisServer
+
+MASTER_NAME = "hoist"
+PASSWORD = "master-secret-0123"
+"""The master's (and replica's) ``requirepass``: the password in the sentinel URL."""
+SENTINEL_PASSWORD = "sentinel-secret-4567"
+"""The sentinels' own ``requirepass``: ``HOIST_SENTINEL_PASSWORD``."""
+
+
+class SentinelGroup:
+    """A master, a replica and ``sentinels`` sentinels watching them under ``hoist``.
+
+    Parameters:
+        workdir: where each server keeps its data, configuration and log.
+        sentinels: how many sentinels (the quorum is two).
+        down_after_ms: ``down-after-milliseconds``.
+        failover_timeout_ms: ``failover-timeout``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is missing: run `bash deploy/bootstrap.sh test`")
+        # No 5 s wait for more replicas before the first sync (Redis 7's default).
+        auth = [
+            "--requirepass",
+            PASSWORD,
+            "--masterauth",
+            PASSWORD,
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+        self.master = self._redis(workdir / "master", auth)
+        self.replica = self._redis(
+            workdir / "replica", [*auth, "--replicaof", "127.0.0.1", str(self.master.port)]
+        )
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        # Each sentinel is told its peers and the replica up front: found through
+        # the master's hello channel instead, they take about 7 s to know each other.
+        ids = [f"{index + 1:040x}" for index in range(sentinels)]
+        self.sentinels = []
+        for index, port in enumerate(self.sentinel_ports):
+            folder = workdir / f"sentinel{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            config = folder / "sentinel.conf"
+            config.write_text(
+                "\n".join(
+                    [
+                        f"port {port}",
+                        "bind 127.0.0.1",
+                        f"dir {folder}",
+                        f"requirepass {SENTINEL_PASSWORD}",
+                        f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
+                        f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master.port} 2",
+                        f"sentinel auth-pass {MASTER_NAME} {PASSWORD}",
+                        f"sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}",
+                        f"sentinel failover-timeout {MASTER_NAME} {failover_timeout_ms}",
+                        f"sentinel parallel-syncs {MASTER_NAME} 1",
+                        f"sentinel myid {ids[index]}",
+                        f"sentinel known-replica {MASTER_NAME} 127.0.0.1 {self.replica.port}",
+                        *(
+                            f"sentinel known-sentinel {MASTER_NAME} 127.0.0.1 {peer} {ids[other]}"
+                            for other, peer in enumerate(self.sentinel_ports)
+                            if other != index
+                        ),
+                        "",
+                    ]
+                )
+            )
+            self.sentinels.append(
+                ServerProcess(
+                    f"redis-sentinel {index}",
+                    [binary, str(config), "--sentinel"],
+                    folder / "sentinel.log",
+                    lambda port=port: self._answers(port),
+                )
+            )
+
+    @staticmethod
+    def _redis(workdir: Path, args: list[str]) -> RedisServer:
+        port = free_port()
+        return RedisServer(workdir, port, args, url=f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
+
+    @property
+    def url(self) -> str:
+        """The sentinel URL of the group (the master's password in it, the DB at the end)."""
+        parts = [f"sentinel://:{PASSWORD}@127.0.0.1:{port}" for port in self.sentinel_ports]
+        return ";".join(parts) + "/0"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What every hoist process needs beside the URL."""
+        return {"HOIST_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
+
+    @property
+    def servers(self) -> list[ServerProcess]:
+        """Every process of the group, for logs attached to a failing test."""
+        return [self.master.process, self.replica.process, *self.sentinels]
+
+    def sentinel(self, index: int = 0) -> redis_client.Redis:
+        return redis_client.Redis(
+            "127.0.0.1",
+            self.sentinel_ports[index],
+            password=SENTINEL_PASSWORD,
+            decode_responses=True,
+            socket_timeout=1,
+        )
+
+    def _answers(self, port: int) -> bool:
+        try:
+            return bool(self.sentinel(self.sentinel_ports.index(port)).ping())
+        except redis_client.RedisError:
+            return False
+
+    def _sees_all(self, index: int) -> bool:
+        """Sentinel ``index`` sees the replica and every other sentinel."""
+        try:
+            state = self.sentinel(index).sentinel_master(MASTER_NAME)
+        except redis_client.RedisError:
+            return False
+        others = len(self.sentinel_ports) - 1
+        return int(state["num-slaves"]) >= 1 and int(state["num-other-sentinels"]) >= others
+
+    def master_port(self) -> int | None:
+        """The master's port as the first sentinel that answers names it."""
+        for index in range(len(self.sentinel_ports)):
+            try:
+                address = self.sentinel(index).sentinel_get_master_addr_by_name(MASTER_NAME)
+            except redis_client.RedisError:
+                continue
+            if address:
+                return int(address[1])
+        return None
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        deadline = time.monotonic() + 30
+        replica = redis_client.Redis.from_url(self.replica.url, decode_responses=True)
+        while replica.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync with the master in 30 s")
+            time.sleep(0.05)
+        for sentinel in self.sentinels:
+            sentinel.start()
+        # Each sentinel learns of the others through the master's hello channel
+        # (every 2 s); a failover needs the quorum to know each other.
+        for index, sentinel in enumerate(self.sentinels):
+            deadline = time.monotonic() + 30
+            while not self._sees_all(index):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{sentinel.name} did not see its peers in 30 s")
+                time.sleep(0.05)
+
+    def kill_master(self) -> None:
+        """SIGKILL the master: no shutdown, no AOF flush, connections cut."""
+        self.master.process.stop(signal.SIGKILL)
+
+    def wait_promoted(self, timeout: float = 30.0) -> float:
+        """Wait until the sentinels name the replica the master; return when (monotonic)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.master_port() == self.replica.port:
+                role = redis_client.Redis.from_url(self.replica.url).role()[0]
+                if role in (b"master", "master"):
+                    return time.monotonic()
+            time.sleep(0.02)
+        raise TimeoutError(f"the replica was not promoted in {timeout} s")
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        self.replica.stop()
+        self.master.stop()

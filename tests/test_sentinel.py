@@ -1,0 +1,211 @@
+"""Redis Sentinel: the fleet follows a failover and loses nothing acknowledged (issue 18).
+
+Real processes throughout: a master, its replica and three sentinels
+(``redis-server --sentinel``) on loopback (:mod:`tests.services.sentinel`),
+``moto_server``, two ``hoist worker`` processes and two rank processes, all
+given the sentinel URL (the master's password in it, the sentinels' own in
+``HOIST_SENTINEL_PASSWORD``). The master is SIGKILLed while the ranks log 8 MiB
+checkpoints and move a pointer to each: no shutdown, no AOF flush, whatever
+the replica had not received is gone. Objects are read back with raw boto3.
+
+The workers run with default lease, backoff and queued timeout: recovery must
+not lean on short test settings. The default suite runs one failover; ``-m
+long`` runs five more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hoist.protocol.messages import UPLOAD_TASK, UploadRequest
+from hoist.settings import SentinelSettings
+from hoist.state.records import Records
+from hoist.state.states import State
+from tests.conftest import _running, serve_fleet
+from tests.services.cluster import environment, hoist
+from tests.services.keys import FLEET_KEY
+from tests.services.ranks import RankJob, collect_ranks, start_ranks
+from tests.services.s3 import S3Server
+from tests.services.sentinel import PASSWORD, SENTINEL_PASSWORD, SentinelGroup
+from tests.services.workers import WorkerFleet, wait_until
+
+MiB = 1024 * 1024
+BUCKET = "hoist-sentinel"
+CHECKPOINTS = 8
+"""Checkpoints each rank logs, a pointer moved to each."""
+RECOVERY_SECONDS = 60.0
+"""Everything is done within this long after the replica's promotion."""
+DEFAULTS = {"HOIST_LEASE_SECONDS": "30", "HOIST_BACKOFF_BASE": "1", "HOIST_BACKOFF_MAX": "300"}
+"""hoist's defaults, over the short ones tests/services/workers.py gives a fleet."""
+
+
+@pytest.fixture
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A fresh master, replica and three sentinels for each test (a test kills the master)."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
+    shown = [SimpleNamespace(process=server) for server in group.servers]
+    group.start()
+    _running.extend(shown)  # their logs go with a failing test's report
+    try:
+        yield group
+    finally:
+        for server in shown:
+            _running.remove(server)
+        group.stop()
+
+
+@pytest.fixture
+def fleet(group: SentinelGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerFleet]:
+    env = {"HOIST_FLEET_KEY": FLEET_KEY, **group.env, **DEFAULTS}
+    yield from serve_fleet(tmp_path_factory, group.url, "sentinel", count=2, env=env)
+
+
+@pytest.fixture(scope="module")
+def store(moto_server: S3Server) -> S3Server:
+    moto_server.client().create_bucket(Bucket=BUCKET)
+    return moto_server
+
+
+def sentinel_records(group: SentinelGroup) -> Records:
+    """The test's own look at the records, through the sentinels as the fleet's."""
+    return Records.from_url(group.url, sentinel=SentinelSettings(password=SENTINEL_PASSWORD))
+
+
+def staged_files(root: Path, run: str) -> list[Path]:
+    return [p for p in (root / run).rglob("*") if p.is_file()] if (root / run).exists() else []
+
+
+def failover_run(
+    group: SentinelGroup,
+    fleet: WorkerFleet,
+    store: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
+    """Two ranks log checkpoints with pointers; the master is killed mid-run; check all."""
+    monkeypatch.setenv("HOIST_SENTINEL_PASSWORD", SENTINEL_PASSWORD)  # the ranks inherit it
+    run = f"failover-{time.time_ns() // 1_000_000}"
+    actions: list[list[Any]] = []
+    for step in range(CHECKPOINTS):
+        actions.append(["file", f"ckpt/step{step}-rank{{rank}}.pt", 8 * MiB + step, False])
+        actions.append(["symlink", f"ckpt/step{step}-rank{{rank}}.pt", "latest-rank{rank}.pt"])
+        actions.append(["sleep", 0.4])
+    store_kwargs = {
+        "bucket": BUCKET,
+        "endpoint_url": store.endpoint_url,
+        "aws_access_key_id": store.access_key,
+        "aws_secret_access_key": store.secret_key,
+    }
+    logger = {
+        "object_store_cls": "S3ObjectStore",
+        "object_store_kwargs": store_kwargs,
+        "object_name": "{run_name}/{artifact_name}",
+    }
+    job = RankJob(run, logger, actions, group.url, fleet.staging_root, FLEET_KEY, timeout=120)
+    ranks = start_ranks(job, tmp_path, world_size=2)
+    records = sentinel_records(group)
+
+    def mid_run() -> bool:
+        states = [a.state for a in records.run_artifacts(run)]
+        return states.count(State.DONE) >= 4 and State.UPLOADING in states
+
+    wait_until(mid_run, timeout=60, interval=0.05)
+    group.kill_master()
+    killed = time.monotonic()
+    promoted = group.wait_promoted()
+    promoted_at = time.time() - (time.monotonic() - promoted)
+    reports = collect_ranks(ranks, timeout=150)
+    for report in reports:
+        assert report["failures"] == [], report.get("error")
+
+    artifacts = records.run_artifacts(run)
+    assert len(artifacts) == 2 * 2 * CHECKPOINTS, "a record acknowledged to a rank was lost"
+    # A pointer overtaken by a newer one before it ran is superseded, never written behind it.
+    assert {a.state for a in artifacts} <= {State.DONE, State.SUPERSEDED}
+    finished = max(float(a.fields["finished_at"]) for a in artifacts)
+    client = store.client()
+    for report in reports:
+        rank = report["rank"]
+        for name, logged in report["logged"].items():
+            held = client.get_object(Bucket=BUCKET, Key=f"{run}/{name}")["Body"].read()
+            assert hashlib.sha256(held).hexdigest() == logged["sha256"], name
+        pointer = client.get_object(Bucket=BUCKET, Key=f"{run}/latest-rank{rank}.pt.symlink")
+        newest = f"{run}/ckpt/step{CHECKPOINTS - 1}-rank{rank}.pt"
+        assert pointer["Body"].read().decode() == newest
+    assert staged_files(fleet.staging_root, run) == []
+    assert finished - promoted_at < RECOVERY_SECONDS, (
+        f"the last artifact finished {finished - promoted_at:.1f} s after the promotion"
+    )
+    for worker in fleet.workers:  # they followed the failover; nobody restarted them
+        assert worker.proc is not None and worker.proc.poll() is None
+    print(
+        f"\n[Sentinel failover] master killed, replica promoted {promoted - killed:.1f} s "
+        f"later; {len(artifacts)} artifacts, the last finished {finished - promoted_at:.1f} s "
+        "after the promotion"
+    )
+    return run
+
+
+def test_failover_while_ranks_log_checkpoints_loses_nothing(
+    group: SentinelGroup,
+    fleet: WorkerFleet,
+    store: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The master is SIGKILLed mid-run; every checkpoint lands with its bytes, each
+    pointer names the newest, staging is empty, and ``hoist status`` reads the run
+    through the sentinels afterwards."""
+    run = failover_run(group, fleet, store, tmp_path, monkeypatch)
+    env = environment(HOIST_BROKER_URL=group.url, **group.env)
+    shown = hoist(tmp_path / "home", "status", "--run", run, "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    total = json.loads(shown.stdout)["total"]
+    assert total["done"] + total["superseded"] == 2 * 2 * CHECKPOINTS
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("repetition", range(5))
+def test_failover_again_and_again(
+    group: SentinelGroup,
+    fleet: WorkerFleet,
+    store: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    repetition: int,
+) -> None:
+    failover_run(group, fleet, store, tmp_path, monkeypatch)
+
+
+def test_status_through_a_sentinel_url(group: SentinelGroup, tmp_path: Path) -> None:
+    """``hoist status`` finds the master through the sentinels, with both passwords;
+    shows neither; and a wrong URL is one sentence on what to fix."""
+    run = f"status-{time.time_ns() // 1_000_000}"
+    message = UploadRequest(f"hoist-{run}-r0-1", run, 0, 1, "a.txt", f"{run}/a.txt", "s", {})
+    sentinel_records(group).create(message, UPLOAD_TASK, "s")
+    env = environment(HOIST_BROKER_URL=group.url, **group.env)
+    shown = hoist(tmp_path / "home", "status", "--run", run, "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["total"]["queued"] == 1
+
+    wrong = environment(HOIST_BROKER_URL=group.url)  # no HOIST_SENTINEL_PASSWORD
+    refused = hoist(tmp_path / "home", "status", env=wrong)
+    assert refused.returncode != 0
+    bad = environment(HOIST_BROKER_URL=f"sentinel://:{PASSWORD}@127.0.0.1:26379/zero")
+    unusable = hoist(tmp_path / "home", "status", env=bad)
+    assert unusable.returncode != 0
+    # One sentence (rich folds it at the terminal's width), no traceback.
+    assert "give one number" in " ".join(unusable.stderr.split())
+    assert unusable.stderr.count("error:") == 1 and "Traceback" not in unusable.stderr
+    assert "HOIST_SENTINEL_PASSWORD" in " ".join(refused.stderr.split())
+    for result in (shown, refused, unusable):
+        assert PASSWORD not in result.stdout + result.stderr
+        assert SENTINEL_PASSWORD not in result.stdout + result.stderr
