@@ -36,6 +36,7 @@ import yaml
 
 from hoist.cli import build_parser
 from hoist.protocol.messages import POINTER_QUEUE, UPLOAD_QUEUE
+from hoist.protocol.redis_url import parse_sentinel_url
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
 
@@ -239,6 +240,7 @@ def filled_env() -> dict[str, str]:
     return {
         **example_env(),
         "REDIS_PASSWORD": "0123abcd",
+        "SENTINEL_PASSWORD": "4567efab",
         "HOIST_FLEET_KEY": "k" * 44,
         "HOIST_FLOWER_PASSWORD": "pw",
         "HOIST_ALLOWED_STORES": "s3://ckpts/runs/",
@@ -267,6 +269,20 @@ def test_compose_validates_against_the_compose_spec() -> None:
     # Workers need a fleet key and the stores they may upload to, or refuse to start.
     assert services["worker"]["environment"]["HOIST_ALLOWED_STORES"] == "s3://ckpts/runs/"
     assert services["worker"]["environment"]["HOIST_FLEET_KEY"] == "k" * 44
+    # Everything reaches Redis through three sentinels watching a master and its replica.
+    assert {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(services)
+    assert "replicaof redis 6379" in "\n".join(services["redis-replica"]["command"])
+    for name in ("worker", "flower"):
+        environment = services[name]["environment"]
+        target = parse_sentinel_url(environment["HOIST_BROKER_URL"])
+        assert [host for host, _ in target.sentinels] == ["sentinel-1", "sentinel-2", "sentinel-3"]
+        assert (
+            target.password == "0123abcd" and environment["HOIST_SENTINEL_PASSWORD"] == "4567efab"
+        )
+    for index in (1, 2, 3):
+        sentinel = services[f"sentinel-{index}"]
+        assert sentinel["environment"]["SENTINEL_NAME"] == f"sentinel-{index}"
+        assert "sentinel monitor hoist redis 6379 2" in "\n".join(sentinel["command"])
 
 
 def test_compose_has_no_secret_defaults() -> None:
