@@ -25,12 +25,13 @@ from typing import Any
 
 import pytest
 
-from hoist.protocol.messages import UPLOAD_TASK, UploadRequest
+from hoist.protocol.messages import UPLOAD_QUEUE, UPLOAD_TASK, UploadRequest
 from hoist.settings import SentinelSettings
 from hoist.state.records import Records
 from hoist.state.states import State
 from tests.conftest import _running, serve_fleet
 from tests.services.cluster import environment, hoist
+from tests.services.flower import flower_get, flower_server
 from tests.services.keys import FLEET_KEY
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.s3 import S3Server
@@ -43,6 +44,7 @@ CHECKPOINTS = 8
 """Checkpoints each rank logs, a pointer moved to each."""
 RECOVERY_SECONDS = 60.0
 """Everything is done within this long after the replica's promotion."""
+LOGIN = ("ops", "flower-sentinel-pw")
 DEFAULTS = {"HOIST_LEASE_SECONDS": "30", "HOIST_BACKOFF_BASE": "1", "HOIST_BACKOFF_MAX": "300"}
 """hoist's defaults, over the short ones tests/services/workers.py gives a fleet."""
 
@@ -83,6 +85,25 @@ def staged_files(root: Path, run: str) -> list[Path]:
     return [p for p in (root / run).rglob("*") if p.is_file()] if (root / run).exists() else []
 
 
+def flower_follows(port: int) -> None:
+    """Flower, started before the failover, asks both workers and reads the queues now."""
+
+    def both_workers() -> dict[str, Any] | None:
+        status, body = flower_get(port, "/api/workers?refresh=1", LOGIN)
+        assert status == 200, body
+        workers = json.loads(body)
+        complete = len(workers) == 2 and all("conf" in w and "stats" in w for w in workers.values())
+        return workers if complete else None
+
+    workers = wait_until(both_workers, timeout=30, interval=0.3)
+    status, broker_page = flower_get(port, "/broker", LOGIN)
+    assert status == 200 and UPLOAD_QUEUE in broker_page, broker_page[-2000:]
+    for page in (json.dumps(workers), broker_page):
+        for secret in (PASSWORD, SENTINEL_PASSWORD):
+            at = page.find(secret)
+            assert at < 0, page[max(0, at - 300) : at + 50]
+
+
 def failover_run(
     group: SentinelGroup,
     fleet: WorkerFleet,
@@ -91,6 +112,22 @@ def failover_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> str:
     """Two ranks log checkpoints with pointers; the master is killed mid-run; check all."""
+    (tmp_path / "flower").mkdir()
+    with flower_server(tmp_path / "flower", group.url, LOGIN, group.env) as port:
+        run = logged_through_failover(group, fleet, store, tmp_path, monkeypatch)
+        flower_follows(port)
+    logs = fleet.logs() + (tmp_path / "flower" / "flower.log").read_text(errors="replace")
+    assert PASSWORD not in logs and SENTINEL_PASSWORD not in logs
+    return run
+
+
+def logged_through_failover(
+    group: SentinelGroup,
+    fleet: WorkerFleet,
+    store: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
     monkeypatch.setenv("HOIST_SENTINEL_PASSWORD", SENTINEL_PASSWORD)  # the ranks inherit it
     run = f"failover-{time.time_ns() // 1_000_000}"
     actions: list[list[Any]] = []
@@ -162,14 +199,16 @@ def test_failover_while_ranks_log_checkpoints_loses_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The master is SIGKILLed mid-run; every checkpoint lands with its bytes, each
-    pointer names the newest, staging is empty, and ``hoist status`` reads the run
-    through the sentinels afterwards."""
+    pointer names the newest, staging is empty; Flower, started before, and ``hoist
+    status`` and ``hoist wait`` afterwards reach the new master through the sentinels."""
     run = failover_run(group, fleet, store, tmp_path, monkeypatch)
     env = environment(HOIST_BROKER_URL=group.url, **group.env)
     shown = hoist(tmp_path / "home", "status", "--run", run, "--json", env=env)
     assert shown.returncode == 0, shown.stderr
     total = json.loads(shown.stdout)["total"]
     assert total["done"] + total["superseded"] == 2 * 2 * CHECKPOINTS
+    waited = hoist(tmp_path / "home", "wait", "--run", run, "--timeout", "30", env=env)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
 
 
 @pytest.mark.long

@@ -315,5 +315,38 @@ def transport_options(url: str, settings: SentinelSettings | None = None) -> dic
     if settings.password:
         # Without sentinel_kwargs kombu gives the sentinels the master's timeouts;
         # with them, only what they say.
-        options["sentinel_kwargs"] = {"password": settings.password, **SENTINEL_TIMEOUTS}
+        options["sentinel_kwargs"] = ShownMasked(password=settings.password, **SENTINEL_TIMEOUTS)
     return options
+
+
+class ShownMasked(dict[str, Any]):
+    """Connection options whose password is real where they are used and masked where shown.
+
+    kombu and Celery's result backend take the sentinels' password from the
+    broker's transport options, and a worker's ``stats`` reply (Flower's
+    worker page, ``celery inspect stats``) shows those options as they are.
+    redis-py, kombu and Flower read them by unpacking (``**options``,
+    ``dict(options)``), which takes the stored values; JSON, ``repr`` and
+    ``items()`` show ``****`` for the password instead.
+
+    Example:
+        >>> import json
+        >>> shown = ShownMasked(password="s3cret", socket_timeout=5)
+        >>> shown, dict(shown)["password"]
+        ({'password': '****', 'socket_timeout': 5}, 's3cret')
+        >>> json.dumps(shown)
+        '{"password": "****", "socket_timeout": 5}'
+    """
+
+    def items(self) -> Any:
+        return {k: ("****" if k == "password" else v) for k, v in dict(self).items()}.items()
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def __reduce__(self) -> Any:
+        # Copies and pickles (a forked or spawned worker) keep the real values.
+        return (type(self), (dict(self),))
+
+    def __deepcopy__(self, memo: Any) -> ShownMasked:
+        return type(self)(dict(self))
