@@ -11,6 +11,10 @@ store as ``kind`` and ``kwargs``), the files to log (``files``) and ``measure``:
 - ``"memory"``: print one JSON line of RSS in KiB after ``import hoist``
   (``imported``), after constructing the logger (``constructed``) and after
   logging every file and waiting (``used``).
+- ``"stream"``: print ``ready``, then give away (``move=True``) each file
+  named by a line on stdin as it comes; at the end of stdin ``wait()``, then
+  print one JSON line with ``count``. The training loop's baseline uses it to
+  keep the fleet uploading the loop's checkpoints without hoist in the loop.
 """
 
 from __future__ import annotations
@@ -44,6 +48,17 @@ def main() -> int:
     )
     constructed = _rss_kib()
     files = spec["files"]
+    if spec["measure"] == "stream":
+        print("ready", flush=True)
+        count = 0
+        for line in sys.stdin:
+            path = line.rstrip("\n")
+            logger.file_artifact(LogLevel.BATCH, os.path.basename(path), path, move=True)
+            count += 1
+        logger.wait(poll_interval=0.05)
+        logger.close()
+        print(json.dumps({"count": count}), flush=True)
+        return 0
     if spec["measure"] == "throughput":
         print("ready", flush=True)
         sys.stdin.readline()

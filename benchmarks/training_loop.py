@@ -25,10 +25,20 @@ Every variant writes each step's checkpoint to a new file and keeps the last
 :data:`KEEP`, as trainers do: writing into page cache costs more when the
 kernel must take fresh pages than when it reuses pages just freed, so a
 baseline deleting its file at once would be favoured over any variant whose
-bytes live until uploaded. Variants, alternated run by run
-(:func:`benchmarks.timing.alternate`, the order flipping every round):
+bytes live until uploaded.
 
-- ``none``: write the checkpoint, hand it to nobody (the baseline);
+**The fleet is busy in every variant.** The two vCPUs here share one core's
+caches and memory bus: with a baseline that uploaded nothing, the loop's own
+compute ran 10-14% slower in CPU time whenever the fleet uploaded on the
+other vCPU (2026-12-02), and the figure measured sharing the machine, not
+hoist. So the baseline hands each checkpoint, by a hard link and a line on a
+pipe (tens of microseconds), to a rank process on CPU 1
+(:class:`ShadowRank`), which logs it with ``move=True``: the fleet uploads
+the same bytes at the same pace, and what differs between the variants is
+only what hoist does in the training process. Variants, alternated run by
+run (:func:`benchmarks.timing.alternate`, the order flipping every round):
+
+- ``none``: write the checkpoint, give it to the shadow rank (the baseline);
 - ``hoist copy``: ``file_artifact`` in the default copy mode;
 - ``hoist link``: ``staging="link"`` (a hard link; the staged link keeps the
   bytes of a checkpoint the loop deletes);
@@ -45,9 +55,11 @@ its range.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -56,7 +68,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from benchmarks.config import RunConfig
-from benchmarks.files import MIB, label, write_source
+from benchmarks.files import MIB, REPO, label, write_source
 from benchmarks.report import Figure, Report, Target, median
 from benchmarks.services import Lab
 from benchmarks.throughput import hoist_upload
@@ -254,6 +266,61 @@ class TrainingLoop:
         return timed
 
 
+class ShadowRank:
+    """A rank process on the fleet's CPUs that uploads what the baseline loop gives it.
+
+    The loop hard-links each checkpoint into :attr:`inbox` and writes the
+    link's path on the process's stdin; the process
+    (:mod:`benchmarks.rank_process`, ``"stream"``) logs it with ``move=True``.
+    Leaving the block closes stdin and waits, untimed, for the uploads.
+
+    Parameters:
+        lab: the lab whose Redis, store and staging root to use.
+        run_name: the shadow's run.
+        cpus: the CPUs it runs on (the fleet's).
+    """
+
+    def __init__(self, lab: Lab, run_name: str, cpus: set[int]) -> None:
+        self.inbox = os.path.join(lab.root, f"shadow-{run_name}")
+        os.makedirs(self.inbox)
+        logger = lab.rank_spec("s3-tmpfs", run_name, 0, 1)
+        logger["store"]["kind"] = "s3"
+        spec = {"logger": logger, "files": [], "measure": "stream"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.rank_process", json.dumps(spec)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # before it starts a thread
+        )
+        assert self.proc.stdout is not None
+        if (line := self.proc.stdout.readline().strip()) != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"the shadow rank did not start: {line!r}")
+
+    def handoff(self, path: str, step: int) -> None:
+        """Give ``path`` away: a hard link the shadow moves into staging, and its name."""
+        link = os.path.join(self.inbox, f"ep{step}.pt")
+        os.link(path, link)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(link + "\n")
+        self.proc.stdin.flush()
+
+    def __enter__(self) -> ShadowRank:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            out, _ = self.proc.communicate(timeout=600)  # closes stdin: the shadow waits
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            shutil.rmtree(self.inbox, ignore_errors=True)
+        if self.proc.returncode != 0 and exc_info[0] is None:
+            raise RuntimeError(f"the shadow rank failed ({self.proc.returncode}): {out[-500:]}")
+
+
 def measure_drain(lab: Lab, root: str, size: int, count: int, attempts: int = 2) -> list[float]:
     """Seconds the fleet takes per checkpoint of ``size``, from bursts of ``count`` at once.
 
@@ -410,7 +477,11 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
 
         def one_run(r: int) -> float:
             if mode is None:
-                seconds = loop.run(lambda path, step: None, STEPS)
+                began = 0.0
+                with ShadowRank(lab, f"train-{r}-shadow", fleet_cpus) as shadow:
+                    seconds = loop.run(shadow.handoff, STEPS)
+                    began = time.perf_counter()
+                drained[name].append(time.perf_counter() - began)
             else:
                 logger = lab.logger("s3-tmpfs", f"train-{r}-{mode}", wait_on_close=False)
                 try:
@@ -438,6 +509,8 @@ def run(lab: Lab, report: Report, cfg: RunConfig) -> None:
         lab.clear_bucket(server)
         os.sync()
 
+    cpus = sorted(os.sched_getaffinity(0))
+    fleet_cpus = set(cpus[1:]) or set(cpus)  # where pinned_fleet puts the fleet
     with pinned_fleet(lab, server):
         drain = max(measure_drain(lab, lab.root, size, DRAIN_BURST))
         loop = TrainingLoop(root, Compute(HEADROOM * drain), size)
@@ -457,7 +530,7 @@ def _report(
     steps: dict[str, list[Steps]],
     drained: dict[str, list[float]],
 ) -> None:
-    base = VariantSummary.of("none", steps["none"], [])
+    base = VariantSummary.of("none", steps["none"], drained["none"])
     summaries = [base] + [
         VariantSummary.of(name, steps[name], drained[name], base)
         for name in steps
@@ -490,7 +563,7 @@ def _report(
                 "s",
                 median(summary.p50s),
                 step,
-                "no upload",
+                "hoist not in the loop",
                 samples={summary.name: summary.p50s, "none": base.p50s},
                 note=note,
             )
