@@ -1,0 +1,286 @@
+"""HoistCheckpointIO with the real Lightning ``Trainer`` on the CPU, through real workers.
+
+One 2-process DDP run (``strategy="ddp"``, gloo; a subprocess, so this
+process never joins a process group) trains tests/lightning_job.py's tiny
+module for 4 epochs with ``ModelCheckpoint(save_top_k=2, save_last=True)``:
+the store must then hold exactly the 2 best checkpoints, ``last.ckpt`` and
+the pointer to it, each byte for byte the local file. Runs in this process
+resume from the store in fresh folders, by the pointer's artifact name and by
+an object URI. Smaller tests drive the plugin as Lightning's strategy does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hoist.errors import ConfigurationError, ObjectNotFoundError, UploadFailedError
+from tests.conftest import serve_fleet, single_rank_local_store
+from tests.services.process import free_port
+from tests.services.redis import RedisServer
+from tests.services.workers import WorkerFleet, clean_environment
+
+torch = pytest.importorskip("torch", reason="the test extra installs torch")
+pytest.importorskip("lightning", reason="the test extra installs lightning")
+
+from hoist.integrations.lightning import HoistCheckpointIO  # noqa: E402 (needs lightning)
+from tests import lightning_job  # noqa: E402 (imports lightning)
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = "lit-ddp"
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerFleet]:
+    yield from serve_fleet(tmp_path_factory, redis_server.url, "lit", count=1, concurrency=2)
+
+
+@dataclass(frozen=True)
+class DdpRun:
+    """The 2-process run: its store (the container's folder), local folder and summary."""
+
+    objects: Path
+    dirpath: Path
+    summary: dict[str, Any]
+
+
+def job_environment(fleet: WorkerFleet) -> dict[str, str]:
+    return {
+        **clean_environment(),
+        "HOIST_BROKER_URL": fleet.broker_url,
+        "HOIST_STAGING_DIR": str(fleet.staging_root),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": str(free_port()),
+    }
+
+
+@pytest.fixture(scope="module")
+def ddp_run(fleet: WorkerFleet, tmp_path_factory: pytest.TempPathFactory) -> DdpRun:
+    root = tmp_path_factory.mktemp("lit-ddp")
+    (root / "store" / "artifacts").mkdir(parents=True)
+    summary = root / "summary.json"
+    argv = [sys.executable, "-m", "tests.lightning_job", "--store", str(root / "store")]
+    argv += ["--run", RUN, "--dirpath", str(root / "ckpt"), "--epochs", "4", "--devices", "2"]
+    argv += ["--summary", str(summary)]
+    result = subprocess.run(
+        argv,
+        env=job_environment(fleet),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    objects = root / "store" / "artifacts"
+    return DdpRun(objects, root / "ckpt", json.loads(summary.read_text()))
+
+
+def in_process(fleet: WorkerFleet, store: Path, run_name: str) -> HoistCheckpointIO:
+    """A plugin for a run in this process (rank 0 of 1), to the local store at ``store``."""
+    return HoistCheckpointIO(**single_rank_local_store(fleet, store), run_name=run_name)
+
+
+def test_ddp_keeps_the_two_best_and_the_pointers_target(ddp_run: DdpRun) -> None:
+    assert ddp_run.summary["world_size"] == 2
+    assert ddp_run.summary["best"] == ["epoch=1.ckpt", "epoch=3.ckpt"]
+    folder = ddp_run.objects / RUN / "checkpoints"
+    kept = ["epoch=1.ckpt", "epoch=3.ckpt", "last.ckpt"]
+    # epoch=0 and epoch=2 were uploaded, then removed by ModelCheckpoint: gone.
+    assert sorted(p.name for p in folder.iterdir()) == [*kept, "latest.ckpt.symlink"]
+    assert (folder / "latest.ckpt.symlink").read_text() == f"{RUN}/checkpoints/last.ckpt"
+    assert sorted(p.name for p in ddp_run.dirpath.iterdir()) == kept
+    for name in kept:
+        assert (folder / name).read_bytes() == (ddp_run.dirpath / name).read_bytes()
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 3 and last["global_step"] == 4 * 2  # 2 steps a rank an epoch
+
+
+def test_resume_by_the_pointer_in_a_fresh_folder(
+    ddp_run: DdpRun, fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = torch.load(ddp_run.objects / RUN / "checkpoints" / "last.ckpt", weights_only=True)
+    monkeypatch.chdir(tmp_path)  # nothing of the first run here
+    plugin = in_process(fleet, ddp_run.objects.parent, RUN)
+    run, _, started = lightning_job.trainer(plugin, tmp_path / "ckpt", epochs=5)
+    run.fit(
+        lightning_job.Tiny(),
+        lightning_job.loader(),
+        lightning_job.loader(),
+        ckpt_path="checkpoints/latest.ckpt",
+    )
+    assert (started.epoch, started.step) == (4, stored["global_step"])
+    for key, value in stored["state_dict"].items():
+        assert torch.equal(started.weights[key], value)
+    # The resumed run's epoch 4 moved the pointer on, and the store has it.
+    folder = ddp_run.objects / RUN / "checkpoints"
+    assert (folder / "latest.ckpt.symlink").read_text() == f"{RUN}/checkpoints/last.ckpt"
+    assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 4
+    assert (folder / "epoch=4.ckpt").read_bytes() == (tmp_path / "ckpt/epoch=4.ckpt").read_bytes()
+
+
+def test_resume_by_an_object_uri_into_another_run(
+    ddp_run: DdpRun, fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = torch.load(ddp_run.objects / RUN / "checkpoints" / "epoch=1.ckpt", weights_only=True)
+    monkeypatch.chdir(tmp_path)
+    plugin = in_process(fleet, ddp_run.objects.parent, "lit-from-uri")
+    run, _, started = lightning_job.trainer(plugin, tmp_path / "ckpt", epochs=3)
+    uri = f"local://artifacts/{RUN}/checkpoints/epoch=1.ckpt"
+    run.fit(lightning_job.Tiny(), lightning_job.loader(), lightning_job.loader(), ckpt_path=uri)
+    assert (started.epoch, started.step) == (2, stored["global_step"])
+    for key, value in stored["state_dict"].items():
+        assert torch.equal(started.weights[key], value)
+    pointer = ddp_run.objects / "lit-from-uri" / "checkpoints" / "latest.ckpt.symlink"
+    assert pointer.read_text() == "lit-from-uri/checkpoints/last.ckpt"
+
+
+def test_a_removed_pointer_target_stays_until_the_pointer_moves_on(
+    fleet: WorkerFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "store" / "artifacts").mkdir(parents=True)
+    folder = tmp_path / "store" / "artifacts" / "lit-unit" / "checkpoints"
+    plugin = in_process(fleet, tmp_path / "store", "lit-unit")
+    a, b, c = (tmp_path / "ckpt" / f"{n}.ckpt" for n in "abc")
+    plugin.save_checkpoint({"n": 1}, a)
+    plugin.remove_checkpoint(a)  # the pointer's target: only the local file goes
+    assert not a.exists()
+    plugin.save_checkpoint({"n": 2}, b)  # moves the pointer on: now a may go
+    plugin.save_checkpoint({"n": 3}, c)
+    plugin.remove_checkpoint(c)  # the pointer's target again, and stays so
+    with caplog.at_level(logging.WARNING, logger="hoist.rank"):
+        plugin.teardown()
+    assert sorted(p.name for p in folder.iterdir()) == ["b.ckpt", "c.ckpt", "latest.ckpt.symlink"]
+    assert (folder / "latest.ckpt.symlink").read_text() == "lit-unit/checkpoints/c.ckpt"
+    assert torch.load(folder / "c.ckpt", weights_only=True) == {"n": 3}
+    assert "kept lit-unit/checkpoints/c.ckpt in the store" in caplog.text
+    assert "the run's pointer names it" in caplog.text
+    assert plugin.logger is None  # the logger it built is closed
+
+
+def test_teardown_raises_the_real_cause_of_a_failed_upload(
+    fleet: WorkerFleet, tmp_path: Path
+) -> None:
+    # No "artifacts" folder: the container is missing. Without the store
+    # check the first save passes; the upload fails on the worker.
+    (tmp_path / "store").mkdir()
+    kwargs = {**single_rank_local_store(fleet, tmp_path / "store"), "store_check": False}
+    plugin = HoistCheckpointIO(**kwargs, run_name="lit-fails")
+    plugin.save_checkpoint({"n": 1}, tmp_path / "ckpt" / "epoch=0.ckpt")
+    with pytest.raises(UploadFailedError) as failed:
+        plugin.teardown()
+    assert "checkpoints/epoch=0.ckpt" in str(failed.value)
+    assert "artifacts" in str(failed.value)  # the cause: the missing container
+
+
+@pytest.mark.parametrize(
+    ("path", "error", "says"),
+    [
+        (
+            "http://example.com/x.ckpt",
+            ConfigurationError,
+            "cannot load 'http://example.com/x.ckpt'",
+        ),
+        ("/no/such/x.ckpt", ObjectNotFoundError, "no checkpoint file '/no/such/x.ckpt' exists"),
+        ("../x.ckpt", ObjectNotFoundError, "no checkpoint file '../x.ckpt' exists"),
+        ("checkpoints/../../x", ConfigurationError, "is no local file and no artifact name"),
+        (
+            "checkpoints/nope.ckpt",
+            ObjectNotFoundError,
+            "no checkpoint 'checkpoints/nope.ckpt' in run",
+        ),
+        ("nope.ckpt", ObjectNotFoundError, "artifact names of checkpoints start with"),
+        ("local://artifacts/lit-bad/x.ckpt", ObjectNotFoundError, "no checkpoint at local://"),
+    ],
+)
+def test_a_wrong_path_is_refused_saying_what_to_give(
+    fleet: WorkerFleet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    error: type[Exception],
+    says: str,
+) -> None:
+    (tmp_path / "store" / "artifacts").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    plugin = in_process(fleet, tmp_path / "store", "lit-bad")
+    try:
+        with pytest.raises(error, match=re.escape(says)) as refused:
+            plugin.load_checkpoint(path)
+        assert "\n" not in str(refused.value)
+        assert str(refused.value).count(". ") == 0  # one sentence
+    finally:
+        plugin.teardown()
+
+
+def test_refusals_before_anything_is_written(fleet: WorkerFleet, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="pass logger=ObjectStoreLogger"):
+        HoistCheckpointIO(object_name="{artifact_name}")
+    plugin = in_process(fleet, tmp_path / "store", "lit-refused")
+    with pytest.raises(ConfigurationError, match="give ModelCheckpoint a local dirpath"):
+        plugin.save_checkpoint({}, "s3://bucket/epoch=0.ckpt")
+    with pytest.raises(ConfigurationError, match="keeps 'checkpoints/latest.ckpt' for its pointer"):
+        plugin.save_checkpoint({}, tmp_path / "latest.ckpt")
+    assert not (tmp_path / "latest.ckpt").exists()
+    assert plugin.logger is None  # nothing was built for a refused call
+
+
+# ----- the README's snippet ----------------------------------------------------------------------
+
+README = REPO / "README.md"
+HEADING = "### PyTorch Lightning"
+
+
+def readme_snippet(text: str) -> str | None:
+    """The first python code block below :data:`HEADING` (before the next heading), or None."""
+    _, found, rest = text.partition(HEADING + "\n")
+    if not found:
+        return None
+    code: list[str] | None = None
+    for line in rest.splitlines(keepends=True):
+        if code is not None:  # inside the block: a "# comment" is python, not a heading
+            if line.startswith("```"):
+                return "".join(code)
+            code.append(line)
+        elif line.startswith("```python"):
+            code = []
+        elif line.startswith("#"):
+            return None  # the next section: this one has no snippet
+    return None
+
+
+def run_snippet(
+    code: str, fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run the snippet as a reader would: a store and a fleet named by ``HOIST_*``."""
+    store = tmp_path / "store"
+    (store / "artifacts").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOIST_BROKER_URL", fleet.broker_url)
+    monkeypatch.setenv("HOIST_STAGING_DIR", str(fleet.staging_root))
+    monkeypatch.setenv("HOIST_STORE_URI", f"file://{store / 'artifacts'}")
+    exec(compile(code, str(README), "exec"), {"__name__": "readme"})  # noqa: S102
+
+
+def test_the_readme_snippet_runs(
+    fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = readme_snippet(README.read_text())
+    if code is None:
+        pytest.skip(f"README.md has no {HEADING!r} section with a python snippet yet")
+    run_snippet(code, fleet, tmp_path, monkeypatch)
+    objects = tmp_path / "store" / "artifacts"
+    target = (objects / "lit-demo" / "checkpoints" / "latest.ckpt.symlink").read_text()
+    assert target.startswith("lit-demo/checkpoints/epoch=")
+    assert torch.load(objects / target, weights_only=False)["epoch"] == 3  # the resumed run's
