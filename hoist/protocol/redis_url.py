@@ -27,8 +27,14 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.connection import SSLConnection
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 
 from hoist.errors import ConfigurationError
 from hoist.protocol.urls import mask_url
@@ -210,8 +216,8 @@ def redis_client(url: str, settings: SentinelSettings | None = None, **options: 
     }
     kwargs.setdefault("retry", Retry(FAILOVER_BACKOFF, retries=FAILOVER_RETRIES))
     kwargs.pop("retry_on_timeout", None)  # redis-py 8 deprecates it; the Retry above covers it
+    kwargs.setdefault("connection_class", _MasterSSLConnection if target.tls else _MasterConnection)
     if target.tls:
-        kwargs["ssl"] = True
         kwargs.update({k: v for k, v in target.options.items() if k.startswith("ssl_")})
     sentinel = _Sentinel(mask_url(url), list(target.sentinels), sentinel_kwargs=on_sentinels)
     return sentinel.master_for(
@@ -221,6 +227,33 @@ def redis_client(url: str, settings: SentinelSettings | None = None, **options: 
         password=target.password,
         **kwargs,
     )
+
+
+class _MasterConnection(SentinelManagedConnection):
+    """redis-py's connection to a Sentinel-managed master, which asks for the master's
+    address again whenever it reconnects.
+
+    redis-py 8 reconnects a connection that lost its socket in the middle of a
+    command (``send_packed_command``) with the address it last had, retrying
+    that address for the whole retry budget; after a failover that is the dead
+    master (measured once in tests/test_sentinel.py: a worker's command stuck
+    13 s). Here every reconnection asks the sentinels first, and each try of
+    the client's retry policy asks them again.
+    """
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+            retry_socket_connect = False
+        super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
+class _MasterSSLConnection(_MasterConnection, SSLConnection):
+    """:class:`_MasterConnection` over TLS."""
 
 
 class _Sentinel(Sentinel):
