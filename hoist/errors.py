@@ -54,6 +54,11 @@ class TransientStoreError(StoreError):
     retryable = True
 
 
+class StoreThrottledError(TransientStoreError):
+    """The store asked for fewer requests (S3 ``SlowDown``, HTTP 429): the fleet
+    lowers its concurrency toward that store, for every worker (:mod:`hoist.state.throttle`)."""
+
+
 class StoreConnectionError(TransientStoreError):
     """The store could not be reached (refused, reset, timed out)."""
 

@@ -47,7 +47,7 @@ from hoist.protocol.signing import sign
 from hoist.protocol.staged_file import open_staged_file, staged_components
 from hoist.state.records import Records
 from hoist.state.states import State
-from hoist.stores.base import validate_object_name
+from hoist.stores.names import validate_object_name
 from hoist.stores.spec import StoreSpec
 from tests.services.bad_input import Tally, names, run_names, templates
 from tests.services.keys import FLEET_KEY

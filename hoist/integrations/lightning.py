@@ -254,6 +254,7 @@ class HoistCheckpointIO(TorchCheckpointIO):
             # ObjectStoreLogger has no public per-artifact query yet: its records
             # are what wait() polls, read here the same way.
             self._removals = _Removals(hoist._records, hoist.store)
+            self._removals.start()
         return self._removals
 
     @staticmethod
@@ -314,12 +315,14 @@ class _Removals:
         """Delete ``object_name`` from the store once it is safe (see the module docs)."""
         with self._lock:
             self._doomed[object_name] = self._uploads.get(object_name)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="hoist-lightning-removals", daemon=True
-                )
-                self._thread.start()
         self._wake.set()
+
+    def start(self) -> None:
+        """Delete in a thread of its own from now on, as removals become due."""
+        self._thread = threading.Thread(
+            target=self._run, name="hoist-lightning-removals", daemon=True
+        )
+        self._thread.start()
 
     def finish(self) -> None:
         """After ``wait()``: delete what is due (all can be), log what is kept and why."""

@@ -13,6 +13,7 @@ Keys (all under ``hoist:``):
 ``deferred``                    sorted set: artifact id -> when to send it again (ms)
 ``ckpt:<run>:<checkpoint>``     hash: each rank's artifact ids of a sharded checkpoint
 ``lease:<kind>:...``            sorted set: a fleet-wide limit's holders, by expiry
+``throttle:<store>``            hash: a store's lowered concurrency after "slow down"
 ``refused``                     hash: refused messages, counted by reason
 ``failures:<run>:<rank>``       counter: the rank's artifacts that failed (rises only)
 ``probe:<id>``                  hash: a store check's outcome (expires)
@@ -109,6 +110,11 @@ def rank_lease_key(run_name: str, rank: int) -> str:
 def store_lease_key(store_id: str) -> str:
     """The limit of uploads in flight to one store."""
     return f"{PREFIX}lease:store:{store_id}"
+
+
+def throttle_key(store_id: str) -> str:
+    """A store's ceiling while it throttles (:mod:`hoist.state.throttle`)."""
+    return f"{PREFIX}throttle:{store_id}"
 
 
 def name_lease_key(store_id: str, object_name: str) -> str:

@@ -13,6 +13,10 @@ upload in flight per object name, and one writer per pointer.
 Every write also sets the limit key's own time to live to two lease times:
 always past every member's expiry, so an idle limit vanishes and a busy one
 never does (the scripts ``acquire_leases.lua`` and ``renew_lease.lua``).
+
+A store's limit may be lowered for the whole fleet while the store throttles
+(:mod:`hoist.state.throttle`): its ceiling key then caps it, read in the same
+round trip that takes the lease.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from dataclasses import dataclass
 
 import redis
 
-from hoist.state.keys import name_lease_key, rank_lease_key, store_lease_key
+from hoist.state.keys import name_lease_key, rank_lease_key, store_lease_key, throttle_key
 from hoist.state.scripts import register
+
+_NO_CEILING = throttle_key("none")
+"""The ceiling of a limit that has none: a key never written (store ids are hex)."""
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,14 @@ class Limit:
     Parameters:
         key: the Redis key of the limit (see the ``*_limit`` helpers).
         size: how many holders it admits; 0 means no limit.
+        ceiling: the key of a ceiling that may lower ``size`` for a while (a
+            store's, while it throttles); such a limit is taken even at size
+            0, so its holders are counted for the first decrease.
     """
 
     key: str
     size: int
+    ceiling: str = ""
 
 
 def rank_limit(run_name: str, rank: int, size: int) -> Limit:
@@ -45,8 +56,8 @@ def rank_limit(run_name: str, rank: int, size: int) -> Limit:
 
 
 def store_limit(store_id: str, size: int) -> Limit:
-    """The limit of uploads in flight to one store, fleet-wide."""
-    return Limit(store_lease_key(store_id), size)
+    """The limit of uploads in flight to one store, fleet-wide, under its throttle ceiling."""
+    return Limit(store_lease_key(store_id), size, throttle_key(store_id))
 
 
 def name_lock(store_id: str, object_name: str) -> Limit:
@@ -68,6 +79,9 @@ class Leases:
         self.token = token
         self.lease_ms = lease_ms
         self.held: list[Limit] = []
+        self.capped = False
+        """Whether the last acquire met a throttle ceiling (the job then reports
+        clean answers, :meth:`hoist.state.throttle.Throttle.answered`)."""
         self._acquire_all = register(client, "acquire_leases")
         self._renew = register(client, "renew_lease")
 
@@ -80,17 +94,23 @@ class Leases:
                 small uploads frees a slot within milliseconds, sooner than the
                 caller could defer and be sent again.
         """
-        wanted = [limit for limit in limits if limit.size > 0]
+        wanted = [limit for limit in limits if limit.size > 0 or limit.ceiling]
         if not wanted:
             return True
+        # An empty name for a limit without a ceiling: a key that never exists.
+        keys = [limit.key for limit in wanted] + [
+            limit.ceiling or limit.key + ":-" for limit in wanted
+        ]
         deadline = time.monotonic() + patience
         delay = 0.005
         while True:
             now = int(time.time() * 1000)
             args: list[str | int] = [self.token, now, now + self.lease_ms, 2 * self.lease_ms]
             args += [limit.size for limit in wanted]
-            if self._acquire_all(keys=[limit.key for limit in wanted], args=args):
+            taken = int(self._acquire_all(keys=keys, args=args))
+            if taken:
                 self.held.extend(wanted)
+                self.capped = taken == 2
                 return True
             if time.monotonic() + delay > deadline:
                 return False

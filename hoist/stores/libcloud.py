@@ -50,17 +50,13 @@ from hoist.errors import (
     StoreAuthError,
     StoreConnectionError,
     StoreFullError,
+    StoreThrottledError,
     TransientStoreError,
     UnknownProviderError,
 )
-from hoist.stores.base import (
-    FILE_SEGMENT_MAX_BYTES,
-    ObjectStat,
-    ObjectStore,
-    Verification,
-    temporary_name,
-)
+from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import CHUNK_SIZE, Checksum, HashingReader, Progress
+from hoist.stores.names import FILE_SEGMENT_MAX_BYTES, temporary_name
 
 LOCAL = "local"
 _PROBE_OBJECT = ".hoist-check"
@@ -245,7 +241,12 @@ class LibcloudObjectStore(ObjectStore):
                 f"key/secret in provider_kwargs and that they may read and write container "
                 f"{self.container!r}"
             )
-        if isinstance(exc, RateLimitReachedError) or status == 429 or (status or 0) >= 500:
+        if isinstance(exc, RateLimitReachedError) or status == 429:
+            return StoreThrottledError(
+                f"{self.provider} at {self._endpoint} answered HTTP {status} for {where}: "
+                "too many requests; the fleet lowers its concurrency toward this store"
+            )
+        if (status or 0) >= 500:
             return TransientStoreError(
                 f"{self.provider} at {self._endpoint} answered HTTP {status} for {where}; "
                 "retry later"

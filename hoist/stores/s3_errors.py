@@ -17,6 +17,7 @@ from hoist.errors import (
     PermanentStoreError,
     StoreAuthError,
     StoreConnectionError,
+    StoreThrottledError,
     TransientStoreError,
 )
 
@@ -33,11 +34,20 @@ AUTH_CODES = frozenset(
 )
 """Error codes that mean the credentials are missing, wrong or not allowed."""
 
-TRANSIENT_CODES = frozenset(
+THROTTLING_CODES = frozenset(
     {
         "SlowDown",
         "Throttling",
         "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestThrottled",
+    }
+)
+"""Error codes that ask for fewer requests: the fleet backs off together on these."""
+
+TRANSIENT_CODES = frozenset(
+    {
         "RequestTimeout",
         "RequestTimeTooSkewed",
         "InternalError",
@@ -80,10 +90,11 @@ def translate_s3_error(
         ...      "ResponseMetadata": {"HTTPStatusCode": 503}},
         ...     "PutObject",
         ... )
-        >>> translate_s3_error(
+        >>> error = translate_s3_error(
         ...     exc, bucket="ckpts", where="s3://ckpts/ep1.pt", endpoint="AWS S3", for_object=True
         ... )
-        TransientStoreError('AWS S3 answered 503 SlowDown for s3://ckpts/ep1.pt: Slow down')
+        >>> type(error).__name__, str(error).split(";")[0]
+        ('StoreThrottledError', 'AWS S3 answered 503 SlowDown for s3://ckpts/ep1.pt: Slow down')
     """
     if isinstance(exc, boto_errors.NoCredentialsError):
         # Raised where the upload runs: on a worker, whose environment is the
@@ -136,6 +147,11 @@ def _translate_client_error(
         )
     if code in ("NoSuchKey", "NotFound") or status == 404:
         return ObjectNotFoundError(f"{where} does not exist")
-    if code in TRANSIENT_CODES or status >= 500 or status == 429:
+    if code in THROTTLING_CODES or status == 429:
+        return StoreThrottledError(
+            f"{endpoint} answered {status} {code} for {where}: {detail}; the fleet lowers "
+            "its concurrency toward this store"
+        )
+    if code in TRANSIENT_CODES or status >= 500:
         return TransientStoreError(f"{endpoint} answered {status} {code} for {where}: {detail}")
     return PermanentStoreError(f"{endpoint} refused {where}: {status} {code}: {detail}")

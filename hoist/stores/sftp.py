@@ -36,14 +36,9 @@ from hoist.errors import (
     StoreError,
     StoreFullError,
 )
-from hoist.stores.base import (
-    FILE_SEGMENT_MAX_BYTES,
-    ObjectStat,
-    ObjectStore,
-    Verification,
-    temporary_name,
-)
+from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import Checksum, HashingReader, Progress
+from hoist.stores.names import FILE_SEGMENT_MAX_BYTES, temporary_name
 from hoist.stores.sftp_config import expand_all, normalize_cwd
 from hoist.stores.sftp_errors import FULL_ERRNOS, is_connection_failure, is_sftp_failure
 from hoist.stores.sftp_hash import HashCommand, PiecewiseHash, probe

@@ -23,6 +23,7 @@ from hoist.errors import (
     InvalidMessageError,
     StoreError,
     StoreNotAllowedError,
+    StoreThrottledError,
 )
 from hoist.protocol.messages import (
     Message,
@@ -34,6 +35,7 @@ from hoist.state.keys import pointer_key
 from hoist.state.leases import Leases, name_lock
 from hoist.state.schedule import backoff_delay, hold_back_delay
 from hoist.state.states import Claim, State
+from hoist.state.throttle import Throttle
 from hoist.stores.spec import StoreSpec
 from hoist.tasks.worker_context import WorkerContext
 
@@ -248,6 +250,30 @@ class Job:
             State.DONE, uri=result.uri, size=result.size, checksum=str(result.checksum), **fields
         )
 
+    def store_answered(self, throttled: bool) -> None:
+        """Tell the fleet's ceiling of this store (:mod:`hoist.state.throttle`) how it answered.
+
+        A throttled answer lowers it; a clean one raises it, and is only told
+        when a ceiling held at the lease (no round trip while nothing throttles).
+        A Redis error here is logged, never the job's outcome.
+        """
+        if not throttled and not self.leases.capped:
+            return
+        throttle = Throttle(self.ctx.records.client)
+        configured = self.ctx.settings.store_limit
+        try:
+            if throttled:
+                limit = throttle.slowed(self.spec.store_id, configured)
+                log.warning(
+                    "%s: the store throttles; the fleet now sends it at most %d upload(s) at once",
+                    self.message.id,
+                    max(1, int(limit)),
+                )
+            else:
+                throttle.answered(self.spec.store_id, configured)
+        except Exception as exc:
+            log.warning("%s: the store's ceiling was not updated: %s", self.message.id, exc)
+
     # ----- outcomes ---------------------------------------------------------
 
     def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
@@ -269,6 +295,8 @@ class Job:
         """Retry transient errors with backoff up to ``max_retries``; fail the rest at once."""
         error = f"{type(exc).__name__}: {exc}"
         retryable = is_retryable(exc)
+        if isinstance(exc, StoreThrottledError):
+            self.store_answered(throttled=True)
         # An error before the store was tried (building it, say) still counts as a try.
         attempt = self.attempt if self.attempt is not None else self.begin_attempt()
         if not retryable:

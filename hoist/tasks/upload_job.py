@@ -129,6 +129,7 @@ class UploadJob(Job):
             if not result.already_present:
                 store.delete(message.object_name)
             return self.settle(State.FAILED, error=rewritten)
+        self.store_answered(throttled=False)
         # Recorded done first, then the staged copy goes: a settle lost to a
         # Redis restart leaves the file for the redelivery, which finds the
         # object already present, instead of a record that fails on a missing file.

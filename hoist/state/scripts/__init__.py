@@ -47,6 +47,8 @@ NAMES = (
     "settle",
     "states",
     "take_due",
+    "throttle_down",
+    "throttle_up",
     "withdraw",
 )
 """Every script, by the name of its file without ``.lua``."""

@@ -1,0 +1,106 @@
+"""Backing off together: a store that answers "slow down" gets fewer requests from the whole fleet.
+
+When a store throttles (S3 ``SlowDown``, HTTP 429: :class:`~hoist.errors.StoreThrottledError`),
+each worker's own backoff is not enough: while one waits, the others keep
+the prefix throttled. So the store's fleet-wide limit
+(:func:`hoist.state.leases.store_limit`) gets a ceiling in Redis, lowered and
+raised as TCP lowers and raises its window (additive increase, multiplicative
+decrease):
+
+- a throttled answer halves the ceiling, at most once per
+  :data:`DECREASE_WINDOW_MS` (the requests in flight when the store objected
+  all see the same answer); the first decrease starts from the uploads then in
+  flight;
+- each clean answer while a ceiling holds raises it by ``1/ceiling``, one
+  place more per ceiling's worth of clean answers; at the configured limit
+  (``HOIST_STORE_LIMIT``), or at twice where throttling began when none is
+  configured, the ceiling is lifted;
+- a ceiling nobody touches vanishes after :data:`IDLE_MS`.
+
+The ceiling is read in the round trip that takes the lease, so a worker pays
+nothing while no store throttles. ``hoist status`` shows ceilings in force.
+
+Example (against a real Redis; tests/test_throttle.py):
+    >>> throttle = Throttle(redis_client)  # doctest: +SKIP
+    >>> throttle.slowed("3f1c0a9e2b7d4c11", configured=0)  # 8 in flight  # doctest: +SKIP
+    4.0
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from hoist.state.keys import PREFIX, store_lease_key, throttle_key
+from hoist.state.scripts import register
+
+DECREASE_WINDOW_MS = 1000
+"""No second decrease sooner: long enough for the requests in flight at the first to answer."""
+IDLE_MS = 10 * 60 * 1000
+"""A ceiling untouched this long is lifted: the store has not been asked for minutes."""
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """A store's lowered limit, as ``hoist status`` shows it.
+
+    Parameters:
+        store_id: the store.
+        limit: uploads the fleet may have in flight to it now.
+        base: uploads in flight when it first throttled.
+        decreases: times the store throttled since then.
+        changed_at: when the ceiling last went down, seconds since the epoch.
+    """
+
+    store_id: str
+    limit: float
+    base: int
+    decreases: int
+    changed_at: float
+
+
+class Throttle:
+    """The fleet's ceilings of the stores that throttle.
+
+    Parameters:
+        client: the state Redis.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._down = register(client, "throttle_down")
+        self._up = register(client, "throttle_up")
+
+    def slowed(self, store_id: str, configured: int) -> float:
+        """The store throttled a request: lower its ceiling; return the ceiling in force."""
+        now = int(time.time() * 1000)
+        keys = [throttle_key(store_id), store_lease_key(store_id)]
+        return float(self._down(keys=keys, args=[now, DECREASE_WINDOW_MS, IDLE_MS, configured]))
+
+    def answered(self, store_id: str, configured: int) -> float | None:
+        """The store answered cleanly under a ceiling: raise it; None once lifted."""
+        held = self._up(keys=[throttle_key(store_id)], args=[IDLE_MS, configured])
+        return float(held) if held else None
+
+    def ceilings(self) -> list[Ceiling]:
+        """Every ceiling in force, for ``hoist status``."""
+        found = []
+        for key in self.client.scan_iter(match=throttle_key("*"), count=100):
+            name = key.decode() if isinstance(key, bytes) else key
+            fields = {
+                (k.decode() if isinstance(k, bytes) else k): float(v)
+                for k, v in self.client.hgetall(name).items()
+            }
+            if "limit" in fields:
+                found.append(
+                    Ceiling(
+                        name.removeprefix(f"{PREFIX}throttle:"),
+                        fields["limit"],
+                        int(fields.get("base", 0)),
+                        int(fields.get("decreases", 0)),
+                        fields.get("changed", 0.0) / 1000,
+                    )
+                )
+        return sorted(found, key=lambda c: c.store_id)
