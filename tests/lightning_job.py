@@ -5,8 +5,10 @@
 with ``HoistCheckpointIO`` uploading to the Libcloud ``local`` store ``DIR``
 (the broker, staging root and fleet key from ``HOIST_*``), keeping the 2 best
 checkpoints by a ``val_loss`` that follows :data:`VAL_LOSS` and ``last.ckpt``.
-Rank 0 writes a JSON summary: where training started (epoch and step after a
-resume) and the best checkpoints' paths. With ``--devices 2`` Lightning's
+Each rank writes a JSON summary (``<summary>-rank<r>.json``): where training
+started (epoch, step and weights, after a resume) and the best checkpoints.
+With ``--resume-run`` the same processes then resume from ``--resume-from``
+in a fresh folder, for one more epoch. With ``--devices 2`` Lightning's
 launcher starts the second process itself (``strategy="ddp"``, gloo).
 """
 
@@ -102,19 +104,41 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--summary", type=Path, required=True)
-    parser.add_argument("--ckpt-path")
+    parser.add_argument("--resume-run", help="then resume in this run, in a fresh folder")
+    parser.add_argument("--resume-from", help="the ckpt_path to resume from")
+    parser.add_argument("--resume-dirpath", type=Path)
     args = parser.parse_args()
-    plugin = HoistCheckpointIO(**local_store(args.store), run_name=args.run)
-    run, checkpoints, started = trainer(plugin, args.dirpath, args.epochs, args.devices)
-    run.fit(Tiny(), loader(), loader(), ckpt_path=args.ckpt_path)
-    if run.is_global_zero:
-        summary = {
-            "epoch": started.epoch,
-            "step": started.step,
-            "best": sorted(Path(p).name for p in checkpoints.best_k_models),
-            "world_size": run.world_size,
-        }
-        args.summary.write_text(json.dumps(summary))
+    summary: dict[str, Any] = {
+        "fit": fit(args.store, args.run, args.dirpath, args.epochs, args.devices, None)
+    }
+    if args.resume_run:
+        summary["resume"] = fit(
+            args.store,
+            args.resume_run,
+            args.resume_dirpath,
+            args.epochs + 1,
+            args.devices,
+            args.resume_from,
+        )
+    rank = summary["fit"]["rank"]
+    (args.summary.parent / f"{args.summary.stem}-rank{rank}.json").write_text(json.dumps(summary))
+
+
+def fit(
+    store: Path, run_name: str, dirpath: Path, epochs: int, devices: int, ckpt_path: str | None
+) -> dict[str, Any]:
+    """Train; what this rank saw: where training started, the best checkpoints."""
+    plugin = HoistCheckpointIO(**local_store(store), run_name=run_name)
+    run, checkpoints, started = trainer(plugin, dirpath, epochs, devices)
+    run.fit(Tiny(), loader(), loader(), ckpt_path=ckpt_path)
+    return {
+        "rank": run.global_rank,
+        "world_size": run.world_size,
+        "epoch": started.epoch,
+        "step": started.step,
+        "weights": {key: value.tolist() for key, value in started.weights.items()},
+        "best": sorted(Path(p).name for p in checkpoints.best_k_models),
+    }
 
 
 if __name__ == "__main__":

@@ -24,15 +24,16 @@ from typing import Any
 import pytest
 
 from hoist.errors import ConfigurationError, ObjectNotFoundError, UploadFailedError
+from hoist.state.states import State
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.process import free_port
 from tests.services.redis import RedisServer
-from tests.services.workers import WorkerFleet, clean_environment
+from tests.services.workers import WorkerFleet, clean_environment, wait_until
 
 torch = pytest.importorskip("torch", reason="the test extra installs torch")
 pytest.importorskip("lightning", reason="the test extra installs lightning")
 
-from hoist.integrations.lightning import HoistCheckpointIO  # noqa: E402 (needs lightning)
+from hoist.integrations.lightning import HoistCheckpointIO, _Removals  # noqa: E402 (lightning)
 from tests import lightning_job  # noqa: E402 (imports lightning)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,11 +49,15 @@ def fleet(
 
 @dataclass(frozen=True)
 class DdpRun:
-    """The 2-process run: its store (the container's folder), local folder and summary."""
+    """The 2-process job: its store (the container's folder), local folder, each rank's summary."""
 
     objects: Path
     dirpath: Path
-    summary: dict[str, Any]
+    ranks: list[dict[str, Any]]
+
+
+RESUMED = "lit-ddp-resumed"
+"""The run the DDP job's second fit resumes in, from :data:`RUN`'s pointer by its URI."""
 
 
 def job_environment(fleet: WorkerFleet) -> dict[str, str]:
@@ -68,12 +73,15 @@ def job_environment(fleet: WorkerFleet) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ddp_run(fleet: WorkerFleet, tmp_path_factory: pytest.TempPathFactory) -> DdpRun:
+    """4 epochs on 2 ranks, then (same processes, a fresh folder) a resume in another run
+    from ``local://artifacts/lit-ddp/checkpoints/latest.ckpt``, the pointer's URI."""
     root = tmp_path_factory.mktemp("lit-ddp")
     (root / "store" / "artifacts").mkdir(parents=True)
-    summary = root / "summary.json"
     argv = [sys.executable, "-m", "tests.lightning_job", "--store", str(root / "store")]
     argv += ["--run", RUN, "--dirpath", str(root / "ckpt"), "--epochs", "4", "--devices", "2"]
-    argv += ["--summary", str(summary)]
+    argv += ["--summary", str(root / "summary.json"), "--resume-run", RESUMED]
+    argv += ["--resume-from", f"local://artifacts/{RUN}/checkpoints/latest.ckpt"]
+    argv += ["--resume-dirpath", str(root / "resumed")]
     result = subprocess.run(
         argv,
         env=job_environment(fleet),
@@ -83,8 +91,8 @@ def ddp_run(fleet: WorkerFleet, tmp_path_factory: pytest.TempPathFactory) -> Ddp
         timeout=180,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    objects = root / "store" / "artifacts"
-    return DdpRun(objects, root / "ckpt", json.loads(summary.read_text()))
+    ranks = [json.loads((root / f"summary-rank{r}.json").read_text()) for r in range(2)]
+    return DdpRun(root / "store" / "artifacts", root / "ckpt", ranks)
 
 
 def in_process(fleet: WorkerFleet, store: Path, run_name: str) -> HoistCheckpointIO:
@@ -93,8 +101,8 @@ def in_process(fleet: WorkerFleet, store: Path, run_name: str) -> HoistCheckpoin
 
 
 def test_ddp_keeps_the_two_best_and_the_pointers_target(ddp_run: DdpRun) -> None:
-    assert ddp_run.summary["world_size"] == 2
-    assert ddp_run.summary["best"] == ["epoch=1.ckpt", "epoch=3.ckpt"]
+    assert [rank["fit"]["world_size"] for rank in ddp_run.ranks] == [2, 2]
+    assert ddp_run.ranks[0]["fit"]["best"] == ["epoch=1.ckpt", "epoch=3.ckpt"]
     folder = ddp_run.objects / RUN / "checkpoints"
     kept = ["epoch=1.ckpt", "epoch=3.ckpt", "last.ckpt"]
     # epoch=0 and epoch=2 were uploaded, then removed by ModelCheckpoint: gone.
@@ -105,6 +113,20 @@ def test_ddp_keeps_the_two_best_and_the_pointers_target(ddp_run: DdpRun) -> None
         assert (folder / name).read_bytes() == (ddp_run.dirpath / name).read_bytes()
     last = torch.load(folder / "last.ckpt", weights_only=True)
     assert last["epoch"] == 3 and last["global_step"] == 4 * 2  # 2 steps a rank an epoch
+
+
+def test_both_ddp_ranks_resume_from_the_pointers_uri(ddp_run: DdpRun) -> None:
+    last = torch.load(ddp_run.objects / RUN / "checkpoints" / "last.ckpt", weights_only=True)
+    for rank in ddp_run.ranks:  # rank 1 downloads too, with a logger of its own
+        resumed = rank["resume"]
+        assert (resumed["epoch"], resumed["step"]) == (4, last["global_step"])
+        assert resumed["weights"] == {k: v.tolist() for k, v in last["state_dict"].items()}
+    folder = ddp_run.objects / RESUMED / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "epoch=4.ckpt",
+        "last.ckpt",
+        "latest.ckpt.symlink",
+    ]
 
 
 def test_resume_by_the_pointer_in_a_fresh_folder(
@@ -156,7 +178,8 @@ def test_a_removed_pointer_target_stays_until_the_pointer_moves_on(
     plugin.save_checkpoint({"n": 1}, a)
     plugin.remove_checkpoint(a)  # the pointer's target: only the local file goes
     assert not a.exists()
-    plugin.save_checkpoint({"n": 2}, b)  # moves the pointer on: now a may go
+    plugin.save_checkpoint({"n": 2}, b)  # moves the pointer on: now a may go, while training
+    wait_until(lambda: not (folder / "a.ckpt").exists(), timeout=20)
     plugin.save_checkpoint({"n": 3}, c)
     plugin.remove_checkpoint(c)  # the pointer's target again, and stays so
     with caplog.at_level(logging.WARNING, logger="hoist.rank"):
@@ -167,6 +190,39 @@ def test_a_removed_pointer_target_stays_until_the_pointer_moves_on(
     assert "kept lit-unit/checkpoints/c.ckpt in the store" in caplog.text
     assert "the run's pointer names it" in caplog.text
     assert plugin.logger is None  # the logger it built is closed
+
+
+class Records:
+    """The records' ``states`` call, answering from a dict (``None``: no record)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, State] = {}
+
+    def states(self, artifacts: list[str]) -> dict[str, State]:
+        return {a: self.held[a] for a in artifacts if a in self.held}
+
+
+def test_a_removed_copy_is_due_only_once_uploaded_and_past_the_written_pointer() -> None:
+    records = Records()
+    removals = _Removals(records, store=None)  # type: ignore[arg-type]  # never deletes here
+    removals.saved("r/x", "up-x", "ptr-x")
+    removals.remove("r/x")
+    records.held = {"up-x": State.DONE, "ptr-x": State.DONE}
+    assert removals._due() == []  # the pointer names it
+    removals.saved("r/y", "up-y", "ptr-y")
+    records.held.update({"up-y": State.UPLOADING, "ptr-y": State.WAITING})
+    assert removals._due() == []  # the store's pointer still names x
+    records.held.update({"up-x": State.RETRYING, "up-y": State.DONE, "ptr-y": State.DONE})
+    assert removals._due() == []  # x is not uploaded yet: it would land after a delete
+    records.held["up-x"] = State.DONE
+    assert removals._due() == ["r/x"]
+    records.held["up-x"] = State.FAILED  # this version failed: an older copy may be there
+    assert removals._due() == ["r/x"]
+    removals.remove("r/y")
+    assert removals._due() == ["r/x"]  # never the pointer's target
+    removals.saved("r/x", "up-x2", "ptr-x2")  # saved again: no longer removed
+    records.held.update({"up-x2": State.DONE, "ptr-x2": State.DONE})
+    assert removals._due() == ["r/y"]
 
 
 def test_teardown_raises_the_real_cause_of_a_failed_upload(
@@ -182,6 +238,18 @@ def test_teardown_raises_the_real_cause_of_a_failed_upload(
         plugin.teardown()
     assert "checkpoints/epoch=0.ckpt" in str(failed.value)
     assert "artifacts" in str(failed.value)  # the cause: the missing container
+
+
+def test_a_missing_container_fails_the_first_save(fleet: WorkerFleet, tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()  # no "artifacts" folder in it
+    plugin = in_process(fleet, tmp_path / "store", "lit-no-container")
+    try:
+        with pytest.raises(
+            UploadFailedError, match="container .artifacts. of provider .local. does"
+        ):
+            plugin.save_checkpoint({"n": 1}, tmp_path / "ckpt" / "epoch=0.ckpt")
+    finally:
+        plugin.teardown()
 
 
 @pytest.mark.parametrize(
