@@ -24,11 +24,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis
 
+import hoist.tasks.resender as resender_module
+from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_QUEUE, UPLOAD_TASK, UploadRequest
-from hoist.settings import SentinelSettings
+from hoist.protocol.redis_url import kombu_url
+from hoist.protocol.sending import celery_config
+from hoist.protocol.urls import mask_url
+from hoist.settings import SentinelSettings, WorkerSettings
+from hoist.state.keys import record_key
 from hoist.state.records import Records
 from hoist.state.states import State
+from hoist.tasks.resender import Resender
 from tests.conftest import _running, serve_fleet
 from tests.services.cluster import environment, hoist
 from tests.services.flower import flower_get, flower_server
@@ -248,3 +256,67 @@ def test_status_through_a_sentinel_url(group: SentinelGroup, tmp_path: Path) -> 
     for result in (shown, refused, unusable):
         assert PASSWORD not in result.stdout + result.stderr
         assert SENTINEL_PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_record_write_waits_for_the_replica(group: SentinelGroup) -> None:
+    """With a replica, create.lua and WAIT 1 go down one connection; the replica holds it."""
+    master = redis.Redis.from_url(group.master.url, decode_responses=True)
+    replica = redis.Redis.from_url(group.replica.url, decode_responses=True)
+    records = sentinel_records(group)
+    # The first write also loads create.lua (EVALSHA found no script: tried again).
+    records.create(
+        UploadRequest("hoist-wait-r0-0", "wait", 0, 0, "a", "wait/a", "s", {}), UPLOAD_TASK, "s"
+    )
+    before = int(master.info("commandstats")["cmdstat_wait"]["calls"])
+    for n in range(1, 4):
+        message = UploadRequest(f"hoist-wait-r0-{n}", "wait", 0, n, "a", "wait/a", "s", {})
+        records.create(message, UPLOAD_TASK, "s")
+        # WAIT returned: the replica has the record before the next command is sent.
+        assert replica.hget(record_key(message.id), "state") == "queued"
+    after = int(master.info("commandstats")["cmdstat_wait"]["calls"])
+    assert after - before == 3
+
+
+def test_sentinel_urls_as_kombu_celery_and_logs_see_them() -> None:
+    """One URL form, three readers: kombu's (DB on every part, password on the first
+    only, no master_name), the transport options, and what is shown."""
+    url = "sentinel://:pw@h1:26379;sentinel://h2:26380;sentinel://h3/2?master_name=m"
+    assert kombu_url(url) == "sentinel://:pw@h1:26379/2;sentinel://h2:26380/2;sentinel://h3:26379/2"
+    config = celery_config(url, sentinel=SentinelSettings("ignored", "spw"))
+    assert config["broker_url"] == kombu_url(url) == config["result_backend"]
+    options = config["broker_transport_options"]
+    assert options["master_name"] == "m" and dict(options["sentinel_kwargs"])["password"] == "spw"
+    assert "spw" not in json.dumps(options) and "spw" not in repr(options)
+    assert mask_url(url).count("****") == 1 and "pw" not in mask_url(url).replace("****", "")
+    environ = {"HOIST_SENTINEL_MASTER": "mymaster", "HOIST_SENTINEL_PASSWORD": "x"}
+    assert WorkerSettings.from_environment(environ).sentinel == SentinelSettings("mymaster", "x")
+    assert "x" not in repr(SentinelSettings("mymaster", "x"))
+    for bad in ("sentinel://h1:26379/1;sentinel://h2:26379/2", "sentinel://:26379", "mongo://h/0"):
+        with pytest.raises(ConfigurationError) as refused:
+            celery_config(bad)
+        assert "\n" not in str(refused.value)
+
+
+def test_a_failover_makes_queued_records_due_at_once(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resender, seeing its master's address change, resends a queued record now
+    instead of after queued_timeout; before the change it only looks again later."""
+    records = Records.from_url(redis_server.url)
+    run = f"resend-{time.time_ns()}"
+    message = UploadRequest(f"hoist-{run}-r0-1", run, 0, 1, "a", f"{run}/a", "s", {})
+    records.create(message, UPLOAD_TASK, "s")
+    sent: list[str] = []
+    clock = [time.time() + 10]  # past the first look, far from queued_timeout
+    resender = Resender(records, lambda task, m: sent.append(m.id), 300.0, clock=lambda: clock[0])
+    addresses = iter([("10.0.0.1", 6379), ("10.0.0.1", 6379), ("10.0.0.2", 6379)])
+    # Where redis-py last found the master, as a Sentinel client would report it.
+    monkeypatch.setattr(resender_module, "master_address", lambda client: next(addresses))
+    resender.send_due()
+    assert sent == []  # looked at, not resent: its timeout is far away
+    clock[0] += 1
+    resender.send_due()  # the same master
+    assert sent == []
+    clock[0] += 1
+    resender.send_due()  # a new master: due at once, and resent
+    assert sent == [message.id] and resender.failover_at == clock[0]
