@@ -344,6 +344,7 @@ def run_snippet(
 def test_the_readme_snippet_runs(
     fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The snippet below README.md's Lightning heading, as written (lit-demo, 3 + 1 epochs)."""
     code = readme_snippet(README.read_text())
     if code is None:
         pytest.skip(f"README.md has no {HEADING!r} section with a python snippet yet")
@@ -351,4 +352,5 @@ def test_the_readme_snippet_runs(
     objects = tmp_path / "store" / "artifacts"
     target = (objects / "lit-demo" / "checkpoints" / "latest.ckpt.symlink").read_text()
     assert target.startswith("lit-demo/checkpoints/epoch=")
-    assert torch.load(objects / target, weights_only=False)["epoch"] == 3  # the resumed run's
+    # The snippet's second fit resumed at epoch 3 (the first ran 3) and saved it.
+    assert torch.load(objects / target, weights_only=False)["epoch"] == 3

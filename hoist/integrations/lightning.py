@@ -70,7 +70,7 @@ import torch.distributed as dist
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from hoist.download import download_artifact
-from hoist.errors import ConfigurationError, HoistError, ObjectNotFoundError, UploadFailedError
+from hoist.errors import ConfigurationError, ObjectNotFoundError, UploadFailedError
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.state.records import Records
@@ -145,6 +145,7 @@ class HoistCheckpointIO(TorchCheckpointIO):
         self.download_folder = download_folder
         self._owns_logger = logger is None
         self._removals: _Removals | None = None
+        self._store_lock = threading.Lock()  # loads here and deletions in _Removals' thread
 
     # ----- Lightning's CheckpointIO ---------------------------------------------
 
@@ -199,7 +200,7 @@ class HoistCheckpointIO(TorchCheckpointIO):
         source = self._source(hoist, text)
         with tempfile.TemporaryDirectory(prefix="hoist-ckpt-", dir=self.download_folder) as tmp:
             try:
-                with self._removals_of(hoist).store_lock:
+                with self._store_lock:
                     got = download_artifact(source, tmp + os.sep, store=hoist.store)
             except ObjectNotFoundError as exc:
                 raise ObjectNotFoundError(_not_found(text, hoist, exc)) from exc
@@ -253,7 +254,7 @@ class HoistCheckpointIO(TorchCheckpointIO):
         if self._removals is None:
             # ObjectStoreLogger has no public per-artifact query yet: its records
             # are what wait() polls, read here the same way.
-            self._removals = _Removals(hoist._records, hoist.store)
+            self._removals = _Removals(hoist._records, hoist.store, self._store_lock)
             self._removals.start()
         return self._removals
 
@@ -290,12 +291,15 @@ class _Removals:
     Parameters:
         records: the state store holding the logger's records.
         store: the logger's store, which the objects are deleted from.
+        store_lock: held while the store is used (loads use it too).
     """
 
-    def __init__(self, records: Records, store: ObjectStore) -> None:
+    def __init__(
+        self, records: Records, store: ObjectStore, store_lock: threading.Lock | None = None
+    ) -> None:
         self.records = records
         self.store = store
-        self.store_lock = threading.Lock()  # the store is used by loads and this thread
+        self.store_lock = store_lock or threading.Lock()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
@@ -327,7 +331,10 @@ class _Removals:
     def finish(self) -> None:
         """After ``wait()``: delete what is due (all can be), log what is kept and why."""
         self.stop()
-        self._delete_due()
+        try:
+            self._delete_due()
+        except Exception as exc:  # housekeeping: a blip must not fail a finished run
+            log.warning("deleting removed checkpoints failed: %r", exc)
         with self._lock:
             kept, pointer = dict(self._doomed), self._pointer
         for object_name in kept:
@@ -348,9 +355,7 @@ class _Removals:
         while not self._stopped:
             try:
                 self._delete_due()
-            except HoistError as exc:  # a Redis or store blip: tried again next time
-                log.warning("deleting removed checkpoints waits: %s", exc)
-            except Exception as exc:  # noqa: BLE001 (redis-py's errors; the thread must live)
+            except Exception as exc:  # a Redis or store blip: tried again; the thread lives on
                 log.warning("deleting removed checkpoints waits: %r", exc)
             with self._lock:
                 idle = not self._doomed
