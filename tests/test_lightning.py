@@ -240,6 +240,19 @@ def test_teardown_raises_the_real_cause_of_a_failed_upload(
     assert "artifacts" in str(failed.value)  # the cause: the missing container
 
 
+def test_fit_raises_the_real_cause_when_uploads_fail(
+    fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "store").mkdir()  # no container; no store check to catch it early
+    monkeypatch.chdir(tmp_path)
+    kwargs = {**single_rank_local_store(fleet, tmp_path / "store"), "store_check": False}
+    run, _, _ = lightning_job.trainer(
+        HoistCheckpointIO(**kwargs, run_name="lit-fit-fails"), tmp_path / "ckpt", epochs=2
+    )
+    with pytest.raises(UploadFailedError, match="container 'artifacts' of provider 'local'"):
+        run.fit(lightning_job.Tiny(), lightning_job.loader(), lightning_job.loader())
+
+
 def test_a_missing_container_fails_the_first_save(fleet: WorkerFleet, tmp_path: Path) -> None:
     (tmp_path / "store").mkdir()  # no "artifacts" folder in it
     plugin = in_process(fleet, tmp_path / "store", "lit-no-container")
@@ -262,6 +275,7 @@ def test_a_missing_container_fails_the_first_save(fleet: WorkerFleet, tmp_path: 
         ),
         ("/no/such/x.ckpt", ObjectNotFoundError, "no checkpoint file '/no/such/x.ckpt' exists"),
         ("../x.ckpt", ObjectNotFoundError, "no checkpoint file '../x.ckpt' exists"),
+        ("store", ConfigurationError, "'store' is a directory, not a checkpoint file"),
         ("checkpoints/../../x", ConfigurationError, "is no local file and no artifact name"),
         (
             "checkpoints/nope.ckpt",

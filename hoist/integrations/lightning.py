@@ -28,7 +28,8 @@ Lightning writes, reads and deletes every checkpoint through its strategy's
   logger's store; the training loop does not wait. Asked to remove the
   pointer's current target, the remote copy stays until a later save moves
   the pointer on. ``teardown`` first waits for every upload, then deletes
-  what is due and logs what it keeps.
+  what is due and logs what it keeps. A process killed before ``teardown``
+  may leave removed checkpoints in the store, never a pointer to a deleted one.
 
   Withdrawing an upload no worker has started
   (:func:`hoist.state.withdrawal.withdraw`) was the other way, and was not
@@ -275,7 +276,9 @@ class HoistCheckpointIO(TorchCheckpointIO):
             if urlsplit(text).scheme not in URI_SCHEMES:
                 raise ConfigurationError(f"HoistCheckpointIO cannot load {text!r}: {accepted}")
             return text
-        if os.path.isabs(text) or text.startswith(("./", "../")) or os.path.isdir(text):
+        if os.path.isdir(text):
+            raise ConfigurationError(f"{text!r} is a directory, not a checkpoint file: {accepted}")
+        if os.path.isabs(text) or text.startswith(("./", "../")):
             raise ObjectNotFoundError(f"no checkpoint file {text!r} exists: {accepted}")
         try:
             return hoist.get_uri_for_artifact(text)
