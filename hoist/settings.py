@@ -143,6 +143,9 @@ VARIABLES: tuple[Variable, ...] = (
              "1: accept unsigned messages when there is no fleet key", shown="0"),
     Variable("HOIST_STORE_LIMIT", _whole, 0, "uploads", WORKERS,
              "uploads to one store at once, fleet-wide; 0 for no limit"),
+    Variable("HOIST_SHARED_BACKOFF", _flag, True, "", WORKERS,
+             "0: a throttling store lowers no fleet-wide ceiling, each worker backs off alone",
+             shown="1"),
     Variable("HOIST_MAX_RETRIES", _whole, 8, "attempts", WORKERS,
              "attempts after transient errors before an upload fails"),
     Variable("HOIST_MAX_DELIVERIES", _whole, 8, "deliveries", WORKERS,
@@ -312,6 +315,8 @@ class WorkerSettings:
         staging_root: the only directory workers read from (``HOIST_STAGING_DIR``).
         store_limit: uploads to one store at once, fleet-wide; 0 for none
             (``HOIST_STORE_LIMIT``).
+        shared_backoff: a store that throttles gets a fleet-wide ceiling
+            (:mod:`hoist.state.throttle`; ``HOIST_SHARED_BACKOFF``).
         max_retries: attempts after transient errors before failing (``HOIST_MAX_RETRIES``).
         max_deliveries: deliveries without an outcome (a worker lost each
             time) before failing (``HOIST_MAX_DELIVERIES``).
@@ -350,6 +355,7 @@ class WorkerSettings:
     state_url: str = DEFAULT_BROKER_URL
     staging_root: str | None = None
     store_limit: int = 0
+    shared_backoff: bool = True
     max_retries: int = 8
     max_deliveries: int = 8
     lease_seconds: float = 30.0
@@ -378,6 +384,7 @@ class WorkerSettings:
             state_url_apart=read("HOIST_STATE_URL", env) is not None,
             staging_root=read("HOIST_STAGING_DIR", env),
             store_limit=read("HOIST_STORE_LIMIT", env),
+            shared_backoff=read("HOIST_SHARED_BACKOFF", env),
             max_retries=read("HOIST_MAX_RETRIES", env),
             max_deliveries=read("HOIST_MAX_DELIVERIES", env),
             lease_seconds=read("HOIST_LEASE_SECONDS", env),

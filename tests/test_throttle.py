@@ -1,14 +1,17 @@
 """Backing off together: a store's fleet-wide ceiling while it throttles, against a real Redis.
 
 The state (:mod:`hoist.state.throttle`) and the worker's decisions
-(:func:`hoist.tasks.delivery.deliver`, through the worker core's test world) are
-tested here without worker processes; the whole fleet converging under a
-throttling server is in tests/test_faults_store.py.
+(:func:`hoist.tasks.delivery.deliver`, through the worker core's test world)
+without worker processes; then a real fleet against moto behind the fault
+proxy, which answers ``SlowDown`` to uploads beyond the few it takes at once.
+Run with ``-s`` to see the throttled share with the fleet backing off together
+and, under ``-m long``, with each worker backing off alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import uuid
 from pathlib import Path
@@ -17,13 +20,27 @@ import pytest
 import redis
 
 from hoist.errors import StoreThrottledError
+from hoist.logger.levels import LogLevel
 from hoist.protocol.messages import UPLOAD_TASK
 from hoist.state.keys import throttle_key
 from hoist.state.leases import Leases, store_limit
 from hoist.state.states import State
 from hoist.state.throttle import DECREASE_WINDOW_MS, Throttle
+from tests.services.faultproxy import FaultProxy
+from tests.services.keys import FLEET_KEY
 from tests.services.redis import RedisServer
+from tests.services.s3 import S3Server
+from tests.services.workers import WorkerFleet
+from tests.test_faults_store import make_logger, s3_store, sha256
 from tests.test_worker_core import World, failing
+
+MiB = 1024 * 1024
+TAKES_AT_ONCE = 4
+"""Uploads the proxy lets through at once; more get 503 SlowDown."""
+SLOTS = 8
+"""The fleet's upload slots (2 workers x 4): twice what the server takes."""
+FILE_BYTES = 6 * MiB
+"""Large enough that uploads overlap (and above the batch size: a task each)."""
 
 
 @pytest.fixture
@@ -107,3 +124,94 @@ def test_a_throttled_upload_lowers_the_ceiling_and_a_clean_one_raises_it(
     clean = world.upload("clean.bin")
     assert world.deliver(UPLOAD_TASK, clean)["outcome"] == State.DONE.value
     assert all(c.store_id != store for c in throttle.ceilings())  # 1 + 1/1 = 2: lifted
+
+
+def throttled_run(
+    moto_server: S3Server,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    shared: bool,
+    files: int = 48,
+) -> tuple[float, str]:
+    """Upload ``files`` of :data:`FILE_BYTES` through a throttling proxy; check each landed.
+
+    Returns the share of upload requests throttled in the run's second half
+    (after convergence), and the store's id.
+    """
+    from tests.conftest import _serve
+
+    env = {
+        "HOIST_FLEET_KEY": FLEET_KEY,
+        "HOIST_BACKOFF_BASE": "0.2",
+        "HOIST_BACKOFF_MAX": "2",
+        "HOIST_MAX_RETRIES": "30",
+        "HOIST_SHARED_BACKOFF": "1" if shared else "0",
+    }
+    workdir, staging = tmp_path / "workers", tmp_path / "staging"
+    workdir.mkdir()
+    staging.mkdir()
+    fleet_runs = _serve(
+        WorkerFleet(workdir, redis_server.url, staging, count=2, concurrency=4, env=env)
+    )
+    fleet = next(fleet_runs)
+    run = f"throttle-{'shared' if shared else 'alone'}-{uuid.uuid4().hex[:6]}"
+    proxy = FaultProxy(moto_server.endpoint_url, rate=0, throttle_above=TAKES_AT_ONCE)
+    sources = {}
+    try:
+        with proxy:
+            # boto3 retries nothing itself here: every answer reaches hoist's decision.
+            single = {"multipart_threshold": 64 * MiB, "part_size": 8 * MiB, "max_concurrency": 1}
+            store = s3_store(moto_server, proxy.url, max_attempts=1, transfer_config=single)
+            logger = make_logger(fleet, run, num_concurrent_uploads=SLOTS * 2, **store)
+            started = time.monotonic()
+            for n in range(files):
+                path = tmp_path / f"f{n}.bin"
+                path.write_bytes(os.urandom(FILE_BYTES))
+                sources[f"f{n}.bin"] = path
+                logger.file_artifact(LogLevel.BATCH, f"f{n}.bin", path)
+            logger.wait(timeout=240)
+            seconds = time.monotonic() - started
+            store_id = logger.spec.store_id
+            logger.close()
+    finally:
+        next(fleet_runs, None)
+    raw = moto_server.client()
+    for name, path in sources.items():
+        held = raw.get_object(Bucket=moto_server.bucket, Key=f"{run}/{name}")["Body"].read()
+        assert sha256(held) == sha256(path.read_bytes()), name
+    assert list(staging.rglob("*.bin")) == []
+    uploads = proxy.stats.uploads
+    later = uploads[len(uploads) // 2 :]
+    share = sum(t for _, t in uploads) / len(uploads)
+    later_share = sum(t for _, t in later) / len(later)
+    print(
+        f"\n[throttle, {'shared ceiling' if shared else 'each worker alone'}] "
+        f"{files} x {FILE_BYTES // MiB} MiB, "
+        f"{SLOTS} slots, the server takes {TAKES_AT_ONCE}: {len(uploads)} upload requests, "
+        f"throttled {share:.0%} overall, {later_share:.0%} in the second half; {seconds:.1f} s"
+    )
+    return later_share, store_id
+
+
+def test_the_fleet_converges_under_a_throttling_store(
+    moto_server: S3Server, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    later_share, store_id = throttled_run(moto_server, redis_server, tmp_path, shared=True)
+    # The fleet lowered the store's ceiling for every worker, and stayed near what the
+    # server takes: with 8 slots against 4 places and no backoff, half would be refused.
+    ceilings = Throttle(redis.Redis.from_url(redis_server.url)).ceilings()
+    assert any(c.store_id == store_id and c.decreases >= 1 for c in ceilings), ceilings
+    assert later_share <= 0.3, later_share
+
+
+@pytest.mark.long
+def test_backing_off_together_against_each_worker_alone(
+    moto_server: S3Server, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "alone").mkdir()
+    """Both land everything; the figures printed are the comparison docs/operations.md quotes."""
+    throttled_run(moto_server, redis_server, tmp_path / "shared", True, files=120)
+    _, store_id = throttled_run(moto_server, redis_server, tmp_path / "alone", False, files=120)
+    ceilings = Throttle(redis.Redis.from_url(redis_server.url)).ceilings()
+    assert all(c.store_id != store_id for c in ceilings)  # alone: no fleet-wide ceiling

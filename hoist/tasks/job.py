@@ -257,7 +257,7 @@ class Job:
         when a ceiling held at the lease (no round trip while nothing throttles).
         A Redis error here is logged, never the job's outcome.
         """
-        if not throttled and not self.leases.capped:
+        if not self.ctx.settings.shared_backoff or not (throttled or self.leases.capped):
             return
         throttle = Throttle(self.ctx.records.client)
         configured = self.ctx.settings.store_limit

@@ -164,6 +164,8 @@ class FaultStats:
             explain a failing test.
         most_connections: the most client connections open at once (how
             parallel a transfer was).
+        uploads: each upload request's time and whether it was throttled
+            (``throttle_above``), in the order they came.
     """
 
     requests: int = 0
@@ -173,6 +175,7 @@ class FaultStats:
     writes: Counter[str] = field(default_factory=Counter)
     events: list[str] = field(default_factory=list)
     most_connections: int = 0
+    uploads: list[tuple[float, bool]] = field(default_factory=list)
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k} {self.faults[k]}" for k in FAULT_KINDS if self.faults[k])
@@ -199,6 +202,9 @@ class FaultProxy:
         opaque_etags: answer every PutObject/UploadPart with an ETag that is no
             MD5, as servers that encrypt objects do.
         complete_etag: put this ETag in every CompleteMultipartUpload answer.
+        throttle_above: answer ``503 SlowDown`` to an upload request that comes
+            while this many are already in flight, as a server shedding load
+            does (a request rate is a concurrency times a latency).
 
     Example:
         >>> with FaultProxy(moto.endpoint_url, rate=0.2, seed=5, stall_seconds=3) as proxy:
@@ -216,6 +222,7 @@ class FaultProxy:
         script: list[tuple[str, str, str]] | None = None,
         opaque_etags: bool = False,
         complete_etag: str | None = None,
+        throttle_above: int | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -228,6 +235,8 @@ class FaultProxy:
         self._script = list(script or [])
         self.opaque_etags = opaque_etags
         self.complete_etag = complete_etag
+        self.throttle_above = throttle_above
+        self._uploading = 0
         self.stats = FaultStats()
         self._random = random.Random(seed)
         self._corrupted_uploads: set[str] = set()  # multipart upload ids with a corrupted part
@@ -299,6 +308,12 @@ class FaultProxy:
                 if "100-continue" in (request.header("Expect") or "").lower():
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 request.body = self._read_body(reader, request)
+                # Counted only if it goes on to the server (a drawn error answers here).
+                counted = (
+                    self.throttle_above is not None and kind not in _ERRORS and _is_upload(request)
+                )
+                if counted and not self._admit_upload():
+                    kind = "slowdown"
                 if kind in _ERRORS:
                     self._answer_error(client, request, kind)
                     if (request.header("Connection") or "").lower() == "close":
@@ -316,8 +331,13 @@ class FaultProxy:
                 if request.body or request.header("Content-Length") is not None:
                     headers.append(("Content-Length", str(len(request.body))))
                 upstream.sendall(request.head_bytes(headers) + request.body)
-                response = up_reader.head()
-                response.body = self._response_body(up_reader, request, response)
+                try:
+                    response = up_reader.head()
+                    response.body = self._response_body(up_reader, request, response)
+                finally:
+                    if counted:
+                        with self._lock:
+                            self._uploading -= 1
                 self._account(request, kind, int(response.start.split()[1]))
                 if kind == "stall":
                     # The server has acted on the request; its answer never arrives.
@@ -359,6 +379,17 @@ class FaultProxy:
             if upstream is not None:
                 self._track(upstream, False)
                 _close(upstream)
+
+    def _admit_upload(self) -> bool:
+        """Count an upload in flight, or say it must be throttled (``throttle_above``)."""
+        with self._lock:
+            throttled = self._uploading >= (self.throttle_above or 0)
+            self.stats.uploads.append((time.monotonic(), throttled))
+            if throttled:
+                self.stats.faults["slowdown"] += 1
+            else:
+                self._uploading += 1
+            return not throttled
 
     def _flip(self, body: bytes) -> bytes:
         """Flip one byte at a random place: two flips (upload, then read-back) must not cancel."""
