@@ -30,7 +30,7 @@ import hoist.tasks.resender as resender_module
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_QUEUE, UPLOAD_TASK, UploadRequest
 from hoist.protocol.redis_url import kombu_url
-from hoist.protocol.sending import celery_config
+from hoist.protocol.sending import celery_config, send, sender
 from hoist.protocol.urls import mask_url
 from hoist.settings import SentinelSettings, WorkerSettings
 from hoist.state.keys import record_key
@@ -44,6 +44,7 @@ from tests.services.keys import FLEET_KEY
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.s3 import S3Server
 from tests.services.sentinel import PASSWORD, SENTINEL_PASSWORD, SentinelGroup
+from tests.services.tls import make_tls_files
 from tests.services.workers import WorkerFleet, wait_until
 
 MiB = 1024 * 1024
@@ -320,3 +321,34 @@ def test_a_failover_makes_queued_records_due_at_once(
     clock[0] += 1
     resender.send_due()  # a new master: due at once, and resent
     assert sent == [message.id] and resender.failover_at == clock[0]
+
+
+def test_tls_everywhere_through_the_sentinels(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Master, replica and sentinels serving TLS only (tls-replication yes): records and
+    the broker reach the master through ssl_* parameters, before and after a failover."""
+    workdir = tmp_path_factory.mktemp("sentinel-tls")
+    group = SentinelGroup(workdir / "group", tls=make_tls_files(workdir / "tls"))
+    group.start()
+    try:
+        assert "ssl_ca_certs=" in group.url
+        settings = SentinelSettings(password=SENTINEL_PASSWORD)
+        records = Records.from_url(group.url, sentinel=settings)
+        app = sender(group.url, settings)
+        run = f"tls-{time.time_ns()}"
+        replica = redis.Redis.from_url(group.replica.url)
+        messages = [
+            UploadRequest(f"hoist-{run}-r0-{n}", run, 0, n, "a", f"{run}/a", "s", {})
+            for n in (1, 2)
+        ]
+        records.create(messages[0], UPLOAD_TASK, "s")
+        send(app, UPLOAD_TASK, messages[0])
+        # Replication is asynchronous: the kill must not race the message.
+        wait_until(lambda: replica.llen(UPLOAD_QUEUE) == 1, timeout=10)
+        group.kill_master()
+        group.wait_promoted()
+        records.create(messages[1], UPLOAD_TASK, "s")
+        send(app, UPLOAD_TASK, messages[1])
+        assert records.client.llen(UPLOAD_QUEUE) == 2
+        assert {a.id for a in records.run_artifacts(run)} == {f"hoist-{run}-r0-{n}" for n in (1, 2)}
+    finally:
+        group.stop()

@@ -10,8 +10,8 @@ the sentinels' own password is ``HOIST_SENTINEL_PASSWORD`` and the master's
 name ``HOIST_SENTINEL_MASTER`` unless ``master_name`` gives it
 (:class:`~hoist.settings.SentinelSettings`). ``ssl_*`` parameters
 (``ssl_cert_reqs=required``, ``ssl_ca_certs=PATH``...) make the connections
-to the master TLS, checked as a ``rediss://`` URL's are; the sentinels
-themselves are reached without TLS.
+to the sentinels and to the master TLS, checked as a ``rediss://`` URL's are
+(a Redis with ``tls-replication yes`` has its sentinels speak TLS too).
 
 The records, leases and locks use redis-py's :class:`redis.sentinel.Sentinel`
 (:func:`redis_client`); the broker uses kombu's Sentinel transport, which
@@ -103,8 +103,13 @@ class SentinelTarget:
 
     @property
     def tls(self) -> bool:
-        """Whether the connections to the master use TLS."""
+        """Whether the connections to the sentinels and the master use TLS."""
         return any(name.startswith("ssl_") for name in self.options)
+
+    @property
+    def tls_options(self) -> dict[str, str]:
+        """The URL's ``ssl_*`` parameters, as redis-py takes them."""
+        return {k: v for k, v in self.options.items() if k.startswith("ssl_")}
 
 
 def parse_sentinel_url(url: str, settings: SentinelSettings | None = None) -> SentinelTarget:
@@ -217,8 +222,9 @@ def redis_client(url: str, settings: SentinelSettings | None = None, **options: 
     kwargs.setdefault("retry", Retry(FAILOVER_BACKOFF, retries=FAILOVER_RETRIES))
     kwargs.pop("retry_on_timeout", None)  # redis-py 8 deprecates it; the Retry above covers it
     kwargs.setdefault("connection_class", _MasterSSLConnection if target.tls else _MasterConnection)
-    if target.tls:
-        kwargs.update({k: v for k, v in target.options.items() if k.startswith("ssl_")})
+    if target.tls:  # Redis's tls-replication makes the sentinels speak TLS as the master does
+        kwargs.update(target.tls_options)
+        on_sentinels.update(ssl=True, **target.tls_options)
     sentinel = _Sentinel(mask_url(url), list(target.sentinels), sentinel_kwargs=on_sentinels)
     return sentinel.master_for(
         target.master,
@@ -345,10 +351,15 @@ def transport_options(url: str, settings: SentinelSettings | None = None) -> dic
     settings = settings or SentinelSettings()
     target = parse_sentinel_url(url, settings)
     options: dict[str, Any] = {"master_name": target.master}
-    if settings.password:
-        # Without sentinel_kwargs kombu gives the sentinels the master's timeouts;
-        # with them, only what they say.
-        options["sentinel_kwargs"] = ShownMasked(password=settings.password, **SENTINEL_TIMEOUTS)
+    if settings.password or target.tls:
+        # Without sentinel_kwargs kombu gives the sentinels the master's timeouts
+        # (and no TLS); with them, only what they say.
+        on_sentinels = ShownMasked(SENTINEL_TIMEOUTS)
+        if settings.password:
+            on_sentinels["password"] = settings.password
+        if target.tls:
+            on_sentinels.update(ssl=True, **target.tls_options)
+        options["sentinel_kwargs"] = on_sentinels
     return options
 
 

@@ -13,11 +13,13 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import redis as redis_client
 
 from tests.services.process import ServerProcess, free_port
 from tests.services.redis import RedisServer
+from tests.services.tls import TlsFiles
 
 MASTER_NAME = "hoist"
 PASSWORD = "master-secret-0123"
@@ -34,6 +36,7 @@ class SentinelGroup:
         sentinels: how many sentinels (the quorum is two).
         down_after_ms: ``down-after-milliseconds``.
         failover_timeout_ms: ``failover-timeout``.
+        tls: serve TLS only, everywhere (``tls-replication yes``), with these files.
     """
 
     def __init__(
@@ -42,7 +45,9 @@ class SentinelGroup:
         sentinels: int = 3,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
+        tls: TlsFiles | None = None,
     ) -> None:
+        self.tls = tls
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is missing: run `bash deploy/bootstrap.sh test`")
@@ -54,6 +59,7 @@ class SentinelGroup:
             PASSWORD,
             "--repl-diskless-sync-delay",
             "0",
+            *self._tls_args(),
         ]
         self.master = self._redis(workdir / "master", auth)
         self.replica = self._redis(
@@ -71,7 +77,7 @@ class SentinelGroup:
             config.write_text(
                 "\n".join(
                     [
-                        f"port {port}",
+                        *(f"{option[2:]} {value}" for option, value in self._listen(port)),
                         "bind 127.0.0.1",
                         f"dir {folder}",
                         f"requirepass {SENTINEL_PASSWORD}",
@@ -101,16 +107,42 @@ class SentinelGroup:
                 )
             )
 
-    @staticmethod
-    def _redis(workdir: Path, args: list[str]) -> RedisServer:
+    def _listen(self, port: int) -> list[tuple[str, str]]:
+        """Where a server listens, and with TLS how: option and value pairs."""
+        if self.tls is None:
+            return [("--port", str(port))]
+        return [("--port", "0"), ("--tls-port", str(port)), *self._tls_pairs()]
+
+    def _tls_pairs(self) -> list[tuple[str, str]]:
+        assert self.tls is not None
+        return [
+            ("--tls-cert-file", str(self.tls.cert)),
+            ("--tls-key-file", str(self.tls.key)),
+            ("--tls-ca-cert-file", str(self.tls.ca)),
+            ("--tls-auth-clients", "no"),
+            ("--tls-replication", "yes"),
+        ]
+
+    def _tls_args(self) -> list[str]:
+        return [part for pair in self._tls_pairs() for part in pair] if self.tls else []
+
+    @property
+    def _query(self) -> str:
+        return f"?ssl_ca_certs={self.tls.ca}" if self.tls else ""
+
+    def _redis(self, workdir: Path, args: list[str]) -> RedisServer:
         port = free_port()
-        return RedisServer(workdir, port, args, url=f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
+        if self.tls:  # after RedisServer's own --port, so these win
+            args = [*args, "--port", "0", "--tls-port", str(port)]
+        scheme = "rediss" if self.tls else "redis"
+        url = f"{scheme}://:{PASSWORD}@127.0.0.1:{port}/0{self._query}"
+        return RedisServer(workdir, port, args, url=url)
 
     @property
     def url(self) -> str:
         """The sentinel URL of the group (the master's password in it, the DB at the end)."""
         parts = [f"sentinel://:{PASSWORD}@127.0.0.1:{port}" for port in self.sentinel_ports]
-        return ";".join(parts) + "/0"
+        return ";".join(parts) + "/0" + self._query
 
     @property
     def env(self) -> dict[str, str]:
@@ -123,12 +155,14 @@ class SentinelGroup:
         return [self.master.process, self.replica.process, *self.sentinels]
 
     def sentinel(self, index: int = 0) -> redis_client.Redis:
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
         return redis_client.Redis(
             "127.0.0.1",
             self.sentinel_ports[index],
             password=SENTINEL_PASSWORD,
             decode_responses=True,
             socket_timeout=1,
+            **tls,
         )
 
     def _answers(self, port: int) -> bool:
