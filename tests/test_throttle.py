@@ -11,6 +11,7 @@ and, under ``-m long``, with each worker backing off alone.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import uuid
@@ -215,3 +216,30 @@ def test_backing_off_together_against_each_worker_alone(
     _, store_id = throttled_run(moto_server, redis_server, tmp_path / "alone", False, files=120)
     ceilings = Throttle(redis.Redis.from_url(redis_server.url)).ceilings()
     assert all(c.store_id != store_id for c in ceilings)  # alone: no fleet-wide ceiling
+
+
+def test_hoist_status_shows_a_stores_ceiling(
+    redis_server: RedisServer,
+    client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hoist.cli import main
+
+    store = uuid.uuid4().hex[:16]
+    holders(client, store, 6)
+    Throttle(client).slowed(store, configured=0)
+    monkeypatch.setenv("HOIST_BROKER_URL", redis_server.url)
+    monkeypatch.delenv("HOIST_STATE_URL", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    assert main(["--home", str(home), "status"]) == 0
+    shown = capsys.readouterr()
+    assert f"store {store} throttles: the fleet sends it at most 3 upload(s) at once" in (
+        shown.out + shown.err
+    )
+    assert main(["--home", str(home), "status", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (ceiling,) = [c for c in data["throttled_stores"] if c["store_id"] == store]
+    assert (ceiling["limit"], ceiling["base"], ceiling["decreases"]) == (3.0, 6, 1)

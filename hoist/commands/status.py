@@ -31,6 +31,7 @@ from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_TASK
 from hoist.state.records import ArtifactStatus, Records
 from hoist.state.states import State
+from hoist.state.throttle import Throttle
 
 PENDING = (State.QUEUED, State.WAITING)
 """States shown together as "queued": sent, and not being worked on right now.
@@ -344,13 +345,23 @@ def run(args: argparse.Namespace) -> int:
     if args.watch:
         return watch(records, args.run, args.limit, args.interval)
     statuses = gather(records, args.run, args.limit)
+    ceilings = Throttle(records.client).ceilings()
     if args.json:
         data = statuses[0].to_json() if args.run else {"runs": [s.to_json() for s in statuses]}
+        data["throttled_stores"] = [dataclasses.asdict(c) for c in ceilings]
         print(json.dumps(data, indent=2))
         return 0
     now = time.time()
     for sheet in sheets(statuses, args.run is not None, now):
         print_sheet(sheet)
+    for ceiling in ceilings:  # a store that throttles slows every run that writes to it
+        console.print(
+            f"store {ceiling.store_id} throttles: the fleet sends it at most "
+            f"{max(1, int(ceiling.limit))} upload(s) at once (lowered {ceiling.decreases} "
+            f"time(s), last {max(0.0, now - ceiling.changed_at):.0f} s ago)",
+            highlight=False,
+            markup=False,
+        )
     return 0
 
 
