@@ -4,9 +4,10 @@ One 2-process DDP run (``strategy="ddp"``, gloo; a subprocess, so this
 process never joins a process group) trains tests/lightning_job.py's tiny
 module for 4 epochs with ``ModelCheckpoint(save_top_k=2, save_last=True)``:
 the store must then hold exactly the 2 best checkpoints, ``last.ckpt`` and
-the pointer to it, each byte for byte the local file. Runs in this process
-resume from the store in fresh folders, by the pointer's artifact name and by
-an object URI. Smaller tests drive the plugin as Lightning's strategy does.
+the pointer to it, each byte for byte the local file; the same 2 processes
+then resume from the pointer's URI in a fresh folder. Runs in this process
+resume from (a copy of) that store by the pointer's artifact name and by an
+object URI. Smaller tests drive the plugin as Lightning's strategy does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -132,9 +134,12 @@ def test_both_ddp_ranks_resume_from_the_pointers_uri(ddp_run: DdpRun) -> None:
 def test_resume_by_the_pointer_in_a_fresh_folder(
     ddp_run: DdpRun, fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stored = torch.load(ddp_run.objects / RUN / "checkpoints" / "last.ckpt", weights_only=True)
-    monkeypatch.chdir(tmp_path)  # nothing of the first run here
-    plugin = in_process(fleet, ddp_run.objects.parent, RUN)
+    # A copy of the store: this run writes to it, and the other tests read the original.
+    store = tmp_path / "store"
+    shutil.copytree(ddp_run.objects.parent, store)
+    stored = torch.load(store / "artifacts" / RUN / "checkpoints/last.ckpt", weights_only=True)
+    monkeypatch.chdir(tmp_path)  # nothing of the first run's folder here
+    plugin = in_process(fleet, store, RUN)
     run, _, started = lightning_job.trainer(plugin, tmp_path / "ckpt", epochs=5)
     run.fit(
         lightning_job.Tiny(),
@@ -146,7 +151,7 @@ def test_resume_by_the_pointer_in_a_fresh_folder(
     for key, value in stored["state_dict"].items():
         assert torch.equal(started.weights[key], value)
     # The resumed run's epoch 4 moved the pointer on, and the store has it.
-    folder = ddp_run.objects / RUN / "checkpoints"
+    folder = store / "artifacts" / RUN / "checkpoints"
     assert (folder / "latest.ckpt.symlink").read_text() == f"{RUN}/checkpoints/last.ckpt"
     assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 4
     assert (folder / "epoch=4.ckpt").read_bytes() == (tmp_path / "ckpt/epoch=4.ckpt").read_bytes()
