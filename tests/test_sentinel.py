@@ -292,10 +292,12 @@ def test_sentinel_urls_as_kombu_celery_and_logs_see_them() -> None:
     environ = {"HOIST_SENTINEL_MASTER": "mymaster", "HOIST_SENTINEL_PASSWORD": "x"}
     assert WorkerSettings.from_environment(environ).sentinel == SentinelSettings("mymaster", "x")
     assert "x" not in repr(SentinelSettings("mymaster", "x"))
-    for bad in ("sentinel://h1:26379/1;sentinel://h2:26379/2", "sentinel://:26379", "mongo://h/0"):
+    for bad in ("sentinel://h1:26379/1;sentinel://h2:26379/2", "sentinel://:26379"):
         with pytest.raises(ConfigurationError) as refused:
             celery_config(bad)
         assert "\n" not in str(refused.value)
+    with pytest.raises(ConfigurationError, match="is not redis://, rediss:// or sentinel://"):
+        Records.from_url("mongo://h/0")
 
 
 def test_a_failover_makes_queued_records_due_at_once(

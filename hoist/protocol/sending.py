@@ -27,7 +27,7 @@ from hoist.protocol.messages import (
     Message,
     UploadRequest,
 )
-from hoist.protocol.redis_url import check_url, kombu_url, transport_options
+from hoist.protocol.redis_url import kombu_url, transport_options
 from hoist.settings import SentinelSettings
 
 _CERT_REQS = {
@@ -106,9 +106,9 @@ def celery_config(
     (``sentinel``) as transport options of the broker and the result backend.
 
     Raises:
-        ConfigurationError: ``broker_url`` is no Redis URL hoist can use.
+        ConfigurationError: ``broker_url`` is a ``sentinel://`` URL hoist cannot
+            use (:func:`~hoist.protocol.redis_url.parse_sentinel_url`).
     """
-    check_url(broker_url, sentinel)
     transport: dict[str, Any] = {
         "visibility_timeout": visibility_timeout,
         # kombu 5.7 looks for overdue unacknowledged messages only every
