@@ -197,6 +197,23 @@ def test_a_removed_pointer_target_stays_until_the_pointer_moves_on(
     assert plugin.logger is None  # the logger it built is closed
 
 
+def test_a_save_to_the_same_path_leaves_the_staged_version_alone(
+    fleet: WorkerFleet, tmp_path: Path
+) -> None:
+    (tmp_path / "store" / "artifacts").mkdir(parents=True)
+    plugin = in_process(fleet, tmp_path / "store", "lit-same-path")
+    path = tmp_path / "ckpt" / "last.ckpt"
+    plugin.save_checkpoint({"n": 1}, path)
+    first = path.stat().st_ino
+    plugin.save_checkpoint({"n": 2}, path)
+    # Lightning's write renames a new file into place: the hard link staged
+    # for the first version still holds the first version's bytes.
+    assert path.stat().st_ino != first
+    plugin.teardown()  # raises if a staged file changed under an upload
+    stored = tmp_path / "store" / "artifacts" / "lit-same-path" / "checkpoints" / "last.ckpt"
+    assert torch.load(stored, weights_only=True) == {"n": 2}
+
+
 class Records:
     """The records' ``states`` call, answering from a dict (``None``: no record)."""
 

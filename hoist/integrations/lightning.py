@@ -341,11 +341,12 @@ class _Removals:
         with self._lock:
             kept, pointer = dict(self._doomed), self._pointer
         for object_name in kept:
-            why = (
-                "the run's pointer names it"
-                if pointer is not None and pointer[1] == object_name
-                else "the run's pointer could not be moved past it"
-            )
+            if pointer is None:
+                why = "this process saved no checkpoint, so the run's pointer may name it"
+            elif pointer[1] == object_name:
+                why = "the run's pointer names it"
+            else:
+                why = "the run's pointer could not be moved past it (its target failed)"
             log.warning("kept %s in the store, which Lightning removed: %s", object_name, why)
 
     def stop(self) -> None:
