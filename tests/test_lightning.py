@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 
 from hoist.errors import ConfigurationError, ObjectNotFoundError, UploadFailedError
+from hoist.logger.levels import LogLevel
+from hoist.logger.logger import ObjectStoreLogger
 from hoist.state.states import State
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.process import free_port
@@ -212,6 +214,27 @@ def test_a_save_to_the_same_path_leaves_the_staged_version_alone(
     plugin.teardown()  # raises if a staged file changed under an upload
     stored = tmp_path / "store" / "artifacts" / "lit-same-path" / "checkpoints" / "last.ckpt"
     assert torch.load(stored, weights_only=True) == {"n": 2}
+
+
+def test_a_logger_passed_in_names_the_objects_and_stays_open(
+    fleet: WorkerFleet, tmp_path: Path
+) -> None:
+    (tmp_path / "store" / "artifacts").mkdir(parents=True)
+    kwargs = single_rank_local_store(fleet, tmp_path / "store")
+    logger = ObjectStoreLogger(**kwargs, run_name="lit-own", object_name="own/{artifact_name}")
+    with pytest.raises(ConfigurationError, match="either an ObjectStoreLogger or its arguments"):
+        HoistCheckpointIO(logger, run_name="lit-own")
+    plugin = HoistCheckpointIO(logger)
+    plugin.save_checkpoint({"n": 1}, tmp_path / "ckpt" / "epoch=0.ckpt")
+    plugin.teardown()
+    assert plugin.logger is logger  # the caller's to close
+    logger.file_artifact(LogLevel.FIT, "notes.txt", tmp_path / "ckpt" / "epoch=0.ckpt")
+    logger.close()
+    objects = tmp_path / "store" / "artifacts" / "own"
+    assert (objects / "checkpoints" / "latest.ckpt.symlink").read_text() == (
+        "own/checkpoints/epoch=0.ckpt"
+    )
+    assert (objects / "notes.txt").exists()
 
 
 class Records:
