@@ -23,6 +23,7 @@ COMMANDS = (
     "wait",
     "retry",
     "verify",
+    "gc",
     "download",
     "worker",
     "flower",

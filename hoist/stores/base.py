@@ -42,6 +42,7 @@ from hoist.errors import (
     ObjectNotFoundError,
 )
 from hoist.stores.checksum import Checksum, Progress, StreamHasher, checksum_file
+from hoist.stores.leftovers import Leftover
 from hoist.stores.names import source_file_size, validate_object_name
 
 T = TypeVar("T")
@@ -338,6 +339,15 @@ class ObjectStore(ABC):
         self._compare(name, "checksum", checksum, held.checksum)
         return Verification.READ_BACK
 
+    def leftovers(self, older_than: float) -> list[Leftover]:
+        """Uploads that never finished, begun more than ``older_than`` seconds ago
+        (:mod:`hoist.stores.leftovers`); none for a store that leaves none behind."""
+        return self._call(self._leftovers, time.time() - older_than)
+
+    def discard(self, leftover: Leftover) -> None:
+        """Remove one of :meth:`leftovers`."""
+        self._call(self._discard, leftover, name=None)
+
     def check(self) -> None:
         """Make one cheap request that fails with a clear error if the store is unusable.
 
@@ -368,6 +378,12 @@ class ObjectStore(ABC):
         """Upload ``path``, hashing it on the way; return the checksum and the verification.
 
         The object must not be visible under ``name`` before it is complete."""
+
+    def _leftovers(self, before: float) -> list[Leftover]:
+        return []  # writes in place, or renames a file it removes on failure
+
+    def _discard(self, leftover: Leftover) -> None:
+        raise NotImplementedError  # only what _leftovers found is discarded
 
     def _writes_if_absent(self, size: int) -> bool:
         """Whether :meth:`_put_file_if_absent` serves a file of ``size`` bytes."""

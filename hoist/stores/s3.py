@@ -53,6 +53,7 @@ from botocore.config import Config
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError
 from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import Checksum, HashingReader, Progress, SentBytes
+from hoist.stores.leftovers import Leftover, s3_multipart_uploads
 from hoist.stores.s3_crt import CrtDownloader
 from hoist.stores.s3_download import RangedDownload, preallocate
 from hoist.stores.s3_errors import translate_s3_error
@@ -416,6 +417,14 @@ class S3ObjectStore(ObjectStore):
 
     def _check(self) -> None:
         self._client.head_bucket(Bucket=self.bucket)
+
+    def _leftovers(self, before: float) -> list[Leftover]:
+        return s3_multipart_uploads(self._client, self.bucket, self.prefix, before)
+
+    def _discard(self, leftover: Leftover) -> None:
+        self._client.abort_multipart_upload(
+            Bucket=self.bucket, Key=leftover.key, UploadId=leftover.handle
+        )
 
     def _translate(self, exc: Exception, name: str | None) -> HoistError | None:
         where = self.get_uri(name) if name else f"s3://{self.bucket}"

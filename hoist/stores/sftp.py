@@ -38,6 +38,7 @@ from hoist.errors import (
 )
 from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import Checksum, HashingReader, Progress
+from hoist.stores.leftovers import Leftover, sftp_temporary_files
 from hoist.stores.names import FILE_SEGMENT_MAX_BYTES, temporary_name
 from hoist.stores.sftp_config import expand_all, normalize_cwd
 from hoist.stores.sftp_errors import FULL_ERRNOS, is_connection_failure, is_sftp_failure
@@ -288,6 +289,12 @@ class SFTPObjectStore(ObjectStore):
     def _check(self) -> None:
         if not self._is_dir(""):
             raise self._missing_cwd()
+
+    def _leftovers(self, before: float) -> list[Leftover]:
+        return sftp_temporary_files(self._sftp(), self._path(""), self.get_uri, before)
+
+    def _discard(self, leftover: Leftover) -> None:
+        self._sftp().remove(leftover.handle)
 
     # ----- steps of an upload ------------------------------------------------
 
