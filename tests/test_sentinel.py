@@ -35,6 +35,7 @@ from hoist.protocol.urls import mask_url
 from hoist.settings import SentinelSettings, WorkerSettings
 from hoist.state.keys import record_key
 from hoist.state.records import Records
+from hoist.state.replicas import ReplicaWait
 from hoist.state.states import State
 from hoist.tasks.resender import Resender
 from tests.conftest import _running, serve_fleet
@@ -354,3 +355,43 @@ def test_tls_everywhere_through_the_sentinels(tmp_path_factory: pytest.TempPathF
         assert {a.id for a in records.run_artifacts(run)} == {f"hoist-{run}-r0-{n}" for n in (1, 2)}
     finally:
         group.stop()
+
+
+class _FakeMaster:
+    """INFO, and pipelines of EVALSHA and WAIT, as a master with ``replicas`` answers them."""
+
+    def __init__(self, replicas: int, acked: int) -> None:
+        self.replicas, self.acked, self.infos, self.waits = replicas, acked, 0, 0
+
+    def info(self, section: str) -> dict[str, int]:
+        self.infos += 1
+        return {"connected_slaves": self.replicas}
+
+    def pipeline(self, transaction: bool) -> Any:
+        master = self
+
+        class Pipeline:
+            def evalsha(self, *args: Any) -> None:
+                pass
+
+            def wait(self, replicas: int, timeout_ms: int) -> None:
+                master.waits += 1
+
+            def execute(self, raise_on_error: bool) -> list[Any]:
+                return [[1, 0], master.acked]
+
+        return Pipeline()
+
+
+def test_a_replica_that_does_not_acknowledge_stops_the_waiting_for_a_while() -> None:
+    clock = [100.0]
+    script = SimpleNamespace(sha="x")
+    master = _FakeMaster(replicas=1, acked=0)
+    wait = ReplicaWait(master, refresh_seconds=5, clock=lambda: clock[0])  # type: ignore[arg-type]
+    assert wait.run(script, ["k"], []) == [1, 0] and master.waits == 1  # type: ignore[arg-type]
+    assert wait.replicas() == 0  # timed out: no waiting until the next look
+    clock[0] += 5
+    master.acked = 1
+    wait.run(script, ["k"], [])  # type: ignore[arg-type]
+    assert master.waits == 2 and master.infos == 2
+    assert wait.replicas() == 1

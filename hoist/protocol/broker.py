@@ -29,6 +29,12 @@ requeues it; one ERROR line on ``hoist.worker`` says what and why. A rank's
 own message is never that large or deep; were one refused, its record
 stays ``queued`` and the workers' watchdog sends it again after
 ``queued_timeout``.
+
+**Sentinel.** A ``sentinel://`` broker URL gets :class:`SentinelTransport`:
+kombu's Sentinel channel, which asks the sentinels for the master whenever it
+builds its connection pool, with the same repairs and the same boundary
+(:class:`AdmittingChannel`, one class for both). What kombu needs from the
+URL and the settings is :mod:`hoist.protocol.redis_url`'s.
 """
 
 from __future__ import annotations

@@ -69,12 +69,13 @@ class ReplicaWait:
         """
         now = self.clock()
         if now >= self._next_look:
-            self._next_look = now + self.refresh_seconds
             try:
                 info = self.client.info("replication")
                 self._replicas = int(info.get("connected_slaves", 0))
             except redis.ResponseError:
                 self._replicas = 0
+            # Only once answered: after a failover the count is the new master's.
+            self._next_look = now + self.refresh_seconds
         return self._replicas
 
     def run(self, script: Script, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
@@ -82,8 +83,16 @@ class ReplicaWait:
 
         The script and the ``WAIT`` go down one connection (``WAIT`` counts
         that connection's writes) in one pipeline; with no replica, the
-        script alone, as before.
+        script alone, as before. A connection error makes the next call read
+        the replica count again (the master may have changed).
         """
+        try:
+            return self._run(script, keys, args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._next_look = 0.0
+            raise
+
+    def _run(self, script: Script, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
         if not self.replicas():
             return script(keys=keys, args=args)
         for attempt in range(2):
