@@ -59,7 +59,7 @@ def leftovers(directory: Path) -> list[str]:
 def test_a_multipart_download_is_byte_identical_and_fetched_in_parallel(
     downloader: str, s3_server: S3Server, tmp_path: Path
 ) -> None:
-    data = os.urandom(23 * MiB + 7)  # 5 parts, the last one short
+    data = os.urandom(11 * MiB + 7)  # 3 parts, the last one short (the proxy relays in Python)
     s3_server.client().put_object(Bucket=s3_server.bucket, Key="resume/big.bin", Body=data)
     seen: list[int] = []
     with (
@@ -71,7 +71,7 @@ def test_a_multipart_download_is_byte_identical_and_fetched_in_parallel(
     assert (held.size, held.checksum) == (len(data), Checksum.of(data))
     assert sum(seen) == len(data)
     gets = [e for e in proxy.stats.events if " GET " in e]
-    assert len(gets) >= 5, proxy.stats.events  # one ranged GET per part at least
+    assert len(gets) >= 3, proxy.stats.events  # one ranged GET per part at least
     assert proxy.stats.most_connections >= 2, proxy.stats.events  # and several at once
     assert leftovers(tmp_path) == ["big.bin"]
 
