@@ -44,7 +44,7 @@ from tests.services.flower import flower_get, flower_server
 from tests.services.keys import FLEET_KEY
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
 from tests.services.s3 import S3Server
-from tests.services.sentinel import PASSWORD, SENTINEL_PASSWORD, SentinelGroup
+from tests.services.sentinel import PASSWORD, SENTINEL_PASSWORD, IsolatedHost, SentinelGroup
 from tests.services.tls import make_tls_files
 from tests.services.workers import WorkerFleet, wait_until
 
@@ -60,9 +60,17 @@ DEFAULTS = {"HOIST_LEASE_SECONDS": "30", "HOIST_BACKOFF_BASE": "1", "HOIST_BACKO
 
 
 @pytest.fixture
-def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
-    """A fresh master, replica and three sentinels for each test (a test kills the master)."""
-    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
+def group(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SentinelGroup]:
+    """A fresh master, replica and three sentinels for each test (a test kills the master);
+    ``cut`` (indirect parameter) runs the master in a network namespace of its own."""
+    host = None
+    if getattr(request, "param", "kill") == "cut":
+        if reason := IsolatedHost.refused():
+            pytest.skip(reason)
+        host = IsolatedHost()
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"), master_host=host)
     shown = [SimpleNamespace(process=server) for server in group.servers]
     group.start()
     _running.extend(shown)  # their logs go with a failing test's report
@@ -165,7 +173,10 @@ def logged_through_failover(
         return states.count(State.DONE) >= 4 and State.UPLOADING in states
 
     wait_until(mid_run, timeout=60, interval=0.05)
-    group.kill_master()
+    if group.master_host:  # cut off: alive, unreachable, no connection reset
+        group.cut_master()
+    else:
+        group.kill_master()
     killed = time.monotonic()
     promoted = group.wait_promoted()
     promoted_at = time.time() - (time.monotonic() - promoted)
@@ -194,7 +205,8 @@ def logged_through_failover(
     for worker in fleet.workers:  # they followed the failover; nobody restarted them
         assert worker.proc is not None and worker.proc.poll() is None
     print(
-        f"\n[Sentinel failover] master killed, replica promoted {promoted - killed:.1f} s "
+        f"\n[Sentinel failover] master {'cut off' if group.master_host else 'killed'}, replica "
+        f"promoted {promoted - killed:.1f} s "
         f"later; {len(artifacts)} artifacts, the last finished {finished - promoted_at:.1f} s "
         "after the promotion"
     )
@@ -219,6 +231,20 @@ def test_failover_while_ranks_log_checkpoints_loses_nothing(
     assert total["done"] + total["superseded"] == 2 * 2 * CHECKPOINTS
     waited = hoist(tmp_path / "home", "wait", "--run", run, "--timeout", "30", env=env)
     assert waited.returncode == 0, waited.stdout + waited.stderr
+
+
+@pytest.mark.long  # about 60 s: clients wait out socket timeouts and TCP keepalive
+@pytest.mark.parametrize("group", ["cut"], indirect=True)
+def test_failover_when_the_master_is_cut_off_by_the_network(
+    group: SentinelGroup,
+    fleet: WorkerFleet,
+    store: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The master runs on in a network namespace whose link goes down: no process dies and
+    no connection is reset, so every client must notice by itself (timeouts, keepalive)."""
+    failover_run(group, fleet, store, tmp_path, monkeypatch)
 
 
 @pytest.mark.long

@@ -7,6 +7,7 @@ workers' Celery app, its task bodies or its signal handlers.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -39,6 +40,27 @@ _CERT_REQS = {
     "cert_none": ssl.CERT_NONE,
 }
 _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+# A broker cut off by the network (not closed: a partition, a master Sentinel
+# replaced) sends nothing, and a worker waiting for its BRPOP reply waited on
+# (measured: over 60 s, until TCP gave up). Keepalive probes and a bound on
+# unacknowledged data make the kernel fail such a connection within about
+# 11 s, and kombu reconnects (through Sentinel, to the new master). Linux's
+# options; elsewhere the system's keepalive only.
+_TCP_OPTIONS = {
+    name: value
+    for name, value in (
+        ("TCP_KEEPIDLE", 5),
+        ("TCP_KEEPINTVL", 2),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", 10_000),
+    )
+    if hasattr(socket, name)
+}
+_KEEPALIVE: dict[str, Any] = {
+    "socket_keepalive": True,
+    "socket_keepalive_options": {getattr(socket, name): v for name, v in _TCP_OPTIONS.items()},
+}
 
 
 def redis_tls_options(url: str) -> dict[str, Any] | None:
@@ -117,6 +139,7 @@ def celery_config(
         # every 10 s, and every half visibility timeout when that is shorter.
         "unacked_restore_interval": max(1, min(10, visibility_timeout // 2)),
         "unacked_restore_throttle": 1,
+        **_KEEPALIVE,
         **transport_options(broker_url, sentinel),
     }
     tls = redis_tls_options(broker_url)

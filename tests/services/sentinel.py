@@ -9,8 +9,10 @@ two, a killed master's replica is promoted about 2.3 s later.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,51 @@ SENTINEL_PASSWORD = "sentinel-secret-4567"
 """The sentinels' own ``requirepass``: ``HOIST_SENTINEL_PASSWORD``."""
 
 
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+class IsolatedHost:
+    """A network namespace linked to this one by a veth pair, to cut a server off.
+
+    A server started in it (:attr:`wrapper`) is reached at :attr:`address`;
+    :meth:`cut` takes the link down, so the server lives on but nobody reaches
+    it and nothing it sent is answered: a partition, not a crash. Needs root.
+    """
+
+    def __init__(self) -> None:
+        tag = str(os.getpid() % 100_000)
+        self.ns = f"hoist-sentinel-{tag}"
+        self.outer, self.inner = f"hs{tag}o", f"hs{tag}i"  # at most 15 characters
+        subnet = f"10.234.{os.getpid() % 250}"
+        self.local, self.address = f"{subnet}.1", f"{subnet}.2"
+        self.wrapper = ["ip", "netns", "exec", self.ns]
+
+    @staticmethod
+    def refused() -> str | None:
+        """Why namespaces cannot be made here, or None."""
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            return "network namespaces need root and `ip` (iproute2)"
+        return None
+
+    def create(self) -> None:
+        self.delete()  # a namespace a killed run left behind
+        _ip("netns", "add", self.ns)
+        _ip("-n", self.ns, "link", "set", "lo", "up")
+        _ip("link", "add", self.outer, "type", "veth", "peer", "name", self.inner, "netns", self.ns)
+        _ip("addr", "add", f"{self.local}/24", "dev", self.outer)
+        _ip("-n", self.ns, "addr", "add", f"{self.address}/24", "dev", self.inner)
+        _ip("link", "set", self.outer, "up")
+        _ip("-n", self.ns, "link", "set", self.inner, "up")
+
+    def cut(self) -> None:
+        _ip("link", "set", self.outer, "down")
+
+    def delete(self) -> None:
+        for args in (["netns", "del", self.ns], ["link", "del", self.outer]):
+            subprocess.run(["ip", *args], capture_output=True, timeout=30)
+
+
 class SentinelGroup:
     """A master, a replica and ``sentinels`` sentinels watching them under ``hoist``.
 
@@ -37,6 +84,7 @@ class SentinelGroup:
         down_after_ms: ``down-after-milliseconds``.
         failover_timeout_ms: ``failover-timeout``.
         tls: serve TLS only, everywhere (``tls-replication yes``), with these files.
+        master_host: run the master in this namespace, to cut it off rather than kill it.
     """
 
     def __init__(
@@ -46,8 +94,13 @@ class SentinelGroup:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
         tls: TlsFiles | None = None,
+        master_host: IsolatedHost | None = None,
     ) -> None:
         self.tls = tls
+        self.master_host = master_host
+        host = master_host.address if master_host else "127.0.0.1"
+        if master_host:
+            master_host.create()
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is missing: run `bash deploy/bootstrap.sh test`")
@@ -61,10 +114,9 @@ class SentinelGroup:
             "0",
             *self._tls_args(),
         ]
-        self.master = self._redis(workdir / "master", auth)
-        self.replica = self._redis(
-            workdir / "replica", [*auth, "--replicaof", "127.0.0.1", str(self.master.port)]
-        )
+        self.master = self._redis(workdir / "master", auth, host)
+        replica_args = ["--replicaof", host, str(self.master.port), "--replica-announce-ip"]
+        self.replica = self._redis(workdir / "replica", [*auth, *replica_args, "127.0.0.1"])
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         # Each sentinel is told its peers and the replica up front: found through
         # the master's hello channel instead, they take about 7 s to know each other.
@@ -82,7 +134,7 @@ class SentinelGroup:
                         f"dir {folder}",
                         f"requirepass {SENTINEL_PASSWORD}",
                         f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
-                        f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master.port} 2",
+                        f"sentinel monitor {MASTER_NAME} {host} {self.master.port} 2",
                         f"sentinel auth-pass {MASTER_NAME} {PASSWORD}",
                         f"sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}",
                         f"sentinel failover-timeout {MASTER_NAME} {failover_timeout_ms}",
@@ -130,13 +182,18 @@ class SentinelGroup:
     def _query(self) -> str:
         return f"?ssl_ca_certs={self.tls.ca}" if self.tls else ""
 
-    def _redis(self, workdir: Path, args: list[str]) -> RedisServer:
+    def _redis(self, workdir: Path, args: list[str], host: str = "127.0.0.1") -> RedisServer:
         port = free_port()
         if self.tls:  # after RedisServer's own --port, so these win
             args = [*args, "--port", "0", "--tls-port", str(port)]
+        if host != "127.0.0.1":
+            args = [*args, "--bind", host]  # after RedisServer's own --bind
         scheme = "rediss" if self.tls else "redis"
-        url = f"{scheme}://:{PASSWORD}@127.0.0.1:{port}/0{self._query}"
-        return RedisServer(workdir, port, args, url=url)
+        url = f"{scheme}://:{PASSWORD}@{host}:{port}/0{self._query}"
+        server = RedisServer(workdir, port, args, url=url)
+        if host != "127.0.0.1" and self.master_host:
+            server.process.argv = [*self.master_host.wrapper, *server.process.argv]
+        return server
 
     @property
     def url(self) -> str:
@@ -215,6 +272,11 @@ class SentinelGroup:
         """SIGKILL the master: no shutdown, no AOF flush, connections cut."""
         self.master.process.stop(signal.SIGKILL)
 
+    def cut_master(self) -> None:
+        """Take the master's link down: it runs on, unreachable, and sends no reset."""
+        assert self.master_host is not None, "the master runs in no namespace of its own"
+        self.master_host.cut()
+
     def wait_promoted(self, timeout: float = 30.0) -> float:
         """Wait until the sentinels name the replica the master; return when (monotonic)."""
         deadline = time.monotonic() + timeout
@@ -231,3 +293,5 @@ class SentinelGroup:
             sentinel.stop()
         self.replica.stop()
         self.master.stop()
+        if self.master_host:
+            self.master_host.delete()
