@@ -274,6 +274,10 @@ def test_status_through_a_sentinel_url(group: SentinelGroup, tmp_path: Path) -> 
     wrong = environment(HOIST_BROKER_URL=group.url)  # no HOIST_SENTINEL_PASSWORD
     refused = hoist(tmp_path / "home", "status", env=wrong)
     assert refused.returncode != 0
+    unnamed = environment(HOIST_BROKER_URL=group.url, HOIST_SENTINEL_MASTER="nope", **group.env)
+    unknown = hoist(tmp_path / "home", "status", env=unnamed)
+    assert unknown.returncode != 0
+    assert "monitor no master named 'nope'" in " ".join(unknown.stderr.split())
     bad = environment(HOIST_BROKER_URL=f"sentinel://:{PASSWORD}@127.0.0.1:26379/zero")
     unusable = hoist(tmp_path / "home", "status", env=bad)
     assert unusable.returncode != 0
@@ -281,7 +285,7 @@ def test_status_through_a_sentinel_url(group: SentinelGroup, tmp_path: Path) -> 
     assert "give one number" in " ".join(unusable.stderr.split())
     assert unusable.stderr.count("error:") == 1 and "Traceback" not in unusable.stderr
     assert "HOIST_SENTINEL_PASSWORD" in " ".join(refused.stderr.split())
-    for result in (shown, refused, unusable):
+    for result in (shown, refused, unknown, unusable):
         assert PASSWORD not in result.stdout + result.stderr
         assert SENTINEL_PASSWORD not in result.stdout + result.stderr
 

@@ -263,12 +263,11 @@ class _MasterSSLConnection(_MasterConnection, SSLConnection):
 
 
 class _Sentinel(Sentinel):
-    """redis-py's Sentinel, which stops on a refused password instead of retrying it.
+    """redis-py's Sentinel, which stops on a refused password or an unknown master name.
 
-    redis-py reports sentinels that refuse the password as "no master found",
-    a connection error that the client retries like a failover in progress;
-    a wrong password does not heal, so it is a :class:`ConfigurationError`
-    (not retried) saying what to set.
+    redis-py reports both as "no master found", a connection error that the
+    client retries like a failover in progress; neither heals, so each is a
+    :class:`ConfigurationError` (not retried) saying what to set.
     """
 
     def __init__(self, shown: str, *args: Any, **kwargs: Any) -> None:
@@ -286,7 +285,21 @@ class _Sentinel(Sentinel):
                     "HOIST_SENTINEL_PASSWORD to the sentinels' own (their requirepass; the URL's "
                     "password is the master's)"
                 ) from None
+            if self._nobody_knows(service_name):
+                raise ConfigurationError(
+                    f"the sentinels of {self.shown} monitor no master named {service_name!r}: "
+                    "set HOIST_SENTINEL_MASTER (or ?master_name=) to the name of their "
+                    "`sentinel monitor` line"
+                ) from None
             raise
+
+    def _nobody_knows(self, service_name: str) -> bool:
+        """Every sentinel answered, and none monitors ``service_name`` (during a
+        failover they all still list it)."""
+        try:
+            return all(service_name not in s.sentinel_masters() for s in self.sentinels)
+        except redis.RedisError:
+            return False
 
 
 def master_address(client: redis.Redis) -> tuple[str, int] | None:
