@@ -311,13 +311,19 @@ class ShadowRank:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is not None:  # the run failed: stop the shadow, keep the run's error
+            self.proc.kill()
+            self.proc.wait()
+            shutil.rmtree(self.inbox, ignore_errors=True)
+            return
         try:
             out, _ = self.proc.communicate(timeout=600)  # closes stdin: the shadow waits
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+                self.proc.wait()
             shutil.rmtree(self.inbox, ignore_errors=True)
-        if self.proc.returncode != 0 and exc_info[0] is None:
+        if self.proc.returncode != 0:
             raise RuntimeError(f"the shadow rank failed ({self.proc.returncode}): {out[-500:]}")
 
 

@@ -63,19 +63,23 @@ def test_gc_aborts_incomplete_multipart_uploads_under_the_prefix_only(
     home.mkdir()
     time.sleep(1.1)  # the servers stamp Initiated in whole seconds
 
+    args = ("--store", store, "--incomplete", "--older-than", "1s")
     if s3_server.name == "rclone":  # moto answers every Initiated with 2010-11-10
         code, out, err = gc(capsys, home, "--store", store, "--incomplete", "--older-than", "1h")
         assert code == 0 and "0 incomplete upload(s)" in err  # too young to be abandoned
-    code, out, _ = gc(
-        capsys, home, "--store", store, "--incomplete", "--older-than", "1s", "--dry-run", "--json"
-    )
+    code, out, _ = gc(capsys, home, *args, "--force", "--dry-run", "--json")
     listed = json.loads(out)
     assert code == 0 and listed["dry_run"] and listed["objects"] == 2
     assert listed["bytes"] == 5 * MiB
     assert {item["kind"] for item in listed["removed"]} == {MULTIPART}
     assert len(open_uploads(s3_server, prefix)) == 2  # a dry run changes nothing
 
-    code, out, err = gc(capsys, home, "--store", store, "--incomplete", "--older-than", "1s")
+    code, _, err = gc(capsys, home, *args)  # too young without --force
+    assert code == 1 and "may abort uploads still running; give 1h or more" in err
+    whole = f"s3://{s3_server.bucket}?endpoint_url={s3_server.endpoint_url}"
+    code, _, err = gc(capsys, home, "--store", whole, "--incomplete", "--older-than", "1d")
+    assert code == 1 and "has no prefix, so gc would abort every multipart upload" in err
+    code, out, err = gc(capsys, home, *args, "--force")
     assert code == 0 and "2 incomplete upload(s); freed 5.0 MiB" in err
     assert f"s3://{s3_server.bucket}/{prefix}run/ep1.pt" in out
     assert open_uploads(s3_server, prefix) == {}

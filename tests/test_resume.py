@@ -25,6 +25,7 @@ from hoist.errors import (
     StoreConnectionError,
 )
 from hoist.protocol.manifest import Manifest, ManifestFile
+from hoist.stores import s3 as s3_module
 from hoist.stores.base import ObjectStat
 from hoist.stores.checksum import Checksum
 from hoist.stores.s3 import S3ObjectStore, S3TransferConfig
@@ -213,4 +214,45 @@ def test_awscrt_answers_are_translated_as_boto3_ones(s3_server: S3Server, tmp_pa
     unreachable = make_store(s3_server, f"http://127.0.0.1:{free_port()}")
     with unreachable, pytest.raises(StoreConnectionError, match="cannot reach"):
         unreachable.download_file("there.bin", target, expected=held)
+    assert leftovers(tmp_path) == []
+
+
+def test_an_endpoint_from_the_environment_is_the_server_downloads_and_writes_use(
+    rclone_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boto3 takes AWS_ENDPOINT_URL_S3 too: awscrt must go there, not to AWS, and a
+    server that may ignore If-None-Match must not get conditional writes."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", rclone_server.endpoint_url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    data = os.urandom(6 * MiB + 1)
+    rclone_server.client().put_object(Bucket=rclone_server.bucket, Key="env/e.bin", Body=data)
+    with S3ObjectStore(
+        rclone_server.bucket,
+        "env/",
+        aws_access_key_id=rclone_server.access_key,
+        aws_secret_access_key=rclone_server.secret_key,
+    ) as store:
+        assert store.endpoint_url == rclone_server.endpoint_url
+        assert not store.conditional_writes and store.checks_md5
+        held = store.download_file("e.bin", tmp_path / "e.bin")
+    assert held.checksum == Checksum.of(data)
+    assert (tmp_path / "e.bin").read_bytes() == data
+
+
+def test_no_credentials_on_the_awscrt_path_say_so(
+    rclone_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # A fresh boto3 session: the shared one keeps credentials an earlier test gave it.
+    monkeypatch.setattr(s3_module, "_SESSIONS", {})
+    held = ObjectStat("x", 10, Checksum.of(b"0123456789"))
+    with (
+        S3ObjectStore(rclone_server.bucket, endpoint_url=rclone_server.endpoint_url) as store,
+        pytest.raises(StoreAuthError, match="no AWS credentials"),
+    ):
+        store.download_file("x.bin", tmp_path / "x.bin", expected=held)  # no HEAD first
     assert leftovers(tmp_path) == []

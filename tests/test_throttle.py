@@ -24,7 +24,7 @@ from hoist.errors import StoreThrottledError
 from hoist.logger.levels import LogLevel
 from hoist.protocol.messages import UPLOAD_TASK
 from hoist.state.keys import throttle_key
-from hoist.state.leases import Leases, store_limit
+from hoist.state.leases import Leases, name_lock, store_limit
 from hoist.state.states import State
 from hoist.state.throttle import DECREASE_WINDOW_MS, Throttle
 from tests.services.faultproxy import FaultProxy
@@ -49,6 +49,10 @@ def client(redis_server: RedisServer) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url)
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def holders(client: redis.Redis, store: str, count: int) -> list[Leases]:
     """``count`` uploads in flight to ``store`` (no configured limit)."""
     held = []
@@ -64,26 +68,41 @@ def test_a_throttle_halves_what_was_in_flight_once_per_window(client: redis.Redi
     store = uuid.uuid4().hex[:16]
     held = holders(client, store, 8)
     throttle = Throttle(client)
-    assert throttle.slowed(store, configured=0) == 4.0
+    sent = now_ms()
+    assert throttle.slowed(store, 0, sent) == 4.0
     # Every request in flight when the store objected gets the same answer: one decrease.
-    assert throttle.slowed(store, configured=0) == 4.0
+    assert throttle.slowed(store, 0, sent) == 4.0
     newcomer = Leases(client, "newcomer", lease_ms=30_000)
     assert not newcomer.acquire_all([store_limit(store, 0)])  # 8 in flight, ceiling 4
     for leases in held[:5]:
         leases.release_all()
     assert newcomer.acquire_all([store_limit(store, 0)])  # 3 in flight: a place under 4
     assert newcomer.capped  # the job then reports its clean answer
-    client.hset(throttle_key(store), "changed", int(time.time() * 1000) - DECREASE_WINDOW_MS)
-    assert throttle.slowed(store, configured=0) == 2.0  # a window later, halved again
+    assert newcomer.store_since_ms is not None
+    a_window_ago = now_ms() - DECREASE_WINDOW_MS
+    client.hset(throttle_key(store), "changed", a_window_ago)
+    # A late answer to a request sent before that decrease lowers nothing...
+    assert throttle.slowed(store, 0, a_window_ago - 1) == 4.0
+    # ...one sent since does: halved again.
+    assert throttle.slowed(store, 0, newcomer.store_since_ms) == 2.0
     (ceiling,) = [c for c in throttle.ceilings() if c.store_id == store]
     assert (ceiling.limit, ceiling.base, ceiling.decreases) == (2.0, 8, 2)
+
+
+def test_a_lease_without_a_ceiling_never_reads_another_limits_key(client: redis.Redis) -> None:
+    """The name lock of ``a`` must not look at the lock of an object named ``a:-``."""
+    store = uuid.uuid4().hex[:16]
+    other = Leases(client, "other", lease_ms=30_000)
+    assert other.acquire_all([name_lock(store, "a:-")])
+    mine = Leases(client, "mine", lease_ms=30_000)
+    assert mine.acquire_all([name_lock(store, "a")])  # no WRONGTYPE from a:-'s sorted set
 
 
 def test_clean_answers_raise_the_ceiling_until_it_is_lifted(client: redis.Redis) -> None:
     store = uuid.uuid4().hex[:16]
     holders(client, store, 2)
     throttle = Throttle(client)
-    assert throttle.slowed(store, configured=6) == 1.0  # from the 2 in flight
+    assert throttle.slowed(store, 6, now_ms()) == 1.0  # from the 2 in flight
     seen = []
     while (limit := throttle.answered(store, configured=6)) is not None:
         seen.append(limit)
@@ -100,7 +119,7 @@ def test_without_a_configured_limit_it_is_lifted_at_twice_where_it_began(
     store = uuid.uuid4().hex[:16]
     holders(client, store, 4)
     throttle = Throttle(client)
-    throttle.slowed(store, configured=0)
+    throttle.slowed(store, 0, now_ms())
     answers = 0
     while throttle.answered(store, configured=0) is not None:
         answers += 1
@@ -229,7 +248,7 @@ def test_hoist_status_shows_a_stores_ceiling(
 
     store = uuid.uuid4().hex[:16]
     holders(client, store, 6)
-    Throttle(client).slowed(store, configured=0)
+    Throttle(client).slowed(store, 0, now_ms())
     monkeypatch.setenv("HOIST_BROKER_URL", redis_server.url)
     monkeypatch.delenv("HOIST_STATE_URL", raising=False)
     home = tmp_path / "home"

@@ -23,6 +23,10 @@ from hoist.protocol.urls import mask_url
 from hoist.settings import CommandSettings
 from hoist.stores.uri import store_from_uri
 
+MIN_AGE_SECONDS = 3600.0
+"""Below this, an upload may still be running: refused without ``--force``."""
+MIN_AGE_TEXT = "1h"
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -70,6 +74,12 @@ def register(commands: Any) -> None:
         help="only what began longer ago than this (90s, 30m, 12h, 7d; default 1d)",
     )
     parser.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"allow --older-than below {MIN_AGE_TEXT} (it may abort uploads still running) "
+        "and a store without a prefix (every multipart upload in the bucket, any tool's)",
+    )
     parser.add_argument("--json", action="store_true", help="print the data as JSON to stdout")
     parser.set_defaults(func=run)
 
@@ -80,8 +90,19 @@ def run(args: argparse.Namespace) -> int:
     uri = args.store if args.store is not None else command.store_uri
     if not uri:
         raise ConfigurationError("no store given: pass --store URI or set HOIST_STORE_URI")
+    if args.older_than < MIN_AGE_SECONDS and not args.force:
+        raise ConfigurationError(
+            f"--older-than {args.older_than:g} s may abort uploads still running; give "
+            f"{MIN_AGE_TEXT} or more, or add --force"
+        )
     now = time.time()
     with store_from_uri(uri, command.sftp_password) as store:
+        if getattr(store, "prefix", None) == "" and not args.force:
+            raise ConfigurationError(
+                f"{mask_url(uri)} has no prefix, so gc would abort every multipart upload in "
+                "the bucket, also other tools'; name the prefix hoist writes under "
+                "(s3://bucket/prefix), or add --force"
+            )
         found = store.leftovers(args.older_than)
         removed = []
         for leftover in found:

@@ -80,6 +80,9 @@ class Leases:
         self.lease_ms = lease_ms
         self.held: list[Limit] = []
         self.capped = False
+        self.store_since_ms: int | None = None
+        """When this holder took a store's lease (ms since the epoch), or None: what a
+        throttled answer is judged by (:meth:`hoist.state.throttle.Throttle.slowed`)."""
         """Whether the last acquire met a throttle ceiling (the job then reports
         clean answers, :meth:`hoist.state.throttle.Throttle.answered`)."""
         self._acquire_all = register(client, "acquire_leases")
@@ -97,10 +100,7 @@ class Leases:
         wanted = [limit for limit in limits if limit.size > 0 or limit.ceiling]
         if not wanted:
             return True
-        # An empty name for a limit without a ceiling: a key that never exists.
-        keys = [limit.key for limit in wanted] + [
-            limit.ceiling or limit.key + ":-" for limit in wanted
-        ]
+        keys = [limit.key for limit in wanted] + [limit.ceiling or _NO_CEILING for limit in wanted]
         deadline = time.monotonic() + patience
         delay = 0.005
         while True:
@@ -111,6 +111,8 @@ class Leases:
             if taken:
                 self.held.extend(wanted)
                 self.capped = taken == 2
+                if any(limit.ceiling for limit in wanted):
+                    self.store_since_ms = now
                 return True
             if time.monotonic() + delay > deadline:
                 return False

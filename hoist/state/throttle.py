@@ -8,9 +8,11 @@ raised as TCP lowers and raises its window (additive increase, multiplicative
 decrease):
 
 - a throttled answer halves the ceiling, at most once per
-  :data:`DECREASE_WINDOW_MS` (the requests in flight when the store objected
-  all see the same answer); the first decrease starts from the uploads then in
-  flight;
+  :data:`DECREASE_WINDOW_MS`, and only for a request whose lease was taken
+  after the last decrease (the requests in flight when the store objected
+  were that load, however late they answer); the first decrease starts from
+  the uploads then in flight. A job without a store lease (a pointer) lowers
+  nothing;
 - each clean answer while a ceiling holds raises it by ``1/ceiling``, one
   place more per ceiling's worth of clean answers; at the configured limit
   (``HOIST_STORE_LIMIT``), or at twice where throttling began when none is
@@ -22,7 +24,7 @@ nothing while no store throttles. ``hoist status`` shows ceilings in force.
 
 Example (against a real Redis; tests/test_throttle.py):
     >>> throttle = Throttle(redis_client)  # doctest: +SKIP
-    >>> throttle.slowed("3f1c0a9e2b7d4c11", configured=0)  # 8 in flight  # doctest: +SKIP
+    >>> throttle.slowed("3f1c0a9e2b7d4c11", 0, since_ms)  # 8 in flight  # doctest: +SKIP
     4.0
 """
 
@@ -73,11 +75,18 @@ class Throttle:
         self._down = register(client, "throttle_down")
         self._up = register(client, "throttle_up")
 
-    def slowed(self, store_id: str, configured: int) -> float:
-        """The store throttled a request: lower its ceiling; return the ceiling in force."""
+    def slowed(self, store_id: str, configured: int, since_ms: int) -> float:
+        """The store throttled a request sent under a lease taken at ``since_ms``:
+        lower its ceiling; return the ceiling in force.
+
+        A request sent before the last decrease was part of the load that decrease
+        answered: it lowers nothing, however late its answer (a large upload's
+        parts keep answering for longer than any window).
+        """
         now = int(time.time() * 1000)
         keys = [throttle_key(store_id), store_lease_key(store_id)]
-        return float(self._down(keys=keys, args=[now, DECREASE_WINDOW_MS, IDLE_MS, configured]))
+        args = [now, DECREASE_WINDOW_MS, IDLE_MS, configured, since_ms]
+        return float(self._down(keys=keys, args=args))
 
     def answered(self, store_id: str, configured: int) -> float | None:
         """The store answered cleanly under a ceiling: raise it; None once lifted."""

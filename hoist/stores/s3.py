@@ -54,7 +54,7 @@ from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError
 from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import Checksum, HashingReader, Progress, SentBytes
 from hoist.stores.leftovers import Leftover, s3_multipart_uploads
-from hoist.stores.s3_crt import CrtDownloader
+from hoist.stores.s3_crt import CrtDownloader, bucket_region
 from hoist.stores.s3_download import RangedDownload, preallocate
 from hoist.stores.s3_errors import translate_s3_error
 from hoist.stores.s3_multipart import MultipartUpload
@@ -167,21 +167,11 @@ class S3ObjectStore(ObjectStore):
         self.bucket = bucket
         self.downloader = downloader
         self.max_attempts = max_attempts
-        # AWS has honoured If-None-Match on PutObject since 2024-08; rclone serve s3
-        # ignores it, and an ignored condition would overwrite, so elsewhere only when told.
-        self.conditional_writes = (
-            _is_aws(endpoint_url) if conditional_writes is None else conditional_writes
-        )
         self.connect_timeout = connect_timeout
         self.prefix = prefix.lstrip("/")
-        self.endpoint_url = endpoint_url
         if isinstance(transfer_config, dict):  # as it arrives in a task message
             transfer_config = S3TransferConfig(**transfer_config)
         self.transfer = transfer_config or S3TransferConfig()
-        if verify == "auto":
-            verify = "checksum" if _is_aws(endpoint_url) else "md5"
-        self.trusts_reported_checksum = verify == "checksum"
-        self.checks_md5 = verify == "md5"
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -202,6 +192,18 @@ class S3ObjectStore(ObjectStore):
                 aws_session_token=aws_session_token,
                 config=config,
             )
+        # The server boto3 talks to: also AWS_ENDPOINT_URL(_S3) or a profile's endpoint_url.
+        effective = endpoint_url or self._client.meta.endpoint_url
+        self.endpoint_url = None if _is_aws(effective) else effective
+        if verify == "auto":
+            verify = "checksum" if self.endpoint_url is None else "md5"
+        self.trusts_reported_checksum = verify == "checksum"
+        self.checks_md5 = verify == "md5"
+        # AWS has honoured If-None-Match on PutObject since 2024-08; rclone serve s3
+        # ignores it, and an ignored condition would overwrite, so elsewhere only when told.
+        self.conditional_writes = (
+            self.endpoint_url is None if conditional_writes is None else conditional_writes
+        )
         self._pool: ThreadPoolExecutor | None = None
         self._downloads: ThreadPoolExecutor | None = None
         self._crt: CrtDownloader | None = None
@@ -451,7 +453,7 @@ class S3ObjectStore(ObjectStore):
                 self._crt = CrtDownloader(
                     self.bucket,
                     self.endpoint_url,
-                    self._client.meta.region_name or "us-east-1",
+                    bucket_region(self._client, self.bucket, self.endpoint_url),
                     self._client._get_credentials,  # boto3's chain, refreshed as boto3 does
                     self.transfer.part_size,
                     self.transfer.max_concurrency,

@@ -22,6 +22,7 @@ refreshed session token is used as boto3 would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import xml.etree.ElementTree as ElementTree
@@ -86,6 +87,22 @@ class Address:
         return cls(parts.netloc, f"{base}/{bucket}/{quoted}", parts.scheme == "https")
 
 
+def bucket_region(client: Any, bucket: str, endpoint_url: str | None) -> str:
+    """The region to sign for: on AWS the bucket's own (boto3 follows S3's redirect
+    to it, awscrt does not), as a HEAD's header names it; else the client's."""
+    region = str(client.meta.region_name or "us-east-1")
+    if endpoint_url is not None:
+        return region
+    try:
+        answer = client.head_bucket(Bucket=bucket)
+    except boto_errors.ClientError as exc:  # a 403 still names the region
+        answer = exc.response
+    except boto_errors.BotoCoreError:
+        return region
+    headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return str(headers.get("x-amz-bucket-region") or region)
+
+
 class CrtDownloader:
     """awscrt's S3 client for one store, used for its downloads.
 
@@ -121,6 +138,7 @@ class CrtDownloader:
         self.endpoint_url = endpoint_url
         self.region = region
         self._credentials = credentials
+        self._credentials_error: Exception | None = None
         provider = auth.AwsCredentialsProvider.new_delegate(self._crt_credentials)
         tls = Address.of(bucket, "k", endpoint_url, region).tls
         self._client = s3.S3Client(
@@ -139,10 +157,15 @@ class CrtDownloader:
         )
 
     def _crt_credentials(self) -> auth.AwsCredentials:
-        held = self._credentials()
-        if held is None:
-            raise boto_errors.NoCredentialsError()
-        frozen = held.get_frozen_credentials()
+        try:
+            held = self._credentials()
+            if held is None:
+                raise boto_errors.NoCredentialsError()
+            frozen = held.get_frozen_credentials()
+        except Exception as exc:
+            # awscrt reports only "the delegate failed": the download raises this instead.
+            self._credentials_error = exc
+            raise
         return auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     def download(
@@ -157,19 +180,31 @@ class CrtDownloader:
                 translates it as every S3 error, :mod:`hoist.stores.s3_errors`).
             ConnectionError: the server could not be reached or the transfer broke.
         """
+        if self._credentials() is None:  # said here, not from inside awscrt's callback
+            raise boto_errors.NoCredentialsError()
         address = Address.of(self.bucket, key, self.endpoint_url, self.region)
         body = _Body(fd, size, where, progress)
         request = http.HttpRequest("GET", address.path, http.HttpHeaders([("Host", address.host)]))
+        transfer = self._client.make_request(
+            type=s3.S3RequestType.GET_OBJECT, request=request, on_body=body.receive
+        )
         try:
-            self._client.make_request(
-                type=s3.S3RequestType.GET_OBJECT, request=request, on_body=body.receive
-            ).finished_future.result()
+            transfer.finished_future.result()
         except s3.S3ResponseError as exc:
             raise _client_error(exc) from None
         except AwsCrtError as exc:
             if body.failure is not None:  # our own check stopped the transfer
                 raise body.failure from None
+            if self._credentials_error is not None and "CREDENTIALS" in exc.name:
+                raise self._credentials_error from None
             raise ConnectionError(f"{exc.name}: {exc.message}") from None
+        except BaseException:
+            # Interrupted (Ctrl-C): awscrt's threads must stop writing into fd
+            # before the caller closes it and the number is reused.
+            transfer.cancel()
+            with contextlib.suppress(BaseException):
+                transfer.finished_future.result(timeout=30)
+            raise
         return body.checksum()
 
 

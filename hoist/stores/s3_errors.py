@@ -147,7 +147,8 @@ def _translate_client_error(
         )
     if code in ("NoSuchKey", "NotFound") or status == 404:
         return ObjectNotFoundError(f"{where} does not exist")
-    if code in THROTTLING_CODES or status == 429:
+    # A HEAD's answer has no body, so its code is only the status: a bare 503 from S3.
+    if code in THROTTLING_CODES or status == 429 or (status == 503 and code in ("", "503")):
         return StoreThrottledError(
             f"{endpoint} answered {status} {code} for {where}: {detail}; the fleet lowers "
             "its concurrency toward this store"

@@ -261,9 +261,12 @@ class Job:
             return
         throttle = Throttle(self.ctx.records.client)
         configured = self.ctx.settings.store_limit
+        since = self.leases.store_since_ms
+        if throttled and since is None:
+            return  # no store lease (a pointer): no load of its own to judge by
         try:
-            if throttled:
-                limit = throttle.slowed(self.spec.store_id, configured)
+            if since is not None and throttled:
+                limit = throttle.slowed(self.spec.store_id, configured, since)
                 log.warning(
                     "%s: the store throttles; the fleet now sends it at most %d upload(s) at once",
                     self.message.id,

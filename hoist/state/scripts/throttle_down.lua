@@ -7,12 +7,14 @@
 -- ARGV[2]  the window, ms: no second decrease sooner
 -- ARGV[3]  the ceiling's time to live, ms (it vanishes when no store answers throttle it)
 -- ARGV[4]  the store's configured limit (0: none)
+-- ARGV[5]  when the throttled request's lease was taken, ms since the epoch: a
+--          request sent before the last decrease lowers nothing
 --
 -- Returns the ceiling now in force, as a string.
 local now = tonumber(ARGV[1])
 local changed = tonumber(redis.call('HGET', KEYS[1], 'changed') or '-1e18')
 local limit = tonumber(redis.call('HGET', KEYS[1], 'limit') or '0')
-if limit > 0 and now - changed < tonumber(ARGV[2]) then
+if limit > 0 and (now - changed < tonumber(ARGV[2]) or tonumber(ARGV[5]) < changed) then
   return tostring(limit)
 end
 if limit == 0 then
