@@ -14,6 +14,7 @@ Keys (all under ``hoist:``):
 ``ckpt:<run>:<checkpoint>``     hash: each rank's artifact ids of a sharded checkpoint
 ``lease:<kind>:...``            sorted set: a fleet-wide limit's holders, by expiry
 ``throttle:<store>``            hash: a store's lowered concurrency after "slow down"
+``throttled``                   set: the stores with a ``throttle:`` hash
 ``refused``                     hash: refused messages, counted by reason
 ``failures:<run>:<rank>``       counter: the rank's artifacts that failed (rises only)
 ``probe:<id>``                  hash: a store check's outcome (expires)
@@ -110,6 +111,10 @@ def rank_lease_key(run_name: str, rank: int) -> str:
 def store_lease_key(store_id: str) -> str:
     """The limit of uploads in flight to one store."""
     return f"{PREFIX}lease:store:{store_id}"
+
+
+THROTTLED = f"{PREFIX}throttled"
+"""The set of store ids under a throttle ceiling (``hoist status`` reads it)."""
 
 
 def throttle_key(store_id: str) -> str:

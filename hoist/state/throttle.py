@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import redis
 
-from hoist.state.keys import PREFIX, store_lease_key, throttle_key
+from hoist.state.keys import THROTTLED, store_lease_key, throttle_key
 from hoist.state.scripts import register
 
 DECREASE_WINDOW_MS = 1000
@@ -84,32 +84,35 @@ class Throttle:
         parts keep answering for longer than any window).
         """
         now = int(time.time() * 1000)
-        keys = [throttle_key(store_id), store_lease_key(store_id)]
-        args = [now, DECREASE_WINDOW_MS, IDLE_MS, configured, since_ms]
+        keys = [throttle_key(store_id), store_lease_key(store_id), THROTTLED]
+        args = [now, DECREASE_WINDOW_MS, IDLE_MS, configured, since_ms, store_id]
         return float(self._down(keys=keys, args=args))
 
     def answered(self, store_id: str, configured: int) -> float | None:
         """The store answered cleanly under a ceiling: raise it; None once lifted."""
-        held = self._up(keys=[throttle_key(store_id)], args=[IDLE_MS, configured])
+        keys = [throttle_key(store_id), THROTTLED]
+        held = self._up(keys=keys, args=[IDLE_MS, configured, store_id])
         return float(held) if held else None
 
     def ceilings(self) -> list[Ceiling]:
-        """Every ceiling in force, for ``hoist status``."""
+        """Every ceiling in force, for ``hoist status`` (one set, not a scan of the keyspace)."""
         found = []
-        for key in self.client.scan_iter(match=throttle_key("*"), count=100):
-            name = key.decode() if isinstance(key, bytes) else key
+        for member in self.client.smembers(THROTTLED):
+            store_id = member.decode() if isinstance(member, bytes) else str(member)
             fields = {
                 (k.decode() if isinstance(k, bytes) else k): float(v)
-                for k, v in self.client.hgetall(name).items()
+                for k, v in self.client.hgetall(throttle_key(store_id)).items()
             }
-            if "limit" in fields:
-                found.append(
-                    Ceiling(
-                        name.removeprefix(f"{PREFIX}throttle:"),
-                        fields["limit"],
-                        int(fields.get("base", 0)),
-                        int(fields.get("decreases", 0)),
-                        fields.get("changed", 0.0) / 1000,
-                    )
+            if "limit" not in fields:  # lifted by expiry: its ceiling went idle
+                self.client.srem(THROTTLED, store_id)
+                continue
+            found.append(
+                Ceiling(
+                    store_id,
+                    fields["limit"],
+                    int(fields.get("base", 0)),
+                    int(fields.get("decreases", 0)),
+                    fields.get("changed", 0.0) / 1000,
                 )
+            )
         return sorted(found, key=lambda c: c.store_id)

@@ -3,6 +3,8 @@
 --
 -- KEYS[1]  the store's ceiling (hash: limit, base, changed, decreases)
 -- KEYS[2]  the store's limit (sorted set of holders, by expiry in ms)
+-- KEYS[3]  the set of store ids with a ceiling (for hoist status)
+-- ARGV[6]  the store's id
 -- ARGV[1]  now, ms since the epoch
 -- ARGV[2]  the window, ms: no second decrease sooner
 -- ARGV[3]  the ceiling's time to live, ms (it vanishes when no store answers throttle it)
@@ -30,4 +32,5 @@ limit = math.max(1, limit / 2)
 redis.call('HSET', KEYS[1], 'limit', limit, 'changed', now)
 redis.call('HINCRBY', KEYS[1], 'decreases', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[6])
 return tostring(limit)
