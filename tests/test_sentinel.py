@@ -43,6 +43,7 @@ from tests.services.cluster import environment, hoist
 from tests.services.flower import flower_get, flower_server
 from tests.services.keys import FLEET_KEY
 from tests.services.ranks import RankJob, collect_ranks, start_ranks
+from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
 from tests.services.sentinel import PASSWORD, SENTINEL_PASSWORD, IsolatedHost, SentinelGroup
 from tests.services.tls import make_tls_files
@@ -331,12 +332,24 @@ def test_sentinel_urls_as_kombu_celery_and_logs_see_them() -> None:
         Records.from_url("mongo://h/0")
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own: the resender looks at every queued record, and the
+    session's Redis holds other tests' (a whole-suite run resent four of them here)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def test_a_failover_makes_queued_records_due_at_once(
-    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The resender, seeing its master's address change, resends a queued record now
     instead of after queued_timeout; before the change it only looks again later."""
-    records = Records.from_url(redis_server.url)
+    records = Records.from_url(own_redis.url)
     run = f"resend-{time.time_ns()}"
     message = UploadRequest(f"hoist-{run}-r0-1", run, 0, 1, "a", f"{run}/a", "s", {})
     records.create(message, UPLOAD_TASK, "s")
