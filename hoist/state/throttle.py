@@ -85,7 +85,7 @@ class Throttle:
         """
         now = int(time.time() * 1000)
         keys = [throttle_key(store_id), store_lease_key(store_id), THROTTLED]
-        args = [now, DECREASE_WINDOW_MS, IDLE_MS, configured, since_ms, store_id]
+        args: list[int | str] = [now, DECREASE_WINDOW_MS, IDLE_MS, configured, since_ms, store_id]
         return float(self._down(keys=keys, args=args))
 
     def answered(self, store_id: str, configured: int) -> float | None:
