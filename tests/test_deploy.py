@@ -35,6 +35,8 @@ import pytest
 import yaml
 
 from hoist.cli import build_parser
+from hoist.commands import exporter as exporter_command
+from hoist.commands.exporter import BACKLOG_TOTAL
 from hoist.protocol.messages import POINTER_QUEUE, UPLOAD_QUEUE
 from hoist.protocol.redis_url import parse_sentinel_url
 from tests.services.redis import RedisServer
@@ -106,9 +108,32 @@ def test_schemas_catch_mistakes() -> None:
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
     keda = json.loads((SCHEMAS / "keda-v1alpha1.schema.json").read_text())
     scaled = json.loads(json.dumps(all_objects()[("ScaledObject", "hoist-worker")]))
-    scaled["spec"]["triggers"][0]["metadata"]["listname"] = "typo"
+    [redis_trigger, *_] = [t for t in scaled["spec"]["triggers"] if t["type"] == "redis"]
+    redis_trigger["metadata"]["listname"] = "typo"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(keda).validate(scaled)
+    prometheus = {"serverAddress": "http://p:9090", "query": "q", "treshold": "8"}
+    with pytest.raises(AssertionError, match="treshold"):
+        check_prometheus_trigger({"type": "prometheus", "metadata": prometheus})
+
+
+# The metadata keys of KEDA's Prometheus scaler (keda.sh/docs/2.13/scalers/prometheus; the
+# vendored schema checks only the Redis scaler's keys).
+PROMETHEUS_KEYS = {
+    "serverAddress", "query", "queryParameters", "threshold", "activationThreshold",
+    "namespace", "customHeaders", "ignoreNullValues", "unsafeSsl", "timeout", "authModes",
+}  # fmt: skip
+
+
+def check_prometheus_trigger(trigger: dict[str, Any]) -> None:
+    """A ``prometheus`` trigger uses only the scaler's keys, and the required ones."""
+    metadata = trigger["metadata"]
+    unknown = set(metadata) - PROMETHEUS_KEYS
+    assert not unknown, f"not keys of KEDA's Prometheus scaler: {sorted(unknown)}"
+    assert {"serverAddress", "query", "threshold"} <= set(metadata), metadata
+    for number in ("threshold", "activationThreshold"):
+        if number in metadata:
+            float(metadata[number])
 
 
 def kustomizations() -> list[Path]:
@@ -166,13 +191,40 @@ def test_references_between_manifests_hold() -> None:
     hpa = objects[("HorizontalPodAutoscaler", "hoist-worker")]["spec"]
     for target in (scaled["scaleTargetRef"], hpa["scaleTargetRef"]):
         assert (target["kind"], target["name"]) in objects
-    assert {t["metadata"]["listName"] for t in scaled["triggers"]} == {UPLOAD_QUEUE, POINTER_QUEUE}
+    lists = [t for t in scaled["triggers"] if t["type"] == "redis"]
+    assert {t["metadata"]["listName"] for t in lists} == {UPLOAD_QUEUE, POINTER_QUEUE}
     worker_env = {v["name"] for v in container("Deployment", "hoist-worker")["env"]}
-    for trigger in scaled["triggers"]:
+    for trigger in lists:
         assert trigger["metadata"]["addressFromEnv"] in worker_env
         auth = objects[("TriggerAuthentication", trigger["authenticationRef"]["name"])]
         for ref in auth["spec"]["secretTargetRef"]:
             assert ref["key"] in secret_keys
+
+
+def test_keda_scales_to_zero_on_the_backlog_the_exporter_serves() -> None:
+    """The Prometheus trigger asks for a metric ``hoist exporter`` really serves, from the
+    exporter the base deploys (one replica, scraped where it listens); scale to zero is on."""
+    objects = all_objects()
+    scaled = objects[("ScaledObject", "hoist-worker")]["spec"]
+    assert scaled["minReplicaCount"] == 0
+    [backlog] = [t for t in scaled["triggers"] if t["type"] == "prometheus"]
+    check_prometheus_trigger(backlog)
+    assert re.fullmatch(rf"max\({BACKLOG_TOTAL}\)", backlog["metadata"]["query"])
+    assert float(backlog["metadata"]["activationThreshold"]) == 0  # one artifact wakes a worker
+    assert backlog["metadata"]["ignoreNullValues"] == "false"
+    assert "fallback" not in scaled  # KEDA's fallback would override the list triggers
+    exporter = objects[("Deployment", "hoist-exporter")]
+    assert exporter["spec"]["replicas"] == 1
+    args = build_parser().parse_args(container("Deployment", "hoist-exporter")["args"])
+    assert args.func is exporter_command.run and args.host == "0.0.0.0"
+    [port] = container("Deployment", "hoist-exporter")["ports"]
+    annotations = exporter["spec"]["template"]["metadata"]["annotations"]
+    assert port["containerPort"] == args.port == int(annotations["prometheus.io/port"])
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    service = objects[("Service", "hoist-exporter")]["spec"]
+    assert service["selector"] == exporter["spec"]["selector"]["matchLabels"]
+    assert [p["targetPort"] for p in service["ports"]] == [port["name"]]
 
 
 # ----- graceful stop, the same everywhere --------------------------------------------------

@@ -27,6 +27,7 @@ COMMANDS = (
     "download",
     "worker",
     "flower",
+    "exporter",
     "selfcheck",
     "keygen",
 )
