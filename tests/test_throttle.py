@@ -152,11 +152,13 @@ def throttled_run(
     tmp_path: Path,
     shared: bool,
     files: int = 48,
-) -> tuple[float, str]:
+) -> tuple[float, int]:
     """Upload ``files`` of :data:`FILE_BYTES` through a throttling proxy; check each landed.
 
     Returns the share of upload requests throttled in the run's second half
-    (after convergence), and the store's id.
+    (after convergence), and how many times a worker lowered the store's
+    fleet-wide ceiling (its log says so; the ceiling itself may be lifted again
+    by the end).
     """
     from tests.conftest import _serve
 
@@ -191,10 +193,11 @@ def throttled_run(
                 logger.file_artifact(LogLevel.BATCH, f"f{n}.bin", path)
             logger.wait(timeout=240)
             seconds = time.monotonic() - started
-            store_id = logger.spec.store_id
             logger.close()
     finally:
         next(fleet_runs, None)
+    # Read once the workers have stopped and flushed their logs.
+    lowered = fleet.logs().count("the store throttles; the fleet now sends it at most")
     raw = moto_server.client()
     for name, path in sources.items():
         held = raw.get_object(Bucket=moto_server.bucket, Key=f"{run}/{name}")["Body"].read()
@@ -210,17 +213,17 @@ def throttled_run(
         f"{SLOTS} slots, the server takes {TAKES_AT_ONCE}: {len(uploads)} upload requests, "
         f"throttled {share:.0%} overall, {later_share:.0%} in the second half; {seconds:.1f} s"
     )
-    return later_share, store_id
+    return later_share, lowered
 
 
 def test_the_fleet_converges_under_a_throttling_store(
     moto_server: S3Server, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    later_share, store_id = throttled_run(moto_server, redis_server, tmp_path, shared=True)
+    later_share, lowered = throttled_run(moto_server, redis_server, tmp_path, shared=True)
+    print(f"lowered {lowered} time(s)")
     # The fleet lowered the store's ceiling for every worker, and stayed near what the
     # server takes: with 8 slots against 4 places and no backoff, half would be refused.
-    ceilings = Throttle(redis.Redis.from_url(redis_server.url)).ceilings()
-    assert any(c.store_id == store_id and c.decreases >= 1 for c in ceilings), ceilings
+    assert lowered >= 1
     assert later_share <= 0.3, later_share
 
 
@@ -228,13 +231,13 @@ def test_the_fleet_converges_under_a_throttling_store(
 def test_backing_off_together_against_each_worker_alone(
     moto_server: S3Server, redis_server: RedisServer, tmp_path: Path
 ) -> None:
+    """Both land everything; the figures printed are the comparison docs/operations.md quotes."""
     (tmp_path / "shared").mkdir()
     (tmp_path / "alone").mkdir()
-    """Both land everything; the figures printed are the comparison docs/operations.md quotes."""
-    throttled_run(moto_server, redis_server, tmp_path / "shared", True, files=120)
-    _, store_id = throttled_run(moto_server, redis_server, tmp_path / "alone", False, files=120)
-    ceilings = Throttle(redis.Redis.from_url(redis_server.url)).ceilings()
-    assert all(c.store_id != store_id for c in ceilings)  # alone: no fleet-wide ceiling
+    _, lowered = throttled_run(moto_server, redis_server, tmp_path / "shared", True, files=120)
+    assert lowered >= 1
+    _, lowered = throttled_run(moto_server, redis_server, tmp_path / "alone", False, files=120)
+    assert lowered == 0  # alone: no fleet-wide ceiling
 
 
 def test_hoist_status_shows_a_stores_ceiling(

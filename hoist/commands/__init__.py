@@ -5,14 +5,12 @@ Each module has ``register(commands)``, which adds its parser to the
 A command returns its exit code and raises :class:`~hoist.errors.HoistError`
 for a failure the user can mend; ``hoist.cli`` prints that as one sentence.
 
-``hoist.cli`` imports every command module to build its parser (``--help``
-lists them all). Measured on a 2-core machine: ``import hoist.cli`` takes
-0.05 s, building the parser 0.45 s, of which about 0.2 s is Celery (the
-worker, Flower, up and retry commands need it); a command that needs no
-Celery (``status``) would start about 0.15 s sooner if only its module were
-imported. That would take a parser module per command apart from its code,
-which is not worth it for a command-line tool's start-up; so they load
-eagerly, with their imports at the top.
+``hoist.cli`` imports only the module of the command a command line names
+(every one for ``hoist --help`` or a name it does not know). Measured on a
+2-core machine: building every command's parser took 0.45 s, of which about
+0.2 s is Celery (the worker, Flower, up and retry commands need it), and a
+`hoist download` of a checkpoint, which a restarted job waits for, paid it
+all (issue 17).
 """
 
 COMMANDS = (
