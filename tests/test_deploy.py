@@ -529,3 +529,24 @@ def test_dockerfile_healthcheck_pings_a_real_worker(
         assert absent.returncode != 0
     finally:
         fleet.stop()
+
+
+def test_the_grafana_dashboard_reads_metrics_that_exist(redis_server: Any) -> None:
+    """Every hoist_* series a panel queries is one a real exporter serves (scraped from
+    a real Redis here), and every flower_* one is among those docs/operations.md lists."""
+    from hoist.commands.exporter import FleetCollector
+    from hoist.state.gauges import FleetReader
+    from hoist.state.records import Records
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "hoist-fleet.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queried = {name for expr in exprs for name in re.findall(r"\b(?:hoist|flower)_\w+", expr)}
+    records = Records.from_url(redis_server.url)
+    served = {m.name for m in FleetCollector(FleetReader(records, records.client)).collect()}
+    # prometheus_client names a family without its _total suffix.
+    served |= {f"{name}_total" for name in served}
+    documented = set(re.findall(r"`(flower_\w+)", (REPO / "docs" / "operations.md").read_text()))
+    unknown = {n for n in queried if n not in served and n not in documented}
+    assert unknown == set(), f"the dashboard queries series nobody serves: {unknown}"
+    assert "hoist_nonsense" not in served and BACKLOG_TOTAL in served
+    assert {p["id"] for p in dashboard["panels"]} == set(range(1, len(dashboard["panels"]) + 1))
