@@ -36,6 +36,7 @@ _PRELUDES: dict[str, tuple[str, ...]] = {
 NAMES = (
     "acquire_leases",
     "claim",
+    "count_outcome",
     "create",
     "fail_queued",
     "raise_marker",
