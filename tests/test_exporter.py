@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hoist import LogLevel, ObjectStoreLogger
 from hoist.commands.exporter import FleetCollector
+from hoist.errors import ObjectExistsError, UploadFailedError
 from hoist.protocol.messages import (
     POINTER_QUEUE,
     UPLOAD_QUEUE,
@@ -36,10 +38,12 @@ from hoist.protocol.messages import (
     artifact_id,
     order_key,
 )
+from hoist.state.counters import OTHER, FleetCounters, Outcome, error_class
 from hoist.state.gauges import FleetReader
 from hoist.state.keys import DEFERRED, THROTTLED, record_key, run_key, throttle_key
 from hoist.state.records import Records
 from hoist.state.throttle import Throttle
+from hoist.stores.spec import StoreSpec
 from tests.conftest import _serve, serve_fleet
 from tests.services.keys import FLEET_KEY
 from tests.services.process import ServerProcess, free_port, port_open
@@ -213,3 +217,102 @@ def test_an_unreachable_redis_is_up_0_not_a_failed_scrape() -> None:
     assert [s.value for s in families["hoist_exporter_up"].samples] == [0]
     assert "hoist_backlog_total" not in families and "hoist_backlog" not in families
     assert "hoist_exporter_scrape_seconds" in families
+
+
+def test_counts_add_up_in_redis_and_histogram_buckets_are_cumulative(
+    own_redis: RedisServer,
+) -> None:
+    """The counting script against a real Redis: each outcome adds what it says, once."""
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    counters = FleetCounters(client)
+    store = f"{time.time_ns():016x}"[-16:]
+    record = record_key(f"unit-{store}")
+    client.hset(record, "enqueued_at", 1000.0)
+    try:
+        counters.count(record, Outcome(store, attempted=True, failed_class="TimeoutError"), 1001)
+        counters.count(record, Outcome(store, lease_wait=True), 1002)
+        counters.count(
+            record, Outcome(store, attempted=True, uploaded_bytes=300, verified=True), 1004.0
+        )
+        counters.count(record, Outcome(store, verified=True), 1100.0)  # already present
+        counters.count(record, Outcome(store), 1200.0)  # nothing: no round trip, no count
+        found = counters.read()
+    finally:
+        client.delete(record)
+    assert found.attempts[store] == 2
+    assert found.failures[(store, "TimeoutError")] == 1
+    assert found.lease_waits[store] == 1
+    assert found.uploaded_bytes[store] == 300
+    histogram = found.verified[store]
+    assert histogram.count == 2
+    assert histogram.total_seconds == pytest.approx(104.0)
+    assert histogram.buckets[2.5] == 0 and histogram.buckets[5] == 1  # took 4 s
+    assert histogram.buckets[60] == 1 and histogram.buckets[120] == 2  # took 100 s
+    assert histogram.buckets[float("inf")] == 2
+    assert error_class(TimeoutError()) == "TimeoutError"
+    assert error_class(ObjectExistsError("x")) == "ObjectExistsError"
+    assert error_class(type("Library", (Exception,), {})()) == OTHER
+
+
+def _logger(
+    store: Path, container: str, run: str, fleet: WorkerFleet, url: str, **more: Any
+) -> Any:
+    return ObjectStoreLogger(
+        provider="local", container=container, provider_kwargs={"key": str(store)},
+        object_name="{run_name}/{artifact_name}", upload_staging_folder=str(fleet.staging_root),
+        broker_url=url, run_name=run, fleet_key=FLEET_KEY, store_check=False,
+        rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0, **more,
+    )  # fmt: skip
+
+
+def _store_id(url: str, run: str) -> str:
+    """The store key the workers counted a run's artifacts under (from its first record)."""
+    first = Records.from_url(url).run_artifacts(run)[0]
+    return StoreSpec.from_json(first.message["store"]).store_id
+
+
+def test_a_real_run_moves_the_counters(
+    own_redis: RedisServer, fleet: WorkerFleet, exporter: int, tmp_path: Path
+) -> None:
+    """Bytes uploaded are the artifacts' sizes, one histogram sample and one attempt per
+    artifact; an upload the store refuses counts a failed attempt under its class."""
+    store = tmp_path / "store"
+    (store / "artifacts").mkdir(parents=True)
+    run = f"counted-{time.time_ns()}"
+    logger = _logger(store, "artifacts", run, fleet, own_redis.url)
+    sizes = [32 * 1024 + 7 * i for i in range(5)]
+    for i, size in enumerate(sizes):
+        source = tmp_path / f"c{i}.pt"
+        source.write_bytes(os.urandom(size))
+        logger.file_artifact(LogLevel.EPOCH, f"c{i}.pt", source)
+    logger.wait(timeout=60)
+    logger.close()
+    sid = _store_id(own_redis.url, run)
+    samples = scrape(exporter)
+    assert value(samples, "hoist_uploaded_bytes_total", store=sid) == sum(sizes)
+    assert value(samples, "hoist_verified_seconds_count", store=sid) == len(sizes)
+    assert value(samples, "hoist_verified_seconds_bucket", store=sid, le="+Inf") == len(sizes)
+    assert 0 < value(samples, "hoist_verified_seconds_sum", store=sid) < 60 * len(sizes)
+    assert value(samples, "hoist_attempts_total", store=sid) == len(sizes)
+    assert not [
+        k for k in samples if k[0] == "hoist_attempt_failures_total" and ("store", sid) in k[1]
+    ]
+
+    # No such container: the store refuses, the artifact fails, and its class is counted.
+    missing = tmp_path / "missing-store"
+    missing.mkdir()
+    refused = f"refused-{time.time_ns()}"
+    failing = _logger(missing, "nothere", refused, fleet, own_redis.url, on_failure="warn")
+    source = tmp_path / "refused.pt"
+    source.write_bytes(b"x" * 100)
+    failing.file_artifact(LogLevel.EPOCH, "refused.pt", source)
+    with pytest.raises(UploadFailedError):
+        failing.wait(timeout=60)
+    failing.close()
+    bad = _store_id(own_redis.url, refused)
+    counted = scrape(exporter)
+    failed = {k[1]: v for k, v in counted.items() if k[0] == "hoist_attempt_failures_total"}
+    mine = {dict(labels)["error"]: n for labels, n in failed.items() if ("store", bad) in labels}
+    assert mine == {"ContainerNotFoundError": 1}  # permanent: one try, never retried
+    assert value(counted, "hoist_attempts_total", store=bad) == 1
+    assert ("hoist_uploaded_bytes_total", (("store", bad),)) not in counted

@@ -23,13 +23,17 @@ Metrics (gauges; all computed at scrape time):
 - ``hoist_exporter_up``: 1 when Redis answered this scrape, else 0;
 - ``hoist_exporter_scrape_seconds``: how long this scrape's reads took.
 
-Not here: bytes uploaded, time from ``file_artifact`` to verified (a
-histogram), attempts and failures by error class, lease waits. They are
-counters and histograms of events on the workers' upload path. The records
-hold some pieces (sizes, ``enqueued_at``, ``finished_at``), but a sum over the
-records a scrape can read is no counter: it falls when a run leaves the window
-or its records expire, so ``rate()`` and ``histogram_quantile()`` over it
-would be wrong. Counting them honestly needs the workers to count them.
+Counters and a histogram (read at scrape time too, one ``HGETALL``; counted by the
+workers as it happens, see :mod:`hoist.state.counters`):
+
+- ``hoist_uploaded_bytes_total{store}``, ``hoist_attempts_total{store}``,
+  ``hoist_attempt_failures_total{store,error}``, ``hoist_lease_waits_total{store}``;
+- ``hoist_verified_seconds{store}``: from ``file_artifact`` to verified.
+
+A sum over the records a scrape can read would be no counter (it falls when a
+run leaves the window or its records expire, so ``rate()`` and
+``histogram_quantile()`` over it would be wrong): the workers count these into
+a hash that only rises.
 """
 
 from __future__ import annotations
@@ -42,7 +46,12 @@ from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from hoist import settings
@@ -50,6 +59,7 @@ from hoist.commands.cluster_access import broker_url_from_environment, records_f
 from hoist.commands.console import console
 from hoist.errors import ConfigurationError
 from hoist.protocol.redis_url import redis_client
+from hoist.state.counters import Counters, FleetCounters
 from hoist.state.gauges import PER_RUN, RECENT_RUNS, FleetReader
 from hoist.state.states import State
 
@@ -74,6 +84,7 @@ class FleetCollector(Collector):
 
     def __init__(self, reader: FleetReader) -> None:
         self.reader = reader
+        self.counters = FleetCounters(reader.records.client)
         self._failing = ""
 
     def collect(self) -> Iterator[Metric]:
@@ -82,6 +93,7 @@ class FleetCollector(Collector):
         began = time.monotonic()
         try:
             gauges = self.reader.read()
+            counted = self.counters.read()
         except redis.RedisError as exc:
             if str(exc) != self._failing:  # once per kind of failure, not per scrape
                 log.warning("hoist exporter: Redis does not answer (%s)", exc)
@@ -125,8 +137,47 @@ class FleetCollector(Collector):
         for state in State:
             artifacts.add_metric([state.value], gauges.artifacts.get(state, 0))
         yield artifacts
+        yield from _counter_families(counted)
         yield GaugeMetricFamily("hoist_exporter_up", "Redis answered this scrape", 1)
         yield _scrape_seconds(time.monotonic() - began)
+
+
+def _counter_families(counted: Counters) -> Iterator[Metric]:
+    """The workers' counters (:mod:`hoist.state.counters`) as Prometheus families."""
+    per_store = (
+        ("hoist_uploaded_bytes", "Bytes uploaded and verified", counted.uploaded_bytes),
+        ("hoist_attempts", "Tries at the store (held back is none)", counted.attempts),
+        (
+            "hoist_lease_waits",
+            "Jobs held back because a rank, store or name limit stayed full",
+            counted.lease_waits,
+        ),
+    )
+    for name, documentation, values in per_store:
+        family = CounterMetricFamily(name, documentation, labels=["store"])
+        for store, number in sorted(values.items()):
+            family.add_metric([store], number)
+        yield family
+    failures = CounterMetricFamily(
+        "hoist_attempt_failures",
+        "Tries at the store that raised, by class",
+        labels=["store", "error"],
+    )
+    for (store, kind), number in sorted(counted.failures.items()):
+        failures.add_metric([store, kind], number)
+    yield failures
+    verified = HistogramMetricFamily(
+        "hoist_verified_seconds",
+        "Seconds from file_artifact to the upload verified in the store",
+        labels=["store"],
+    )
+    for store, histogram in sorted(counted.verified.items()):
+        buckets = [
+            ("+Inf" if bound == float("inf") else f"{bound:g}", number)
+            for bound, number in sorted(histogram.buckets.items())
+        ]
+        verified.add_metric([store], buckets, histogram.total_seconds)
+    yield verified
 
 
 def _scrape_seconds(seconds: float) -> GaugeMetricFamily:

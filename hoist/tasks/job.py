@@ -31,7 +31,8 @@ from hoist.protocol.messages import (
     check_order,
 )
 from hoist.protocol.signing import verify
-from hoist.state.keys import pointer_key
+from hoist.state.counters import FleetCounters, Outcome, error_class
+from hoist.state.keys import pointer_key, record_key
 from hoist.state.leases import Leases, name_lock
 from hoist.state.schedule import backoff_delay, hold_back_delay
 from hoist.state.states import Claim, State
@@ -158,6 +159,10 @@ class Job:
         self.leases = Leases(ctx.records.client, self.token, ctx.settings.lease_ms)
         self.attempt: int | None = None
         self.earlier_write = False
+        # For the fleet's counters (hoist.state.counters), told at the settle.
+        self._attempt_counted = False
+        self._failed_class = ""
+        self._lease_wait = False
 
     def run(self) -> dict[str, Any]:
         refusal = self.refuse()
@@ -235,7 +240,7 @@ class Job:
         message = self.message
         key = pointer_key(self.spec.store_id, message.object_name)
         if not self.leases.acquire_all([name_lock(self.spec.store_id, message.object_name)]):
-            return self.hold_back("another write of the same pointer")
+            return self.lease_wait("another write of the same pointer")
         with Heartbeat(self):
             if before is not None:
                 before()
@@ -287,7 +292,36 @@ class Job:
         )
         if state is State.FAILED:
             log.error("%s (%s) failed: %s", self.message.id, self.message.object_name, fields)
+        self._count(state, fields)
         return {"id": self.message.id, "outcome": state.value, **fields}
+
+    def _count(self, state: State, fields: dict[str, Any]) -> None:
+        """Add this settle to the fleet's counters: after the settle, so a count
+        never runs ahead of the record; a lost count is logged, never the outcome."""
+        verified = state is State.DONE and "uri" in fields
+        sent = 0 if int(fields.get("already_present", 0)) else int(fields.get("size", 0))
+        outcome = Outcome(
+            store=self.spec.store_id,
+            attempted=self.attempt is not None and not self._attempt_counted,
+            failed_class=self._failed_class,
+            uploaded_bytes=sent if verified else 0,
+            verified=verified,
+            lease_wait=self._lease_wait,
+        )
+        self._attempt_counted = self._attempt_counted or outcome.attempted
+        self._failed_class = ""
+        self._lease_wait = False
+        try:
+            FleetCounters(self.ctx.records.client).count(
+                record_key(self.message.id), outcome, self.ctx.clock()
+            )
+        except Exception as exc:
+            log.warning("%s: the fleet's counters were not updated: %s", self.message.id, exc)
+
+    def lease_wait(self, reason: str) -> dict[str, Any]:
+        """Hold back because a limit stayed full (counted as a lease wait)."""
+        self._lease_wait = True
+        return self.hold_back(reason)
 
     def hold_back(self, reason: str) -> dict[str, Any]:
         """Try again shortly: a limit is full or a dependency is not ready. Not an attempt."""
@@ -298,6 +332,7 @@ class Job:
         """Retry transient errors with backoff up to ``max_retries``; fail the rest at once."""
         error = f"{type(exc).__name__}: {exc}"
         retryable = is_retryable(exc)
+        self._failed_class = error_class(exc)
         if isinstance(exc, StoreThrottledError):
             self.store_answered(throttled=True)
         # An error before the store was tried (building it, say) still counts as a try.

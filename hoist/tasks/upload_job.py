@@ -89,7 +89,7 @@ class UploadJob(Job):
         if (rewritten := self._rewritten(staged)) is not None:
             return self.settle(State.FAILED, error=rewritten)
         if not self.leases.acquire_all(self.limits(), patience=self.ctx.settings.wait_seconds):
-            return self.hold_back("a concurrency limit or an upload of the same name")
+            return self.lease_wait("a concurrency limit or an upload of the same name")
         # bytes_sent restarts with each attempt: what an earlier one sent is not in the store.
         attempt = self.begin_attempt(upload_started_at=self.ctx.clock(), bytes_sent=0)
         store = self.ctx.store(self.spec)
