@@ -542,9 +542,16 @@ def test_the_grafana_dashboard_reads_metrics_that_exist(redis_server: Any) -> No
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     queried = {name for expr in exprs for name in re.findall(r"\b(?:hoist|flower)_\w+", expr)}
     records = Records.from_url(redis_server.url)
-    served = {m.name for m in FleetCollector(FleetReader(records, records.client)).collect()}
-    # prometheus_client names a family without its _total suffix.
+    families = list(FleetCollector(FleetReader(records, records.client)).collect())
+    served = {m.name for m in families}
+    # prometheus_client names a family without its _total suffix, and a histogram's
+    # series are its _bucket, _count and _sum.
     served |= {f"{name}_total" for name in served}
+    served |= {
+        f"{m.name}_{part}" for m in families if m.type == "histogram"
+        for part in ("bucket", "count", "sum")
+    }  # fmt: skip
+    assert {"hoist_uploaded_bytes_total", "hoist_verified_seconds_bucket"} <= served
     documented = set(re.findall(r"`(flower_\w+)", (REPO / "docs" / "operations.md").read_text()))
     unknown = {n for n in queried if n not in served and n not in documented}
     assert unknown == set(), f"the dashboard queries series nobody serves: {unknown}"
