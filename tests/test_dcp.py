@@ -1,0 +1,201 @@
+"""torch.distributed.checkpoint through hoist: async saves by 4 ranks, killed, resumed by 2.
+
+Real ``hoist worker`` processes upload to the Libcloud ``local`` store. The
+torchrun job (tests/dcp_job.py, CPU, gloo) async-saves a step every 0.3 s
+with 4 ranks; once the store's ``latest`` names step 3 or later it is
+SIGKILLed. When the fleet has settled, a 2-rank job loads ``latest``: it must
+be the newest committed step, resharded (DCP's DTensors over 2 ranks instead
+of 4) and equal, tensor for tensor, to what that step saved. In-process
+tests (one rank, no process group) cover a step number, the error surfacing
+of async saves, and an uncommitted step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hoist import ObjectStoreLogger
+from hoist.errors import CheckpointError, ConfigurationError, ObjectNotFoundError
+from hoist.protocol.manifest import Manifest
+from hoist.state.connection import connect
+from hoist.state.states import State
+from tests.conftest import serve_fleet, single_rank_local_store
+from tests.services.process import free_port
+from tests.services.redis import RedisServer
+from tests.services.workers import WorkerFleet, clean_environment, wait_until
+
+torch = pytest.importorskip("torch", reason="the test extra installs torch")
+hoist_dcp = pytest.importorskip("hoist.integrations.dcp")
+torch_dcp = pytest.importorskip("torch.distributed.checkpoint")
+
+REPO = Path(__file__).resolve().parent.parent
+SAVERS, LOADERS = 4, 2
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerFleet]:
+    yield from serve_fleet(tmp_path_factory, redis_server.url, "dcp", count=2, concurrency=2)
+
+
+def torchrun(fleet: WorkerFleet, ranks: int, *args: str) -> list[str]:
+    env = {
+        **clean_environment(),
+        "HOIST_BROKER_URL": fleet.broker_url,
+        "HOIST_STAGING_DIR": str(fleet.staging_root),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
+    argv += ["--nproc-per-node", str(ranks), "--master-port", str(free_port())]
+    return [*argv, "-m", "tests.dcp_job", *args], env  # type: ignore[return-value]
+
+
+def pointed_manifest(objects: Path, run: str) -> Manifest | None:
+    """The manifest ``<run>/latest.symlink`` names in the store's folder, or None."""
+    try:
+        target = (objects / run / "latest.symlink").read_text()
+        return Manifest.from_bytes((objects / target).read_bytes())
+    except (FileNotFoundError, CheckpointError):
+        return None  # none yet, or the pointer is being replaced by a rename
+
+
+def settled(redis_url: str, run: str) -> bool:
+    """No record of the run is with a worker: each is finished, or queued and never sent
+    (a record the killed rank wrote but did not send waits for the watchdog's 300 s)."""
+    records = connect(redis_url)
+    before = [(a.id, a.state) for a in records.run_artifacts(run)]
+    if not all(state.terminal or state is State.QUEUED for _, state in before):
+        return False
+    time.sleep(1.0)
+    return [(a.id, a.state) for a in records.run_artifacts(run)] == before
+
+
+def test_four_ranks_killed_mid_run_resume_on_two_with_the_newest_committed_step(
+    fleet: WorkerFleet, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    run = "dcp-killed"
+    store = tmp_path / "store"
+    objects = store / "artifacts"
+    objects.mkdir(parents=True)
+    argv, env = torchrun(fleet, SAVERS, "save", "--store", str(store), "--run", run)
+    job = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen = wait_until(
+            lambda: (m := pointed_manifest(objects, run)) is not None and m.step >= 3 and m,
+            timeout=120,
+        )
+        assert job.poll() is None, "the job ended before it was killed"
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        output = job.communicate()[0]
+    assert "Traceback" not in output, output[-3000:]
+    wait_until(lambda: settled(redis_server.url, run), timeout=60)
+    committed = pointed_manifest(objects, run)
+    assert committed is not None and committed.step >= seen.step
+    # Every rank's data file and the coordinator's metadata, and nothing else.
+    names = sorted(posixpath_name(f.path) for f in committed.files)
+    assert names == [".metadata", *(f"__{r}_0.distcp" for r in range(SAVERS))]
+    assert committed.world_size == SAVERS
+    # Written straight into staging and renamed away: no folder of a committed step is left.
+    for rank in range(SAVERS):
+        assert not (
+            fleet.staging_root / run / f"rank{rank}" / f"dcp-step-{committed.step:08d}"
+        ).exists()
+
+    summary = tmp_path / "summary.json"
+    argv, env = torchrun(fleet, LOADERS, "load", "--run", run, "--summary", str(summary))
+    result = subprocess.run(
+        argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from tests import dcp_job
+
+    expected = dcp_job.full_state(committed.step)
+    for rank in range(LOADERS):
+        got = json.loads((tmp_path / f"summary-rank{rank}.json").read_text())
+        assert got["step"] == got["state_step"] == committed.step
+        assert got["files"] == SAVERS + 1
+        for name, tensor in expected.items():
+            assert torch.equal(torch.tensor(got["values"][name], dtype=tensor.dtype), tensor), name
+        assert got["local_shapes"] == {"w": [5, 6], "v": [4, 4 if rank == 0 else 3]}
+
+
+def posixpath_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+# ----- in this process: one rank, no process group --------------------------------------------
+
+
+@pytest.fixture
+def logger(fleet: WorkerFleet, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    (tmp_path / "artifacts").mkdir()
+    run = request.node.name.replace("_", "-")[:40]
+    made = ObjectStoreLogger(**single_rank_local_store(fleet, tmp_path), run_name=run)
+    yield made
+    made.close()
+
+
+def one_rank_state(step: int) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(step)
+    return {"model": {"w": torch.randn(5, 3, generator=generator)}, "step": step}
+
+
+def test_one_rank_loads_latest_and_a_step_number(logger: Any, redis_server: RedisServer) -> None:
+    hoist_dcp.async_save(one_rank_state(1), 1, logger)
+    hoist_dcp.save(one_rank_state(2), 2, logger)  # waits for step 1's async save first
+    hoist_dcp.wait(logger, timeout=60)
+    wait_until(lambda: settled(redis_server.url, logger.run_name), timeout=60)
+    for asked, step in (("latest", 2), (1, 1)):
+        into = one_rank_state(0)
+        loaded = hoist_dcp.load(into, logger.run_name, asked, state_url=redis_server.url)
+        assert (loaded.step, into["step"]) == (step, step)
+        assert torch.equal(into["model"]["w"], one_rank_state(step)["model"]["w"])
+
+
+def test_an_async_save_failure_is_raised_by_the_next_call_and_at_close(logger: Any) -> None:
+    # A lambda cannot be pickled: DCP fails in its own thread, after async_save returned.
+    broken = {"model": {"w": torch.ones(2)}, "hook": lambda: None}
+    future = hoist_dcp.async_save(broken, 1, logger)
+    with pytest.raises(CheckpointError, match="async save of step 1 failed") as raised:
+        hoist_dcp.async_save(one_rank_state(2), 2, logger)
+    assert raised.value.__cause__ is future.exception().__cause__ is not None  # DCP's own error
+    assert "rank 0: AttributeError(\"Can't pickle local object" in str(raised.value)
+    hoist_dcp.async_save(broken, 3, logger)
+    with pytest.raises(CheckpointError, match="async save of step 3 failed"):
+        hoist_dcp.close(logger)
+    with pytest.raises(ConfigurationError, match="closed"):
+        logger.log_checkpoint_dir(3, "anywhere")
+
+
+def test_a_step_never_committed_is_refused(
+    logger: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    folder = tmp_path / "step-5"
+    torch_dcp.save(one_rank_state(5), checkpoint_id=folder)
+    logger.log_checkpoint_dir(5, folder, ranks=2)  # the second rank never comes
+    logger.wait(timeout=60)
+    with pytest.raises(CheckpointError, match="step 5 of run .* was never committed"):
+        hoist_dcp.load(one_rank_state(0), logger.run_name, 5, state_url=redis_server.url)
+    with pytest.raises(ObjectNotFoundError, match="logged nothing named"):
+        hoist_dcp.load(one_rank_state(0), logger.run_name, 7, state_url=redis_server.url)
