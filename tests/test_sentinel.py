@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,10 +33,12 @@ from hoist.protocol.redis_url import kombu_url
 from hoist.protocol.sending import celery_config, send, sender
 from hoist.protocol.urls import mask_url
 from hoist.settings import SentinelSettings, WorkerSettings
-from hoist.state.keys import record_key
+from hoist.state.keys import name_lease_key, record_key, store_lease_key
+from hoist.state.leases import Leases, name_lock, store_limit
 from hoist.state.records import Records
 from hoist.state.replicas import ReplicaWait
 from hoist.state.states import State
+from hoist.stores.spec import StoreSpec
 from hoist.tasks.resender import Resender
 from tests.conftest import _running, serve_fleet
 from tests.services.cluster import environment, hoist
@@ -84,8 +86,12 @@ def group(
 
 
 @pytest.fixture
-def fleet(group: SentinelGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerFleet]:
-    env = {"HOIST_FLEET_KEY": FLEET_KEY, **group.env, **DEFAULTS}
+def fleet(
+    request: pytest.FixtureRequest, group: SentinelGroup, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerFleet]:
+    """Two workers with hoist's defaults; ``{"HOIST_STORE_LIMIT": ...}`` (indirect) adds to them."""
+    extra = getattr(request, "param", {})
+    env = {"HOIST_FLEET_KEY": FLEET_KEY, **group.env, **DEFAULTS, **extra}
     yield from serve_fleet(tmp_path_factory, group.url, "sentinel", count=2, env=env)
 
 
@@ -129,11 +135,12 @@ def failover_run(
     store: S3Server,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    before_kill: Callable[[str], None] | None = None,
 ) -> str:
     """Two ranks log checkpoints with pointers; the master is killed mid-run; check all."""
     (tmp_path / "flower").mkdir()
     with flower_server(tmp_path / "flower", group.url, LOGIN, group.env) as port:
-        run = logged_through_failover(group, fleet, store, tmp_path, monkeypatch)
+        run = logged_through_failover(group, fleet, store, tmp_path, monkeypatch, before_kill)
         flower_follows(port)
     logs = fleet.logs() + (tmp_path / "flower" / "flower.log").read_text(errors="replace")
     assert PASSWORD not in logs and SENTINEL_PASSWORD not in logs
@@ -146,7 +153,9 @@ def logged_through_failover(
     store: S3Server,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    before_kill: Callable[[str], None] | None = None,
 ) -> str:
+    """``before_kill(run)`` runs mid-run, just before the master is killed or cut off."""
     monkeypatch.setenv("HOIST_SENTINEL_PASSWORD", SENTINEL_PASSWORD)  # the ranks inherit it
     run = f"failover-{time.time_ns() // 1_000_000}"
     actions: list[list[Any]] = []
@@ -174,6 +183,8 @@ def logged_through_failover(
         return states.count(State.DONE) >= 4 and State.UPLOADING in states
 
     wait_until(mid_run, timeout=60, interval=0.05)
+    if before_kill is not None:
+        before_kill(run)
     if group.master_host:  # cut off: alive, unreachable, no connection reset
         group.cut_master()
     else:
@@ -259,6 +270,58 @@ def test_failover_again_and_again(
     repetition: int,
 ) -> None:
     failover_run(group, fleet, store, tmp_path, monkeypatch)
+
+
+STUCK_LEASE_SECONDS = 30.0
+"""The lease time of the holder that dies with the old master (hoist's default)."""
+
+
+@pytest.mark.long  # about 50 s: the stuck holder's leases run out 30 s after they were taken
+@pytest.mark.parametrize("fleet", [{"HOIST_STORE_LIMIT": "1"}], indirect=True)
+def test_failover_while_leases_and_a_pointer_lock_are_held(
+    group: SentinelGroup,
+    fleet: WorkerFleet,
+    store: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store admits one upload at a time. At the kill, a worker is uploading (so holds
+    that store lease and the object's name lock), and a holder that never comes back (its
+    worker died with the master) holds, replicated to the new master, a second token on
+    the store's limit and the lock of rank 0's ``latest`` pointer. The fleet's uploads and
+    that pointer wait out the stuck leases (one lease time, 30 s), never longer: everything
+    lands, the pointer at the newest, within 60 s of the promotion."""
+    master = redis.Redis.from_url(group.master.url, decode_responses=True)
+    taken: dict[str, float] = {}
+
+    def stuck_holder(run: str) -> None:
+        uploading = next(
+            a for a in sentinel_records(group).run_artifacts(run) if a.state is State.UPLOADING
+        )
+        store_id = StoreSpec.from_json(uploading.message["store"]).store_id
+        # Held by the worker uploading now: the store's only slot and the object's lock.
+        assert master.zcard(store_lease_key(store_id)) == 1
+        held = name_lease_key(store_id, str(uploading.message["object_name"]))
+        assert master.zcard(held) == 1
+        leases = Leases(master, f"stuck-{run}", lease_ms=int(STUCK_LEASE_SECONDS * 1000))
+        # Size 2: past the worker's token, so both are on the limit of size 1 the fleet uses.
+        pointer = f"{run}/latest-rank0.pt.symlink"
+        assert leases.acquire_all([store_limit(store_id, 2), name_lock(store_id, pointer)])
+        taken["at"] = time.time()
+        assert master.wait(1, 5000) == 1  # the replica holds them: they survive the failover
+
+    run = failover_run(group, fleet, store, tmp_path, monkeypatch, stuck_holder)
+    # failover_run checked the stuck leases wedged nothing past 60 s; here, that they held
+    # at all on the new master: rank 0's newest pointer was written only once its lock
+    # ran out (a lost lock would let it through at once, and test nothing).
+    newest = f"{run}/ckpt/step{CHECKPOINTS - 1}-rank0.pt"
+    written = [
+        float(a.fields["finished_at"])
+        for a in sentinel_records(group).run_artifacts(run)
+        if a.state is State.DONE and a.message.get("target_object_name") == newest
+    ]
+    assert len(written) == 1
+    assert written[0] >= taken["at"] + STUCK_LEASE_SECONDS - 1.0, written[0] - taken["at"]
 
 
 def test_status_through_a_sentinel_url(group: SentinelGroup, tmp_path: Path) -> None:
