@@ -37,6 +37,7 @@ from hoist.logger.connection import FleetConnection
 from hoist.logger.health import OnFailure, on_failure_mode
 from hoist.logger.levels import LogLevel
 from hoist.logger.object_names import ObjectNames
+from hoist.logger.retention import KeepRule
 from hoist.logger.sharded import ShardedCheckpoints
 from hoist.logger.staging import StagingMode, stage_file, staging_mode
 from hoist.protocol.layout import staged_path
@@ -96,14 +97,10 @@ class ObjectStoreLogger(ComposerNames):
             with the first). Required: workers act only on signed messages.
         enqueue_timeout: seconds to keep trying an unreachable state Redis
             before ``file_artifact`` raises :class:`~hoist.errors.EnqueueError`
-            (default ``HOIST_ENQUEUE_TIMEOUT``, else 30). The training step is
-            blocked meanwhile, so keep it short where a stall costs more than a
-            lost checkpoint upload; the error says how to send it later. The
-            broker is sent to from a background thread (see
-            :mod:`hoist.logger.publisher`), which tries it as long and then
-            marks the artifacts failed, for ``wait()`` to report and ``hoist
-            retry`` to send; ``close()`` and the interpreter's exit wait up
-            to this long for that thread to hand its messages over.
+            (default ``HOIST_ENQUEUE_TIMEOUT``, else 30; the step is blocked
+            meanwhile). The broker is sent to from a thread
+            (:mod:`hoist.logger.publisher`) that tries as long, then marks the
+            artifacts failed; ``close()`` waits up to this long for it.
         staging: the default :class:`~hoist.logger.staging.StagingMode`.
         node_queue: for a node-local staging folder (default
             ``HOIST_NODE_QUEUE``): the name of this node's upload queue, which
@@ -111,19 +108,16 @@ class ObjectStoreLogger(ComposerNames):
             NAME``). Empty: uploads go to the shared queue, and any worker of
             the fleet must be able to read the staging folder. Pointers always
             go to the shared pointer queue (they need no staged file).
-        on_failure: ``"raise"`` (default): the first call after the fleet
-            recorded a failure of this rank (or failed the store check) raises
-            :class:`~hoist.errors.UploadFailedError`; ``"warn"``: log each
-            failure once and train on (``close()`` logs instead of raising).
-            See :mod:`hoist.logger.health`.
+        on_failure: ``"raise"``: the first call after a failure of this rank was
+            recorded raises :class:`~hoist.errors.UploadFailedError`; ``"warn"``:
+            log each once (:mod:`hoist.logger.health`).
         max_staged_bytes, when_staging_full: a bound on this rank's staged bytes
             (default ``HOIST_MAX_STAGED_BYTES``, else none) and what a call does at
             it: ``"wait"`` for room, or ``"supersede"`` unstarted versions of the
             same name first (:mod:`hoist.logger.backlog`).
-        store_check: when the logger starts, ask a worker to write and delete
-            a small object under the run's prefix (:mod:`hoist.tasks.probe_job`),
-            so a missing bucket or a wrong secret fails at the next call, not at
-            ``close()``; :meth:`check` can wait for the answer.
+        store_check: ask a worker to write and delete a small object under the
+            run's prefix (:mod:`hoist.tasks.probe_job`): a wrong bucket fails early.
+        keep_last: every pointer's default ``keep_last`` (:meth:`symlink_artifact`).
         settings: the rank's ``HOIST_*`` settings (default
             :meth:`RankSettings.from_environment() <hoist.settings.RankSettings.from_environment>`,
             read once, here); every argument above that is given wins over them.
@@ -171,11 +165,13 @@ class ObjectStoreLogger(ComposerNames):
         max_staged_bytes: int | None = None,
         when_staging_full: str = "wait",
         store_check: bool = True,
+        keep_last: int | None = None,
         settings: RankSettings | None = None,
     ) -> None:
         if num_concurrent_uploads < 1:
             raise ConfigurationError("num_concurrent_uploads must be at least 1")
         on_failure = on_failure_mode(on_failure)
+        self._keep = KeepRule.of(keep_last)
         config = LoggerConfiguration.resolve(
             StoreArguments.of(
                 provider, container, provider_kwargs, object_store_cls, object_store_kwargs
@@ -290,6 +286,8 @@ class ObjectStoreLogger(ComposerNames):
         pointer: str = "latest",
         staging: StagingMode | str | None = None,
         ranks: int | None = None,
+        keep_last: int | None = None,
+        keep_every: int | None = None,
     ) -> list[str]:
         """Upload this rank's files of a sharded checkpoint; move the run's pointer when all landed.
 
@@ -317,6 +315,7 @@ class ObjectStoreLogger(ComposerNames):
             ranks: how many ranks log files for this step (default: the world
                 size); 1 where only the main process writes the checkpoint,
                 as Hugging Face's ``Trainer`` does.
+            keep_last, keep_every: as for :meth:`symlink_artifact`, for steps.
 
         Example (in a training loop with torch; tests/test_checkpoints.py runs it):
             >>> dcp.save(state, checkpoint_id=f"/ckpt/step-{step}")  # doctest: +SKIP
@@ -324,9 +323,9 @@ class ObjectStoreLogger(ComposerNames):
             ...                           files=glob.glob(f"/ckpt/step-{step}/__{rank}_*"))
         """
         self._check_open()
-        artifacts = self._checkpoints.log(
-            step, path, files, name, pointer, staging or self.staging, ranks
-        )
+        keep = self._keep.fields(keep_last, keep_every)
+        mode = staging or self.staging
+        artifacts = self._checkpoints.log(step, path, files, name, pointer, mode, ranks, keep)
         self._health.after_call()
         return artifacts
 
@@ -337,6 +336,8 @@ class ObjectStoreLogger(ComposerNames):
         *names: str,
         log_level: LogLevel = LogLevel.FIT,
         state: Any = None,
+        keep_last: int | None = None,
+        keep_every: int | None = None,
     ) -> str | None:
         """Point ``<object name>.symlink`` (a pointer) at an artifact this rank logged.
 
@@ -344,6 +345,9 @@ class ObjectStoreLogger(ComposerNames):
         the level first, as Composer's ``Logger`` (:func:`pointer_arguments`).
         Written only after the target is uploaded and verified; a later call for
         the same pointer always wins. Returns the pointer's id, or None if filtered.
+        With ``keep_last=K`` (default: the logger's), the pointer's earlier targets
+        beyond its last K leave the store once it is written, except every
+        ``keep_every``-th and any a pointer names (:mod:`hoist.state.retention`).
         """
         log_level, existing_artifact_name, symlink_artifact_name = pointer_arguments(
             existing_artifact_name, symlink_artifact_name, names, log_level
@@ -367,6 +371,7 @@ class ObjectStoreLogger(ComposerNames):
             **self._common(seq, symlink_artifact_name, object_name),
             target_id=target_id,
             target_object_name=target_object,
+            **self._keep.fields(keep_last, keep_every),
         )
         self._outbox.enqueue(POINTER_TASK, message, None)
         self._health.after_call()
@@ -382,12 +387,7 @@ class ObjectStoreLogger(ComposerNames):
         return self._store
 
     def get_uri_for_artifact(self, artifact_name: str) -> str:
-        """The URI the artifact has (or will have) in the store.
-
-        Example (with a logger for bucket ``ckpts``, run ``run-1``, rank 0):
-            >>> logger.get_uri_for_artifact("ep1.pt")  # doctest: +SKIP
-            's3://ckpts/run-1/rank0/ep1.pt'
-        """
+        """The URI the artifact has (or will have) in the store: ``s3://ckpts/run-1/rank0/ep1.pt``."""
         return self._store.get_uri(self._names.artifact(artifact_name))
 
     def check(self, store_check_timeout: float = 0.0) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from hoist.errors import ConfigurationError
 from hoist.logger.outbox import Outbox
+from hoist.logger.retention import KeepFields
 from hoist.logger.retry import StateRetry
 from hoist.logger.staging import StagingMode, staging_mode
 from hoist.protocol.manifest import checkpoint_name, files_under, relative_inside, step_order
@@ -75,10 +76,12 @@ class ShardedCheckpoints:
         pointer: str,
         staging: StagingMode | str,
         ranks: int | None,
+        keep: KeepFields | None = None,
     ) -> list[str]:
         """Upload this rank's files of ``step``; return their artifact ids.
 
-        See :meth:`hoist.logger.logger.ObjectStoreLogger.log_checkpoint_dir`.
+        See :meth:`hoist.logger.logger.ObjectStoreLogger.log_checkpoint_dir`; ``keep``
+        holds the commit's retention fields (``keep_last``, ``keep_every``).
         """
         name = name or checkpoint_name(step)
         validate_artifact_name(name)
@@ -101,10 +104,14 @@ class ShardedCheckpoints:
             lambda: self._records.register_shards(self._run_name, name, self._rank, world, ids)
         )
         if registered == world:
-            self._send_commit(step, name, prefix, pointer, world)
+            self._send_commit(
+                step, name, prefix, pointer, world, keep or KeepFields(keep_last=0, keep_every=0)
+            )
         return ids
 
-    def _send_commit(self, step: int, name: str, prefix: str, pointer: str, world: int) -> None:
+    def _send_commit(
+        self, step: int, name: str, prefix: str, pointer: str, world: int, keep: KeepFields
+    ) -> None:
         validate_artifact_name(pointer)
         message = CommitRequest(
             id=commit_id(self._run_name, name),
@@ -118,6 +125,7 @@ class ShardedCheckpoints:
             step=step,
             world_size=world,
             prefix=prefix,
+            **keep,
         )
         # Once per step: a rank that registers again must not send a second commit.
         self._outbox.enqueue_once(COMMIT_TASK, message)

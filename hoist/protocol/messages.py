@@ -250,10 +250,15 @@ class PointerRequest(Message):
     Parameters:
         target_id: the artifact id of the upload the pointer names.
         target_object_name: the object name written into the pointer.
+        keep_last: once written, delete this pointer's earlier targets beyond
+            its last ``keep_last`` (:mod:`hoist.state.retention`); 0 keeps all.
+        keep_every: keep every ``keep_every``-th target as a milestone; 0: none.
     """
 
     target_id: str = ""
     target_object_name: str = ""
+    keep_last: int = 0
+    keep_every: int = 0
 
     def summary(self) -> dict[str, Any]:
         return self._summary(last={"target": self.target_object_name})
@@ -271,11 +276,15 @@ class CommitRequest(Message):
         step: the training step.
         world_size: how many ranks register files for it.
         prefix: the object name of the step's directory (no trailing ``/``).
+        keep_last, keep_every: as for :class:`PointerRequest`, for committed
+            steps (a step's files and its manifest).
     """
 
     step: int = 0
     world_size: int = 1
     prefix: str = ""
+    keep_last: int = 0
+    keep_every: int = 0
 
     def summary(self) -> dict[str, Any]:
         return self._summary(first={"step": self.step, "ranks": self.world_size})
@@ -373,6 +382,8 @@ def _checked(cls: type[Message], name: str, value: Any) -> Any:
             _check_type(cls, name, item, int)
     if isinstance(value, int) and expected is int and value < (1 if name == "rank_limit" else 0):
         raise InvalidMessageError(f"field {name!r} of a {cls.__name__} is out of range: {value}")
+    if name.startswith("keep_") and value > MAX_KEEP:
+        raise InvalidMessageError(f"field {name!r} of a {cls.__name__} is out of range: {value}")
     return value
 
 
@@ -393,6 +404,34 @@ def _article(word: str) -> str:
 def _shorten(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+MAX_KEEP = 1_000_000
+"""Largest ``keep_last`` / ``keep_every`` a message may carry."""
+
+
+def check_keep(name: str, value: object) -> int:
+    """``value`` as a retention count (``keep_last``, ``keep_every``); None means off (0).
+
+    Raises:
+        ConfigurationError: it is not a whole number from 1 to :data:`MAX_KEEP`.
+
+    Example:
+        >>> check_keep("keep_last", 3), check_keep("keep_every", None)
+        (3, 0)
+        >>> check_keep("keep_last", -1)
+        Traceback (most recent call last):
+        ...
+        hoist.errors.ConfigurationError: keep_last must be a positive whole number ...
+    """
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_KEEP:
+        raise ConfigurationError(
+            f"{name} must be a positive whole number up to {MAX_KEEP} (or None to keep "
+            f"everything), not {_shorten(value)}"
+        )
+    return value
 
 
 def check_message_size(data: Any) -> None:

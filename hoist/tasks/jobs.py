@@ -7,6 +7,7 @@ The steps they share are in :mod:`hoist.tasks.job`; the upload job is in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from hoist.protocol.manifest import Manifest, ManifestFile
@@ -17,6 +18,7 @@ from hoist.protocol.messages import (
     PointerRequest,
 )
 from hoist.state.records import ArtifactStatus
+from hoist.state.retention import FILE, STEP, Retention, RetentionError
 from hoist.state.states import State
 from hoist.tasks.job import Job
 from hoist.tasks.probe_job import ProbeJob
@@ -53,7 +55,12 @@ class PointerJob(Job):
             )
         if target.state is not State.DONE:
             return self.hold_back(f"its target {target.artifact_name!r}")
-        return self.write_pointer(message.target_object_name)
+        return retained(
+            self,
+            FILE,
+            message.target_object_name,
+            lambda: self.write_pointer(message.target_object_name),
+        )
 
     def _foreign(self, target: ArtifactStatus) -> str | None:
         """Why ``target`` is not the object this pointer names, or None.
@@ -140,11 +147,16 @@ class CommitJob(Job):
             self.begin_attempt()
             store.put_bytes(manifest.object_name, manifest.to_bytes())
 
-        return self.write_pointer(
+        return retained(
+            self,
+            STEP,
             manifest.object_name,
-            before=write_manifest,
-            manifest=manifest.object_name,
-            files=len(manifest.files),
+            lambda: self.write_pointer(
+                manifest.object_name,
+                before=write_manifest,
+                manifest=manifest.object_name,
+                files=len(manifest.files),
+            ),
         )
 
     def _manifest(self, files: list[ArtifactStatus]) -> Manifest:
@@ -169,6 +181,40 @@ class CommitJob(Job):
             world_size=message.world_size,
             files=tuple(sorted(entries, key=lambda entry: entry.path)),
         )
+
+
+def retained(
+    job: PointerJob | CommitJob, kind: str, target: str, write: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Write a pointer under retention's rules (:mod:`hoist.state.retention`).
+
+    The target is protected before the PUT (and refused if retention took it);
+    once the write is done and verified it joins the pointer's history, and
+    with ``keep_last`` the pointer's old targets are pruned. Any prune another
+    worker left half-way in this store is finished too. A failure of the prune
+    is logged, never the pointer's outcome: the marks stay for the next prune.
+    """
+    message = job.message
+    store_id, pointer = job.spec.store_id, message.object_name
+    retention = Retention(job.ctx.records.client, message.run_name)
+    try:
+        retention.intend(store_id, pointer, target)
+    except RetentionError as exc:
+        return job.settle(State.FAILED, error=str(exc))
+    outcome = write()
+    if outcome.get("outcome") != State.DONE.value:
+        retention.abandon(store_id, pointer)
+        return outcome
+    try:
+        retention.moved(store_id, message.store, pointer, kind, target)
+        store = job.ctx.store(job.spec)
+        if message.keep_last:
+            retention.prune(store, store_id, pointer, message.keep_last, message.keep_every)
+        else:
+            retention.finish(store, store_id)
+    except Exception as exc:
+        log.warning("%s: retention did not prune this time: %s", message.id, exc)
+    return outcome
 
 
 JOBS: dict[str, type[Job]] = {job.task: job for job in (UploadJob, PointerJob, CommitJob, ProbeJob)}
