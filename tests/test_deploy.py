@@ -47,6 +47,8 @@ DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 KUBERNETES_VERSION = "1.30"
+CHART_VALUES = ".values.yaml"
+"""How a Helm chart's values file under deploy/kubernetes ends: no manifest of its own."""
 
 
 def yaml_documents(path: Path) -> list[dict[str, Any]]:
@@ -55,7 +57,11 @@ def yaml_documents(path: Path) -> list[dict[str, Any]]:
 
 def kubernetes_manifests() -> list[Path]:
     """Every manifest file under deploy/kubernetes (kustomizations are checked separately)."""
-    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+    return sorted(
+        p
+        for p in K8S.rglob("*.yaml")
+        if p.name != "kustomization.yaml" and not p.name.endswith(CHART_VALUES)
+    )
 
 
 def all_objects() -> dict[tuple[str, str], dict[str, Any]]:
@@ -152,7 +158,7 @@ def test_kustomization_resources_exist(path: Path) -> None:
     unlisted = {
         p
         for p in path.parent.glob("*.yaml")
-        if p.name != "kustomization.yaml" and not p.name.endswith(".example.yaml")
+        if p.name != "kustomization.yaml" and not p.name.endswith((".example.yaml", CHART_VALUES))
     }
     assert unlisted <= listed, f"manifests not in {path}: {sorted(unlisted - listed)}"
 
@@ -225,6 +231,72 @@ def test_keda_scales_to_zero_on_the_backlog_the_exporter_serves() -> None:
     service = objects[("Service", "hoist-exporter")]["spec"]
     assert service["selector"] == exporter["spec"]["selector"]["matchLabels"]
     assert [p["targetPort"] for p in service["ports"]] == [port["name"]]
+
+
+def validate_object(doc: dict[str, Any]) -> None:
+    """One built object against its schema: KEDA's, or Kubernetes' own (strict)."""
+    if doc["apiVersion"].startswith("keda.sh/"):
+        keda = json.loads((SCHEMAS / "keda-v1alpha1.schema.json").read_text())
+        jsonschema.Draft202012Validator(keda).validate(doc)
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def env_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    [first] = doc["spec"]["template"]["spec"]["containers"]
+    return list(first.get("env", []))
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (its kustomize) is missing")
+def test_the_sentinel_overlay_builds_and_reaches_redis_through_the_chart_sentinels() -> None:
+    """``kubectl kustomize`` (offline) builds the Sentinel overlay; every object validates;
+    the base's single Redis is gone; each hoist Deployment keeps its environment, with a
+    sentinel URL hoist parses to the chart's sentinel Service (the values' name, password
+    Secret and master set) and the sentinels' password; KEDA still scales to zero on the
+    whole backlog, with no Redis-list trigger left that would ask a sentinel for a list."""
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / "sentinel")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(built.stdout)}
+    for doc in objects.values():
+        validate_object(doc)
+    assert ("StatefulSet", "hoist-redis") not in objects
+    assert ("Service", "hoist-redis") not in objects
+    values = yaml.safe_load((K8S / "sentinel" / "redis.values.yaml").read_text())
+    assert values["architecture"] == "replication" and values["sentinel"]["enabled"] is True
+    assert values["replica"]["replicaCount"] >= 3 and values["sentinel"]["quorum"] == 2
+    assert values["auth"]["sentinel"] is True  # the sentinels take the master's password
+    secret = yaml_documents(K8S / "base" / "secret.example.yaml")[0]
+    assert values["auth"]["existingSecret"] == secret["metadata"]["name"]
+    assert values["auth"]["existingSecretPasswordKey"] in secret["stringData"]
+    assert "maxmemory-policy noeviction" in values["commonConfiguration"]
+    [config] = [d for (kind, _), d in objects.items() if kind == "ConfigMap"]
+    namespace = config["metadata"]["namespace"]
+    base = all_objects()
+    given = {"REDIS_PASSWORD": "pw", **config["data"]}
+    for name in ("hoist-worker", "hoist-flower", "hoist-exporter"):
+        env = env_of(objects[("Deployment", name)])
+        names = [var["name"] for var in env]
+        before = [var["name"] for var in env_of(base[("Deployment", name)])]
+        assert names == [*before, "HOIST_SENTINEL_PASSWORD"], name  # nothing lost or doubled
+        [url] = [var["value"] for var in env if var["name"] == "HOIST_BROKER_URL"]
+        target = parse_sentinel_url(re.sub(r"\$\((\w+)\)", lambda m: given[m[1]], url))
+        service = f"{values['fullnameOverride']}.{namespace}.svc.cluster.local"
+        assert target.sentinels == ((service, 26379),) and target.password == "pw"
+        assert target.master == values["sentinel"]["masterSet"]  # HOIST_SENTINEL_MASTER's default
+        [password] = [var for var in env if var["name"] == "HOIST_SENTINEL_PASSWORD"]
+        ref = password["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == values["auth"]["existingSecretPasswordKey"]
+    scaled = objects[("ScaledObject", "hoist-worker")]["spec"]
+    assert scaled["minReplicaCount"] == 0
+    [backlog] = scaled["triggers"]
+    assert backlog["type"] == "prometheus"
+    assert re.fullmatch(rf"max\({BACKLOG_TOTAL}\)", backlog["metadata"]["query"])
 
 
 # ----- graceful stop, the same everywhere --------------------------------------------------
