@@ -1,0 +1,199 @@
+"""Retention by pointer: old targets leave the store, never one a pointer names.
+
+The rules as pure logic first; then a real run: real Redis, real ``hoist
+worker`` processes, real S3 (moto). Each pointer call is followed by
+``wait()``, so each pointer write lands in order and joins its history
+(a pointer superseded before it is written never names anything, so it
+adds nothing to prune).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hoist import LogLevel, ObjectStoreLogger
+from hoist.errors import ConfigurationError, InvalidMessageError, UploadFailedError
+from hoist.logger.retention import KeepRule
+from hoist.protocol.messages import PointerRequest
+from hoist.state.records import Records
+from hoist.state.retention import FILE, STEP, Retention, entry, victims
+from hoist.stores.s3 import S3ObjectStore
+from tests.conftest import serve_fleet
+from tests.services.redis import RedisServer
+from tests.services.s3 import S3Server
+from tests.services.workers import WorkerFleet
+
+# ----- the rules -----------------------------------------------------------------
+
+
+def history(count: int) -> list[tuple[str, int]]:
+    return [(entry(FILE, f"ep{i}.pt"), i) for i in range(1, count + 1)]
+
+
+def test_keep_last_deletes_only_beyond_the_newest_k() -> None:
+    assert victims(history(5), 2, 0, set()) == ["f|ep1.pt", "f|ep2.pt", "f|ep3.pt"]
+    assert victims(history(2), 2, 0, set()) == []
+    assert victims(history(5), 0, 0, set()) == []  # no keep_last: keep everything
+
+
+def test_milestones_and_named_objects_stay() -> None:
+    assert victims(history(7), 1, 3, set()) == ["f|ep1.pt", "f|ep2.pt", "f|ep4.pt", "f|ep5.pt"]
+    assert victims(history(4), 1, 0, {"ep2.pt"}) == ["f|ep1.pt", "f|ep3.pt"]
+    step = entry(STEP, "run/checkpoints/step-1/manifest.json")
+    assert victims([(step, 1), (entry(STEP, "m2"), 2)], 1, 0, set()) == [step]
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "3", True, 10**7])
+def test_hostile_keep_values_are_refused_in_the_caller(value: Any) -> None:
+    with pytest.raises(ConfigurationError, match="keep_last must be a positive whole number"):
+        KeepRule.of(value)
+    with pytest.raises(ConfigurationError, match="keep_every must be a positive whole number"):
+        KeepRule(2).fields(None, value)
+
+
+def test_a_worker_refuses_a_message_with_an_out_of_range_keep() -> None:
+    body = PointerRequest("i", "r", 0, 1, "a", "o", "k", {}, keep_last=3).to_json()
+    assert PointerRequest.from_json(body).keep_last == 3
+    for bad in (-1, "3", 10**7):
+        with pytest.raises(InvalidMessageError, match="keep_last"):
+            PointerRequest.from_json({**body, "keep_last": bad})
+
+
+# ----- a real run ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerFleet]:
+    yield from serve_fleet(tmp_path_factory, redis_server.url, "retention", count=1, concurrency=2)
+
+
+def make_logger(fleet: WorkerFleet, s3: S3Server, run: str, **extra: Any) -> ObjectStoreLogger:
+    return ObjectStoreLogger(
+        object_store_cls=S3ObjectStore,
+        object_store_kwargs={
+            "bucket": s3.bucket,
+            "endpoint_url": s3.endpoint_url,
+            "aws_access_key_id": s3.access_key,
+            "aws_secret_access_key": s3.secret_key,
+        },
+        broker_url=fleet.broker_url,
+        upload_staging_folder=str(fleet.staging_root),
+        run_name=run,
+        rank=0,
+        local_rank=0,
+        world_size=1,
+        local_world_size=1,
+        node_rank=0,
+        store_check=False,
+        **extra,
+    )
+
+
+def objects(s3: S3Server, run: str) -> dict[str, int]:
+    listing = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"{run}/")
+    return {o["Key"]: o["Size"] for o in listing.get("Contents", [])}
+
+
+def pointer_text(s3: S3Server, name: str) -> str:
+    return s3.client().get_object(Bucket=s3.bucket, Key=name)["Body"].read().decode()
+
+
+def log_epoch(logger: ObjectStoreLogger, tmp_path: Path, epoch: int, **keep: Any) -> None:
+    path = tmp_path / f"ep{epoch}.pt"
+    path.write_bytes(bytes([epoch]) * (1000 + epoch))
+    logger.file_artifact(LogLevel.EPOCH, f"ep{epoch}.pt", path)
+    logger.symlink_artifact(f"ep{epoch}.pt", "latest.pt", **keep)
+    logger.wait(timeout=60)
+
+
+def run_name() -> str:
+    return f"ret-{uuid.uuid4().hex[:8]}"
+
+
+def test_two_pointers_sharing_targets_keep_what_either_names(
+    fleet: WorkerFleet, moto_server: S3Server, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    run = run_name()
+    with make_logger(fleet, moto_server, run, keep_last=2) as logger:
+        log_epoch(logger, tmp_path, 1)
+        logger.symlink_artifact("ep1.pt", "best.pt")  # best names ep1 from now on
+        logger.wait(timeout=60)
+        for epoch in range(2, 6):
+            log_epoch(logger, tmp_path, epoch)
+    art = f"{run}/artifacts"
+    held = objects(moto_server, run)
+    assert sorted(held) == sorted(
+        [f"{art}/ep1.pt", f"{art}/ep4.pt", f"{art}/ep5.pt"]
+        + [f"{art}/latest.pt.symlink", f"{art}/best.pt.symlink"]
+    )
+    assert pointer_text(moto_server, f"{art}/latest.pt.symlink") == f"{art}/ep5.pt"
+    assert pointer_text(moto_server, f"{art}/best.pt.symlink") == f"{art}/ep1.pt"
+    client = Records.from_url(redis_server.url).client
+    assert Retention(client, run).pruned() == {f"{art}/ep2.pt": 1002, f"{art}/ep3.pt": 1003}
+
+
+def test_keep_every_keeps_milestones(
+    fleet: WorkerFleet, moto_server: S3Server, tmp_path: Path
+) -> None:
+    run = run_name()
+    with make_logger(fleet, moto_server, run) as logger:
+        for epoch in range(1, 6):
+            log_epoch(logger, tmp_path, epoch, keep_last=1, keep_every=2)
+    art = f"{run}/artifacts"
+    kept = {k for k in objects(moto_server, run) if not k.endswith(".symlink")}
+    assert kept == {f"{art}/ep2.pt", f"{art}/ep4.pt", f"{art}/ep5.pt"}
+
+
+def test_an_interrupted_prune_is_finished_and_its_objects_are_never_named_again(
+    fleet: WorkerFleet, moto_server: S3Server, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A worker killed between marking and deleting leaves the marks: the state here is
+    made by the same ``mark`` and one of the two deletions, as a worker killed after its
+    first ``DELETE`` leaves it; the next pointer of the run, on a real worker, finishes."""
+    run = run_name()
+    art = f"{run}/artifacts"
+    client = Records.from_url(redis_server.url).client
+    with make_logger(fleet, moto_server, run) as logger:
+        for epoch in range(1, 4):
+            log_epoch(logger, tmp_path, epoch)  # no keep_last yet: nothing goes
+        retention = Retention(client, run)
+        ((store_id, pointer),) = retention.pointers()
+        assert retention.mark(store_id, pointer, 1, 0) == [f"f|{art}/ep1.pt", f"f|{art}/ep2.pt"]
+        moto_server.client().delete_object(Bucket=moto_server.bucket, Key=f"{art}/ep1.pt")
+        assert f"{art}/ep2.pt" in objects(moto_server, run)  # marked, not yet deleted
+        log_epoch(logger, tmp_path, 4)
+        assert set(retention.pruned()) == {f"{art}/ep1.pt", f"{art}/ep2.pt"}
+        assert not retention.marked(store_id)
+        # A pointer may not name what retention took: it fails, and moves nothing.
+        logger.symlink_artifact("ep2.pt", "latest.pt")
+        with pytest.raises(UploadFailedError, match="deleted from the store by retention"):
+            logger.wait(timeout=60)
+    held = objects(moto_server, run)
+    assert f"{art}/ep2.pt" not in held and f"{art}/ep3.pt" in held
+    assert pointer_text(moto_server, f"{art}/latest.pt.symlink") == f"{art}/ep4.pt"
+
+
+def test_a_sharded_run_keeps_its_last_two_steps(
+    fleet: WorkerFleet, moto_server: S3Server, tmp_path: Path
+) -> None:
+    run = run_name()
+    with make_logger(fleet, moto_server, run) as logger:
+        for step in range(1, 5):
+            directory = tmp_path / f"step-{step}"
+            directory.mkdir()
+            (directory / "__0_0.distcp").write_bytes(b"s" * 2048)
+            (directory / ".metadata").write_bytes(json.dumps({"step": step}).encode())
+            logger.log_checkpoint_dir(step, directory, keep_last=2)
+            logger.wait(timeout=60)
+    held = objects(moto_server, run)
+    steps = {k.split("/")[2] for k in held if "/checkpoints/" in k}
+    assert steps == {"step-00000003", "step-00000004"}, sorted(held)
+    assert sum(1 for k in held if k.endswith("manifest.json")) == 2, sorted(held)
