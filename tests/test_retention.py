@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hoist import LogLevel, ObjectStoreLogger
+from hoist.cli import main
 from hoist.errors import ConfigurationError, InvalidMessageError, UploadFailedError
 from hoist.logger.retention import KeepRule
 from hoist.protocol.messages import PointerRequest
@@ -197,3 +198,48 @@ def test_a_sharded_run_keeps_its_last_two_steps(
     steps = {k.split("/")[2] for k in held if "/checkpoints/" in k}
     assert steps == {"step-00000003", "step-00000004"}, sorted(held)
     assert sum(1 for k in held if k.endswith("manifest.json")) == 2, sorted(held)
+
+
+def cli(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["--home", str(home), *args])
+    return code, capsys.readouterr().out
+
+
+def test_gc_run_prunes_by_the_same_rules_and_dry_run_changes_nothing(
+    fleet: WorkerFleet,
+    moto_server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = run_name()
+    art = f"{run}/artifacts"
+    with make_logger(fleet, moto_server, run) as logger:
+        for epoch in range(1, 5):
+            log_epoch(logger, tmp_path, epoch)
+        logger.symlink_artifact("ep2.pt", "best.pt")
+        logger.wait(timeout=60)
+    monkeypatch.setenv("HOIST_BROKER_URL", fleet.broker_url)
+    before = objects(moto_server, run)
+    gone = [f"{art}/ep1.pt", f"{art}/ep3.pt"]  # ep2: best names it; ep4: latest's last
+
+    code, text = cli(
+        capsys, tmp_path, "gc", "--run", run, "--keep-last", "1", "--dry-run", "--json"
+    )
+    planned = json.loads(text)
+    assert code == 0 and [p["object_name"] for p in planned["pruned"]] == gone
+    assert (planned["objects"], planned["bytes"]) == (2, 1001 + 1003)
+    assert objects(moto_server, run) == before  # a dry run deletes nothing
+
+    code, text = cli(capsys, tmp_path, "gc", "--run", run, "--keep-last", "1", "--json")
+    assert code == 0 and json.loads(text)["bytes"] == 1001 + 1003
+    assert set(before) - set(objects(moto_server, run)) == set(gone)
+
+    code, text = cli(capsys, tmp_path, "verify", "--run", run)
+    assert code == 0 and text.count("pruned by retention") == 2, text
+    code, text = cli(capsys, tmp_path, "status", "--run", run, "--json")
+    assert json.loads(text)["pruned"] == {"objects": 2, "bytes": 1001 + 1003}
+    with pytest.raises(SystemExit):  # argparse: --keep-last must be a number
+        cli(capsys, tmp_path, "gc", "--run", run, "--keep-last", "two")
+    assert cli(capsys, tmp_path, "gc", "--run", run, "--keep-last", "0")[0] != 0

@@ -3,8 +3,9 @@
 S3 multipart uploads never completed (their parts are billed until aborted)
 and SFTP temporary files never renamed, begun more than ``--older-than`` ago
 (:mod:`hoist.stores.leftovers`). A table of what was found, with its bytes,
-and ``--json``; ``--dry-run`` removes nothing. Pruning a run's old
-checkpoints by pointer is not built yet (issue 19).
+and ``--json``; ``--dry-run`` removes nothing. ``hoist gc --run NAME
+--keep-last K`` prunes a run's old pointer targets instead
+(:mod:`hoist.commands.gc_run`).
 """
 
 from __future__ import annotations
@@ -50,21 +51,24 @@ def parse_duration(text: str) -> float:
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "gc",
-        help="remove what killed uploads left in a store (--incomplete)",
+        help="remove what killed uploads left (--incomplete), or a run's old targets (--run)",
         description="With --incomplete: abort the S3 multipart uploads under the store's prefix "
         "and remove the SFTP temporary upload files below its directory that began more than "
         "--older-than ago. No upload in progress lasts that long; one that resumes starts "
-        "anew. Nothing else in the store is touched.",
+        "anew. Nothing else in the store is touched. With --run NAME --keep-last K: delete "
+        "each pointer's targets beyond its last K (and not every --keep-every-th), never one "
+        "a pointer names or one still uploading.",
         epilog="example: hoist gc --store s3://ckpts/team --incomplete --older-than 1d --dry-run",
     )
     parser.add_argument(
         "--store", metavar="URI", help="the store (s3://, sftp://; default HOIST_STORE_URI)"
     )
+    kind = parser.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--incomplete", action="store_true", help="remove incomplete uploads")
+    kind.add_argument("--run", metavar="NAME", help="prune this run's old pointer targets")
+    parser.add_argument("--keep-last", metavar="K", type=int, help="with --run: targets kept")
     parser.add_argument(
-        "--incomplete",
-        action="store_true",
-        required=True,
-        help="remove incomplete uploads (the only kind of collection built so far)",
+        "--keep-every", metavar="N", type=int, help="with --run: keep every Nth as a milestone"
     )
     parser.add_argument(
         "--older-than",
@@ -86,6 +90,10 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     load_environment(args)
+    if args.run is not None:
+        from hoist.commands.gc_run import run_gc  # the records and stores only it needs
+
+        return run_gc(args)
     command = CommandSettings.from_environment()
     uri = args.store if args.store is not None else command.store_uri
     if not uri:

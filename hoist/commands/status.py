@@ -25,11 +25,19 @@ from rich.progress import Progress, TaskID
 from rich.text import Text
 
 from hoist.commands.cluster_access import records_for
-from hoist.commands.console import console, out, print_sheet, render, transfer_progress
+from hoist.commands.console import (
+    console,
+    format_bytes,
+    out,
+    print_sheet,
+    render,
+    transfer_progress,
+)
 from hoist.commands.status_tables import sheets
 from hoist.errors import ConfigurationError
 from hoist.protocol.messages import UPLOAD_TASK
 from hoist.state.records import ArtifactStatus, Records
+from hoist.state.retention import Retention
 from hoist.state.states import State
 from hoist.state.throttle import Throttle
 
@@ -139,12 +147,16 @@ class RunStatus:
         total: the whole run.
         ranks: rank number to that rank's summary, in rank order.
         retrying: the run's artifacts in ``retrying``, the soonest due first.
+        pruned, pruned_bytes: objects retention deleted from the store
+            (:mod:`hoist.state.retention`), and the bytes they held.
     """
 
     run: str
     total: Summary
     ranks: dict[int, Summary]
     retrying: list[Retrying] = dataclasses.field(default_factory=list)
+    pruned: int = 0
+    pruned_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         ranks = [{"rank": rank, **summary.to_json()} for rank, summary in self.ranks.items()]
@@ -153,6 +165,7 @@ class RunStatus:
             "total": self.total.to_json(),
             "ranks": ranks,
             "retrying": [r.to_json() for r in self.retrying],
+            "pruned": {"objects": self.pruned, "bytes": self.pruned_bytes},
         }
 
 
@@ -354,6 +367,14 @@ def run(args: argparse.Namespace) -> int:
     now = time.time()
     for sheet in sheets(statuses, args.run is not None, now):
         print_sheet(sheet)
+    for status in statuses:
+        if status.pruned:
+            console.print(
+                f"run {status.run}: retention deleted {status.pruned} old object(s) "
+                f"({format_bytes(status.pruned_bytes)}); `hoist verify` expects them gone",
+                highlight=False,
+                markup=False,
+            )
     for ceiling in ceilings:  # a store that throttles slows every run that writes to it
         console.print(
             f"store {ceiling.store_id} throttles: the fleet sends it at most "
@@ -367,7 +388,14 @@ def run(args: argparse.Namespace) -> int:
 
 def gather(records: Records, run: str | None, limit: int) -> list[RunStatus]:
     """The one run asked for, or the most recent runs."""
-    return [run_status(records, run)] if run else runs_status(records, limit)
+    statuses = [run_status(records, run)] if run else runs_status(records, limit)
+    return [with_pruned(records, status) for status in statuses]
+
+
+def with_pruned(records: Records, status: RunStatus) -> RunStatus:
+    """``status`` with what retention deleted of its run (one HGETALL)."""
+    pruned = Retention(records.client, status.run).pruned()
+    return dataclasses.replace(status, pruned=len(pruned), pruned_bytes=sum(pruned.values()))
 
 
 def watch(records: Records, run: str | None, limit: int, interval: float) -> int:

@@ -12,7 +12,7 @@ later write, is reported as such and is not a mismatch.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from hoist.protocol.pointers import PointerError, read_pointer
 from hoist.settings import CommandSettings
 from hoist.state.keys import pointer_key
 from hoist.state.records import ArtifactStatus, Records
+from hoist.state.retention import Retention
 from hoist.state.states import State
 from hoist.stores.base import ObjectStore
 from hoist.stores.checksum import Checksum
@@ -38,6 +39,7 @@ OK = "ok"
 MISSING = "missing"
 SIZE_MISMATCH = "size mismatch"
 CHECKSUM_MISMATCH = "checksum mismatch"
+PRUNED = f"{OK} (pruned by retention)"
 """A pointer holds one object name; anything larger is not one."""
 
 
@@ -115,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
             f"{args.run}` shows where it stands"
         )
     stores = Stores(CommandSettings.from_environment().keys)
+    pruned = set(Retention(records.client, args.run).pruned())
     checks: list[Check] = []
     try:
         with _counting(len(objects)) as advance:
             for artifact in objects:
-                checks.append(verify_artifact(records, stores, artifact))
+                checks.append(verify_artifact(records, stores, artifact, pruned))
                 advance()
     finally:
         stores.close()
@@ -151,8 +154,13 @@ def newest_done(artifacts: list[ArtifactStatus]) -> list[ArtifactStatus]:
     return sorted(newest.values(), key=lambda a: a.message["order"])
 
 
-def verify_artifact(records: Records, stores: Stores, artifact: ArtifactStatus) -> Check:
+def verify_artifact(
+    records: Records, stores: Stores, artifact: ArtifactStatus, pruned: Set[str] = frozenset()
+) -> Check:
     """Check one done record's object in its store; errors become the row's result.
+
+    An object in ``pruned`` (deleted by retention, :mod:`hoist.state.retention`)
+    is meant to be gone: missing, it verifies as ``ok (pruned by retention)``.
 
     Example:
         >>> artifact = records.get("hoist-bert-3-r0-17")  # doctest: +SKIP
@@ -172,6 +180,8 @@ def verify_artifact(records: Records, stores: Stores, artifact: ArtifactStatus) 
             expected = _expected_version(records, spec, artifact)
             size, checksum = int(expected.fields.get("size") or 0), expected.fields["checksum"]
             result = _check_upload(store, message["object_name"], size, checksum)
+            if result == MISSING and message["object_name"] in pruned:
+                result = PRUNED
             if result == OK and expected.id != artifact.id:
                 result = f"{OK} (newer version {expected.id})"
         else:

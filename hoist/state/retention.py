@@ -256,13 +256,17 @@ class Retention:
         """
         done = []
         for kind, name in self.marked(store_id):
-            objects, freed = _delete(store, kind, name)
+            deleted = _measure(store, kind, name, remove=store.delete)
             pipe = self.client.pipeline(transaction=True)
-            pipe.hsetnx(self.pruned_key, name, freed)
+            # Every object deleted, so `hoist verify` knows a step's files are meant to be gone.
+            for object_name, size in deleted:
+                pipe.hsetnx(self.pruned_key, object_name, size)
+            pipe.hsetnx(self.pruned_key, name, 0)  # absent already: still meant to be gone
             pipe.hdel(self.pruning_key, name)
             pipe.execute()
-            log.info("retention deleted %s (%d object(s), %d bytes)", name, objects, freed)
-            done.append(Pruned(name, kind, objects, freed))
+            freed = sum(size for _, size in deleted)
+            log.info("retention deleted %s (%d object(s), %d bytes)", name, len(deleted), freed)
+            done.append(Pruned(name, kind, len(deleted), freed))
         return done
 
     def prune(
@@ -282,18 +286,16 @@ class Retention:
         return {_text(k): json.loads(v) for k, v in raw.items()}
 
 
-def step_size(store: ObjectStore, kind: str, name: str) -> tuple[int, int]:
-    """``(objects, bytes)`` a target holds now (a dry run's figure)."""
-    return _measure(store, kind, name, remove=None)
-
-
-def _delete(store: ObjectStore, kind: str, name: str) -> tuple[int, int]:
-    return _measure(store, kind, name, remove=store.delete)
+def measure(store: ObjectStore, member: str) -> Pruned:
+    """What pruning the history entry ``member`` would free now (a dry run's figure)."""
+    kind, name = member.split("|", 1)
+    held = _measure(store, kind, name, remove=None)
+    return Pruned(name, kind, len(held), sum(size for _, size in held))
 
 
 def _measure(
     store: ObjectStore, kind: str, name: str, remove: Callable[[str], None] | None
-) -> tuple[int, int]:
+) -> list[tuple[str, int]]:
     """Count (and with ``remove``, delete) a target's objects that are still there; a
     step's manifest goes last, so a prune interrupted half-way reads it again for the
     files left."""
@@ -303,7 +305,7 @@ def _measure(
             names = [f.object_name for f in Manifest.from_bytes(store.get_bytes(name)).files]
         except ObjectNotFoundError:
             names = []
-    objects = freed = 0
+    held = []
     for object_name in [*names, name]:
         try:
             size = store.stat(object_name).size
@@ -311,6 +313,5 @@ def _measure(
             continue
         if remove is not None:
             remove(object_name)
-        objects += 1
-        freed += size
-    return objects, freed
+        held.append((object_name, size))
+    return held
