@@ -295,14 +295,20 @@ def test_failover_while_leases_and_a_pointer_lock_are_held(
     taken: dict[str, float] = {}
 
     def stuck_holder(run: str) -> None:
-        uploading = next(
-            a for a in sentinel_records(group).run_artifacts(run) if a.state is State.UPLOADING
-        )
-        store_id = StoreSpec.from_json(uploading.message["store"]).store_id
-        # Held by the worker uploading now: the store's only slot and the object's lock.
-        assert master.zcard(store_lease_key(store_id)) == 1
-        held = name_lease_key(store_id, str(uploading.message["object_name"]))
-        assert master.zcard(held) == 1
+        def uploading_now() -> str | None:
+            """The store id, once a worker is seen holding the store's slot and a name lock."""
+            for artifact in sentinel_records(group).run_artifacts(run):
+                if artifact.state is not State.UPLOADING:
+                    continue
+                store_id = StoreSpec.from_json(artifact.message["store"]).store_id
+                lock = name_lease_key(store_id, str(artifact.message["object_name"]))
+                pipe = master.pipeline()
+                pipe.zcard(store_lease_key(store_id)).zcard(lock)
+                if pipe.execute() == [1, 1]:  # read together: an upload holds both now
+                    return store_id
+            return None
+
+        store_id = wait_until(uploading_now, timeout=20, interval=0.02)
         leases = Leases(master, f"stuck-{run}", lease_ms=int(STUCK_LEASE_SECONDS * 1000))
         # Size 2: past the worker's token, so both are on the limit of size 1 the fleet uses.
         pointer = f"{run}/latest-rank0.pt.symlink"
@@ -430,6 +436,46 @@ def test_a_failover_makes_queued_records_due_at_once(
     clock[0] += 1
     resender.send_due()  # a new master: due at once, and resent
     assert sent == [message.id] and resender.failover_at == clock[0]
+
+
+def test_a_failover_of_a_broker_of_its_own_resends_at_once(
+    group: SentinelGroup, own_redis: RedisServer
+) -> None:
+    """Records on a plain Redis, the broker on a Sentinel group: the worker's resender
+    pings the broker's group, and its failover alone makes a queued record (whose message
+    the old master may have taken with it) be sent again at once, not after queued_timeout."""
+    environ = {
+        "HOIST_BROKER_URL": group.url,
+        "HOIST_STATE_URL": own_redis.url,
+        "HOIST_FLEET_KEY": FLEET_KEY,
+        **group.env,
+    }
+    settings = WorkerSettings.from_environment(environ)
+    records = Records.from_url(own_redis.url)
+    ctx = SimpleNamespace(settings=settings, records=records)
+    resender = Resender.for_worker(ctx, sender(group.url, settings.sentinel))  # type: ignore[arg-type]
+    assert resender.broker is not None  # the worker's own resender watches the broker
+    sent: list[str] = []
+    resender.send = lambda task, m: sent.append(m.id)
+    clock = [time.time() + 10]  # past the first look, far from queued_timeout (300 s)
+    resender.clock = lambda: clock[0]
+    run = f"broker-{time.time_ns()}"
+    message = UploadRequest(f"hoist-{run}-r0-1", run, 0, 1, "a", f"{run}/a", "s", {})
+    records.create(message, UPLOAD_TASK, "s")
+    resender.send_due()
+    assert sent == [] and resender.broker_master is not None
+    group.kill_master()
+    group.wait_promoted()
+
+    def resent() -> bool:
+        clock[0] += 0.2
+        resender.send_due()
+        return bool(sent)
+
+    wait_until(resent, timeout=20, interval=0.2)
+    assert sent == [message.id]
+    assert resender.broker_master == ("127.0.0.1", group.replica.port)
+    assert resender.master is None  # the state Redis is no Sentinel group: it never moved
 
 
 def test_tls_everywhere_through_the_sentinels(tmp_path_factory: pytest.TempPathFactory) -> None:
