@@ -10,6 +10,14 @@ Through Sentinel the resender also notices a failover: its Redis client
 notes the master's address on every (re)connection, and when that changes
 (:meth:`Resender.follow_failover`) every entry falls due at once and queued
 artifacts sent before it are sent again (see :mod:`hoist.state.schedule`).
+
+A broker on a Sentinel group of its own (``HOIST_BROKER_URL`` a sentinel URL
+other than ``HOIST_STATE_URL``) can fail over alone and lose messages the
+state Redis never hears of. The resender then also watches the broker's
+master: one ``PING`` through a Sentinel client of the broker every
+:data:`BROKER_LOOK_SECONDS` (the client asks the sentinels again when the
+master goes), and a new address is handled as a failover of the state Redis
+is. Without it those messages would wait ``HOIST_QUEUED_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ import logging
 import time
 from collections.abc import Callable
 
+import redis
 from celery import Celery
 
 from hoist.protocol.messages import MESSAGE_TYPES, Message
-from hoist.protocol.redis_url import master_address
+from hoist.protocol.redis_url import is_sentinel, master_address, redis_client
 from hoist.protocol.sending import send
 from hoist.state.keys import DEFERRED
 from hoist.state.records import ArtifactStatus, Records
@@ -35,6 +44,9 @@ log = logging.getLogger("hoist.resender")
 Send = Callable[[str, Message], None]
 """Sends a message as a task (the task's name first) to the broker."""
 
+BROKER_LOOK_SECONDS = 1.0
+"""How often a resender pings a broker of its own Sentinel group to see where its master is."""
+
 
 class Resender:
     """Moves due entries of the deferred set back onto the broker.
@@ -46,6 +58,8 @@ class Resender:
             wait before its message is presumed lost and sent again.
         interval: seconds between looks when nothing was due.
         clock: the time, seconds since the epoch.
+        broker: a Sentinel client of the broker, when the broker is a Sentinel group
+            other than the state Redis's; its failovers are followed too.
     """
 
     def __init__(
@@ -56,6 +70,7 @@ class Resender:
         *,
         interval: float = 0.25,
         clock: Callable[[], float] = time.time,
+        broker: redis.Redis | None = None,
     ) -> None:
         self.records = records
         self.send = send
@@ -66,6 +81,11 @@ class Resender:
         """The state Redis's master as last seen (Sentinel only)."""
         self.failover_at = 0.0
         """When this resender last saw a failover (seconds since the epoch; 0: never)."""
+        self.broker = broker
+        self.broker_master: tuple[str, int] | None = None
+        """The broker's master as last seen (a broker Sentinel group of its own only)."""
+        self._broker_looked = float("-inf")
+        self._broker_previous: tuple[str, int] | None = None
 
     @classmethod
     def for_worker(cls, ctx: WorkerContext, app: Celery, interval: float = 0.25) -> Resender:
@@ -74,7 +94,13 @@ class Resender:
         def send_with_app(task: str, message: Message) -> None:
             send(app, task, message)
 
-        return cls(ctx.records, send_with_app, ctx.settings.queued_timeout, interval=interval)
+        settings = ctx.settings
+        broker = None
+        if is_sentinel(settings.broker_url) and settings.broker_url != settings.state_url:
+            broker = redis_client(settings.broker_url, settings.sentinel)
+        return cls(
+            ctx.records, send_with_app, settings.queued_timeout, interval=interval, broker=broker
+        )
 
     def run_forever(self) -> None:
         """Send due artifacts until the process ends; never raises."""
@@ -122,8 +148,13 @@ class Resender:
         """
         address = master_address(self.records.client)
         previous, self.master = self.master, address or self.master
-        if previous is None or address is None or address == previous:
+        moved = previous is not None and address is not None and address != previous
+        which = "state Redis"
+        if not moved and self._broker_moved():
+            which, previous, address = "broker", self._broker_previous, self.broker_master
+        elif not moved:
             return False
+        assert previous is not None and address is not None
         self.failover_at = self.clock()
         client = self.records.client
         entries = [str(artifact) for artifact in client.zrange(DEFERRED, 0, -1)]
@@ -132,13 +163,31 @@ class Resender:
             chunk = entries[start : start + 1000]
             client.zadd(DEFERRED, dict.fromkeys(chunk, now_ms), xx=True)
         log.warning(
-            "the state Redis failed over from %s:%d to %s:%d; looking at its %d unfinished "
+            "the %s failed over from %s:%d to %s:%d; looking at the %d unfinished "
             "artifacts now, and sending queued ones again",
+            which,
             *previous,
             *address,
             len(entries),
         )
         return True
+
+    def _broker_moved(self) -> bool:
+        """Whether the broker's own Sentinel group has a new master since the last look;
+        pings it at most every :data:`BROKER_LOOK_SECONDS` (a failed ping is no news)."""
+        if self.broker is None:
+            return False
+        now = time.monotonic()
+        if now - self._broker_looked < BROKER_LOOK_SECONDS:
+            return False
+        self._broker_looked = now
+        try:
+            self.broker.ping()  # (re)connects to the master the sentinels name now
+        except redis.RedisError:
+            return False
+        address = master_address(self.broker)
+        self._broker_previous, self.broker_master = self.broker_master, address
+        return self._broker_previous is not None and address not in (None, self._broker_previous)
 
     def _overdue(self, status: ArtifactStatus) -> bool:
         """Whether a queued (never claimed) artifact has waited too long; if not, look later.
