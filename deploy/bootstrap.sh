@@ -4,6 +4,9 @@
 #   bash deploy/bootstrap.sh demo            # the main job
 #   bash deploy/bootstrap.sh test [ARGS...]  # pytest, ARGS passed through
 #   bash deploy/bootstrap.sh bench [ARGS...] # the benchmark suite (python -m benchmarks ARGS)
+#   bash deploy/bootstrap.sh compat composer [ARGS...]
+#                                            # hoist against the real mosaicml release it
+#                                            # follows, in its own venv (tests/compat/)
 #
 # Idempotent: Debian packages are installed only when missing, the virtual
 # environment (.venv, or $HOIST_VENV) is made once, and the Python package is
@@ -13,11 +16,23 @@ set -euo pipefail
 mode=${1:-}
 case "$mode" in
   demo|test|bench) shift ;;
-  *) echo "usage: bash deploy/bootstrap.sh demo|test|bench [args...]" >&2; exit 2 ;;
+  compat)
+    # A third-party release hoist adapts to, with the pins it needs (mosaicml
+    # 0.32.1 wants torch<2.7.1, the test extra has 2.13): a venv of its own.
+    peer=${2:-}
+    case "$peer" in
+      composer) shift 2 ;;
+      *) echo "usage: bash deploy/bootstrap.sh compat composer [pytest args...]" >&2; exit 2 ;;
+    esac ;;
+  *) echo "usage: bash deploy/bootstrap.sh demo|test|bench|compat [args...]" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-venv=${HOIST_VENV:-$PWD/.venv}
+if [ "$mode" = compat ]; then
+  venv=${HOIST_VENV:-$PWD/.venv-compat-$peer}
+else
+  venv=${HOIST_VENV:-$PWD/.venv}
+fi
 python=${PYTHON:-python3}
 
 # Debian packages: the services hoist runs (Redis) and the tests start (sshd),
@@ -54,6 +69,7 @@ fi
 case "$mode" in
   test) extra="[test]" ;;
   bench) extra="[bench]" ;;
+  compat) extra="[compat-$peer]" ;;
   *) extra="" ;;
 esac
 stamp="$venv/.hoist-installed$extra"
@@ -75,6 +91,9 @@ if [ "$mode" = test ]; then
   exec "$venv/bin/python" -m pytest "$@"
 elif [ "$mode" = bench ]; then
   exec "$venv/bin/python" -m benchmarks "$@"
+elif [ "$mode" = compat ]; then
+  # tests/conftest.py collects tests/compat/ only where the peer is installed.
+  exec "$venv/bin/python" -m pytest -p no:cacheprovider "tests/compat/test_$peer.py" "$@"
 else
   # Starts (or reuses) the embedded default: Redis, workers and Flower under
   # .hoist/; `hoist down` stops it. PATH above is this script's only: say how

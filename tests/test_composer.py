@@ -15,6 +15,12 @@ that callback's ``post_close`` skipped, then every other callback's
 latest name, ``FileNotFoundError``, then of its ``.symlink``, whose text is
 downloaded next. Real ``hoist worker`` processes upload to the Libcloud local
 store.
+
+The stand-in is held to the real thing: ``bash deploy/bootstrap.sh compat
+composer`` runs the real mosaicml 0.32.1 Trainer through hoist in its own venv
+and records the calls it makes (tests/compat/composer_calls.json);
+``test_the_stand_in_calls_what_the_real_composer_called`` drives the stand-in
+through the same recorder and compares, call by call.
 """
 
 from __future__ import annotations
@@ -84,8 +90,9 @@ class ComposerLogger:
 
 class FileLogger:
     """Composer's ``FileLogger``, as far as uploads go: it opens its file at INIT,
-    uploads it (``overwrite=True``) at FIT_END, and again from its own ``close``,
-    after flushing what was written since (the Trainer logs after FIT_END too)."""
+    uploads it (``overwrite=True``) at each EPOCH_START and at FIT_END, and again
+    from its own ``close``, after flushing what was written since (the Trainer logs
+    after FIT_END too)."""
 
     remote_file_name = "{run_name}/logs-rank{rank}.txt"  # FileLogger's default
 
@@ -95,6 +102,8 @@ class FileLogger:
     def run_event(self, event: Event, state: State, logger: ComposerLogger) -> None:
         if event.value == "init":
             self.path.write_text("[INIT] training starts\n")
+        elif event.value == "epoch_start":
+            logger.upload_file(self.remote_file_name, self.path, overwrite=True)
         elif event.value == "fit_end":
             self.write("[FIT_END] training ends\n")
             logger.upload_file(self.remote_file_name, self.path, overwrite=True)
@@ -170,8 +179,12 @@ def get_file(destination: HoistDestination, path: str, local: Path) -> None:
         destination.download_file(path, str(local), overwrite=True, progress_bar=False)
     except FileNotFoundError:
         pointer = local.with_suffix(".symlink")
-        destination.download_file(path + ".symlink", str(pointer), overwrite=True)
-        destination.download_file(pointer.read_text(), str(local), overwrite=True)
+        destination.download_file(
+            path + ".symlink", str(pointer), overwrite=True, progress_bar=False
+        )
+        destination.download_file(
+            pointer.read_text(), str(local), overwrite=True, progress_bar=False
+        )
 
 
 def test_trainer_checkpoints_and_autoresume_through_hoist(
@@ -320,3 +333,61 @@ def test_a_run_that_never_calls_close_lands_its_last_log_at_exit(
     remote = store / "artifacts" / run / "logs-rank0.txt"
     assert remote.read_bytes() == (tmp_path / "logs-rank0.txt").read_bytes()
     assert remote.read_text().endswith("[CLOSE] last lines, only in the upload from close()\n")
+
+
+# ----- the stand-in against the real Composer's recorded calls ------------------
+
+REAL_CALLS = Path(__file__).parent / "compat" / "composer_calls.json"
+"""What mosaicml 0.32.1's Trainer called on ``HoistDestination`` (tests/compat/)."""
+
+
+def train_like_the_trainer(
+    destination: HoistDestination, place: str, run: str, tmp: Path, epochs: range, resume: bool
+) -> None:
+    """The stand-in's version of tests/compat/composer_job.py: 4 batches an epoch,
+    a checkpoint at each epoch's end, FileLogger beside hoist, ``place`` in loggers."""
+    state = State(run)
+    file_logger = FileLogger(tmp / "logs-rank0.txt")
+    loggers: list[Any] = (
+        [destination, file_logger] if place == "first" else [file_logger, destination]
+    )
+    logger = ComposerLogger(state, loggers)
+
+    def event(name: str) -> None:
+        for callback in loggers:
+            callback.run_event(Event(name), state, logger)
+
+    event("init")
+    if resume:
+        get_file(destination, f"{run}/checkpoints/latest-rank0.pt", tmp / "latest-rank0.pt")
+    for epoch in epochs:
+        event("epoch_start")
+        for _ in range(4):
+            event("batch_end")
+        save_checkpoint(destination, state, tmp, batch=4 * (epoch + 1))
+    event("fit_end")
+    close_engine(loggers, state, logger)
+
+
+@pytest.mark.parametrize("place", ["first", "last"])
+def test_the_stand_in_calls_what_the_real_composer_called(
+    fleet: WorkerFleet, tmp_path: Path, place: str
+) -> None:
+    """The calls this file's stand-in makes are the ones the real Trainer made, in
+    order, as ``bash deploy/bootstrap.sh compat composer`` recorded them: a
+    change in Composer shows here once the recording is renewed."""
+    from tests.compat.recording import Recorded
+
+    real = json.loads(REAL_CALLS.read_text())
+    store = tmp_path / "store"
+    (store / "artifacts").mkdir(parents=True)
+    run = f"{RUN}-calls-{place}"
+    for key, epochs, resume in (("train", range(2), False), ("autoresume", range(2, 3), True)):
+        folder = tmp_path / key
+        folder.mkdir()
+        destination = Recorded(**single_rank_local_store(fleet, store))
+        train_like_the_trainer(destination, place, run, folder, epochs, resume)
+        assert destination.calls == real[f"{key}-{place}"], key
+    assert (store / "artifacts" / run / "checkpoints" / "latest-rank0.pt.symlink").read_text() == (
+        f"{run}/checkpoints/ep0-ba12-rank0.pt"
+    )

@@ -184,8 +184,15 @@ def test_local_unknown_provider() -> None:
 def test_local_bad_provider_kwargs(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="key"):
         LibcloudObjectStore("local", CONTAINER, {})
+    missing = tmp_path / "missing"
+    with pytest.raises(
+        ConfigurationError,
+        match=f"^the base directory {missing} of provider 'local' does not exist; create it first",
+    ):
+        LibcloudObjectStore("local", CONTAINER, {"key": str(missing)})
+    (tmp_path / "a-file").write_text("not a directory")
     with pytest.raises(ConfigurationError, match="base path is not a directory"):
-        LibcloudObjectStore("local", CONTAINER, {"key": str(tmp_path / "missing")})
+        LibcloudObjectStore("local", CONTAINER, {"key": str(tmp_path / "a-file")})
     with pytest.raises(ConfigurationError, match="host"):
         LibcloudObjectStore("minio", CONTAINER, {"key": "k", "secret": "s"})
 

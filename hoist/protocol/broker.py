@@ -150,7 +150,11 @@ class AdmittingChannel(kombu_redis.Channel):
                 raise Empty()
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu does
-            self._flush_brpop_reauth()
+            # kombu 5.7 re-authenticates streaming credentials here; 5.6
+            # (what pip picks beside Composer's pins) has no such step.
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
 
     def _get(self, queue: str, timeout: Any = None) -> dict[str, Any]:
         # kombu 5.7.0's, with the check; a refused message counts as none.

@@ -275,6 +275,12 @@ class LibcloudObjectStore(ObjectStore):
                 f"{self.provider!r} driver ({exc}); it takes: {takes}"
             ) from None
         except (LibcloudError, ValueError) as exc:
+            base = self._driver_kwargs.get("key")
+            if self._renames_into_place and base and not os.path.exists(base):
+                raise ConfigurationError(
+                    f"the base directory {base} of provider 'local' does not exist; create "
+                    f"it first (container {self.container!r} is a directory inside it)"
+                ) from None
             raise ConfigurationError(
                 f"libcloud's {self.provider!r} driver rejected provider_kwargs: "
                 f"{_libcloud_message(exc)}"
