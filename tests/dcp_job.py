@@ -1,12 +1,12 @@
 """A torchrun job for tests/test_dcp.py: DCP checkpoints saved and loaded through hoist.
 
-``torchrun --nproc-per-node 4 -m tests.dcp_job save --store DIR --run NAME --steps N``
+``torchrun --nproc-per-node 4 tests/dcp_job.py save --store DIR --run-name NAME --steps N``
 async-saves :func:`state` of step 1, 2, … N, one step every ``--interval``
 seconds, through :mod:`hoist.integrations.dcp` into the Libcloud ``local``
 store ``DIR`` (the broker, staging root and fleet key from ``HOIST_*``); the
 test kills it on the way.
 
-``torchrun --nproc-per-node 2 -m tests.dcp_job load --run NAME --summary FILE``
+``torchrun --nproc-per-node 2 tests/dcp_job.py load --run-name NAME --summary FILE``
 loads the run's ``latest`` step into a state of zeros sharded over its own
 ranks, and each rank writes ``<summary>-rank<r>.json``: the step loaded and
 every value of the state (whole tensors, gathered), to compare exactly.
@@ -15,6 +15,7 @@ every value of the state (whole tensors, gathered), to compare exactly.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import time
 from pathlib import Path
@@ -90,9 +91,10 @@ def load(args: argparse.Namespace, mesh: DeviceMesh) -> None:
 
 
 def main() -> None:
+    faulthandler.enable()  # a crash in native code shows where Python was
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["save", "load"])
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run-name", dest="run", required=True)
     parser.add_argument("--store", type=Path)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=0.3)

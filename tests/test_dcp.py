@@ -12,6 +12,7 @@ of async saves, and an uncommitted step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,7 +50,8 @@ def fleet(
     yield from serve_fleet(tmp_path_factory, redis_server.url, "dcp", count=2, concurrency=2)
 
 
-def torchrun(fleet: WorkerFleet, ranks: int, *args: str) -> list[str]:
+def torchrun(fleet: WorkerFleet, ranks: int, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of tests/dcp_job.py under torchrun with ``ranks``."""
     env = {
         **clean_environment(),
         "HOIST_BROKER_URL": fleet.broker_url,
@@ -59,7 +61,24 @@ def torchrun(fleet: WorkerFleet, ranks: int, *args: str) -> list[str]:
     }
     argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
     argv += ["--nproc-per-node", str(ranks), "--master-port", str(free_port())]
-    return [*argv, "-m", "tests.dcp_job", *args], env  # type: ignore[return-value]
+    return [*argv, str(REPO / "tests" / "dcp_job.py"), *args], env
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it: torchrun starts each rank in a session of
+    its own, so killing torchrun's process group would leave the ranks running."""
+    below = {pid}
+    for _ in range(3):  # torchrun, its ranks, and anything a rank started
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) in below:  # the parent's pid
+                below.add(int(entry))
+    for each in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
 
 
 def pointed_manifest(objects: Path, run: str) -> Manifest | None:
@@ -69,6 +88,12 @@ def pointed_manifest(objects: Path, run: str) -> Manifest | None:
         return Manifest.from_bytes((objects / target).read_bytes())
     except (FileNotFoundError, CheckpointError):
         return None  # none yet, or the pointer is being replaced by a rename
+
+
+def committed_from(objects: Path, run: str, step: int) -> Manifest | None:
+    """The manifest ``latest`` names once it names ``step`` or a later one, else None."""
+    manifest = pointed_manifest(objects, run)
+    return manifest if manifest is not None and manifest.step >= step else None
 
 
 def settled(redis_url: str, run: str) -> bool:
@@ -89,7 +114,7 @@ def test_four_ranks_killed_mid_run_resume_on_two_with_the_newest_committed_step(
     store = tmp_path / "store"
     objects = store / "artifacts"
     objects.mkdir(parents=True)
-    argv, env = torchrun(fleet, SAVERS, "save", "--store", str(store), "--run", run)
+    argv, env = torchrun(fleet, SAVERS, "save", "--store", str(store), "--run-name", run)
     job = subprocess.Popen(
         argv,
         env=env,
@@ -100,14 +125,14 @@ def test_four_ranks_killed_mid_run_resume_on_two_with_the_newest_committed_step(
         text=True,
     )
     try:
-        seen = wait_until(
-            lambda: (m := pointed_manifest(objects, run)) is not None and m.step >= 3 and m,
-            timeout=120,
-        )
+        seen = wait_until(lambda: committed_from(objects, run, 3), timeout=120)
         assert job.poll() is None, "the job ended before it was killed"
+    except (TimeoutError, AssertionError):
+        seen = None
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        output = job.communicate()[0]
+        kill_tree(job.pid)
+        output = job.communicate(timeout=30)[0]
+    assert seen is not None, output[-5000:]
     assert "Traceback" not in output, output[-3000:]
     wait_until(lambda: settled(redis_server.url, run), timeout=60)
     committed = pointed_manifest(objects, run)
@@ -123,7 +148,7 @@ def test_four_ranks_killed_mid_run_resume_on_two_with_the_newest_committed_step(
         ).exists()
 
     summary = tmp_path / "summary.json"
-    argv, env = torchrun(fleet, LOADERS, "load", "--run", run, "--summary", str(summary))
+    argv, env = torchrun(fleet, LOADERS, "load", "--run-name", run, "--summary", str(summary))
     result = subprocess.run(
         argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
     )
