@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from tests.services.workers import WorkerFleet, clean_environment, wait_until
 torch = pytest.importorskip("torch", reason="the test extra installs torch")
 hoist_dcp = pytest.importorskip("hoist.integrations.dcp")
 torch_dcp = pytest.importorskip("torch.distributed.checkpoint")
+from tests import dcp_job  # noqa: E402 (imports torch)
 
 REPO = Path(__file__).resolve().parent.parent
 SAVERS, LOADERS = 4, 2
@@ -138,7 +140,7 @@ def test_four_ranks_killed_mid_run_resume_on_two_with_the_newest_committed_step(
     committed = pointed_manifest(objects, run)
     assert committed is not None and committed.step >= seen.step
     # Every rank's data file and the coordinator's metadata, and nothing else.
-    names = sorted(posixpath_name(f.path) for f in committed.files)
+    names = sorted(posixpath.basename(f.path) for f in committed.files)
     assert names == [".metadata", *(f"__{r}_0.distcp" for r in range(SAVERS))]
     assert committed.world_size == SAVERS
     # Written straight into staging and renamed away: no folder of a committed step is left.
@@ -153,8 +155,6 @@ def test_four_ranks_killed_mid_run_resume_on_two_with_the_newest_committed_step(
         argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    from tests import dcp_job
-
     expected = dcp_job.full_state(committed.step)
     for rank in range(LOADERS):
         got = json.loads((tmp_path / f"summary-rank{rank}.json").read_text())
@@ -163,10 +163,6 @@ def test_four_ranks_killed_mid_run_resume_on_two_with_the_newest_committed_step(
         for name, tensor in expected.items():
             assert torch.equal(torch.tensor(got["values"][name], dtype=tensor.dtype), tensor), name
         assert got["local_shapes"] == {"w": [5, 6], "v": [4, 4 if rank == 0 else 3]}
-
-
-def posixpath_name(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
 
 
 # ----- in this process: one rank, no process group --------------------------------------------
