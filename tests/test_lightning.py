@@ -249,7 +249,7 @@ class Records:
 
 def test_a_removed_copy_is_due_only_once_uploaded_and_past_the_written_pointer() -> None:
     records = Records()
-    removals = _Removals(records, store=None)  # type: ignore[arg-type]  # never deletes here
+    removals = _Removals(records, None, None, "")  # type: ignore[arg-type]  # never deletes here
     removals.saved("r/x", "up-x", "ptr-x")
     removals.remove("r/x")
     records.held = {"up-x": State.DONE, "ptr-x": State.DONE}

@@ -58,6 +58,7 @@ from typing import Any
 from hoist.errors import ConfigurationError
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
+from hoist.logger.retention import KeepRule
 from hoist.protocol.pointers import POINTER_SUFFIX
 
 try:  # a real LoggerDestination where Composer is installed
@@ -80,15 +81,28 @@ class HoistDestination(_Base):
         store_check_timeout: seconds ``init`` waits for the fleet's check of
             the store (unanswered by then, training starts and a failure
             raises at a later ``batch_end``).
+        remote_keep_last: keep this many of each pointer's targets in the
+            store (Composer points ``latest-rank{rank}.pt`` at every
+            checkpoint it saves): older checkpoints are deleted by the workers
+            once the pointer moved past them, never one a pointer names
+            (:mod:`hoist.state.retention`). Default None: keep all. Composer's
+            ``save_num_checkpoints_to_keep`` prunes only the local folder.
     """
 
-    def __init__(self, store_check_timeout: float = 10.0, **logger_kwargs: Any) -> None:
+    def __init__(
+        self,
+        store_check_timeout: float = 10.0,
+        remote_keep_last: int | None = None,
+        **logger_kwargs: Any,
+    ) -> None:
         if "object_name" in logger_kwargs:
             raise ConfigurationError(
                 "HoistDestination names objects as Composer formats them; set Composer's "
                 "save_filename / remote_file_name instead of object_name"
             )
         super().__init__()
+        KeepRule.of(remote_keep_last)  # refused here, not at init
+        self.remote_keep_last = remote_keep_last
         self.logger_kwargs = logger_kwargs
         self.store_check_timeout = store_check_timeout
         self.logger: ObjectStoreLogger | None = None
@@ -105,7 +119,11 @@ class HoistDestination(_Base):
     def init(self, state: Any, logger: Any) -> None:
         self._post_closed = False
         self.logger = ObjectStoreLogger(
-            **{"run_name": state.run_name, **self.logger_kwargs},
+            **{
+                "run_name": state.run_name,
+                "keep_last": self.remote_keep_last,
+                **self.logger_kwargs,
+            },
             object_name="{artifact_name}",
         )
         self.logger.check(self.store_check_timeout)

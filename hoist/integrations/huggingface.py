@@ -25,12 +25,17 @@ Example (needs a model and a fleet; tests/test_huggingface.py trains one):
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hoist.errors import ConfigurationError
 from hoist.logger.logger import ObjectStoreLogger
+from hoist.logger.retention import KeepRule
+
+SAVE_TOTAL_LIMIT = "save_total_limit"
+"""``remote_keep_last`` that takes the ``TrainingArguments``' ``save_total_limit``."""
 
 
 class HoistCallback(TrainerCallback):
@@ -44,9 +49,24 @@ class HoistCallback(TrainerCallback):
             defaults to the ``TrainingArguments``' ``run_name``.
         store_check_timeout: seconds ``on_train_begin`` waits for the
             fleet's check of the store.
+        remote_keep_last: how many committed checkpoints ``latest`` keeps in
+            the store (:mod:`hoist.state.retention`); ``"save_total_limit"``
+            takes the ``TrainingArguments``' own (which otherwise prunes only
+            the local folder). Default None: the store keeps every checkpoint.
+            Opt-in, since deleting remote copies is not what the callback did.
+            Refused with ``load_best_model_at_end``: the best checkpoint is
+            named by no pointer, so retention would not know to keep it.
     """
 
-    def __init__(self, store_check_timeout: float = 10.0, **logger_kwargs: Any) -> None:
+    def __init__(
+        self,
+        store_check_timeout: float = 10.0,
+        remote_keep_last: int | Literal["save_total_limit"] | None = None,
+        **logger_kwargs: Any,
+    ) -> None:
+        if remote_keep_last != SAVE_TOTAL_LIMIT:
+            KeepRule.of(remote_keep_last)  # type: ignore[arg-type]  # refused here, at once
+        self.remote_keep_last = remote_keep_last
         self.logger_kwargs = logger_kwargs
         self.store_check_timeout = store_check_timeout
         self.logger: ObjectStoreLogger | None = None
@@ -54,8 +74,21 @@ class HoistCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.logger is None and state.is_world_process_zero:
             run_name = self.logger_kwargs.pop("run_name", None) or args.run_name
-            self.logger = ObjectStoreLogger(run_name=run_name, **self.logger_kwargs)
+            keep = self.keep_last(args)
+            self.logger = ObjectStoreLogger(run_name=run_name, keep_last=keep, **self.logger_kwargs)
             self.logger.check(self.store_check_timeout)
+
+    def keep_last(self, args: Any) -> int | None:
+        """The store's ``keep_last`` for these ``TrainingArguments``."""
+        keep = self.remote_keep_last
+        if keep == SAVE_TOTAL_LIMIT:
+            keep = args.save_total_limit
+        if keep is not None and getattr(args, "load_best_model_at_end", False):
+            raise ConfigurationError(
+                "HoistCallback(remote_keep_last=...) cannot keep the best checkpoint that "
+                "load_best_model_at_end needs: no pointer names it; drop one of the two"
+            )
+        return keep  # type: ignore[return-value]
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.logger is not None:

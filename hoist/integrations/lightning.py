@@ -75,6 +75,7 @@ from hoist.errors import ConfigurationError, ObjectNotFoundError, UploadFailedEr
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.state.records import Records
+from hoist.state.retention import Retention
 from hoist.state.states import State
 from hoist.stores.base import ObjectStore
 
@@ -255,7 +256,10 @@ class HoistCheckpointIO(TorchCheckpointIO):
         if self._removals is None:
             # ObjectStoreLogger has no public per-artifact query yet: its records
             # are what wait() polls, read here the same way.
-            self._removals = _Removals(hoist._records, hoist.store, self._store_lock)
+            retention = Retention(hoist._records.client, hoist.run_name)
+            self._removals = _Removals(
+                hoist._records, hoist.store, retention, hoist.spec.store_id, self._store_lock
+            )
             self._removals.start()
         return self._removals
 
@@ -294,14 +298,25 @@ class _Removals:
     Parameters:
         records: the state store holding the logger's records.
         store: the logger's store, which the objects are deleted from.
+        retention: the run's retention records: a deletion goes through
+            :meth:`~hoist.state.retention.Retention.release`, so an object any
+            pointer of the run names stays, and each deletion is recorded as pruned.
+        store_id: the store's id, as retention keys it.
         store_lock: held while the store is used (loads use it too).
     """
 
     def __init__(
-        self, records: Records, store: ObjectStore, store_lock: threading.Lock | None = None
+        self,
+        records: Records,
+        store: ObjectStore,
+        retention: Retention,
+        store_id: str,
+        store_lock: threading.Lock | None = None,
     ) -> None:
         self.records = records
         self.store = store
+        self.retention = retention
+        self.store_id = store_id
         self.store_lock = store_lock or threading.Lock()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -367,9 +382,12 @@ class _Removals:
             self._wake.clear()
 
     def _delete_due(self) -> None:
-        for object_name in self._due():
-            with self.store_lock:
-                self.store.delete(object_name)  # absent already: no error
+        due = self._due()
+        if not due:
+            return
+        with self.store_lock:
+            deleted = self.retention.release(self.store, self.store_id, due)
+        for object_name in deleted:
             log.info("deleted %s from the store: Lightning removed it", object_name)
             with self._lock:
                 self._doomed.pop(object_name, None)

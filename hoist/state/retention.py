@@ -276,6 +276,34 @@ class Retention:
         self.mark(store_id, pointer, keep_last, keep_every)
         return self.finish(store, store_id)
 
+    def release(self, store: ObjectStore, store_id: str, names: list[str]) -> set[str]:
+        """Delete plain objects a trainer dropped (Lightning's ``save_top_k``) by the same rules.
+
+        Those no pointer of the run names and none still uploading are marked and
+        deleted as a prune's are (recorded as pruned); the rest stay. Returns the
+        names deleted now.
+        """
+
+        def apply(pipe: redis.client.Pipeline) -> list[str]:
+            protected = {_text(v) for v in pipe.hvals(self.named_key)}
+            free = [
+                name
+                for name in names
+                if name not in protected and not self._uploading(pipe, store_id, name)
+            ]
+            pipe.multi()
+            for name in free:
+                pipe.hset(self.pruning_key, name, f"{FILE}|{store_id}")
+            return free
+
+        free = self.client.transaction(
+            apply,  # type: ignore[arg-type]
+            self.named_key,
+            value_from_callable=True,
+        )
+        self.finish(store, store_id)
+        return set(free or [])
+
     def pruned(self) -> dict[str, int]:
         """Every object of the run retention deleted, with the bytes it freed."""
         return {_text(k): int(v) for k, v in self.client.hgetall(self.pruned_key).items()}
