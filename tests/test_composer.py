@@ -391,3 +391,29 @@ def test_the_stand_in_calls_what_the_real_composer_called(
     assert (store / "artifacts" / run / "checkpoints" / "latest-rank0.pt.symlink").read_text() == (
         f"{run}/checkpoints/ep0-ba12-rank0.pt"
     )
+
+
+# ----- retention (issue 19): HoistDestination(remote_keep_last=K) -----------------------
+
+
+def test_remote_keep_last_keeps_the_newest_checkpoints_in_the_store(
+    fleet: WorkerFleet, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigurationError, match="keep_last must be a positive whole number"):
+        HoistDestination(remote_keep_last=0)
+    state = State("composer-ret")
+    store = tmp_path / "store"
+    (store / "artifacts").mkdir(parents=True)
+    destination = HoistDestination(**single_rank_local_store(fleet, store), remote_keep_last=2)
+    destination.run_event(Event("init"), state, None)
+    for batch in (1, 2, 3, 4):
+        save_checkpoint(destination, state, tmp_path, batch)
+        assert destination.logger is not None
+        destination.logger.wait(timeout=60)
+    close_engine([destination], state, None)
+    folder = store / "artifacts" / "composer-ret" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ep0-ba3-rank0.pt",
+        "ep0-ba4-rank0.pt",
+        "latest-rank0.pt.symlink",
+    ]

@@ -85,3 +85,24 @@ def test_every_saved_checkpoint_lands_and_latest_names_the_last(
             assert (objects / item.object_name).read_bytes() == (local / item.path).read_bytes()
     pointer = (objects / RUN / "latest.symlink").read_text()
     assert pointer == f"{RUN}/checkpoints/step-00000006/.hoist-manifest.json"
+
+
+# ----- retention (issue 19): save_total_limit in the store -------------------------------
+
+
+def test_remote_keep_last_takes_save_total_limit_when_asked_and_refuses_bad_values() -> None:
+    from types import SimpleNamespace
+
+    from hoist.errors import ConfigurationError
+    from hoist.integrations.huggingface import HoistCallback
+
+    args = SimpleNamespace(save_total_limit=3, load_best_model_at_end=False)
+    assert HoistCallback().keep_last(args) is None  # opt-in: the store keeps all by default
+    assert HoistCallback(remote_keep_last="save_total_limit").keep_last(args) == 3
+    assert HoistCallback(remote_keep_last=2).keep_last(args) == 2
+    with pytest.raises(ConfigurationError, match="load_best_model_at_end"):
+        HoistCallback(remote_keep_last=2).keep_last(
+            SimpleNamespace(save_total_limit=None, load_best_model_at_end=True)
+        )
+    with pytest.raises(ConfigurationError, match="keep_last must be a positive whole number"):
+        HoistCallback(remote_keep_last=-1)

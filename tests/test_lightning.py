@@ -413,3 +413,31 @@ def test_the_readme_snippet_runs(
     assert target.startswith("lit-demo/checkpoints/epoch=")
     # The snippet's second fit resumed at epoch 3 (the first ran 3) and saved it.
     assert torch.load(objects / target, weights_only=False)["epoch"] == 3
+
+
+# ----- retention (issue 19): save_top_k's removals follow the store's retention rules -----
+
+
+def test_a_removed_checkpoint_another_pointer_names_stays_and_deletions_are_recorded(
+    fleet: WorkerFleet, tmp_path: Path
+) -> None:
+    from hoist.state.records import Records as StateRecords
+    from hoist.state.retention import Retention
+
+    (tmp_path / "store" / "artifacts").mkdir(parents=True)
+    folder = tmp_path / "store" / "artifacts" / "lit-ret" / "checkpoints"
+    plugin = in_process(fleet, tmp_path / "store", "lit-ret")
+    a, b, c = (tmp_path / "ckpt" / f"{n}.ckpt" for n in "abc")
+    plugin.save_checkpoint({"n": 1}, a)
+    plugin.save_checkpoint({"n": 2}, b)
+    assert plugin.logger is not None
+    plugin.logger.symlink_artifact("checkpoints/a.ckpt", "checkpoints/best.ckpt")  # names a
+    plugin.save_checkpoint({"n": 3}, c)
+    plugin.logger.wait(timeout=60)
+    plugin.remove_checkpoint(a)
+    plugin.remove_checkpoint(b)
+    plugin.teardown()
+    held = sorted(p.name for p in folder.iterdir())
+    assert held == ["a.ckpt", "best.ckpt.symlink", "c.ckpt", "latest.ckpt.symlink"]
+    pruned = Retention(StateRecords.from_url(fleet.broker_url).client, "lit-ret").pruned()
+    assert set(pruned) == {"lit-ret/checkpoints/b.ckpt"}
