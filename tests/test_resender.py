@@ -248,9 +248,13 @@ def test_the_worker_resender_sends_to_the_broker_and_the_node_queue(
 ) -> None:
     context = cast(
         WorkerContext,
-        SimpleNamespace(records=records, settings=SimpleNamespace(queued_timeout=TIMEOUT)),
+        SimpleNamespace(
+            records=records,
+            settings=SimpleNamespace(queued_timeout=TIMEOUT, broker_url=url, state_url=url),
+        ),
     )
     resender = Resender.for_worker(context, sender(url))
+    assert resender.broker is None  # one plain Redis: no broker group of its own to watch
     resender.clock = clock
     plain = logged(records, 1)
     on_node = logged(records, 2, queue="hoist.uploads.node-7")
