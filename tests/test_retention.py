@@ -10,6 +10,7 @@ adds nothing to prune).
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from hoist.stores.s3 import S3ObjectStore
 from tests.conftest import serve_fleet
 from tests.services.redis import RedisServer
 from tests.services.s3 import S3Server
-from tests.services.workers import WorkerFleet
+from tests.services.workers import WorkerFleet, wait_until
 
 # ----- the rules -----------------------------------------------------------------
 
@@ -115,6 +116,13 @@ def log_epoch(logger: ObjectStoreLogger, tmp_path: Path, epoch: int, **keep: Any
     logger.wait(timeout=60)
 
 
+def eventually(expected: Any, read: Any, timeout: float = 30.0) -> Any:
+    """What ``read()`` returns once it equals ``expected`` (or at the timeout): a prune
+    runs after its pointer's settle, so ``wait()`` may return before it ends."""
+    wait_until(lambda: read() == expected, timeout=timeout)
+    return read()
+
+
 def run_name() -> str:
     return f"ret-{uuid.uuid4().hex[:8]}"
 
@@ -130,11 +138,11 @@ def test_two_pointers_sharing_targets_keep_what_either_names(
         for epoch in range(2, 6):
             log_epoch(logger, tmp_path, epoch)
     art = f"{run}/artifacts"
-    held = objects(moto_server, run)
-    assert sorted(held) == sorted(
+    expected = sorted(
         [f"{art}/ep1.pt", f"{art}/ep4.pt", f"{art}/ep5.pt"]
         + [f"{art}/latest.pt.symlink", f"{art}/best.pt.symlink"]
     )
+    assert eventually(expected, lambda: sorted(objects(moto_server, run))) == expected
     assert pointer_text(moto_server, f"{art}/latest.pt.symlink") == f"{art}/ep5.pt"
     assert pointer_text(moto_server, f"{art}/best.pt.symlink") == f"{art}/ep1.pt"
     client = Records.from_url(redis_server.url).client
@@ -149,8 +157,11 @@ def test_keep_every_keeps_milestones(
         for epoch in range(1, 6):
             log_epoch(logger, tmp_path, epoch, keep_last=1, keep_every=2)
     art = f"{run}/artifacts"
-    kept = {k for k in objects(moto_server, run) if not k.endswith(".symlink")}
-    assert kept == {f"{art}/ep2.pt", f"{art}/ep4.pt", f"{art}/ep5.pt"}
+    expected = {f"{art}/ep2.pt", f"{art}/ep4.pt", f"{art}/ep5.pt"}
+    kept = eventually(
+        expected, lambda: {k for k in objects(moto_server, run) if not k.endswith(".symlink")}
+    )
+    assert kept == expected
 
 
 def test_an_interrupted_prune_is_finished_and_its_objects_are_never_named_again(
@@ -171,7 +182,8 @@ def test_an_interrupted_prune_is_finished_and_its_objects_are_never_named_again(
         moto_server.client().delete_object(Bucket=moto_server.bucket, Key=f"{art}/ep1.pt")
         assert f"{art}/ep2.pt" in objects(moto_server, run)  # marked, not yet deleted
         log_epoch(logger, tmp_path, 4)
-        assert set(retention.pruned()) == {f"{art}/ep1.pt", f"{art}/ep2.pt"}
+        gone = {f"{art}/ep1.pt", f"{art}/ep2.pt"}
+        assert eventually(gone, lambda: set(retention.pruned())) == gone
         assert not retention.marked(store_id)
         # A pointer may not name what retention took: it fails, and moves nothing.
         logger.symlink_artifact("ep2.pt", "latest.pt")
@@ -194,9 +206,13 @@ def test_a_sharded_run_keeps_its_last_two_steps(
             (directory / ".metadata").write_bytes(json.dumps({"step": step}).encode())
             logger.log_checkpoint_dir(step, directory, keep_last=2)
             logger.wait(timeout=60)
+    expected = {"step-00000003", "step-00000004"}
+
+    def steps() -> set[str]:
+        return {k.split("/")[2] for k in objects(moto_server, run) if "/checkpoints/" in k}
+
+    assert eventually(expected, steps) == expected, sorted(objects(moto_server, run))
     held = objects(moto_server, run)
-    steps = {k.split("/")[2] for k in held if "/checkpoints/" in k}
-    assert steps == {"step-00000003", "step-00000004"}, sorted(held)
     assert sum(1 for k in held if k.endswith("manifest.json")) == 2, sorted(held)
 
 
@@ -243,3 +259,48 @@ def test_gc_run_prunes_by_the_same_rules_and_dry_run_changes_nothing(
     with pytest.raises(SystemExit):  # argparse: --keep-last must be a number
         cli(capsys, tmp_path, "gc", "--run", run, "--keep-last", "two")
     assert cli(capsys, tmp_path, "gc", "--run", run, "--keep-last", "0")[0] != 0
+
+
+@pytest.mark.long
+def test_a_prune_killed_by_sigkill_resumes_and_no_pointer_names_a_missing_object(
+    redis_server: RedisServer,
+    moto_server: S3Server,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A worker SIGKILLed while it deletes a 300-file step: the next worker finishes."""
+    serving = serve_fleet(tmp_path_factory, redis_server.url, "ret-kill", count=1, concurrency=1)
+    own = next(serving)
+    run = run_name()
+    client = Records.from_url(redis_server.url).client
+    retention = Retention(client, run)
+    try:
+        with make_logger(own, moto_server, run) as logger:
+
+            def step(number: int, files: int) -> None:
+                directory = tmp_path / f"step-{number}"
+                directory.mkdir()
+                for i in range(files):
+                    (directory / f"__0_{i}.distcp").write_bytes(b"x" * 100)
+                logger.log_checkpoint_dir(number, directory, keep_last=1)
+                logger.wait(timeout=120)
+
+            step(1, 300)
+            directory = tmp_path / "step-2"
+            directory.mkdir()
+            (directory / "__0_0.distcp").write_bytes(b"y")
+            logger.log_checkpoint_dir(2, directory, keep_last=1)  # prunes step 1
+            wait_until(lambda: client.hlen(retention.pruning_key) > 0, timeout=60, interval=0.01)
+            own.workers[0].stop(signal.SIGKILL)
+            assert client.hlen(retention.pruning_key) == 1  # killed mid-prune: the mark stays
+            own.add()
+            logger.wait(timeout=120)
+            step(3, 1)  # the next commit's worker finishes the prune, after its settle
+            wait_until(lambda: client.hlen(retention.pruning_key) == 0, timeout=60)
+        held = objects(moto_server, run)
+        assert not [k for k in held if "step-00000001" in k], sorted(held)[:5]
+        latest = pointer_text(moto_server, f"{run}/latest.symlink")
+        assert latest in held and "step-00000003" in latest
+        assert len([k for k in retention.pruned() if "step-00000001" in k]) == 301
+    finally:
+        serving.close()
