@@ -19,6 +19,7 @@ from typing import Any
 
 from hoist.commands.cluster_access import load_environment
 from hoist.commands.console import Column, Kind, Sheet, cell, console, format_bytes, print_sheet
+from hoist.commands.gc_run import run_gc
 from hoist.errors import ConfigurationError
 from hoist.protocol.urls import mask_url
 from hoist.settings import CommandSettings
@@ -91,8 +92,6 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     load_environment(args)
     if args.run is not None:
-        from hoist.commands.gc_run import run_gc  # the records and stores only it needs
-
         return run_gc(args)
     command = CommandSettings.from_environment()
     uri = args.store if args.store is not None else command.store_uri
