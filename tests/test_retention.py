@@ -149,6 +149,7 @@ def test_two_pointers_sharing_targets_keep_what_either_names(
     assert Retention(client, run).pruned() == {f"{art}/ep2.pt": 1002, f"{art}/ep3.pt": 1003}
 
 
+@pytest.mark.long  # the rule itself is tested above without servers; budget of the default run
 def test_keep_every_keeps_milestones(
     fleet: WorkerFleet, moto_server: S3Server, tmp_path: Path
 ) -> None:
