@@ -200,6 +200,11 @@ def retained(
     try:
         retention.intend(store_id, pointer, target)
     except RetentionError as exc:
+        newest = job.ctx.records.latest(store_id, pointer)
+        if newest is not None and newest.artifact != message.id:
+            # A newer pointer of this name is logged (Lightning's save_top_k drops the
+            # old best while its pointer waits): that one names a target, not this one.
+            return job.settle(State.SUPERSEDED)
         return job.settle(State.FAILED, error=str(exc))
     outcome = write()
     if outcome.get("outcome") != State.DONE.value:
