@@ -70,6 +70,7 @@ import socket
 import tempfile
 import uuid
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -177,16 +178,10 @@ def save(
         HoistError: an earlier async save failed, or staging or the fleet did.
     """
     _settle(_saves_of(logger))
-    folder = _fresh_folder(logger, step)
-    writer = torch_dcp.FileSystemWriter(folder, thread_count=thread_count, sync_files=sync_files)
-    try:
-        torch_dcp.save(
-            state_dict, storage_writer=writer, planner=planner, process_group=process_group
-        )
-    except HoistError:
-        raise
-    except DCP_ERRORS as exc:
-        raise _failed("save", step, exc) from exc
+    writing = (thread_count, sync_files)
+    folder, _ = _write(
+        torch_dcp.save, "save", step, logger, writing, state_dict, planner, process_group
+    )
     return _register(logger, step, folder, _world(process_group), pointer)
 
 
@@ -223,16 +218,10 @@ def async_save(
             saves.group = dist.new_group(backend="gloo")
         group = saves.group
     world = _world(group)
-    folder = _fresh_folder(logger, step)
-    writer = torch_dcp.FileSystemWriter(folder, thread_count=thread_count, sync_files=sync_files)
-    try:
-        answer = torch_dcp.async_save(
-            state_dict, storage_writer=writer, planner=planner, process_group=group
-        )
-    except HoistError:
-        raise
-    except DCP_ERRORS as exc:
-        raise _failed("async save", step, exc) from exc
+    writing = (thread_count, sync_files)
+    folder, answer = _write(
+        torch_dcp.async_save, "async save", step, logger, writing, state_dict, planner, group
+    )
     # A stager that stages in the background answers both futures; the write is the second.
     written = answer.upload_completion if isinstance(answer, AsyncSaveResponse) else answer
     registered: Future[list[str]] = Future()
@@ -374,6 +363,32 @@ def _settle(saves: _Saves) -> None:
     in_flight, saves.in_flight = saves.in_flight, None
     if in_flight is not None:
         in_flight.result()
+
+
+def _write(
+    dcp_call: Callable[..., Any],
+    what: str,
+    step: int,
+    logger: ObjectStoreLogger,
+    writing: tuple[int, bool],
+    state_dict: dict[str, Any],
+    planner: Any,
+    group: Any,
+) -> tuple[str, Any]:
+    """DCP's ``save`` or ``async_save`` into a fresh staging folder: the folder, DCP's answer.
+
+    ``writing``: the ``FileSystemWriter``'s ``thread_count`` and ``sync_files``.
+    """
+    folder = _fresh_folder(logger, step)
+    thread_count, sync_files = writing
+    writer = torch_dcp.FileSystemWriter(folder, thread_count=thread_count, sync_files=sync_files)
+    try:
+        answer = dcp_call(state_dict, storage_writer=writer, planner=planner, process_group=group)
+    except HoistError:
+        raise
+    except DCP_ERRORS as exc:
+        raise _failed(what, step, exc) from exc
+    return folder, answer
 
 
 def _fresh_folder(logger: ObjectStoreLogger, step: int) -> str:
