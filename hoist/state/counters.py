@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 import redis
 
 from hoist.errors import HoistError
+from hoist.state.keys import PREFIX, reply_text
 from hoist.state.scripts import register
 
-COUNTERS = "hoist:counters"
+COUNTERS = f"{PREFIX}counters"
 """The hash of every counter (field ``<metric>|<store>[|<label>]`` -> count)."""
 
 BUCKETS: tuple[float, ...] = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -143,8 +144,8 @@ class FleetCounters:
         found = Counters()
         raw: dict[str, str] = self.client.hgetall(COUNTERS)  # type: ignore[assignment]
         for name, number in raw.items():
-            metric, _, rest = _text(name).partition("|")
-            text = _text(number)
+            metric, _, rest = reply_text(name).partition("|")
+            text = reply_text(number)
             if metric == "bytes":
                 found.uploaded_bytes[rest] = int(text)
             elif metric == "attempts":
@@ -169,7 +170,3 @@ class FleetCounters:
 def _bound(bound: float) -> str:
     """A bound as the field names it (``'2.5'``, ``'60'``)."""
     return f"{bound:g}"
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

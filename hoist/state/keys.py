@@ -18,6 +18,13 @@ Keys (all under ``hoist:``):
 ``refused``                     hash: refused messages, counted by reason
 ``failures:<run>:<rank>``       counter: the rank's artifacts that failed (rises only)
 ``probe:<id>``                  hash: a store check's outcome (expires)
+``counters``                    hash: the fleet's counters (:mod:`hoist.state.counters`)
+``history:<run>:<store>:<ptr>`` sorted set: a pointer's targets (:mod:`hoist.state.retention`)
+``ordinal:<run>``               hash: each pointer's last ordinal (retention)
+``named:<run>``                 hash: what each pointer of the run names or will name
+``pruning:<run>``               hash: targets marked for deletion by retention
+``pruned:<run>``                hash: objects retention deleted, with their bytes
+``retention-stores:<run>``      hash: store id -> its spec's JSON (``hoist gc --run``)
 ==============================  ==================================================
 
 **Order key** is the one name of the ordering of versions: a string that
@@ -40,6 +47,26 @@ REFUSED = f"{PREFIX}refused"
 RUNS = f"{PREFIX}runs"
 
 _SEPARATOR = "|"
+
+
+def reply_text(value: bytes | str) -> str:
+    """A Redis reply as text, from a decoding client (the state's) or a raw one.
+
+    Example:
+        >>> reply_text(b"done"), reply_text("done")
+        ('done', 'done')
+    """
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def run_state_key(kind: str, run_name: str, *parts: str) -> str:
+    """A key of one run's retention state (``history``, ``named``, ``pruned``, …).
+
+    Example:
+        >>> run_state_key("history", "bert", "s3-1", "bert/latest.symlink")
+        'hoist:history:bert:s3-1:bert/latest.symlink'
+    """
+    return ":".join([f"{PREFIX}{kind}", run_name, *parts])
 
 
 def record_key(artifact: str) -> str:

@@ -26,12 +26,9 @@ then moves it to ``pruned:<run>`` with the bytes freed. A pointer whose
 target is marked or pruned is refused (:meth:`Retention.intend`), so no
 pointer ever names an object retention took.
 
-Keys (under ``hoist:``): ``history:<run>:<store>:<pointer>`` (sorted set),
-``ordinal:<run>`` (hash: each pointer's last ordinal), ``named:<run>``
-(hash: ``<store>|<pointer>`` and ``…|next`` -> object), ``pruning:<run>``
-(hash: object -> ``<kind>|<store>``), ``pruned:<run>`` (hash: object ->
-bytes freed), ``retention-stores:<run>`` (hash: store id -> its spec's JSON,
-for ``hoist gc --run``).
+Its keys are in :mod:`hoist.state.keys`' table: ``named:<run>`` maps
+``<store>|<pointer>`` and ``…|next`` to an object, ``pruning:<run>`` an
+object to ``<kind>|<store>``, ``pruned:<run>`` an object to the bytes freed.
 """
 
 from __future__ import annotations
@@ -46,7 +43,7 @@ import redis
 
 from hoist.errors import HoistError, ObjectNotFoundError
 from hoist.protocol.manifest import Manifest
-from hoist.state.keys import PREFIX, decode_marker, latest_key, record_key
+from hoist.state.keys import decode_marker, latest_key, record_key, reply_text, run_state_key
 from hoist.state.states import State
 from hoist.stores.base import ObjectStore
 
@@ -119,15 +116,6 @@ class Pruned:
     bytes: int
 
 
-def _text(value: bytes | str) -> str:
-    # The state client decodes responses (decode_responses=True); a raw client does not.
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _key(kind: str, run_name: str, *parts: str) -> str:
-    return ":".join([f"{PREFIX}{kind}", run_name, *parts])
-
-
 class Retention:
     """One run's pointer histories, named targets and prunes in the state Redis.
 
@@ -139,14 +127,14 @@ class Retention:
     def __init__(self, client: redis.Redis, run_name: str) -> None:
         self.client = client
         self.run_name = run_name
-        self.named_key = _key("named", run_name)
-        self.pruning_key = _key("pruning", run_name)
-        self.pruned_key = _key("pruned", run_name)
-        self.ordinal_key = _key("ordinal", run_name)
-        self.stores_key = _key("retention-stores", run_name)
+        self.named_key = run_state_key("named", run_name)
+        self.pruning_key = run_state_key("pruning", run_name)
+        self.pruned_key = run_state_key("pruned", run_name)
+        self.ordinal_key = run_state_key("ordinal", run_name)
+        self.stores_key = run_state_key("retention-stores", run_name)
 
     def history_key(self, store_id: str, pointer: str) -> str:
-        return _key("history", self.run_name, store_id, pointer)
+        return run_state_key("history", self.run_name, store_id, pointer)
 
     # ----- while a pointer is written --------------------------------------
 
@@ -189,7 +177,7 @@ class Retention:
 
     def pointers(self) -> list[tuple[str, str]]:
         """``(store id, pointer)`` of every pointer of the run with a history."""
-        fields = [_text(f) for f in self.client.hkeys(self.ordinal_key)]
+        fields = [reply_text(f) for f in self.client.hkeys(self.ordinal_key)]
         return [(f.split("|", 1)[0], f.split("|", 1)[1]) for f in fields]
 
     def plan(self, store_id: str, pointer: str, keep_last: int, keep_every: int) -> list[str]:
@@ -225,8 +213,8 @@ class Retention:
         self, client: Any, store_id: str, pointer: str, keep_last: int, keep_every: int
     ) -> list[str]:
         raw = client.zrange(self.history_key(store_id, pointer), 0, -1, withscores=True)
-        history = [(_text(m), int(score)) for m, score in raw]
-        protected = {_text(v) for v in client.hvals(self.named_key)}
+        history = [(reply_text(m), int(score)) for m, score in raw]
+        protected = {reply_text(v) for v in client.hvals(self.named_key)}
         chosen = victims(history, keep_last, keep_every, protected)
         return [m for m in chosen if not self._uploading(client, store_id, m[2:])]
 
@@ -235,17 +223,17 @@ class Retention:
         marker = client.get(latest_key(store_id, object_name))
         if marker is None:
             return False
-        artifact = decode_marker(_text(marker)).artifact
+        artifact = decode_marker(reply_text(marker)).artifact
         state = client.hget(record_key(artifact), "state") if artifact else None
-        return state is not None and not State(_text(state)).terminal
+        return state is not None and not State(reply_text(state)).terminal
 
     def marked(self, store_id: str) -> list[tuple[str, str]]:
         """``(kind, object)`` of every target of ``store_id`` marked and not yet deleted."""
         out = []
         for name, value in self.client.hgetall(self.pruning_key).items():
-            kind, _, store = _text(value).partition("|")
+            kind, _, store = reply_text(value).partition("|")
             if store == store_id:
-                out.append((kind, _text(name)))
+                out.append((kind, reply_text(name)))
         return out
 
     def finish(self, store: ObjectStore, store_id: str) -> list[Pruned]:
@@ -285,7 +273,7 @@ class Retention:
         """
 
         def apply(pipe: redis.client.Pipeline) -> list[str]:
-            protected = {_text(v) for v in pipe.hvals(self.named_key)}
+            protected = {reply_text(v) for v in pipe.hvals(self.named_key)}
             free = [
                 name
                 for name in names
@@ -306,12 +294,12 @@ class Retention:
 
     def pruned(self) -> dict[str, int]:
         """Every object of the run retention deleted, with the bytes it freed."""
-        return {_text(k): int(v) for k, v in self.client.hgetall(self.pruned_key).items()}
+        return {reply_text(k): int(v) for k, v in self.client.hgetall(self.pruned_key).items()}
 
     def store_specs(self) -> dict[str, dict[str, Any]]:
         """The JSON spec of each store the run's pointers were written to."""
         raw = self.client.hgetall(self.stores_key)
-        return {_text(k): json.loads(v) for k, v in raw.items()}
+        return {reply_text(k): json.loads(v) for k, v in raw.items()}
 
 
 def measure(store: ObjectStore, member: str) -> Pruned:

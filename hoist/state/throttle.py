@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import redis
 
-from hoist.state.keys import THROTTLED, store_lease_key, throttle_key
+from hoist.state.keys import THROTTLED, reply_text, store_lease_key, throttle_key
 from hoist.state.scripts import register
 
 DECREASE_WINDOW_MS = 1000
@@ -98,9 +98,9 @@ class Throttle:
         """Every ceiling in force, for ``hoist status`` (one set, not a scan of the keyspace)."""
         found = []
         for member in self.client.smembers(THROTTLED):
-            store_id = member.decode() if isinstance(member, bytes) else str(member)
+            store_id = reply_text(member)
             fields = {
-                (k.decode() if isinstance(k, bytes) else k): float(v)
+                reply_text(k): float(v)
                 for k, v in self.client.hgetall(throttle_key(store_id)).items()
             }
             if "limit" not in fields:  # lifted by expiry: its ceiling went idle
