@@ -12,6 +12,7 @@ from hoist import __version__, settings
 from hoist.commands import COMMANDS
 from hoist.commands.cluster_access import DEFAULT_HOME, find_home
 from hoist.commands.console import console
+from hoist.commands.startup import long_lived, whole_process
 from hoist.errors import HoistError
 
 
@@ -65,10 +66,13 @@ def named_command(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the hoist command line itself (a caller passes its own argv)
+        whole_process()
     argv = sys.argv[1:] if argv is None else list(argv)
     # Only the named command's module is imported: the others (Celery for the
     # worker, Flower, up) took 0.2-0.45 s of a `hoist download`'s start-up.
-    parser = build_parser(named_command(argv))
+    with long_lived():
+        parser = build_parser(named_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -19,9 +20,11 @@ from hoist.errors import (
     StoreAuthError,
     StoreConnectionError,
 )
+from hoist.stores import s3, s3_crt
 from hoist.stores.base import Verification
 from hoist.stores.checksum import Checksum, checksum_file
 from hoist.stores.s3 import S3ObjectStore, S3TransferConfig
+from hoist.stores.s3_crt import CrtClient
 from hoist.stores.s3_errors import translate_s3_error
 from tests.services.faultproxy import FaultProxy
 from tests.services.process import free_port
@@ -151,17 +154,43 @@ def test_a_multipart_object_is_proved_by_the_composite_etag(
         assert not store.exists("mp/wrong.bin"), "the unproved object must not stay"
 
 
+SMALL_REQUESTS = pytest.mark.parametrize("small_requests", ["crt", "boto3"])
+"""Both clients a PUT under 1 MiB may go through (awscrt's is the default)."""
+
+
+@SMALL_REQUESTS
 def test_bytes_the_server_received_wrong_are_caught_by_its_md5(
-    moto_server: S3Server, make_file
+    moto_server: S3Server, make_file, small_requests: str
 ) -> None:  # type: ignore[no-untyped-def]
     """moto accepts a body that does not match Content-MD5; its ETag still gives it away."""
     script = [("PUT", "", "corrupt_upload")]
     proxy = FaultProxy(moto_server.endpoint_url, rate=0, script=script)
-    with proxy, make_store(moto_server, endpoint_url=proxy.url) as store:
+    options = {"endpoint_url": proxy.url, "small_requests": small_requests}
+    with proxy, make_store(moto_server, **options) as store:
         with pytest.raises(ChecksumMismatchError, match="MD5"):
             store.upload_file("corrupt/obj.bin", make_file(1000))
         assert proxy.stats.faults == {"corrupt_upload": 1}
         assert not store.exists("corrupt/obj.bin"), "the bad object must not stay"
+
+
+@pytest.mark.parametrize("method", ["PUT", "HEAD"])
+def test_a_small_request_whose_answer_stalls_times_out(moto_server: S3Server, method: str) -> None:
+    """awscrt has no read timeout: hoist bounds a small PUT or a HEAD by ``read_timeout``
+    itself, so a server that never answers costs a retry, not a worker slot for ever."""
+    proxy = FaultProxy(moto_server.endpoint_url, rate=0, script=[(method, "", "stall")])
+    proxy.stall_seconds = 30.0
+    options = {"read_timeout": 1.0, "max_attempts": 1, "small_requests": "crt"}
+    with proxy, make_store(moto_server, endpoint_url=proxy.url, **options) as store:
+        started = time.monotonic()
+        expected = f"no answer within 1.0 s to {method}"
+        with pytest.raises(StoreConnectionError, match=expected) as caught:
+            if method == "PUT":
+                store.put_bytes("stalled/pointer.symlink", b"runs/r1/ep1.pt")
+            else:
+                store.stat("stalled/anything.bin")
+        assert time.monotonic() - started < 10
+        assert caught.value.retryable
+        assert proxy.stats.faults == {"stall": 1}
 
 
 def test_echoed_checksum_is_not_trusted_by_default(moto_server: S3Server) -> None:
@@ -198,29 +227,32 @@ def test_overwrite_rules(store: S3ObjectStore, make_file) -> None:  # type: igno
     assert store.get_bytes("ow/obj.bin") == second.read_bytes()
 
 
+@SMALL_REQUESTS
 def test_conditional_writes_take_one_request_and_keep_the_overwrite_rules(
     moto_server: S3Server,
     make_file,  # type: ignore[no-untyped-def]
+    small_requests: str,
 ) -> None:
     """moto honours ``If-None-Match: *`` as AWS does: no HEAD before a write to a free name."""
     first = make_file(100, "first.bin")
     second = make_file(100, "second.bin")
     proxy = FaultProxy(moto_server.endpoint_url, rate=0)
-    with proxy, make_store(moto_server, endpoint_url=proxy.url, conditional_writes=True) as store:
-        written = store.upload_file("cond/obj.bin", first)
+    options = {"conditional_writes": True, "small_requests": small_requests}
+    with proxy, make_store(moto_server, endpoint_url=proxy.url, **options) as store:
+        written = store.upload_file(f"cond-{small_requests}/obj.bin", first)
         assert not written.already_present and written.verified_by is Verification.STORE_MD5
         methods = [e.split()[1] for e in proxy.stats.events]
         assert methods == ["PUT"], proxy.stats.events  # the write alone
         # A taken name is then judged as before: same bytes accepted, others refused.
-        assert store.upload_file("cond/obj.bin", first).already_present
+        assert store.upload_file(f"cond-{small_requests}/obj.bin", first).already_present
         with pytest.raises(ObjectExistsError, match="overwrite=True"):
-            store.upload_file("cond/obj.bin", second)
-        assert store.get_bytes("cond/obj.bin") == first.read_bytes()
+            store.upload_file(f"cond-{small_requests}/obj.bin", second)
+        assert store.get_bytes(f"cond-{small_requests}/obj.bin") == first.read_bytes()
         # An earlier attempt's own leftover is still replaced.
-        store.upload_file("cond/obj.bin", second, replace_own_leftover=True)
-        assert store.get_bytes("cond/obj.bin") == second.read_bytes()
+        store.upload_file(f"cond-{small_requests}/obj.bin", second, replace_own_leftover=True)
+        assert store.get_bytes(f"cond-{small_requests}/obj.bin") == second.read_bytes()
         seen: list[int] = []
-        store.upload_file("cond/counted.bin", first, progress=seen.append)
+        store.upload_file(f"cond-{small_requests}/counted.bin", first, progress=seen.append)
         assert seen == [100]  # told once written, never before a refused condition
 
 
@@ -332,3 +364,57 @@ def test_missing_credentials_say_the_workers_environment_is_what_counts() -> Non
     assert text.startswith("no AWS credentials for s3://ckpts/ep1.pt where the upload ran")
     assert "environment it was started with" in text and "restart them" in text
     assert "aws_access_key_id" in text
+
+
+def test_a_proxy_in_the_environment_chooses_boto3_for_every_request(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """awscrt's client does not use ``HTTPS_PROXY``: a store whose server is behind one
+    takes the boto3 path for everything, unless told otherwise or ``NO_PROXY`` says so."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    with make_store(s3_server) as store:
+        assert (store.downloader, store.small_requests) == ("crt", "crt")
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")  # botocore ignores it
+    with make_store(s3_server) as store:
+        assert (store.downloader, store.small_requests) == ("crt", "crt")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    with make_store(s3_server) as store:
+        assert (store.downloader, store.small_requests) == ("boto3", "boto3")
+    with make_store(s3_server, small_requests="crt") as store:
+        assert (store.downloader, store.small_requests) == ("boto3", "crt")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with make_store(s3_server) as store:
+        assert (store.downloader, store.small_requests) == ("crt", "crt")
+
+
+def test_the_boto3_path_makes_no_awscrt_request(
+    s3_server: S3Server, make_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """With ``downloader`` and ``small_requests`` set to boto3, a small upload, its
+    check, a stat and a download all go through boto3 (awscrt's requests would raise)."""
+
+    def refused(*_: object, **__: object) -> None:
+        raise AssertionError("awscrt's client was used")
+
+    monkeypatch.setattr(CrtClient, "_finish", refused)
+    options = {"downloader": "boto3", "small_requests": "boto3"}
+    with make_store(s3_server, **options) as store:
+        source = make_file(1000)
+        assert store.upload_file("boto3-only/obj.bin", source).size == 1000
+        assert store.stat("boto3-only/obj.bin").size == 1000
+        store.download_file("boto3-only/obj.bin", tmp_path / "copy.bin")
+        assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+
+
+def test_a_child_forked_while_a_store_is_being_built_can_build_its_own() -> None:
+    """Celery forks pool children while the worker's main process may be building a
+    store (the resender's prunes): the child must not inherit the session lock held."""
+    with s3._SESSIONS_LOCK, s3_crt._LOOPS_LOCK:
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if both locks are free in it
+            free = s3._SESSIONS_LOCK.acquire(timeout=2) and s3_crt._LOOPS_LOCK.acquire(timeout=2)
+            os._exit(0 if free else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

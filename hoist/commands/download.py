@@ -11,6 +11,7 @@ from typing import Any
 
 from hoist.commands.cluster_access import load_environment, records_for
 from hoist.commands.console import console, format_bytes, out, transfer_progress
+from hoist.commands.startup import long_lived
 from hoist.download import fetch, resolve
 from hoist.settings import CommandSettings
 
@@ -61,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
         records, fleet_key = records_for(args), command.keys
     else:
         records, fleet_key = None, None
-    resolved = resolve(args.source, run=args.run, store=store, records=records, fleet_key=fleet_key)
+    with long_lived():  # the store's client and its model stay until the command ends
+        resolved = resolve(
+            args.source, run=args.run, store=store, records=records, fleet_key=fleet_key
+        )
     for pointer, target in resolved.hops:
         console.print(f"{pointer} -> {target}", highlight=False)
     with transfer_progress() as bar:

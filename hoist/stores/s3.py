@@ -38,13 +38,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as boto_errors
@@ -54,9 +53,10 @@ from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError
 from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import Checksum, HashingReader, Progress, SentBytes
 from hoist.stores.leftovers import Leftover, s3_multipart_uploads
-from hoist.stores.s3_crt import CrtDownloader, bucket_region
+from hoist.stores.s3_config import S3TransferConfig
+from hoist.stores.s3_crt import CrtClient, bucket_region, is_aws, proxied
 from hoist.stores.s3_download import RangedDownload, preallocate
-from hoist.stores.s3_errors import translate_s3_error
+from hoist.stores.s3_errors import http_status, translate_s3_error
 from hoist.stores.s3_multipart import MultipartUpload
 
 MiB = 1024 * 1024
@@ -65,31 +65,15 @@ _COMPOSITE_ETAG = re.compile("[0-9a-f]{32}-[0-9]+")
 
 
 PROGRESS_BODY_BYTES = 1024 * 1024
-"""Single PUTs of at least this many bytes report progress as they are sent."""
+"""Single PUTs of at least this many bytes report progress as they are sent;
+smaller ones go through awscrt's client (``small_requests="crt"``)."""
 
-
-@dataclass(frozen=True)
-class S3TransferConfig:
-    """How large files are split.
-
-    Parameters:
-        multipart_threshold: files at least this large use multipart upload.
-        part_size: bytes per part (grown automatically past 10,000 parts).
-        max_concurrency: parts in flight at once; also the bound on memory,
-            which is about ``max_concurrency * part_size`` (32 MiB by default:
-            on loopback 4 x 8 MiB moved 1 GiB as fast as 8 x 16 MiB, measured
-            in docs/benchmarks.md).
-    """
-
-    multipart_threshold: int = 16 * MiB
-    part_size: int = 8 * MiB
-    max_concurrency: int = 4
-
-    def __post_init__(self) -> None:
-        if self.part_size < 5 * MiB:
-            raise ConfigurationError("S3 part_size must be at least 5 MiB (an S3 limit)")
-        if self.max_concurrency < 1:
-            raise ConfigurationError("max_concurrency must be at least 1")
+_BOTO3_PARAMETERS = {
+    "Content-MD5": "ContentMD5",
+    "If-None-Match": "IfNoneMatch",
+    "x-amz-checksum-crc64nvme": "ChecksumCRC64NVME",
+}
+"""The headers hoist sends on a PutObject, as boto3's ``put_object`` names them."""
 
 
 class S3ObjectStore(ObjectStore):
@@ -114,8 +98,16 @@ class S3ObjectStore(ObjectStore):
         max_attempts: boto3's retries of one request, before hoist's own.
         downloader: ``"crt"`` (awscrt's S3 client: ranged GETs in C, about 1.4x
             faster than boto3's here, :mod:`hoist.stores.s3_crt`) or ``"boto3"``
-            (ranged GETs on the boto3 client, which honours ``HTTPS_PROXY`` and
-            boto3's configuration files; :mod:`hoist.stores.s3_download`).
+            (ranged GETs on the boto3 client; :mod:`hoist.stores.s3_download`).
+        small_requests: ``"crt"`` (HEADs and PUTs of bodies under 1 MiB
+            through awscrt's client: about 1 ms less CPU each, which is most of a
+            small file's upload) or ``"boto3"``. Both default to ``"crt"``
+            unless the environment names a proxy for the server (``HTTPS_PROXY``
+            and the like, which awscrt does not use); then to ``"boto3"``. Set
+            ``"boto3"`` for boto3's configuration files' other settings. Through
+            awscrt, ``read_timeout`` bounds each such request whole, its retries
+            and its wait for one of the client's ``max_concurrency`` connections
+            included (awscrt has no read timeout of its own).
         conditional_writes: with ``overwrite=False``, write a file below the
             multipart threshold with ``If-None-Match: *`` (the server refuses
             if the name is taken) instead of a HEAD first: one request per file
@@ -151,7 +143,8 @@ class S3ObjectStore(ObjectStore):
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         max_attempts: int = 3,
-        downloader: Literal["crt", "boto3"] = "crt",
+        downloader: Literal["crt", "boto3"] | None = None,
+        small_requests: Literal["crt", "boto3"] | None = None,
         conditional_writes: bool | None = None,
     ) -> None:
         if not bucket or "/" in bucket:
@@ -162,10 +155,11 @@ class S3ObjectStore(ObjectStore):
             raise ConfigurationError(
                 f"verify={verify!r}; use 'auto', 'checksum', 'md5' or 'read-back'"
             )
-        if downloader not in ("crt", "boto3"):
-            raise ConfigurationError(f"downloader={downloader!r}; use 'crt' or 'boto3'")
+        for option, value in (("downloader", downloader), ("small_requests", small_requests)):
+            if value not in (None, "crt", "boto3"):
+                raise ConfigurationError(f"{option}={value!r}; use 'crt' or 'boto3'")
         self.bucket = bucket
-        self.downloader = downloader
+        self.read_timeout = read_timeout
         self.max_attempts = max_attempts
         self.connect_timeout = connect_timeout
         self.prefix = prefix.lstrip("/")
@@ -194,7 +188,10 @@ class S3ObjectStore(ObjectStore):
             )
         # The server boto3 talks to: also AWS_ENDPOINT_URL(_S3) or a profile's endpoint_url.
         effective = endpoint_url or self._client.meta.endpoint_url
-        self.endpoint_url = None if _is_aws(effective) else effective
+        self.endpoint_url = None if is_aws(effective) else effective
+        # awscrt's client goes around proxies: with one for this server, boto3 does it all.
+        either: Literal["crt", "boto3"] = "boto3" if proxied(effective) else "crt"
+        self.downloader, self.small_requests = downloader or either, small_requests or either
         if verify == "auto":
             verify = "checksum" if self.endpoint_url is None else "md5"
         self.trusts_reported_checksum = verify == "checksum"
@@ -206,7 +203,7 @@ class S3ObjectStore(ObjectStore):
         )
         self._pool: ThreadPoolExecutor | None = None
         self._downloads: ThreadPoolExecutor | None = None
-        self._crt: CrtDownloader | None = None
+        self._crt: CrtClient | None = None
 
     def get_uri(self, object_name: str) -> str:
         return f"s3://{self.bucket}/{self._key(object_name)}"
@@ -294,47 +291,53 @@ class S3ObjectStore(ObjectStore):
         progress is worth. ``if_absent`` sends ``If-None-Match: *``, and a
         server's 412 raises :class:`_NameTaken`.
         """
-        md5_hex, headers = self._content_md5(data)
-        body: bytes | SentBytes = data
+        md5_hex, md5_header = self._content_md5(data)
+        headers = {"x-amz-checksum-crc64nvme": checksum.to_base64()}
+        if md5_header is not None:
+            headers["Content-MD5"] = md5_header
+        small = len(data) < PROGRESS_BODY_BYTES
         if if_absent:
             # Told only once written: the upload job takes the first bytes for
             # the start of a write, whose leftover a later attempt may replace,
             # and a refused condition wrote nothing (nor does a lost answer
             # leave other bytes than ours, which a retry then finds in place).
-            headers["IfNoneMatch"] = "*"
-        elif progress is not None and len(data) >= PROGRESS_BODY_BYTES:
-            body = SentBytes(data, progress)
-        elif progress is not None:
+            headers["If-None-Match"] = "*"
+        elif progress is not None and small:
             # Told before the request goes out: the upload job marks the first
             # bytes as the start of a write (an attempt that fails after it may
             # leave its object under the name, for the next one to replace).
             progress(len(data))
         try:
-            response = self._client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(name),
-                Body=body,
-                ChecksumCRC64NVME=checksum.to_base64(),
-                **headers,
-            )
+            if small and self.small_requests == "crt":
+                etag = self._crt_client().put(
+                    self._key(name), data, list(headers.items()), self.read_timeout
+                )
+            else:
+                body: bytes | SentBytes = data
+                if progress is not None and not (if_absent or small):
+                    body = SentBytes(data, progress)
+                params = {_BOTO3_PARAMETERS[header]: value for header, value in headers.items()}
+                etag = self._client.put_object(
+                    Bucket=self.bucket, Key=self._key(name), Body=body, **params
+                )["ETag"]
         except boto_errors.ClientError as exc:
-            if if_absent and _status(exc) == 412:
+            if if_absent and http_status(exc) == 412:
                 raise _NameTaken from None
             raise
         if if_absent and progress is not None:
             progress(len(data))
-        if md5_hex is not None and self._etag_matches(name, response["ETag"], md5_hex):
+        if md5_hex is not None and self._etag_matches(name, etag, md5_hex):
             return Verification.STORE_MD5
         return None
 
-    def _content_md5(self, data: bytes) -> tuple[str | None, dict[str, str]]:
-        """The MD5 to compare with the ETag, and the header that sends it (none
-        unless ``verify="md5"``: MD5 runs at 0.7 GB/s, worth it only in place of a
-        read-back)."""
+    def _content_md5(self, data: bytes) -> tuple[str, str] | tuple[None, None]:
+        """The MD5 to compare with the ETag (hex) and to send as ``Content-MD5``
+        (base64); none unless ``verify="md5"``: MD5 runs at 0.7 GB/s, worth it
+        only in place of a read-back."""
         if not self.checks_md5:
-            return None, {}
+            return None, None
         digest = hashlib.md5(data).digest()
-        return digest.hex(), {"ContentMD5": base64.b64encode(digest).decode()}
+        return digest.hex(), base64.b64encode(digest).decode()
 
     def _etag_matches(self, name: str, etag: str, md5_hex: str) -> bool:
         """Whether ``etag`` is the MD5 we sent; False when it is no MD5 at all.
@@ -390,7 +393,7 @@ class S3ObjectStore(ObjectStore):
         preallocate(fd, size)  # the file's blocks at once: no growth per write, ENOSPC first
         where = self.get_uri(name)
         if self.downloader == "crt" and size > 0:  # an empty object has no range to ask for
-            crt = self._crt_downloader()
+            crt = self._crt_client()
             return ObjectStat(name, size, crt.download(self._key(name), where, size, fd, progress))
         download = RangedDownload(
             self._client, self.bucket, self._key(name), where, size,
@@ -403,16 +406,22 @@ class S3ObjectStore(ObjectStore):
         yield from response["Body"].iter_chunks(chunk_size=MiB)
 
     def _stat(self, name: str) -> ObjectStat:
-        head = self._client.head_object(
-            Bucket=self.bucket, Key=self._key(name), ChecksumMode="ENABLED"
-        )
-        reported = head.get("ChecksumCRC64NVME")
+        if self.small_requests == "crt":
+            answer = self._crt_client().head(self._key(name), self.read_timeout)
+            size = answer["content-length"]
+            reported = answer.get("x-amz-checksum-crc64nvme")
+            kind = answer.get("x-amz-checksum-type")
+        else:
+            head = self._client.head_object(
+                Bucket=self.bucket, Key=self._key(name), ChecksumMode="ENABLED"
+            )
+            size, reported, kind = (
+                head["ContentLength"], head.get("ChecksumCRC64NVME"), head.get("ChecksumType")
+            )  # fmt: skip
         # CRC64NVME exists only as a full-object checksum; a COMPOSITE type
         # would mean a checksum of part checksums, which proves nothing here.
-        usable = reported and head.get("ChecksumType") != "COMPOSITE"
-        return ObjectStat(
-            name, int(head["ContentLength"]), Checksum.from_base64(reported) if usable else None
-        )
+        usable = reported if kind != "COMPOSITE" else None
+        return ObjectStat(name, int(size), Checksum.from_base64(usable) if usable else None)
 
     def _delete(self, name: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
@@ -447,10 +456,10 @@ class S3ObjectStore(ObjectStore):
                 )
         return self._downloads
 
-    def _crt_downloader(self) -> CrtDownloader:
-        with _SESSIONS_LOCK:  # one awscrt client per store, however many threads download
+    def _crt_client(self) -> CrtClient:
+        with _SESSIONS_LOCK:  # one awscrt client per store, however many threads use it
             if self._crt is None:
-                self._crt = CrtDownloader(
+                self._crt = CrtClient(
                     self.bucket,
                     self.endpoint_url,
                     bucket_region(self._client, self.bucket, self.endpoint_url),
@@ -474,12 +483,11 @@ class _NameTaken(Exception):
     """A conditional PUT found the name taken (never seen outside this module)."""
 
 
-def _status(exc: boto_errors.ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-
-
 _SESSIONS: dict[str | None, boto3.session.Session] = {}
 _SESSIONS_LOCK = threading.Lock()
+# A worker's main process makes S3 calls too (the resender's prunes) while
+# Celery forks pool children: a child must not inherit the lock held.
+os.register_at_fork(after_in_child=_SESSIONS_LOCK._at_fork_reinit)  # type: ignore[attr-defined]
 
 
 def _session(profile_name: str | None) -> boto3.session.Session:
@@ -489,10 +497,3 @@ def _session(profile_name: str | None) -> boto3.session.Session:
     if profile_name not in _SESSIONS:
         _SESSIONS[profile_name] = boto3.session.Session(profile_name=profile_name)
     return _SESSIONS[profile_name]
-
-
-def _is_aws(endpoint_url: str | None) -> bool:
-    if endpoint_url is None:
-        return True
-    host = urlsplit(endpoint_url).hostname or ""
-    return host.endswith(".amazonaws.com")

@@ -155,11 +155,19 @@ class RangedDownload:
             )
 
 
+WRITE_BYTES = 1024 * 1024
+"""Bytes per ``pwrite``. awscrt hands over whole 8 MiB parts; one ``pwrite`` of
+8 MiB into the page cache took 0.24 to 3.1 s a GiB from run to run on the
+2-core machine (the kernel's copy into the page cache), 1 MiB slices of the
+same buffers 0.33 to 0.38 s (docs/benchmarks.md, resume)."""
+
+
 def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write all of ``data`` into ``fd`` at ``offset`` (``os.pwrite`` may write less)."""
+    """Write all of ``data`` into ``fd`` at ``offset``, in slices of :data:`WRITE_BYTES`
+    (``os.pwrite`` may also write less than asked)."""
     view = memoryview(data)
-    while view:  # nearly always one call
-        written = os.pwrite(fd, view, offset)
+    while view:
+        written = os.pwrite(fd, view[:WRITE_BYTES], offset)
         view, offset = view[written:], offset + written
 
 

@@ -123,12 +123,24 @@ def translate_s3_error(
     return None
 
 
+def http_status(exc: boto_errors.ClientError) -> int:
+    """The HTTP status of an S3 error answer, 0 if it came without one.
+
+    Example:
+        >>> http_status(boto_errors.ClientError(
+        ...     {"Error": {"Code": "PreconditionFailed"},
+        ...      "ResponseMetadata": {"HTTPStatusCode": 412}}, "PutObject"))
+        412
+    """
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
 def _translate_client_error(
     exc: boto_errors.ClientError, bucket: str, where: str, endpoint: str, for_object: bool
 ) -> HoistError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    status = http_status(exc)
     detail = error.get("Message") or code
     if code == "NoSuchBucket" or (not for_object and status == 404):
         return ContainerNotFoundError(

@@ -107,7 +107,8 @@ class MultipartUpload:
 
     def _send(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         try:
-            md5_hex, headers = self.store._content_md5(data)
+            md5_hex, md5_header = self.store._content_md5(data)
+            headers = {} if md5_header is None else {"ContentMD5": md5_header}
             if self.store.trusts_reported_checksum:  # a server that validates it (AWS)
                 headers["ChecksumCRC64NVME"] = Checksum.of(data).to_base64()
             response = self.client.upload_part(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +102,9 @@ def store_class(kind: str) -> type[ObjectStore]:
 def kind_of(store_cls: type[ObjectStore]) -> str:
     """The spec kind for a store class (``S3ObjectStore`` → ``"s3"``)."""
     for kind in STORE_KINDS:
-        if issubclass(store_cls, store_class(kind)):
+        # A subclass of a kind's class exists only once that class's module is
+        # loaded: the other kinds (boto3, paramiko: 0.2 s a process) need not be.
+        if f"hoist.stores.{kind}" in sys.modules and issubclass(store_cls, store_class(kind)):
             return kind
     raise ConfigurationError(
         f"{store_cls.__name__} is not a hoist store class; use S3ObjectStore, SFTPObjectStore "
