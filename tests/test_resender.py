@@ -30,6 +30,7 @@ from hoist.protocol.sending import send, sender
 from hoist.state.keys import DEFERRED
 from hoist.state.records import Records
 from hoist.state.states import State
+from hoist.stores.allowed import AllowedStores
 from hoist.tasks.resender import Resender
 from hoist.tasks.worker_context import WorkerContext
 from tests.services.redis import RedisServer
@@ -250,7 +251,10 @@ def test_the_worker_resender_sends_to_the_broker_and_the_node_queue(
         WorkerContext,
         SimpleNamespace(
             records=records,
-            settings=SimpleNamespace(queued_timeout=TIMEOUT, broker_url=url, state_url=url),
+            settings=SimpleNamespace(
+                queued_timeout=TIMEOUT, broker_url=url, state_url=url, allowed=AllowedStores()
+            ),
+            store=None,  # no store clients: this resender finishes no prunes
         ),
     )
     resender = Resender.for_worker(context, sender(url))

@@ -208,6 +208,24 @@ def test_a_second_delivery_of_a_finished_upload_does_nothing(world: World) -> No
     assert world.fields(message)["attempts"] == "1"
 
 
+def test_a_redelivery_after_a_lost_settle_answer_removes_the_verified_staged_copy(
+    world: World,
+) -> None:
+    """A Redis restart can lose the answer of the settle that recorded an upload done:
+    the job stops before deleting the staged copy, and the redelivery, finding the
+    record done, deletes it (a failed upload's copy stays for `hoist retry`)."""
+    message = world.upload("lost-answer.bin", b"verified")
+    kept = Path(message.staged_path).read_bytes()
+    assert world.deliver(UPLOAD_TASK, message)["outcome"] == "done"
+    Path(message.staged_path).write_bytes(kept)  # as if the unlink never came
+    assert world.deliver(UPLOAD_TASK, message)["outcome"] == Claim.FINISHED.value
+    assert not Path(message.staged_path).exists()
+    failed = world.upload("failed.bin", b"bytes")
+    world.records.fail_queued(failed.id, "given up")
+    assert world.deliver(UPLOAD_TASK, failed)["outcome"] == Claim.FINISHED.value
+    assert Path(failed.staged_path).exists()
+
+
 def test_an_artifact_claimed_by_a_live_worker_is_left_to_it(world: World) -> None:
     message = world.upload("busy.bin")
     assert world.records.claim(message, UPLOAD_TASK, "elsewhere:1", 8) is Claim.CLAIMED

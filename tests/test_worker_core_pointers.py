@@ -51,13 +51,17 @@ from tests.test_worker_core import world as world  # the fixture, shared
 # ----- pointers -----------------------------------------------------------------
 
 
-def pointer(world: World, target: UploadRequest, name: str = "latest.pt", order: str = "") -> Any:
+def pointer(
+    world: World, target: UploadRequest, name: str = "latest.pt", order: str = "", **keep: int
+) -> Any:
+    """Record a pointer at ``target``, as ``symlink_artifact`` does (``keep``: keep_last...)."""
     seq = world.next_seq()
     fields = world.common(0, seq, name, f"{world.run}/{name}{POINTER_SUFFIX}")
     message = PointerRequest(
         **{**fields, "order": order or fields["order"]},
         target_id=target.id,
         target_object_name=target.object_name,
+        **keep,
     ).signed(KEYS)
     world.records.create(message, POINTER_TASK, world.spec.store_id)
     return message
@@ -227,7 +231,9 @@ def test_a_pointer_naming_another_object_than_its_target_fails(world: World) -> 
 # ----- checkpoint commits -------------------------------------------------------
 
 
-def commit(world: World, step: int, world_size: int, shards: dict[int, list[str]]) -> Any:
+def commit(
+    world: World, step: int, world_size: int, shards: dict[int, list[str]], **keep: int
+) -> Any:
     name = f"checkpoints/step-{step:08d}"
     for rank, ids in shards.items():
         world.records.register_shards(world.run, name, rank, world_size, ids)
@@ -243,6 +249,7 @@ def commit(world: World, step: int, world_size: int, shards: dict[int, list[str]
         step=step,
         world_size=world_size,
         prefix=f"{world.run}/{name}",
+        **keep,  # keep_last / keep_every (tests/test_retention.py)
     ).signed(KEYS)
     world.records.create_once(message, COMMIT_TASK)
     return message

@@ -45,7 +45,7 @@ def prune_run(
     for store_id, pointer in pointers:
         store = stores.get(StoreSpec.from_json(specs[store_id]))
         if dry_run:
-            planned = retention.plan(store_id, pointer, keep_last, keep_every)
+            planned = retention.plan(store, store_id, pointer, keep_last, keep_every)
             found.extend(measure(store, member) for member in planned)
         else:
             found.extend(retention.prune(store, store_id, pointer, keep_last, keep_every))
@@ -56,7 +56,8 @@ def run_gc(args: argparse.Namespace) -> int:
     """The ``--run`` form of ``hoist gc``: a table, or ``--json``."""
     keep_last = _keep("--keep-last", args.keep_last)
     keep_every = _keep("--keep-every", args.keep_every) if args.keep_every is not None else 0
-    retention = Retention(records_for(args).client, args.run)
+    records = records_for(args)
+    retention = Retention.of(records, args.run)
     stores = Stores(CommandSettings.from_environment().keys)
     try:
         found = prune_run(retention, stores, keep_last, keep_every, args.dry_run)

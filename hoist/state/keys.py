@@ -21,10 +21,12 @@ Keys (all under ``hoist:``):
 ``counters``                    hash: the fleet's counters (:mod:`hoist.state.counters`)
 ``history:<run>:<store>:<ptr>`` sorted set: a pointer's targets (:mod:`hoist.state.retention`)
 ``ordinal:<run>``               hash: each pointer's last ordinal (retention)
+``ordinals:<run>``              hash: each history entry's ordinal, none if never named
 ``named:<run>``                 hash: what each pointer of the run names or will name
 ``pruning:<run>``               hash: targets marked for deletion by retention
 ``pruned:<run>``                hash: objects retention deleted, with their bytes
 ``retention-stores:<run>``      hash: store id -> its spec's JSON (``hoist gc --run``)
+``retention-due``               sorted set: runs with marks not yet deleted, by mark time (ms)
 ==============================  ==================================================
 
 **Order key** is the one name of the ordering of versions: a string that
@@ -45,6 +47,10 @@ PREFIX = "hoist:"
 DEFERRED = f"{PREFIX}deferred"
 REFUSED = f"{PREFIX}refused"
 RUNS = f"{PREFIX}runs"
+RETENTION_DUE = f"{PREFIX}retention-due"
+"""Runs with retention marks not yet deleted, by when the oldest was made (ms): the
+resender finishes those a killed worker left (:func:`hoist.state.retention.overdue_runs`).
+Fleet-wide, like ``deferred``: a run leaves it when its last mark is deleted."""
 
 _SEPARATOR = "|"
 

@@ -176,6 +176,8 @@ class Job:
                 self.task,
                 self.message.id,
             )
+        if claim is Claim.FINISHED and refusal is None:
+            self.already_finished()
         if claim is not Claim.CLAIMED:
             return {"id": self.message.id, "outcome": claim.value}
         if refusal is not None:
@@ -194,6 +196,10 @@ class Job:
     def refuse(self) -> str | None:
         """A reason to fail the message without doing anything, or None."""
         return None
+
+    def already_finished(self) -> None:
+        """Called when this very message's record is finished: another delivery's outcome
+        stands; a job may tidy what that delivery could not."""
 
     def objects(self) -> list[str]:
         """Every object name this job may write or name in its store (checked against

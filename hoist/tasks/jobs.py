@@ -6,6 +6,7 @@ The steps they share are in :mod:`hoist.tasks.job`; the upload job is in
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -190,33 +191,46 @@ def retained(
 
     The target is protected before the PUT (and refused if retention took it);
     once the write is done and verified it joins the pointer's history, and
-    with ``keep_last`` the pointer's old targets are pruned. Any prune another
-    worker left half-way in this store is finished too. A failure of the prune
-    is logged, never the pointer's outcome: the marks stay for the next prune.
+    with ``keep_last`` the pointer's old targets are pruned. A write superseded
+    by a newer pointer never named its (verified) target, which joins the
+    history all the same, so the rule prunes it rather than leaking it. Any
+    prune another worker left half-way in this store is finished too. A failure
+    of the prune is logged, never the pointer's outcome: the marks stay for the
+    next prune or the resender's pass (:func:`hoist.state.retention.overdue_runs`).
     """
     message = job.message
     store_id, pointer = job.spec.store_id, message.object_name
-    retention = Retention(job.ctx.records.client, message.run_name)
+    records = job.ctx.records
+    retention = Retention.of(records, message.run_name)
     try:
-        retention.intend(store_id, pointer, target)
+        retention.intend(store_id, pointer, target, message.id)
     except RetentionError as exc:
-        newest = job.ctx.records.latest(store_id, pointer)
+        newest = records.latest(store_id, pointer)
         if newest is not None and newest.artifact != message.id:
             # A newer pointer of this name is logged (Lightning's save_top_k drops the
             # old best while its pointer waits): that one names a target, not this one.
             return job.settle(State.SUPERSEDED)
         return job.settle(State.FAILED, error=str(exc))
     outcome = write()
-    if outcome.get("outcome") != State.DONE.value:
-        retention.abandon(store_id, pointer)
+    written = outcome.get("outcome")
+    if written not in (State.DONE.value, State.SUPERSEDED.value):
+        retention.abandon(store_id, pointer, message.id)
         return outcome
     try:
-        retention.moved(store_id, message.store, pointer, kind, target)
+        named = written == State.DONE.value
+        retention.moved(
+            store_id, message.store, pointer, kind, target, message.id, message.order, named=named
+        )
         store = job.ctx.store(job.spec)
+        # Marks come from the state Redis: each is checked as this job's own objects were.
+        refusal = functools.partial(
+            job.ctx.settings.allowed.refusal, job.spec.kind, job.spec.kwargs
+        )
         if message.keep_last:
-            retention.prune(store, store_id, pointer, message.keep_last, message.keep_every)
+            keep = message.keep_last, message.keep_every
+            retention.prune(store, store_id, pointer, *keep, refusal)
         else:
-            retention.finish(store, store_id)
+            retention.finish(store, store_id, refusal)
     except Exception as exc:
         log.warning("%s: retention did not prune this time: %s", message.id, exc)
     return outcome

@@ -18,14 +18,26 @@ master: one ``PING`` through a Sentinel client of the broker every
 :data:`BROKER_LOOK_SECONDS` (the client asks the sentinels again when the
 master goes), and a new address is handled as a failover of the state Redis
 is. Without it those messages would wait ``HOIST_QUEUED_TIMEOUT``.
+
+The resender also finishes prunes a killed worker left (:mod:`hoist.state.retention`):
+every :data:`PRUNE_LOOK_SECONDS` it asks for runs whose retention marks are
+older than a lease time (:func:`~hoist.state.retention.overdue_runs`) and
+deletes them, on a thread of its own so that a long deletion (a step of many
+files) never holds back a deferred artifact. The store spec and the object
+names come from the state Redis, not from a signed message: each is checked
+against the fleet's allowed stores as every job's are, and one refused is
+logged and deleted from nowhere (its mark stays for an operator).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from celery import Celery
@@ -35,8 +47,12 @@ from hoist.protocol.redis_url import is_sentinel, master_address, redis_client
 from hoist.protocol.sending import send
 from hoist.state.keys import DEFERRED
 from hoist.state.records import ArtifactStatus, Records
+from hoist.state.retention import Retention, overdue_runs
 from hoist.state.schedule import check_queued, to_ms
 from hoist.state.states import State
+from hoist.stores.allowed import AllowedStores
+from hoist.stores.base import ObjectStore
+from hoist.stores.spec import StoreSpec
 from hoist.tasks.worker_context import WorkerContext
 
 log = logging.getLogger("hoist.resender")
@@ -46,6 +62,9 @@ Send = Callable[[str, Message], None]
 
 BROKER_LOOK_SECONDS = 1.0
 """How often a resender pings a broker of its own Sentinel group to see where its master is."""
+
+PRUNE_LOOK_SECONDS = 1.0
+"""How often a resender looks for prunes a killed worker left (one ZRANGEBYSCORE)."""
 
 
 class Resender:
@@ -60,6 +79,11 @@ class Resender:
         clock: the time, seconds since the epoch.
         broker: a Sentinel client of the broker, when the broker is a Sentinel group
             other than the state Redis's; its failovers are followed too.
+        stores: the store a spec names (a worker's store clients), for finishing
+            prunes a killed worker left; None: this resender finishes none.
+        allowed: the fleet's allowed stores (``--allow-store``): a prune's store and
+            objects are checked against them before anything is deleted (none
+            configured: every prune is refused).
     """
 
     def __init__(
@@ -71,6 +95,8 @@ class Resender:
         interval: float = 0.25,
         clock: Callable[[], float] = time.time,
         broker: redis.Redis | None = None,
+        stores: Callable[[StoreSpec], ObjectStore] | None = None,
+        allowed: AllowedStores | None = None,
     ) -> None:
         self.records = records
         self.send = send
@@ -86,6 +112,9 @@ class Resender:
         """The broker's master as last seen (a broker Sentinel group of its own only)."""
         self._broker_looked = float("-inf")
         self._broker_previous: tuple[str, int] | None = None
+        self.stores = stores
+        self.allowed = allowed or AllowedStores()
+        self._pruner: threading.Thread | None = None
 
     @classmethod
     def for_worker(cls, ctx: WorkerContext, app: Celery, interval: float = 0.25) -> Resender:
@@ -99,13 +128,20 @@ class Resender:
         if is_sentinel(settings.broker_url) and settings.broker_url != settings.state_url:
             broker = redis_client(settings.broker_url, settings.sentinel)
         return cls(
-            ctx.records, send_with_app, settings.queued_timeout, interval=interval, broker=broker
+            ctx.records,
+            send_with_app,
+            settings.queued_timeout,
+            interval=interval,
+            broker=broker,
+            stores=ctx.store,
+            allowed=settings.allowed,
         )
 
     def run_forever(self) -> None:
         """Send due artifacts until the process ends; never raises."""
         while True:
             try:
+                self._start_prunes()
                 if not self.send_due():
                     time.sleep(self.interval)
             except Exception as exc:
@@ -114,6 +150,78 @@ class Resender:
                 # deferred artifacts: it must not die.
                 log.warning("resender: %s; trying again in 1 s", exc)
                 time.sleep(1.0)
+
+    def _start_prunes(self) -> None:
+        """Start the one thread that finishes overdue prunes every :data:`PRUNE_LOOK_SECONDS`.
+
+        One thread for the process's life: store clients that are not thread-safe
+        are kept per thread (an SFTP connection), so a thread per look would open
+        a connection each time and never close it.
+        """
+        if self.stores is None or self._pruner is not None:
+            return
+
+        def prune_forever() -> None:
+            while True:
+                self.finish_prunes()  # never raises
+                time.sleep(PRUNE_LOOK_SECONDS)
+
+        self._pruner = threading.Thread(target=prune_forever, name="hoist-prunes", daemon=True)
+        self._pruner.start()
+
+    def finish_prunes(self) -> int:
+        """Delete what retention marked over a lease time ago and nobody deleted (its
+        worker was killed mid-prune); return how many targets went. Never raises: a
+        store that fails keeps its marks for the next look, a lease time later."""
+        if self.stores is None:
+            return 0
+        records = self.records
+        finished = 0
+        try:
+            runs = overdue_runs(records.client, self.clock(), records.lease_ms)
+        except Exception as exc:
+            log.warning("resender: could not look for unfinished prunes: %s", exc)
+            return 0
+        for run in runs:
+            retention = Retention.of(records, run)
+            try:
+                specs = retention.store_specs()
+                for store_id in sorted({mark.store_id for mark in retention.marked()}):
+                    if store_id not in specs:
+                        continue  # a mark without its store's spec: gc --run cannot reach it either
+                    spec = self._allowed_spec(run, store_id, specs[store_id])
+                    if spec is None:
+                        continue
+                    refusal = functools.partial(self.allowed.refusal, spec.kind, spec.kwargs)
+                    finished += len(retention.finish(self.stores(spec), store_id, refusal))
+                retention.forget_if_finished()  # marks expired with the run leave no entry
+            except Exception as exc:
+                log.warning("resender: the unfinished prune of run %s failed: %s", run, exc)
+        if finished:
+            log.info("resender: finished %d target(s) a stopped worker had marked", finished)
+        return finished
+
+    def _allowed_spec(self, run: str, store_id: str, held: dict[str, Any]) -> StoreSpec | None:
+        """The spec ``retention-stores:<run>`` holds for ``store_id``, or None (logged) if
+        it is not that store or this fleet has no allowed stores."""
+        # Each mark's objects are checked against the allowed stores in `finish`, before
+        # any deletion: an allow-list entry is a store and a prefix, so names are needed.
+        spec = StoreSpec.from_json(held)
+        why = None
+        if spec.store_id != store_id:
+            why = f"the spec held for store {store_id} describes store {spec.store_id}"
+        elif not self.allowed.configured:
+            why = "this fleet has no allowed stores"
+        if why is not None:
+            log.error(
+                "resender: refused the unfinished prune of run %s in store %s and deleted "
+                "nothing: %s; its marks stay for an operator",
+                run,
+                store_id,
+                why,
+            )
+            return None
+        return spec
 
     def send_due(self) -> int:
         """Send every due artifact; return how many were looked at.

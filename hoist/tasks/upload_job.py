@@ -63,6 +63,14 @@ class UploadJob(Job):
             return str(exc)
         return None
 
+    def already_finished(self) -> None:
+        # A settle whose answer a Redis restart lost leaves the record done and the
+        # staged copy in place (the copy goes only after the done is recorded): the
+        # redelivery finds it finished, and the verified upload's copy goes now.
+        status = self.ctx.records.get(self.message.id)
+        if status is not None and status.state is State.DONE:
+            self._remove_staged()
+
     def limits(self) -> list[Limit]:
         message = self.message
         return [
@@ -102,7 +110,10 @@ class UploadJob(Job):
                 self._report_progress,
                 interval=self.ctx.settings.progress_seconds,
             )
-            writing = False
+            # Whether an attempt began writing matters only to one that may not
+            # overwrite (replace_own_leftover below): with overwrite=True the mark
+            # would be a round trip per file for nothing.
+            writing = message.overwrite
 
             def on_bytes(nbytes: int) -> None:
                 nonlocal writing

@@ -38,6 +38,7 @@ NAMES = (
     "claim",
     "count_outcome",
     "create",
+    "drop_mark",
     "fail_queued",
     "raise_marker",
     "recheck_queued",
