@@ -41,6 +41,7 @@ from hoist.errors import ConfigurationError, UploadFailedError
 from hoist.integrations.composer import HoistDestination
 from hoist.state.records import Records
 from hoist.state.states import State as ArtifactState
+from tests import readme_snippets
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.redis import RedisServer
 from tests.services.workers import WorkerFleet
@@ -417,3 +418,30 @@ def test_remote_keep_last_keeps_the_newest_checkpoints_in_the_store(
         "ep0-ba4-rank0.pt",
         "latest-rank0.pt.symlink",
     ]
+
+
+# ----- the README's snippet: checked here, run by the compat suite -----------------------------
+
+COMPOSER_HEADING = "### Composer"
+
+
+def test_the_readme_snippet_compiles_and_calls_hoist_as_it_takes_it() -> None:
+    """Composer is not installed here: tests/compat/test_composer.py runs the snippet under
+    the real Trainer. Here: it compiles, imports HoistDestination from where it lives, and
+    the call it makes binds (a keyword only ``**logger_kwargs`` takes must be an
+    ``ObjectStoreLogger`` argument) and, its values being literals, builds."""
+    from hoist.logger.logger import ObjectStoreLogger
+
+    code = readme_snippets.required(COMPOSER_HEADING)
+    compile(code, str(readme_snippets.README), "exec")
+    ours = [c for c in readme_snippets.calls_of(code) if c.module.startswith("hoist")]
+    assert [(c.module, c.name) for c in ours] == [
+        ("hoist.integrations.composer", "HoistDestination")
+    ]
+    for call in ours:
+        readme_snippets.check_binds(call, HoistDestination, forwarded=ObjectStoreLogger)
+        assert call.literals is not None
+        assert HoistDestination(**call.literals).remote_keep_last == call.literals.get(
+            "remote_keep_last"
+        )
+    assert {c.name for c in readme_snippets.calls_of(code)} >= {"Trainer", "ComposerClassifier"}

@@ -29,8 +29,10 @@ import pytest
 from hoist import ObjectStoreLogger
 from hoist.errors import CheckpointError, ConfigurationError, ObjectNotFoundError
 from hoist.protocol.manifest import Manifest
+from hoist.protocol.messages import COMMIT_TASK
 from hoist.state.connection import connect
 from hoist.state.states import State
+from tests import readme_snippets
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.process import free_port
 from tests.services.redis import RedisServer
@@ -38,6 +40,7 @@ from tests.services.workers import WorkerFleet, clean_environment, wait_until
 
 torch = pytest.importorskip("torch", reason="the test extra installs torch")
 hoist_dcp = pytest.importorskip("hoist.integrations.dcp")
+dcp_folders = pytest.importorskip("hoist.integrations.dcp_folders")
 torch_dcp = pytest.importorskip("torch.distributed.checkpoint")
 from tests import dcp_job  # noqa: E402 (imports torch)
 
@@ -100,10 +103,17 @@ def committed_from(objects: Path, run: str, step: int) -> Manifest | None:
 
 def settled(redis_url: str, run: str) -> bool:
     """No record of the run is with a worker: each is finished, or queued and never sent
-    (a record the killed rank wrote but did not send waits for the watchdog's 300 s)."""
+    (a record the killed rank wrote but did not send waits for the watchdog's 300 s), or
+    a commit waiting for such files (it is sent again every 0.75 s until they land)."""
     records = connect(redis_url)
-    before = [(a.id, a.state) for a in records.run_artifacts(run)]
-    if not all(state.terminal or state is State.QUEUED for _, state in before):
+    artifacts = records.run_artifacts(run)
+    before = [(a.id, a.state) for a in artifacts]
+    waiting_commit = {
+        a.id for a in artifacts if a.state is State.WAITING and a.fields.get("task") == COMMIT_TASK
+    }
+    if not all(
+        state.terminal or state is State.QUEUED or id in waiting_commit for id, state in before
+    ):
         return False
     time.sleep(1.0)
     return [(a.id, a.state) for a in records.run_artifacts(run)] == before
@@ -182,11 +192,24 @@ def one_rank_state(step: int) -> dict[str, Any]:
     return {"model": {"w": torch.randn(5, 3, generator=generator)}, "step": step}
 
 
-def test_one_rank_loads_latest_and_a_step_number(logger: Any, redis_server: RedisServer) -> None:
+def test_one_rank_loads_latest_and_a_step_number_and_clears_what_killed_writes_left(
+    logger: Any, redis_server: RedisServer
+) -> None:
+    # What killed writes of this rank left (DCP's data file, no .metadata: never
+    # registered), of another step and of the next one, beside a staged file's name.
+    rank_folder = Path(hoist_dcp.write_folder(logger, 0)).parent
+    killed = [rank_folder / f"dcp-step-{step:08d}" for step in (7, 1)]
+    for folder in killed:
+        folder.mkdir(parents=True)
+        (folder / "__0_0.distcp").write_bytes(b"half a shard")
+    staged = rank_folder / "00000099-checkpoints__other.pt"
+    staged.write_bytes(b"a staged file waits for its upload")
     hoist_dcp.async_save(one_rank_state(1), 1, logger)
+    assert not killed[0].exists()  # gone before step 1 was written: any step's leftovers go
     hoist_dcp.save(one_rank_state(2), 2, logger)  # waits for step 1's async save first
-    hoist_dcp.wait(logger, timeout=60)
-    wait_until(lambda: settled(redis_server.url, logger.run_name), timeout=60)
+    hoist_dcp.wait(logger, timeout=60)  # the commits too: latest names step 2 on return
+    assert dcp_folders.abandoned(str(rank_folder)) == []
+    assert staged.read_bytes() == b"a staged file waits for its upload"  # never a file
     for asked, step in (("latest", 2), (1, 1)):
         into = one_rank_state(0)
         loaded = hoist_dcp.load(into, logger.run_name, asked, state_url=redis_server.url)
@@ -220,3 +243,40 @@ def test_a_step_never_committed_is_refused(
         hoist_dcp.load(one_rank_state(0), logger.run_name, 5, state_url=redis_server.url)
     with pytest.raises(ObjectNotFoundError, match="logged nothing named"):
         hoist_dcp.load(one_rank_state(0), logger.run_name, 7, state_url=redis_server.url)
+
+
+# ----- the README's snippet: saved, then resumed with --resume, in this process -----------------
+
+
+def test_the_readme_snippet_saves_then_resumes_from_the_newest_step(
+    fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README.md's DCP snippet as written, twice: steps 0 and 10 saved; then, with
+    ``--resume``, step 10 loaded into the model (equal to what the store holds) and
+    training goes on at 11, saving 20 and 30."""
+    code = readme_snippets.required("### torch.distributed.checkpoint (DCP)")
+    monkeypatch.setattr(sys, "argv", ["readme"])
+    first = readme_snippets.run(code, fleet, tmp_path, monkeypatch)
+    objects = tmp_path / "store" / "artifacts"
+    run = first["logger"].run_name
+    saved = pointed_manifest(objects, run)
+    assert first["start"] == 0 and saved is not None and saved.step == 10
+
+    loaded: list[dict[str, Any]] = []
+    real_load = hoist_dcp.load
+
+    def load(state_dict: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        done = real_load(state_dict, *args, **kwargs)  # the real load; what it loaded noted
+        loaded.append({k: v.clone() for k, v in state_dict["model"].items()})
+        return done
+
+    monkeypatch.setattr(sys, "argv", ["readme", "--resume"])
+    monkeypatch.setattr(hoist_dcp, "load", load)
+    second = readme_snippets.run(code, fleet, tmp_path, monkeypatch)
+    assert second["start"] == 11
+    stored = {k: torch.zeros_like(v) for k, v in loaded[0].items()}
+    torch_dcp.load({"model": stored}, checkpoint_id=objects / run / "checkpoints/step-00000010")
+    for name, value in stored.items():
+        assert torch.equal(loaded[0][name], value), name
+    newest = pointed_manifest(objects, run)
+    assert newest is not None and newest.step == 30

@@ -29,6 +29,7 @@ from hoist.errors import ConfigurationError, ObjectNotFoundError, UploadFailedEr
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.state.states import State
+from tests import readme_snippets
 from tests.conftest import serve_fleet, single_rank_local_store
 from tests.services.process import free_port
 from tests.services.redis import RedisServer
@@ -365,49 +366,14 @@ def test_refusals_before_anything_is_written(fleet: WorkerFleet, tmp_path: Path)
 
 # ----- the README's snippet ----------------------------------------------------------------------
 
-README = REPO / "README.md"
 HEADING = "### PyTorch Lightning"
-
-
-def readme_snippet(text: str) -> str | None:
-    """The first python code block below :data:`HEADING` (before the next heading), or None."""
-    _, found, rest = text.partition(HEADING + "\n")
-    if not found:
-        return None
-    code: list[str] | None = None
-    for line in rest.splitlines(keepends=True):
-        if code is not None:  # inside the block: a "# comment" is python, not a heading
-            if line.startswith("```"):
-                return "".join(code)
-            code.append(line)
-        elif line.startswith("```python"):
-            code = []
-        elif line.startswith("#"):
-            return None  # the next section: this one has no snippet
-    return None
-
-
-def run_snippet(
-    code: str, fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Run the snippet as a reader would: a store and a fleet named by ``HOIST_*``."""
-    store = tmp_path / "store"
-    (store / "artifacts").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOIST_BROKER_URL", fleet.broker_url)
-    monkeypatch.setenv("HOIST_STAGING_DIR", str(fleet.staging_root))
-    monkeypatch.setenv("HOIST_STORE_URI", f"file://{store / 'artifacts'}")
-    exec(compile(code, str(README), "exec"), {"__name__": "readme"})  # noqa: S102
 
 
 def test_the_readme_snippet_runs(
     fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The snippet below README.md's Lightning heading, as written (lit-demo, 3 + 1 epochs)."""
-    code = readme_snippet(README.read_text())
-    if code is None:
-        pytest.skip(f"README.md has no {HEADING!r} section with a python snippet yet")
-    run_snippet(code, fleet, tmp_path, monkeypatch)
+    readme_snippets.run(readme_snippets.required(HEADING), fleet, tmp_path, monkeypatch)
     objects = tmp_path / "store" / "artifacts"
     target = (objects / "lit-demo" / "checkpoints" / "latest.ckpt.symlink").read_text()
     assert target.startswith("lit-demo/checkpoints/epoch=")

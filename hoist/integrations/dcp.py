@@ -17,8 +17,8 @@ writer thread), and the coordinator (rank 0) also ``.metadata``, written
 after every rank's data files. Each rank writes into a folder of its own,
 ``<staging root>/<run>/rank<r>/dcp-step-<step>``: DCP's writer needs no
 filesystem shared by the ranks, and the rank logs every file in it, so the
-committed step holds all of them. A folder left by a write that was killed
-is emptied by the next write of the same step.
+committed step holds all of them. What a killed write left there is removed
+by the rank's next write, of any step (:mod:`hoist.integrations.dcp_folders`).
 
 Decisions:
 
@@ -82,6 +82,8 @@ from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 from hoist.download import Resolved, download_checkpoint, resolve
 from hoist.errors import CheckpointError, HoistError, ObjectNotFoundError
+from hoist.integrations.dcp_folders import fresh_folder
+from hoist.integrations.dcp_folders import write_folder as write_folder  # public here before
 from hoist.keys import FleetKeys
 from hoist.logger.logger import ObjectStoreLogger
 from hoist.protocol.manifest import Manifest, checkpoint_name, is_manifest, manifest_object
@@ -127,23 +129,6 @@ def _saves_of(logger: ObjectStoreLogger) -> _Saves:
     if saves is None:
         saves = _SAVES[logger] = _Saves()
     return saves
-
-
-def write_folder(logger: ObjectStoreLogger, step: int) -> str:
-    """Where this rank's DCP writer writes ``step``: a folder of the rank's in the staging root.
-
-    Inside the staging root, so the files are renamed into their staged
-    places on the same filesystem, never copied.
-
-    Example:
-        >>> logger = ObjectStoreLogger(provider="local", container="c",  # doctest: +SKIP
-        ...                            run_name="llm-1", upload_staging_folder="/staging")
-        >>> write_folder(logger, 100)  # doctest: +SKIP
-        '/staging/llm-1/rank0/dcp-step-00000100'
-    """
-    checkpoint_name(step)  # refuses a step that is no whole number >= 0
-    rank = f"rank{logger.ranks.rank}"
-    return os.path.join(logger.staging_root, logger.run_name, rank, f"dcp-step-{step:08d}")
 
 
 def save(
@@ -379,7 +364,7 @@ def _write(
 
     ``writing``: the ``FileSystemWriter``'s ``thread_count`` and ``sync_files``.
     """
-    folder = _fresh_folder(logger, step)
+    folder = fresh_folder(logger, step)
     thread_count, sync_files = writing
     writer = torch_dcp.FileSystemWriter(folder, thread_count=thread_count, sync_files=sync_files)
     try:
@@ -389,14 +374,6 @@ def _write(
     except DCP_ERRORS as exc:
         raise _failed(what, step, exc) from exc
     return folder, answer
-
-
-def _fresh_folder(logger: ObjectStoreLogger, step: int) -> str:
-    folder = write_folder(logger, step)
-    # Only this rank writes here; what a killed write of this step left must not be logged.
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    return folder
 
 
 def _world(group: Any) -> int:

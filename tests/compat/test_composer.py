@@ -6,7 +6,8 @@ with those pins and runs this module there (tests/conftest.py collects
 tests/compat/ only where Composer is installed). Each job is a real Composer
 run (tests/compat/composer_job.py) in its own process, under ``python`` or
 Composer's own launcher (``composer -n 2``), uploading through
-``HoistDestination`` to a Libcloud ``local`` store.
+``HoistDestination`` to a Libcloud ``local`` store; README.md's Composer
+snippet runs in this process, as written (tests/readme_snippets.py).
 
 The calls the real Trainer made on ``HoistDestination`` are compared with
 tests/compat/composer_calls.json, which tests/test_composer.py checks its
@@ -29,10 +30,13 @@ from typing import Any
 import pytest
 import torch
 
+from hoist.state.connection import connect
+from hoist.state.states import State as ArtifactState
+from tests import readme_snippets
 from tests.conftest import serve_fleet
 from tests.services.process import free_port
 from tests.services.redis import RedisServer
-from tests.services.workers import WorkerFleet, clean_environment
+from tests.services.workers import WorkerFleet, clean_environment, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CALLS = Path(__file__).with_name("composer_calls.json")
@@ -264,3 +268,60 @@ def test_a_missing_container_fails_in_the_trainer_constructor(
     assert last.startswith("hoist.errors.ConfigurationError: "), done.stderr[-3000:]
     assert f"{missing.parent} of provider 'local' does not exist" in last, last
     assert not (tmp_path / "job" / f"{RUN}-missing" / "checkpoints").exists()
+
+
+def test_the_readme_snippet_runs_keeps_two_and_autoresumes_in_an_empty_folder(
+    fleet: WorkerFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README.md's Composer snippet as written, in this process: 3 epochs, a checkpoint
+    each, ``remote_keep_last=2``; then, given a 4th epoch, again in an empty folder, where
+    ``autoresume`` goes on from the newest checkpoint through the store's pointer."""
+    code = readme_snippets.required("### Composer")
+    objects = tmp_path / "store" / "artifacts"
+    first = readme_snippets.run(code, fleet, tmp_path / "first", monkeypatch, objects)
+    run = first["trainer"].state.run_name
+    folder = objects / run / "checkpoints"
+
+    def held() -> list[str]:
+        return sorted(p.name for p in folder.iterdir())
+
+    # The prune follows the pointer's move on a worker: fit may return before it.
+    kept = kept_by_retention(fleet, run, 2)
+    wait_until(lambda: held() == kept, timeout=30)
+    assert {"ep2-ba8-rank0.pt", "ep3-ba12-rank0.pt"} <= set(kept)
+    for name in ("ep2-ba8-rank0.pt", "ep3-ba12-rank0.pt"):
+        local = tmp_path / "first" / run / "checkpoints" / name
+        assert (folder / name).read_bytes() == local.read_bytes(), name
+    assert (
+        folder / "latest-rank0.pt.symlink"
+    ).read_text() == f"{run}/checkpoints/ep3-ba12-rank0.pt"
+
+    # The same job given one epoch more (the unchanged snippet would have nothing to train).
+    assert code.count('max_duration="3ep"') == 1
+    longer = code.replace('max_duration="3ep"', 'max_duration="4ep"')
+    second = readme_snippets.run(longer, fleet, tmp_path / "second", monkeypatch, objects)
+    assert int(second["trainer"].state.timestamp.epoch) == 4
+    kept = kept_by_retention(fleet, run, 2)
+    wait_until(lambda: held() == kept, timeout=30)
+    assert {"ep3-ba12-rank0.pt", "ep4-ba16-rank0.pt"} <= set(kept)  # batch 16: on from 12
+    # Nothing of the first run's folder was there: epoch 3 came from the store.
+    assert not (tmp_path / "second" / run / "checkpoints" / "ep3-ba12-rank0.pt").exists()
+    assert (
+        folder / "latest-rank0.pt.symlink"
+    ).read_text() == f"{run}/checkpoints/ep4-ba16-rank0.pt"
+
+
+def kept_by_retention(fleet: WorkerFleet, run: str, keep_last: int) -> list[str]:
+    """What ``keep_last`` leaves of the run's checkpoints folder, by the pointers' records:
+    the targets of the newest ``keep_last`` pointers in the order they were logged
+    (written or superseded: retention goes by that order, not by which write finished
+    first), and the pointer."""
+    pointers = [
+        a
+        for a in connect(fleet.broker_url).run_artifacts(run)
+        if a.message.get("target_object_name")
+    ]
+    assert all(a.state in (ArtifactState.DONE, ArtifactState.SUPERSEDED) for a in pointers)
+    logged = sorted(pointers, key=lambda a: a.message["order"])
+    names = {Path(a.message["target_object_name"]).name for a in logged[-keep_last:]}
+    return sorted(names | {"latest-rank0.pt.symlink"})
