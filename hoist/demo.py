@@ -21,7 +21,7 @@ import time
 from hoist.errors import ConfigurationError, HoistError
 from hoist.logger.levels import LogLevel
 from hoist.logger.logger import ObjectStoreLogger
-from hoist.settings import CommandSettings
+from hoist.settings import CommandSettings, environment
 from hoist.stores.spec import store_class
 from hoist.stores.uri import parse_store_uri
 
@@ -41,7 +41,7 @@ def make_logger(store_uri: str) -> ObjectStoreLogger:
 
 def train(store_uri: str, steps: int, checkpoint_every: int, checkpoint_mib: float) -> None:
     """Train the toy model on this rank, logging to the store ``store_uri`` names."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = int(environment().get("RANK", "0"))
     rng = random.Random(rank)
     workdir = tempfile.mkdtemp(prefix=f"hoist-demo-rank{rank}-")
     log_path = os.path.join(workdir, "train.log")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         train(store_uri, args.steps, args.checkpoint_every, args.checkpoint_mib)
     except HoistError as exc:
-        print(f"rank {os.environ.get('RANK', '0')}: {exc}", file=sys.stderr)
+        print(f"rank {environment().get('RANK', '0')}: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -38,18 +38,6 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 """Where ranks and workers look for Redis when ``HOIST_BROKER_URL`` is unset."""
 
 
-def _text(raw: str) -> str:
-    return raw
-
-
-def _whole(raw: str) -> int:
-    return int(raw)
-
-
-def _number(raw: str) -> float:
-    return float(raw)
-
-
 def _flag(raw: str) -> bool:
     return raw not in ("", "0")
 
@@ -61,8 +49,8 @@ def _words(raw: str) -> tuple[str, ...]:
 _UNIT_WORDS = {"s": "seconds"}
 
 _MEANING: dict[Callable[[str], Any], str] = {
-    _whole: "a whole number",
-    _number: "a number",
+    int: "a whole number",
+    float: "a number",
 }
 
 
@@ -112,28 +100,28 @@ class Variable:
 RANKS, WORKERS, CLI, ALL = "ranks", "workers", "CLI", "ranks, workers, CLI"
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable("HOIST_BROKER_URL", _text, None, "", ALL,
+    Variable("HOIST_BROKER_URL", str, None, "", ALL,
              "the Redis broker (redis://, rediss://, sentinel://)", shown=DEFAULT_BROKER_URL),
-    Variable("HOIST_STATE_URL", _text, None, "", ALL,
+    Variable("HOIST_STATE_URL", str, None, "", ALL,
              "the Redis holding artifact records", shown="the broker"),
-    Variable("HOIST_SENTINEL_MASTER", _text, "hoist", "", ALL,
+    Variable("HOIST_SENTINEL_MASTER", str, "hoist", "", ALL,
              "the master's name for sentinel:// URLs (a `master_name` parameter wins)"),
-    Variable("HOIST_SENTINEL_PASSWORD", _text, None, "", ALL,
+    Variable("HOIST_SENTINEL_PASSWORD", str, None, "", ALL,
              "Sentinel's own password, for sentinel:// URLs", shown="none", secret=True),
-    Variable("HOIST_STAGING_DIR", _text, None, "", f"{RANKS}, {WORKERS}",
+    Variable("HOIST_STAGING_DIR", str, None, "", f"{RANKS}, {WORKERS}",
              "the staging root ranks write to and workers read from", shown="none"),
     Variable(FLEET_KEY_ENV, FleetKeys.parse, None, "", ALL,
              "fleet keys, newest first, comma-separated (`hoist keygen`)", shown="none",
              secret=True),
-    Variable("HOIST_RUN_NAME", _text, None, "", RANKS,
+    Variable("HOIST_RUN_NAME", str, None, "", RANKS,
              "the run's name when the logger is given none", shown="generated"),
-    Variable("HOIST_NODE_QUEUE", _text, None, "", f"{RANKS}, {WORKERS}",
+    Variable("HOIST_NODE_QUEUE", str, None, "", f"{RANKS}, {WORKERS}",
              "this node's upload queue, for node-local staging", shown="none"),
-    Variable("HOIST_ENQUEUE_TIMEOUT", _number, 30.0, "s", RANKS,
+    Variable("HOIST_ENQUEUE_TIMEOUT", float, 30.0, "s", RANKS,
              "how long a rank retries an unreachable Redis before raising"),
-    Variable("HOIST_MAX_STAGED_BYTES", _whole, 0, "bytes", RANKS,
+    Variable("HOIST_MAX_STAGED_BYTES", int, 0, "bytes", RANKS,
              "bytes a rank may keep in staging before a call waits; 0 for no bound"),
-    Variable("HOIST_RETENTION_DAYS", _number, 14.0, "days", ALL,
+    Variable("HOIST_RETENTION_DAYS", float, 14.0, "days", ALL,
              "how long finished records are kept"),
     Variable(ALLOWED_STORES_ENV, _words, (), "", WORKERS,
              "space-separated store URIs the fleet may upload to", shown="none"),
@@ -141,46 +129,52 @@ VARIABLES: tuple[Variable, ...] = (
              "1: upload wherever a signed message says", shown="0"),
     Variable("HOIST_INSECURE_UNSIGNED", _flag, False, "", WORKERS,
              "1: accept unsigned messages when there is no fleet key", shown="0"),
-    Variable("HOIST_STORE_LIMIT", _whole, 0, "uploads", WORKERS,
+    Variable("HOIST_STORE_LIMIT", int, 0, "uploads", WORKERS,
              "uploads to one store at once, fleet-wide; 0 for no limit"),
     Variable("HOIST_SHARED_BACKOFF", _flag, True, "", WORKERS,
              "0: a throttling store lowers no fleet-wide ceiling, each worker backs off alone",
              shown="1"),
-    Variable("HOIST_MAX_RETRIES", _whole, 8, "attempts", WORKERS,
+    Variable("HOIST_MAX_RETRIES", int, 8, "attempts", WORKERS,
              "attempts after transient errors before an upload fails"),
-    Variable("HOIST_MAX_DELIVERIES", _whole, 8, "deliveries", WORKERS,
+    Variable("HOIST_MAX_DELIVERIES", int, 8, "deliveries", WORKERS,
              "deliveries without an outcome before an artifact fails"),
-    Variable("HOIST_LEASE_SECONDS", _number, 30.0, "s", WORKERS,
+    Variable("HOIST_LEASE_SECONDS", float, 30.0, "s", WORKERS,
              "how long a claim or lease lives without a heartbeat"),
-    Variable("HOIST_BACKOFF_BASE", _number, 1.0, "s", WORKERS,
+    Variable("HOIST_BACKOFF_BASE", float, 1.0, "s", WORKERS,
              "first retry's delay; it doubles each retry"),
-    Variable("HOIST_BACKOFF_MAX", _number, 300.0, "s", WORKERS,
+    Variable("HOIST_BACKOFF_MAX", float, 300.0, "s", WORKERS,
              "longest delay between retries"),
-    Variable("HOIST_WAIT_SECONDS", _number, 0.5, "s", WORKERS,
+    Variable("HOIST_WAIT_SECONDS", float, 0.5, "s", WORKERS,
              "how soon an upload held back by a limit is tried again"),
-    Variable("HOIST_PROGRESS_SECONDS", _number, 0.5, "s", WORKERS,
+    Variable("HOIST_PROGRESS_SECONDS", float, 0.5, "s", WORKERS,
              "how often an upload in flight reports its bytes"),
-    Variable("HOIST_VISIBILITY_TIMEOUT", _whole, 7200, "s", WORKERS,
+    Variable("HOIST_VISIBILITY_TIMEOUT", int, 7200, "s", WORKERS,
              "before the broker hands an unacknowledged message to another worker"),
-    Variable("HOIST_QUEUED_TIMEOUT", _number, 300.0, "s", WORKERS,
+    Variable("HOIST_QUEUED_TIMEOUT", float, 300.0, "s", WORKERS,
              "how long an artifact may stay queued before it is sent again"),
-    Variable("HOIST_STORE_URI", _text, None, "", f"{RANKS}, {CLI}",
+    Variable("HOIST_STORE_URI", str, None, "", f"{RANKS}, {CLI}",
              "the store of a logger given none, and of `hoist download` and `hoist demo`",
              shown="none"),
-    Variable("HOIST_SFTP_PASSWORD", _text, None, "", CLI,
+    Variable("HOIST_SFTP_PASSWORD", str, None, "", CLI,
              "the password of an sftp:// store URI", shown="none", secret=True),
-    Variable("HOIST_HOME", _text, None, "", CLI,
+    Variable("HOIST_HOME", str, None, "", CLI,
              "the embedded cluster's folder (`--home`)", shown="nearest .hoist upward"),
-    Variable("HOIST_FLOWER_URL", _text, None, "", CLI,
+    Variable("HOIST_FLOWER_URL", str, None, "", CLI,
              "Flower's address, for the demo's summary", shown="none"),
-    Variable("HOIST_FLOWER_USER", _text, None, "", "Flower",
+    Variable("HOIST_FLOWER_USER", str, None, "", "Flower",
              "Flower's login (with HOIST_FLOWER_PASSWORD)", shown="none"),
-    Variable("HOIST_FLOWER_PASSWORD", _text, None, "", "Flower",
+    Variable("HOIST_FLOWER_PASSWORD", str, None, "", "Flower",
              "Flower's password", shown="none", secret=True),
 )  # fmt: skip
 """Every variable hoist reads, in the order of docs/operations.md's table."""
 
 BY_NAME: dict[str, Variable] = {variable.name: variable for variable in VARIABLES}
+
+
+def environment(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """``environ``, else the process's: the one reader of ``os.environ`` in the library
+    (``HOIST_*``, ``RANK``, ``SLURM_*``; checked by tests/test_structure.py)."""
+    return os.environ if environ is None else environ
 
 
 def read(name: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -192,7 +186,7 @@ def read(name: str, environ: Mapping[str, str] | None = None) -> Any:
         >>> read("HOIST_STORE_LIMIT", {})
         0
     """
-    return BY_NAME[name].read(os.environ if environ is None else environ)
+    return BY_NAME[name].read(environment(environ))
 
 
 def broker_url(environ: Mapping[str, str] | None = None) -> str:
@@ -247,7 +241,7 @@ class SentinelSettings:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> SentinelSettings:
-        env = os.environ if environ is None else environ
+        env = environment(environ)
         return cls(read("HOIST_SENTINEL_MASTER", env), read("HOIST_SENTINEL_PASSWORD", env))
 
 
@@ -284,7 +278,7 @@ class RankSettings:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> RankSettings:
-        env = os.environ if environ is None else environ
+        env = environment(environ)
         broker = broker_url(env)
         timeout = read("HOIST_ENQUEUE_TIMEOUT", env)
         if timeout <= 0:
@@ -375,7 +369,7 @@ class WorkerSettings:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
-        env = os.environ if environ is None else environ
+        env = environment(environ)
         broker = broker_url(env)
         return cls(
             broker_url=broker,
@@ -460,7 +454,7 @@ class CommandSettings:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> CommandSettings:
-        env = os.environ if environ is None else environ
+        env = environment(environ)
         broker = configured_broker_url(env)
         return cls(
             broker_url=broker,

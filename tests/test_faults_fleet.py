@@ -49,6 +49,8 @@ LEASE_SECONDS = 3
 """Short leases, so that recovery from a dead worker (about two lease times) is quick."""
 QUEUED_TIMEOUT = 8
 """How long an artifact may stay queued, never claimed, before it is sent again."""
+UNCLAIMED_TIMEOUT = 5
+"""The same, where only the one unclaimed artifact is queued: its recovery takes this long."""
 
 
 # ----- fixtures ---------------------------------------------------------------
@@ -307,7 +309,7 @@ def test_worker_killed_between_taking_a_message_and_claiming_it(
     message from the broker but no task ever claims the record; then the whole
     group is SIGKILLed. kombu keeps the message in its unacknowledged set for
     the visibility timeout (2 h); hoist sends it again after ``queued_timeout``."""
-    fleet = fleets(count=1, concurrency=1, HOIST_QUEUED_TIMEOUT=str(QUEUED_TIMEOUT))
+    fleet = fleets(count=1, concurrency=1, HOIST_QUEUED_TIMEOUT=str(UNCLAIMED_TIMEOUT))
     victim = fleet.workers[0]
     assert victim.proc is not None
     pool = descendants(victim.proc.pid)
@@ -341,12 +343,18 @@ def test_worker_killed_between_taking_a_message_and_claiming_it(
     assert staged_files(staging_root, run) == []
     logger.close()
     print(
-        f"\n[killed before claiming] queued_timeout {QUEUED_TIMEOUT} s: lost 0, duplicates "
+        f"\n[killed before claiming] queued_timeout {UNCLAIMED_TIMEOUT} s: lost 0, duplicates "
         f"{writes - 1}, verified {recovered:.1f} s after the kill"
     )
 
 
 # ----- 2. a worker stopped gracefully ---------------------------------------
+
+
+SIGTERM_FILE_BYTES = 16 * MiB
+"""At S3's multipart threshold: each upload is a multipart session, as a checkpoint's is."""
+SIGTERM_RATE = 16 * MiB
+"""Two uploads in flight share it, 2 s each: longer than the 1 s grace, short for a suite."""
 
 
 @pytest.mark.parametrize("grace", [None, 1.0], ids=["waits-for-uploads", "grace-expires"])
@@ -365,7 +373,7 @@ def test_worker_sigterm_with_uploads_in_flight(
     one (Kubernetes' grace period ends in SIGKILL), what it had in hand is
     handed back, and a fresh worker finishes it. Nothing is lost either way.
     """
-    proxy.set_rate(24 * MiB)  # two 32 MiB uploads share it: each lasts seconds
+    proxy.set_rate(SIGTERM_RATE)  # two uploads share it: each lasts about 2 s, past the grace
     fleet = fleets(count=1, concurrency=2)
     run = unique(f"sigterm-{'grace' if grace else 'wait'}")
     logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
@@ -374,7 +382,7 @@ def test_worker_sigterm_with_uploads_in_flight(
     ids = []
     for n in range(4):
         artifact, expected[f"{run}/f{n}.bin"] = log_random(
-            logger, tmp_path, run, f"f{n}.bin", 32 * MiB
+            logger, tmp_path, run, f"f{n}.bin", SIGTERM_FILE_BYTES
         )
         ids.append(artifact)
     worker = fleet.workers[0]
@@ -404,6 +412,8 @@ def test_worker_sigterm_with_uploads_in_flight(
             worker.proc.wait(grace)
         except subprocess.TimeoutExpired:
             _kill_group(worker)
+    # The fault is over once the worker is gone: the fresh one uploads at full speed.
+    proxy.set_rate(None)
     fleet.add()
     for artifact in ids:
         status = wait_until(lambda a=artifact: settled(records, a), timeout=180, interval=0.05)
@@ -415,7 +425,8 @@ def test_worker_sigterm_with_uploads_in_flight(
     logger.close()
     print(
         f"\n[SIGTERM, {'no deadline' if grace is None else f'SIGKILL after {grace} s'}] "
-        f"{len(in_flight_now)} in flight of 4 x 32 MiB: lost 0, duplicates {duplicates}, "
+        f"{len(in_flight_now)} in flight of 4 x {SIGTERM_FILE_BYTES // MiB} MiB: lost 0, "
+        f"duplicates {duplicates}, "
         f"all verified {recovered:.1f} s after SIGTERM"
     )
 
@@ -443,7 +454,7 @@ def test_redis_restart_while_ranks_log_and_workers_upload(
         actions.append(["file", f"logs/step{step}-rank{{rank}}.txt", 64 * 1024 + step, False])
         if step % 10 == 5:
             actions.append(["file", f"ckpt/step{step}-rank{{rank}}.pt", 20 * MiB, False])
-        actions.append(["sleep", 0.2])
+        actions.append(["sleep", 0.1])  # still logging when Redis stops, 1-2 s in
     job = RankJob(
         run,
         {
@@ -546,7 +557,9 @@ def test_upload_outliving_visibility_timeout_is_not_uploaded_twice(
     """With a 2 s visibility timeout the broker hands each long upload's message
     to other workers again and again; each copy finds the live claim and stops.
     The proxy sees one multipart session per object, never two at once."""
-    proxy.set_rate(6 * MiB)  # two 24 MiB uploads share it: about 8 s each
+    # Two 20 MiB uploads share it: about 5 s each, past a redelivery (the 2 s timeout,
+    # then the unacked scan, every 1 s here); 8 s uploads showed the same 2 deliveries.
+    proxy.set_rate(8 * MiB)
     fleet = fleets(count=2, concurrency=2, HOIST_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT))
     run = unique("visibility")
     logger = make_logger(run, store, broker, staging_root, proxy.endpoint_url)
@@ -554,7 +567,7 @@ def test_upload_outliving_visibility_timeout_is_not_uploaded_twice(
     ids = []
     for n in range(2):
         artifact, expected[f"{run}/ckpt{n}.pt"] = log_random(
-            logger, tmp_path, run, f"ckpt{n}.pt", 24 * MiB
+            logger, tmp_path, run, f"ckpt{n}.pt", 20 * MiB
         )
         ids.append(artifact)
     logger.wait(timeout=180)

@@ -452,7 +452,7 @@ def test_a_failover_of_a_broker_of_its_own_resends_at_once(
     }
     settings = WorkerSettings.from_environment(environ)
     records = Records.from_url(own_redis.url)
-    ctx = SimpleNamespace(settings=settings, records=records)
+    ctx = SimpleNamespace(settings=settings, records=records, store=None)  # finishes no prunes
     resender = Resender.for_worker(ctx, sender(group.url, settings.sentinel))  # type: ignore[arg-type]
     assert resender.broker is not None  # the worker's own resender watches the broker
     sent: list[str] = []

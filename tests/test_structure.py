@@ -100,6 +100,22 @@ def test_no_module_reads_the_environment_when_imported() -> None:
     assert run.returncode == 0, run.stderr[-3000:]
 
 
+ENVIRONMENT_WRITERS = ("workers/envfile.py", "workers/flower.py")
+"""They write the environment (``<home>/env``, Flower's login), never read a setting."""
+
+
+def test_only_the_settings_model_and_the_command_line_read_the_environment() -> None:
+    """Not only ``HOIST_*``: the launcher's ``RANK`` and ``SLURM_*`` too come through
+    ``hoist.settings.environment()``, so a caller's own mapping is never bypassed."""
+    offenders = [
+        f"{relative(path)}:{line}"
+        for path in MODULES
+        if not relative(path).startswith(ENVIRONMENT_EDGES + ENVIRONMENT_WRITERS)
+        for line in _environment_reads(ast.parse(path.read_text()))
+    ]
+    assert not offenders, "read through hoist.settings.environment():\n" + "\n".join(offenders)
+
+
 def _function_imports(tree: ast.Module) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(tree):

@@ -12,7 +12,6 @@ constructor; nothing the logger does later reads the environment.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from hoist.logger.staging import StagingMode, staging_mode
 from hoist.protocol.layout import staging_root_from
 from hoist.protocol.messages import node_queue as node_queue_name
 from hoist.protocol.naming import ObjectNameTemplate, validate_run_name
-from hoist.settings import RankSettings, SentinelSettings
+from hoist.settings import RankSettings, SentinelSettings, environment
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, kind_of
 from hoist.stores.uri import parse_store_uri
@@ -229,7 +228,7 @@ class LoggerConfiguration:
             ConfigurationError: an argument or a variable is invalid; the
                 message names it.
         """
-        env: Mapping[str, str] = os.environ if environ is None else environ
+        env = environment(environ)
         settings = RankSettings.from_environment() if settings is None else settings
         info = RankInfo.from_environment(env, **ranks)
         template = ObjectNameTemplate(object_name)

@@ -20,12 +20,12 @@ Sources, first match wins for each field:
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from hoist.errors import ConfigurationError
+from hoist.settings import environment
 
 _TORCHRUN_MARKERS = ("RANK", "WORLD_SIZE")
 _SLURM_MARKER = "SLURM_PROCID"
@@ -80,7 +80,7 @@ class RankInfo:
         """Read the rank facts from the launcher's environment.
 
         Parameters:
-            environ: the environment to read; ``os.environ`` when ``None``.
+            environ: the environment to read; the process's when ``None``.
             rank: overrides the environment when not ``None``.
             local_rank: overrides the environment when not ``None``.
             world_size: overrides the environment when not ``None``.
@@ -103,7 +103,7 @@ class RankInfo:
             >>> RankInfo.from_environment({}, rank=2, world_size=4).local_rank
             2
         """
-        env: Mapping[str, str] = os.environ if environ is None else environ
+        env = environment(environ)
         values: dict[str, int] = {}
         sources: dict[str, str] = {}
         for name, value in (
@@ -168,7 +168,7 @@ def launcher_run_name(environ: Mapping[str, str] | None = None) -> str | None:
     neither the logger's ``run_name`` nor ``HOIST_RUN_NAME`` does.
 
     Parameters:
-        environ: the environment to read; ``os.environ`` when ``None``.
+        environ: the environment to read; the process's when ``None``.
 
     Returns:
         ``TORCHELASTIC_RUN_ID`` (unless torchrun's placeholder ``none``), else
@@ -180,7 +180,7 @@ def launcher_run_name(environ: Mapping[str, str] | None = None) -> str | None:
         >>> launcher_run_name({}) is None
         True
     """
-    env: Mapping[str, str] = os.environ if environ is None else environ
+    env = environment(environ)
     torchrun = env.get("TORCHELASTIC_RUN_ID")
     if torchrun and torchrun != "none":
         return torchrun

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from hoist.errors import ConfigurationError, HoistError
 from hoist.keys import new_fleet_key
+from hoist.settings import environment
 from hoist.stores.allowed import ALLOWED_STORES_ENV
 from hoist.workers.envfile import (
     changed_variables,
@@ -384,7 +385,7 @@ class LocalCluster:
         ]  # fmt: skip
 
     def _env(self, values: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(environment())
         env.pop("HOIST_STATE_URL", None)  # records live in this cluster's Redis
         env.update(values or {})
         env["PYTHONUNBUFFERED"] = "1"  # logs as they happen, for readiness and for people

@@ -64,11 +64,24 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it: :meth:`wait_ready` waits.
+
+        Several servers launched first and waited for after start up side by
+        side (a ``hoist worker`` spends about two seconds importing and connecting).
+        """
         env = {**os.environ, **(self.env or {})}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the launched process is ready; stop it and raise if it exits or times out."""
+        assert self.proc is not None, f"{self.name} was never launched"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

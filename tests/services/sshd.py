@@ -66,6 +66,8 @@ class SshServer:
         self.username = getpass.getuser()
         self.root = workdir / "sftp-root"
         self.root.mkdir(exist_ok=True)
+        self.session_home = workdir / "session-home"
+        self.session_home.mkdir(exist_ok=True)
 
         self.host_public_key = generate_key(workdir / "ssh_host_ed25519_key")
         self.key_filename = str(workdir / "id_ed25519")
@@ -96,6 +98,12 @@ class SshServer:
                 f"PidFile {self.workdir / 'sshd.pid'}",
                 "PermitRootLogin prohibit-password",
                 "Subsystem sftp internal-sftp",
+                # A command session's bash reads ~/.bashrc (Debian's bash does when sshd
+                # starts it), and this machine's root's runs `pyenv init`: 150-180 ms of
+                # every hash command hoist runs. An empty home of its own keeps the server
+                # what a store's is; SFTP paths and the commands' directory come from the
+                # account (pw_dir), not from $HOME.
+                f"SetEnv HOME={self.session_home}",
                 "LogLevel VERBOSE",
                 # Match blocks run to the end of the file, so this one goes last.
                 f"Match LocalPort {self.read_only_port}",
