@@ -44,12 +44,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.failed:
         for server in _running:
-            report.sections.append(
-                (
-                    f"log of {server.process.name} ({server.process.log_path})",
-                    server.process.log_tail(),
+            # A fleet attaches every worker's log: the one that took a redelivery
+            # after a kill is rarely the first.
+            for process in getattr(server, "workers", [server.process]):
+                report.sections.append(
+                    (f"log of {process.name} ({process.log_path})", process.log_tail())
                 )
-            )
 
 
 def _serve(server: Any) -> Iterator[Any]:

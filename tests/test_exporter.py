@@ -164,7 +164,7 @@ def test_a_real_run_raises_the_backlog_and_it_returns_to_zero(
         rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0,
     )  # fmt: skip
     count = 6
-    worker = fleet.process.proc
+    worker = fleet.workers[0].proc
     assert worker is not None
     pid = worker.pid  # started in a session of its own: its pool shares its process group
     os.killpg(pid, signal.SIGSTOP)  # the worker and its pool: nothing is taken meanwhile

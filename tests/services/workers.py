@@ -74,11 +74,6 @@ class WorkerFleet:
         )
         return proc
 
-    @property
-    def process(self) -> ServerProcess:
-        """The first worker, for the log attached to failing tests."""
-        return self.workers[0]
-
     def start(self) -> None:
         # Side by side: one after the other, a fleet of two took 5-7 s to start.
         for worker in self.workers:
