@@ -56,7 +56,7 @@ from hoist.state.schedule import (
     to_ms,
     watchdog_due_ms,
 )
-from hoist.state.scripts import register
+from hoist.state.scripts import ScriptCall, register, run_together
 from hoist.state.signals import count_failure, failures
 from hoist.state.states import Claim, State
 
@@ -340,16 +340,16 @@ class Records:
         *,
         retry_in: float | None = None,
         release: Sequence[str] = (),
+        then: Sequence[ScriptCall] = (),
         **fields: Any,
-    ) -> None:
-        """Record an outcome and let go, in one round trip.
+    ) -> list[Any]:
+        """Record an outcome and let go, in one round trip with ``then`` (the fleet's counters).
 
-        Writes ``state`` and ``fields`` (non-scalars as JSON), resets the
-        delivery count, releases the claim if ``token`` still holds it and
-        the leases under the keys in ``release``. With ``retry_in`` the
-        artifact falls due that many seconds from now; without, it leaves
-        the deferred schedule. A terminal state gets ``finished_at`` and
-        makes the record expire after ``retention_seconds``.
+        Writes ``state`` and ``fields`` (non-scalars as JSON), resets the delivery
+        count, releases the claim if ``token`` still holds it and the leases in
+        ``release``; with ``retry_in`` the artifact falls due that many seconds from
+        now, else leaves the schedule; a terminal state gets ``finished_at`` and
+        expires after ``retention_seconds``. Returns ``then``'s replies or errors.
         """
         now = time.time()
         due = "" if retry_in is None else str(to_ms(now + retry_in))
@@ -362,14 +362,18 @@ class Records:
         keys = [record_key(artifact), owner_key(artifact), DEFERRED, *release]
         args = [token, artifact, due, keep, *values]
         if state is not State.FAILED:
-            self._settle(keys=keys, args=args)
-            return
-        # The failure and the rank's failure counter in one transaction: a rank
-        # that sees the counter rise finds the record failed.
+            settled, *replies = run_together(
+                self.client, [ScriptCall(self._settle, keys, args), *then]
+            )
+            if isinstance(settled, Exception):
+                raise settled
+            return replies
+        # One transaction: a rank that sees its failure counter rise finds the record failed.
         pipe = self.client.pipeline(transaction=True)
         self._settle(keys=keys, args=args, client=pipe)
         self._count_failure(artifact, pipe)
         pipe.execute()
+        return run_together(self.client, then) if then else []
 
     def count_attempt(self, artifact: str, **fields: str | float) -> tuple[int, bool]:
         """Count one try at the store and record ``fields`` with it, in one round trip.
@@ -387,12 +391,8 @@ class Records:
         return int(attempts), bool(started)
 
     def record_bytes_sent(self, artifact: str, nbytes: int) -> None:
-        """Note how many bytes the upload in flight has sent so far: one HSET.
-
-        The upload job calls it at the throttled progress cadence, never per
-        chunk; ``hoist status`` reads it while the artifact is uploading (an
-        attempt resets it to 0 when it begins, see :meth:`count_attempt`).
-        """
+        """Note the bytes the upload in flight has sent (one HSET, at the progress cadence;
+        ``hoist status`` reads it; :meth:`count_attempt` resets it)."""
         self.client.hset(record_key(artifact), "bytes_sent", nbytes)
 
     def mark_write_started(self, artifact: str, attempt: int) -> None:

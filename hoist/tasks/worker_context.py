@@ -10,6 +10,7 @@ sockets.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from hoist.keys import FleetKeys
 from hoist.settings import WorkerSettings
+from hoist.state.counters import FleetCounters
 from hoist.state.records import Records
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, store_class
@@ -46,6 +48,11 @@ class WorkerContext:
     store: StoreFactory
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+
+    @functools.cached_property
+    def counters(self) -> FleetCounters:
+        """The fleet's counters, in the records' Redis (:mod:`hoist.state.counters`)."""
+        return FleetCounters(self.records.client)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> WorkerContext:
