@@ -46,7 +46,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for server in _running:
             # A fleet attaches every worker's log: the one that took a redelivery
             # after a kill is rarely the first.
-            for process in getattr(server, "workers", [server.process]):
+            for process in server.workers if hasattr(server, "workers") else [server.process]:
                 report.sections.append(
                     (f"log of {process.name} ({process.log_path})", process.log_tail())
                 )

@@ -1,4 +1,5 @@
-"""Scripts sent together (hoist.state.scripts.run_together), against the suite's real Redis."""
+"""Scripts sent together (hoist.state.scripts.run_together, Records.settle's ``then``),
+against a Redis of this module's own: its command counts are this module's alone."""
 
 from __future__ import annotations
 
@@ -8,16 +9,24 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from hoist.state.records import Records
 from hoist.state.scripts import ScriptCall, run_together
+from hoist.state.states import State
+from tests.conftest import _serve
 from tests.services.redis import RedisServer
 
 APPEND = "return redis.call('APPEND', KEYS[1], ARGV[1])"
 FAIL = "return redis.error_reply('refused: ' .. ARGV[1])"
 
 
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from _serve(RedisServer(tmp_path_factory.mktemp("together-redis")))
+
+
 @pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     yield client
     client.close()
 
@@ -52,4 +61,20 @@ def test_a_script_the_server_lost_is_loaded_and_an_error_is_returned_not_raised(
     replies = run_together(client, [ScriptCall(append, [key], ["x"]), ScriptCall(fail, [], ["no"])])
     assert replies[0] == 1 and client.get(key) == "x"
     assert isinstance(replies[1], redis.ResponseError) and "refused: no" in str(replies[1])
+    client.delete(key)
+
+
+@pytest.mark.parametrize("state", [State.DONE, State.FAILED])
+def test_a_settle_returns_what_went_with_it_and_stands_when_that_failed(
+    client: redis.Redis, state: State
+) -> None:
+    records, artifact = Records(client), f"together-{uuid.uuid4().hex}"
+    key = f"test-together:{uuid.uuid4().hex}"
+    append, fail = client.register_script(APPEND), client.register_script(FAIL)
+    then = [ScriptCall(fail, [], ["counters"]), ScriptCall(append, [key], ["z"])]
+    replies = records.settle(artifact, "token", state, then=then, error="why")
+    assert isinstance(replies[0], redis.ResponseError) and replies[1] == 1
+    status = records.get(artifact)
+    assert status is not None and status.state is state and status.error == "why"
+    assert client.get(key) == "z"
     client.delete(key)

@@ -343,14 +343,12 @@ class Records:
         then: Sequence[ScriptCall] = (),
         **fields: Any,
     ) -> list[Any]:
-        """Record an outcome and let go, in one round trip with ``then`` (the fleet's counters).
-
-        Writes ``state`` and ``fields`` (non-scalars as JSON), resets the delivery
-        count, releases the claim if ``token`` still holds it and the leases in
-        ``release``; with ``retry_in`` the artifact falls due that many seconds from
-        now, else leaves the schedule; a terminal state gets ``finished_at`` and
-        expires after ``retention_seconds``. Returns ``then``'s replies or errors.
-        """
+        """Record an outcome and let go, with ``then`` (the fleet's counters) in the same round
+        trip (after the failure's transaction when failed). Writes ``state`` and ``fields``
+        (non-scalars as JSON), resets deliveries, releases the claim if ``token`` holds it
+        and the leases in ``release``; due in ``retry_in`` s, else out of the schedule; a
+        terminal state gets ``finished_at`` and expires after ``retention_seconds``.
+        Returns ``then``'s replies or errors; raises if the settle's own answer does."""
         now = time.time()
         due = "" if retry_in is None else str(to_ms(now + retry_in))
         keep = str(self.retention_seconds) if state.terminal else ""
@@ -373,7 +371,10 @@ class Records:
         self._settle(keys=keys, args=args, client=pipe)
         self._count_failure(artifact, pipe)
         pipe.execute()
-        return run_together(self.client, then) if then else []
+        try:
+            return run_together(self.client, then) if then else []
+        except redis.RedisError as exc:  # the outcome stands; only ``then`` was lost
+            return [exc]
 
     def count_attempt(self, artifact: str, **fields: str | float) -> tuple[int, bool]:
         """Count one try at the store and record ``fields`` with it, in one round trip.
@@ -400,10 +401,8 @@ class Records:
         self.client.hsetnx(record_key(artifact), "write_started", attempt)
 
     def raise_marker(self, key: str, value: str) -> bool:
-        """Set the marker ``key`` to ``value`` unless it already holds that or a later one.
-
-        Returns True if raised. See :mod:`hoist.state.keys` for what a marker holds.
-        """
+        """Set marker ``key`` (:mod:`hoist.state.keys`) to ``value`` unless it holds that or
+        a later one; True if raised."""
         return bool(self._raise(keys=[key], args=[value, self.retention_seconds]))
 
     def latest(self, store_id: str, object_name: str) -> Marker | None:

@@ -294,7 +294,11 @@ class Job:
     def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
         # The leases and the fleet's counters go in the same round trip; the job ends here.
         held = self.leases.forget_all()
-        counted = self._counted(state, fields)
+        try:
+            counted = self._counted(state, fields)
+        except Exception as exc:  # a count must never cost the outcome
+            log.warning("%s: the fleet's counters were not updated: %s", self.message.id, exc)
+            counted = None
         replies = self.ctx.records.settle(
             self.message.id,
             self.token,
@@ -304,8 +308,8 @@ class Job:
             then=[counted] if counted is not None else [],
             **fields,
         )
-        # After the settle, so a count never runs ahead of the record; a lost count
-        # is logged, never the outcome.
+        # The count goes after the settle in the same pipeline (ahead of it only when
+        # Redis had lost the settle's script); a lost count is logged, never the outcome.
         for reply in replies:
             if isinstance(reply, Exception):
                 log.warning("%s: the fleet's counters were not updated: %s", self.message.id, reply)
