@@ -108,11 +108,11 @@ def main() -> None:
         (save if args.mode == "save" else load)(args, mesh)
     finally:
         dist.destroy_process_group()
-    # A loader rank crashed with SIGSEGV in interpreter finalization twice in about
-    # 25 runs of the test (torch 2.13, gloo; 2026-12-02 and 12-03), after its summary was
-    # written and the process group destroyed, with no Python frame to show and
-    # no thread but the main one alive (checked). The job's work is done here, so
-    # it ends without running finalization; the README says so for users.
+    # Ranks of this job crashed at exit twice in about 25 runs of its test (torch
+    # 2.13, gloo; 2026-12-02 and 12-03); the second, a loader in CI, died of SIGSEGV
+    # in interpreter finalization after writing its summary and destroying the
+    # process group, with no Python frame to show and only the main thread alive
+    # (checked). The work is done here, so the job ends without finalization.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
