@@ -38,7 +38,7 @@ import redis
 
 from hoist.errors import HoistError
 from hoist.state.keys import PREFIX, reply_text
-from hoist.state.scripts import ScriptCall, register
+from hoist.state.scripts import register
 
 COUNTERS = f"{PREFIX}counters"
 """The hash of every counter (field ``<metric>|<store>[|<label>]`` -> count)."""
@@ -123,16 +123,10 @@ class FleetCounters:
 
         Nothing to count is no round trip.
         """
-        if (call := self.call(artifact_record, outcome, now)) is not None:
-            call.script(keys=list(call.keys), args=list(call.args))
-
-    def call(self, artifact_record: str, outcome: Outcome, now: float) -> ScriptCall | None:
-        """What :meth:`count` runs, to send beside another script
-        (:func:`~hoist.state.scripts.run_together`); None when there is nothing to count."""
         if not (
             outcome.attempted or outcome.failed_class or outcome.verified or outcome.lease_wait
         ):
-            return None
+            return
         args: list[str | int | float] = [
             outcome.store,
             int(outcome.attempted),
@@ -143,7 +137,7 @@ class FleetCounters:
             int(outcome.lease_wait),
             *(_bound(b) for b in BUCKETS),
         ]
-        return ScriptCall(self._count, [COUNTERS, artifact_record], args)
+        self._count(keys=[COUNTERS, artifact_record], args=args)
 
     def read(self) -> Counters:
         """Every counter now (one ``HGETALL``)."""

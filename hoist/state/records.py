@@ -56,7 +56,7 @@ from hoist.state.schedule import (
     to_ms,
     watchdog_due_ms,
 )
-from hoist.state.scripts import ScriptCall, register, run_together
+from hoist.state.scripts import register
 from hoist.state.signals import count_failure, failures
 from hoist.state.states import Claim, State
 
@@ -340,15 +340,17 @@ class Records:
         *,
         retry_in: float | None = None,
         release: Sequence[str] = (),
-        then: Sequence[ScriptCall] = (),
         **fields: Any,
-    ) -> list[Any]:
-        """Record an outcome and let go, with ``then`` (the fleet's counters) in the same round
-        trip (after the failure's transaction when failed). Writes ``state`` and ``fields``
-        (non-scalars as JSON), resets deliveries, releases the claim if ``token`` holds it
-        and the leases in ``release``; due in ``retry_in`` s, else out of the schedule; a
-        terminal state gets ``finished_at`` and expires after ``retention_seconds``.
-        Returns ``then``'s replies or errors; raises if the settle's own answer does."""
+    ) -> None:
+        """Record an outcome and let go, in one round trip.
+
+        Writes ``state`` and ``fields`` (non-scalars as JSON), resets the
+        delivery count, releases the claim if ``token`` still holds it and
+        the leases under the keys in ``release``. With ``retry_in`` the
+        artifact falls due that many seconds from now; without, it leaves
+        the deferred schedule. A terminal state gets ``finished_at`` and
+        makes the record expire after ``retention_seconds``.
+        """
         now = time.time()
         due = "" if retry_in is None else str(to_ms(now + retry_in))
         keep = str(self.retention_seconds) if state.terminal else ""
@@ -360,21 +362,14 @@ class Records:
         keys = [record_key(artifact), owner_key(artifact), DEFERRED, *release]
         args = [token, artifact, due, keep, *values]
         if state is not State.FAILED:
-            settled, *replies = run_together(
-                self.client, [ScriptCall(self._settle, keys, args), *then]
-            )
-            if isinstance(settled, Exception):
-                raise settled
-            return replies
-        # One transaction: a rank that sees its failure counter rise finds the record failed.
+            self._settle(keys=keys, args=args)
+            return
+        # The failure and the rank's failure counter in one transaction: a rank
+        # that sees the counter rise finds the record failed.
         pipe = self.client.pipeline(transaction=True)
         self._settle(keys=keys, args=args, client=pipe)
         self._count_failure(artifact, pipe)
         pipe.execute()
-        try:
-            return run_together(self.client, then) if then else []
-        except redis.RedisError as exc:  # the outcome stands; only ``then`` was lost
-            return [exc]
 
     def count_attempt(self, artifact: str, **fields: str | float) -> tuple[int, bool]:
         """Count one try at the store and record ``fields`` with it, in one round trip.
@@ -392,8 +387,12 @@ class Records:
         return int(attempts), bool(started)
 
     def record_bytes_sent(self, artifact: str, nbytes: int) -> None:
-        """Note the bytes the upload in flight has sent (one HSET, at the progress cadence;
-        ``hoist status`` reads it; :meth:`count_attempt` resets it)."""
+        """Note how many bytes the upload in flight has sent so far: one HSET.
+
+        The upload job calls it at the throttled progress cadence, never per
+        chunk; ``hoist status`` reads it while the artifact is uploading (an
+        attempt resets it to 0 when it begins, see :meth:`count_attempt`).
+        """
         self.client.hset(record_key(artifact), "bytes_sent", nbytes)
 
     def mark_write_started(self, artifact: str, attempt: int) -> None:
@@ -401,8 +400,10 @@ class Records:
         self.client.hsetnx(record_key(artifact), "write_started", attempt)
 
     def raise_marker(self, key: str, value: str) -> bool:
-        """Set marker ``key`` (:mod:`hoist.state.keys`) to ``value`` unless it holds that or
-        a later one; True if raised."""
+        """Set the marker ``key`` to ``value`` unless it already holds that or a later one.
+
+        Returns True if raised. See :mod:`hoist.state.keys` for what a marker holds.
+        """
         return bool(self._raise(keys=[key], args=[value, self.retention_seconds]))
 
     def latest(self, store_id: str, object_name: str) -> Marker | None:

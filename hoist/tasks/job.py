@@ -31,11 +31,10 @@ from hoist.protocol.messages import (
     check_order,
 )
 from hoist.protocol.signing import verify
-from hoist.state.counters import Outcome, error_class
+from hoist.state.counters import FleetCounters, Outcome, error_class
 from hoist.state.keys import pointer_key, record_key
 from hoist.state.leases import Leases, name_lock
 from hoist.state.schedule import backoff_delay, hold_back_delay
-from hoist.state.scripts import ScriptCall
 from hoist.state.states import Claim, State
 from hoist.state.throttle import Throttle
 from hoist.stores.spec import StoreSpec
@@ -292,33 +291,19 @@ class Job:
     # ----- outcomes ---------------------------------------------------------
 
     def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
-        # The leases and the fleet's counters go in the same round trip; the job ends here.
+        # The leases go in the same round trip; the job ends here.
         held = self.leases.forget_all()
-        try:
-            counted = self._counted(state, fields)
-        except Exception as exc:  # a count must never cost the outcome
-            log.warning("%s: the fleet's counters were not updated: %s", self.message.id, exc)
-            counted = None
-        replies = self.ctx.records.settle(
-            self.message.id,
-            self.token,
-            state,
-            retry_in=retry_in,
-            release=held,
-            then=[counted] if counted is not None else [],
-            **fields,
+        self.ctx.records.settle(
+            self.message.id, self.token, state, retry_in=retry_in, release=held, **fields
         )
-        # The count goes after the settle in the same pipeline (ahead of it only when
-        # Redis had lost the settle's script); a lost count is logged, never the outcome.
-        for reply in replies:
-            if isinstance(reply, Exception):
-                log.warning("%s: the fleet's counters were not updated: %s", self.message.id, reply)
         if state is State.FAILED:
             log.error("%s (%s) failed: %s", self.message.id, self.message.object_name, fields)
+        self._count(state, fields)
         return {"id": self.message.id, "outcome": state.value, **fields}
 
-    def _counted(self, state: State, fields: dict[str, Any]) -> ScriptCall | None:
-        """This settle's addition to the fleet's counters (:mod:`hoist.state.counters`)."""
+    def _count(self, state: State, fields: dict[str, Any]) -> None:
+        """Add this settle to the fleet's counters: after the settle, so a count
+        never runs ahead of the record; a lost count is logged, never the outcome."""
         verified = state is State.DONE and "uri" in fields
         sent = 0 if int(fields.get("already_present", 0)) else int(fields.get("size", 0))
         outcome = Outcome(
@@ -332,7 +317,12 @@ class Job:
         self._attempt_counted = self._attempt_counted or outcome.attempted
         self._failed_class = ""
         self._lease_wait = False
-        return self.ctx.counters.call(record_key(self.message.id), outcome, self.ctx.clock())
+        try:
+            FleetCounters(self.ctx.records.client).count(
+                record_key(self.message.id), outcome, self.ctx.clock()
+            )
+        except Exception as exc:
+            log.warning("%s: the fleet's counters were not updated: %s", self.message.id, exc)
 
     def lease_wait(self, reason: str) -> dict[str, Any]:
         """Hold back because a limit stayed full (counted as a lease wait)."""

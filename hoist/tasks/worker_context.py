@@ -10,7 +10,6 @@ sockets.
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import threading
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 
 from hoist.keys import FleetKeys
 from hoist.settings import WorkerSettings
-from hoist.state.counters import FleetCounters
 from hoist.state.records import Records
 from hoist.stores.base import ObjectStore
 from hoist.stores.spec import StoreSpec, store_class
@@ -48,11 +46,6 @@ class WorkerContext:
     store: StoreFactory
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
-
-    @functools.cached_property
-    def counters(self) -> FleetCounters:
-        """The fleet's counters, in the records' Redis (:mod:`hoist.state.counters`)."""
-        return FleetCounters(self.records.client)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> WorkerContext:

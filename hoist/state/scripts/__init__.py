@@ -16,10 +16,7 @@ Two things are put in front of a script's text when it is read:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -95,34 +92,3 @@ def source(name: str) -> str:
 def register(client: redis.Redis, name: str) -> Script:
     """Script ``name`` registered on ``client``: calling it runs EVALSHA (EVAL the first time)."""
     return client.register_script(source(name))
-
-
-@dataclass(frozen=True)
-class ScriptCall:
-    """One run of a registered script, to send beside others (:func:`run_together`)."""
-
-    script: Script
-    keys: Sequence[Any]
-    args: Sequence[Any]
-
-
-def run_together(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Run ``calls`` in order in one round trip; each one's reply, or the exception it raised.
-
-    A pipeline of plain ``EVALSHA`` commands, not redis-py's scripts in a
-    pipeline, which ask ``SCRIPT EXISTS`` first: a second round trip each time.
-    Not a transaction: each call is atomic on its own, as when run alone. A
-    script the server does not hold (restarted, failed over: ``NOSCRIPT``) is
-    loaded and that call alone run again, after the others.
-    """
-    pipe = client.pipeline(transaction=False)
-    for call in calls:
-        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-    replies: list[Any] = pipe.execute(raise_on_error=False)
-    for index, (reply, call) in enumerate(zip(replies, calls, strict=True)):
-        if isinstance(reply, redis.exceptions.NoScriptError):
-            try:
-                replies[index] = call.script(keys=list(call.keys), args=list(call.args))
-            except redis.RedisError as exc:
-                replies[index] = exc
-    return replies
