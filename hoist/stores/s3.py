@@ -52,10 +52,11 @@ from botocore.config import Config
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError
 from hoist.stores.base import ObjectStat, ObjectStore, Verification
 from hoist.stores.checksum import Checksum, HashingReader, Progress, SentBytes
+from hoist.stores.file_writes import preallocate
 from hoist.stores.leftovers import Leftover, s3_multipart_uploads
 from hoist.stores.s3_config import S3TransferConfig
 from hoist.stores.s3_crt import CrtClient, bucket_region, is_aws, proxied
-from hoist.stores.s3_download import RangedDownload, preallocate
+from hoist.stores.s3_download import RangedDownload
 from hoist.stores.s3_errors import http_status, translate_s3_error
 from hoist.stores.s3_multipart import MultipartUpload
 

@@ -51,7 +51,7 @@ from awscrt.exceptions import AwsCrtError
 
 from hoist.errors import ChecksumMismatchError
 from hoist.stores.checksum import Checksum, Progress
-from hoist.stores.s3_download import write_at
+from hoist.stores.file_writes import write_at
 
 Credentials = Callable[[], Any]
 """Returns botocore ``Credentials`` (or None): the store's client's, read per request."""

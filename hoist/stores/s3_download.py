@@ -18,7 +18,6 @@ part in flight: ``max_concurrency * READ_BYTES`` whatever the object's size.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from awscrt.checksums import combine_crc64nvme, crc64nvme
 
 from hoist.errors import ChecksumMismatchError
 from hoist.stores.checksum import Checksum, Progress
+from hoist.stores.file_writes import write_at
 
 READ_BYTES = 1024 * 1024
 """Bytes read from a response per call: large enough that Python's cost per
@@ -153,27 +153,3 @@ class RangedDownload:
             raise ChecksumMismatchError(
                 f"{self.where} changed while it was downloaded: {held} bytes, expected {length}"
             )
-
-
-WRITE_BYTES = 1024 * 1024
-"""Bytes per ``pwrite``. awscrt hands over whole 8 MiB parts; one ``pwrite`` of
-8 MiB into the page cache took 0.24 to 3.1 s a GiB from run to run on the
-2-core machine (the kernel's copy into the page cache), 1 MiB slices of the
-same buffers 0.33 to 0.38 s (docs/benchmarks.md, resume)."""
-
-
-def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write all of ``data`` into ``fd`` at ``offset``, in slices of :data:`WRITE_BYTES`
-    (``os.pwrite`` may also write less than asked)."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view[:WRITE_BYTES], offset)
-        view, offset = view[written:], offset + written
-
-
-def preallocate(fd: int, size: int) -> None:
-    """Give the file ``fd`` its ``size`` bytes now (a full disk fails here, not mid-way)."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError:  # a file system without fallocate (some network and FUSE mounts)
-        os.ftruncate(fd, size)
