@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from hoist import __version__, settings
 from hoist.commands import COMMANDS
-from hoist.commands.cluster_access import DEFAULT_HOME, find_home
 from hoist.commands.console import console
+from hoist.commands.home import DEFAULT_HOME, find_home
 from hoist.commands.startup import long_lived, whole_process
 from hoist.errors import HoistError
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from hoist.checkpoints import DownloadedCheckpoint, fetch_checkpoint
@@ -38,16 +39,15 @@ from hoist.errors import (
 )
 from hoist.keys import FleetKeys
 from hoist.protocol.manifest import is_manifest
-from hoist.protocol.messages import COMMIT_TASK
 from hoist.protocol.pointers import POINTER_SUFFIX, PointerError, read_pointer
 from hoist.settings import CommandSettings
-from hoist.state.connection import NO_CLUSTER, connect
-from hoist.state.records import ArtifactStatus, Records
-from hoist.state.states import State
 from hoist.stores.base import ObjectStat, ObjectStore
 from hoist.stores.checksum import ALGORITHM, Checksum, Progress
-from hoist.stores.spec import StoreSpec, store_class
+from hoist.stores.spec import store_class
 from hoist.stores.uri import parse_store_uri, store_from_uri
+
+if TYPE_CHECKING:  # the records (and redis) are imported only to look a run up
+    from hoist.state.records import Records
 
 MAX_HOPS = 8
 STORE_URI_ENV = "HOIST_STORE_URI"
@@ -210,7 +210,10 @@ def resolve(
     guessed_root = False
     recorded: dict[str, Checksum] = {}
     if run is not None:
-        found, name, owned, recorded = _in_run(source, run, records, state_url, fleet_key)
+        # Imported here: redis and the records cost a resume 75 ms of start-up.
+        from hoist.run_lookup import in_run
+
+        found, name, owned, recorded = in_run(source, run, records, state_url, fleet_key)
     elif "://" in source:
         found, name, owned, guessed_root = _from_uri(source, store)
     else:
@@ -398,51 +401,6 @@ def _natural_root(source: str) -> tuple[ObjectStore, str]:
     return store_class(kind)(**kwargs), name
 
 
-def _in_run(
-    source: str,
-    run: str,
-    records: Records | None,
-    state_url: str | None,
-    fleet_key: str | FleetKeys | None,
-) -> tuple[ObjectStore, str, bool, dict[str, Checksum]]:
-    """The store and object of the name ``source`` the run logged, from its records,
-    and the checksum each record of it says was uploaded."""
-    if records is None:
-        records = connect(state_url or _configured_state_url(), sentinel=_environment().sentinel)
-    artifacts = records.run_artifacts(run)
-    if not artifacts:
-        raise ConfigurationError(
-            f"the cluster has no artifacts of run {run!r}; `hoist status` lists the runs it knows"
-        )
-    matches = [a for a in artifacts if _names(a, source)]
-    done = [a for a in matches if a.state is State.DONE]
-    if not done:
-        if matches:
-            states = ", ".join(sorted({a.state.value for a in matches}))
-            raise ConfigurationError(
-                f"{source!r} of run {run!r} is not uploaded ({states}); `hoist wait --run "
-                f"{run}` waits for it, `hoist status --run {run}` shows why"
-            )
-        raise ObjectNotFoundError(
-            f"run {run!r} logged nothing named {source!r}; give the artifact name as logged, "
-            "or its object name"
-        )
-    objects = sorted({a.message["object_name"] for a in done})
-    if len(objects) > 1:
-        raise ConfigurationError(
-            f"{source!r} names {len(objects)} objects of run {run!r} (one per rank?): "
-            f"{', '.join(objects)}; give one of these object names"
-        )
-    newest = max(done, key=lambda a: a.message["order"])
-    spec = StoreSpec.from_json(newest.message["store"])
-    keys = fleet_key or _environment().keys
-    # The newest upload's bytes are the object's; a pointer's record holds the
-    # pointer's checksum, used only if the name resolves to the pointer itself.
-    held = newest.fields.get("checksum")
-    recorded = {objects[0]: Checksum.parse(held)} if held else {}
-    return spec.build(keys), objects[0], True, recorded
-
-
 # ----- the library's defaults from the environment ---------------------------------------------
 # The CLI resolves these itself and passes them in; a Python caller that gives
 # no store or records gets what the environment names, as documented above.
@@ -455,26 +413,6 @@ def _environment() -> CommandSettings:
 def _configured_store() -> str | None:
     """``HOIST_STORE_URI``, or None."""
     return _environment().store_uri
-
-
-def _configured_state_url() -> str:
-    """``HOIST_STATE_URL``, else ``HOIST_BROKER_URL``; no cluster configured is an error."""
-    state = _environment().state_url
-    if not state:
-        raise ConfigurationError(NO_CLUSTER)
-    return state
-
-
-def _names(artifact: ArtifactStatus, source: str) -> bool:
-    object_name = artifact.message.get("object_name", "")
-    if source in (artifact.artifact_name, object_name) or object_name == source + POINTER_SUFFIX:
-        return True
-    # log_checkpoint_dir's run-wide pointer ("latest") is recorded only by its
-    # commit's object name, the template filled in ("bert-3/latest.symlink"):
-    # a commit matches on that name's tail, so run= finds "latest" as documented.
-    return artifact.fields.get("task") == COMMIT_TASK and object_name.endswith(
-        f"/{source}{POINTER_SUFFIX}"
-    )
 
 
 def _stat_or_none(store: ObjectStore, name: str) -> ObjectStat | None:

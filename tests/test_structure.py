@@ -31,8 +31,12 @@ HEAVY = {
     "boto3", "botocore", "awscrt", "s3transfer", "paramiko", "libcloud", "torch",
     "transformers", "composer", "lightning", "flower", "tornado", "playwright",
 }  # fmt: skip
-# hoist's own modules that import one of those at their top, loaded only when used.
-HEAVY_INSIDE = {"hoist.stores.s3", "hoist.stores.sftp", "hoist.stores.libcloud"}
+# hoist's own modules that import one of those at their top, loaded only when used; and
+# those that import redis, which a download by URI (a resume) never needs (0.1 s of start-up).
+HEAVY_INSIDE = {
+    "hoist.stores.s3", "hoist.stores.sftp", "hoist.stores.libcloud",
+    "hoist.run_lookup", "hoist.commands.cluster_access",
+}  # fmt: skip
 
 
 def relative(path: Path) -> str:
@@ -98,6 +102,20 @@ def test_no_module_reads_the_environment_when_imported() -> None:
         [sys.executable, "-c", code, *names], env=env, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_a_download_by_uri_never_imports_redis() -> None:
+    """A restarted job's ranks each pay the start-up of ``hoist download`` or
+    ``download_checkpoint``: redis and the records are imported only for ``--run``."""
+    code = (
+        "import sys\nimport hoist.cli, hoist.commands.download, hoist.download, hoist.stores.s3\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'"
+        " or m.startswith('hoist.state')))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert run.stdout.strip() == "[]", run.stdout
 
 
 ENVIRONMENT_WRITERS = ("workers/envfile.py", "workers/flower.py")

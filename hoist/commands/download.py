@@ -9,8 +9,8 @@ import argparse
 import posixpath
 from typing import Any
 
-from hoist.commands.cluster_access import load_environment, records_for
 from hoist.commands.console import console, format_bytes, out, transfer_progress
+from hoist.commands.home import load_environment
 from hoist.commands.startup import long_lived
 from hoist.download import fetch, resolve
 from hoist.settings import CommandSettings
@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     command = CommandSettings.from_environment()
     store = args.store if args.store is not None else command.store_uri
     if args.run:
+        # Imported here: the records (and redis) cost a resume by URI 0.1 s of start-up.
+        from hoist.commands.cluster_access import records_for
+
         records, fleet_key = records_for(args), command.keys
     else:
         records, fleet_key = None, None

@@ -17,9 +17,9 @@ import re
 import time
 from typing import Any
 
-from hoist.commands.cluster_access import load_environment
 from hoist.commands.console import Column, Kind, Sheet, cell, console, format_bytes, print_sheet
 from hoist.commands.gc_run import run_gc
+from hoist.commands.home import load_environment
 from hoist.errors import ConfigurationError
 from hoist.protocol.urls import mask_url
 from hoist.settings import CommandSettings
