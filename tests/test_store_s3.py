@@ -361,7 +361,7 @@ def test_missing_credentials_say_the_workers_environment_is_what_counts() -> Non
     )  # fmt: skip
     assert isinstance(error, StoreAuthError)
     text = str(error)
-    assert text.startswith("no AWS credentials for s3://ckpts/ep1.pt where the upload ran")
+    assert text.startswith("no AWS credentials for s3://ckpts/ep1.pt: this process found none")
     assert "environment it was started with" in text and "restart them" in text
     assert "aws_access_key_id" in text
 

@@ -97,15 +97,16 @@ def translate_s3_error(
         ('StoreThrottledError', 'AWS S3 answered 503 SlowDown for s3://ckpts/ep1.pt: Slow down')
     """
     if isinstance(exc, boto_errors.NoCredentialsError):
-        # Raised where the upload runs: on a worker, whose environment is the
-        # one it was started with, not the training job's.
+        # Raised in whichever process uses the store: a worker uploading (whose
+        # environment is the one it was started with, not the training job's), or
+        # a command or program downloading.
         return StoreAuthError(
-            f"no AWS credentials for {where} where the upload ran: a worker uses the "
-            "environment it was started with, so set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for the workers and restart them "
-            "(`hoist down` then `hoist up` for the embedded cluster), or pass "
-            "aws_access_key_id/aws_secret_access_key to the logger's store arguments, "
-            "which travel sealed with the fleet key"
+            f"no AWS credentials for {where}: this process found none; set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) where it runs, or "
+            "pass aws_access_key_id/aws_secret_access_key in the store's arguments (a "
+            "logger's travel sealed with the fleet key). For uploads that is the workers: "
+            "a worker uses the environment it was started with, so restart them (`hoist "
+            "down` then `hoist up` for the embedded cluster)"
         )
     if isinstance(exc, boto_errors.ClientError):
         return _translate_client_error(exc, bucket, where, endpoint, for_object)
