@@ -212,8 +212,9 @@ def _sftp_download(lab: Lab, report: Report, cfg: RunConfig, source: str, n: int
 
     The object is placed on the server's disk directly; each run downloads it
     to a fresh local name over a connection of its own, as ``hoist download``
-    and ``sftp`` each open one. hoist also fsyncs the file before renaming it
-    into place, which sftp does not: that is in hoist's time.
+    and ``sftp`` each open one. hoist writes a temporary file, checks its size
+    and CRC64NVME, and renames it into place (no fsync by default, as ``sftp``):
+    that is in hoist's time.
     """
     _clear_sftp(lab)
     remote = "download/object.bin"

@@ -42,7 +42,6 @@ from hoist.errors import (
     ObjectNotFoundError,
 )
 from hoist.stores.checksum import Checksum, Progress, StreamHasher, checksum_file
-from hoist.stores.file_writes import write_at
 from hoist.stores.leftovers import Leftover
 from hoist.stores.names import source_file_size, validate_object_name
 
@@ -296,9 +295,10 @@ class ObjectStore(ABC):
     ) -> ObjectStat:
         """Write the object into the empty file ``fd``; S3 fetches ranges in parallel."""
         hasher = StreamHasher(progress)
-        for chunk in self._chunks(name):
-            write_at(fd, chunk, hasher.size)  # the offset: what was hashed (written) so far
-            hasher.update(chunk)
+        with open(fd, "wb", closefd=False) as out:
+            for chunk in self._chunks(name):
+                out.write(chunk)
+                hasher.update(chunk)
         return ObjectStat(name, hasher.size, hasher.checksum)
 
     def _compare_download(self, expected: ObjectStat, held: ObjectStat, target: str) -> None:
