@@ -194,6 +194,23 @@ def test_the_resender_deletes_no_mark_outside_the_fleets_allowed_stores(world: W
     client.zrem(RETENTION_DUE, world.run)
 
 
+def test_a_rank_releasing_objects_deletes_only_what_it_marked_now(world: World) -> None:
+    """``release`` (Lightning's dropped checkpoints, on the rank) has no allowed stores to
+    check marks read back from Redis by: another mark of the same store, written there by
+    hand, is left for the fleet, object and mark."""
+    ep1, ep2 = (landed(world, f"ep{n}.pt", b"%d" % n) for n in (1, 2))
+    retention, store_id = retention_of(world), world.spec.store_id
+    versions = retention.versions(store_id, [ep2.object_name])
+    assert versions is not None
+    other = Mark(ep2.object_name, FILE, store_id, versions)
+    world.records.client.hset(retention.pruning_key, other.object_name, other.to_json())
+    store = world.stores(world.spec)
+    assert retention.release(store, store_id, [ep1.object_name]) == {ep1.object_name}
+    assert not world.held(ep1.object_name).exists()
+    assert world.held(ep2.object_name).read_bytes() == b"2"
+    assert [m.object_name for m in retention.marked()] == [ep2.object_name]
+
+
 def test_a_waiting_pointer_job_keeps_the_intent_of_the_one_writing(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import redis
@@ -294,9 +294,11 @@ class Retention:
             self.named_key,
             value_from_callable=True,
         )
-        done = self.finish(store, store_id)
         wanted = {mark.object_name for mark in free or []}
-        return {item.object_name for item in done if item.object_name in wanted}
+        # Marks are read back from Redis: the rank, which has no allowed stores to check
+        # them by, deletes only what it marked now; the fleet finishes any other.
+        done = self.finish(store, store_id, only=wanted)
+        return {item.object_name for item in done}
 
     def _write_marks(self, pipe: redis.client.Pipeline, marks: list[Mark]) -> None:
         if not marks:
@@ -380,7 +382,11 @@ class Retention:
         return self.finish(store, store_id, refusal)
 
     def finish(
-        self, store: ObjectStore, store_id: str, refusal: Refusal | None = None
+        self,
+        store: ObjectStore,
+        store_id: str,
+        refusal: Refusal | None = None,
+        only: Collection[str] | None = None,
     ) -> list[Pruned]:
         """Delete every marked target of this store whose versions still hold; record each.
 
@@ -401,8 +407,9 @@ class Retention:
         ``refusal`` (the fleet's allowed stores, bound to this store) refuses a
         mark naming any object this fleet may not write: nothing of it is
         deleted, it is logged and stays (:mod:`hoist.state.retention_deletes`).
+        ``only`` limits it to those object names.
         """
-        return finish_marks(self, store, store_id, refusal)
+        return finish_marks(self, store, store_id, refusal, only)
 
     def forget_if_finished(self) -> None:
         """Drop the run from ``retention-due`` once it has no mark left (none marked meanwhile)."""

@@ -20,7 +20,7 @@ import dataclasses
 import enum
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from redis.commands.core import Script
@@ -60,16 +60,23 @@ bound to the store's kind and arguments), or None."""
 
 
 def finish_marks(
-    retention: Retention, store: ObjectStore, store_id: str, refusal: Refusal | None = None
+    retention: Retention,
+    store: ObjectStore,
+    store_id: str,
+    refusal: Refusal | None = None,
+    only: Collection[str] | None = None,
 ) -> list[Pruned]:
     """Delete every marked target of ``store_id`` whose versions still hold; record each.
 
-    A mark naming an object ``refusal`` refuses is logged and left, nothing of it deleted.
+    A mark naming an object ``refusal`` refuses is logged and left, nothing of it deleted;
+    with ``only``, marks of other object names are left for another pass.
     """
     leases = Leases(retention.client, f"retention-{uuid.uuid4().hex}", retention.lease_ms)
     drop_mark = register(retention.client, "drop_mark")
     done = []
     for read in retention.marked(store_id):
+        if only is not None and read.object_name not in only:
+            continue
         mark = _versioned(retention, store, read)
         if mark is None:
             continue  # an upload of it is not finished: later

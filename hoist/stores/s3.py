@@ -210,12 +210,10 @@ class S3ObjectStore(ObjectStore):
         return f"s3://{self.bucket}/{self._key(object_name)}"
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        if self._downloads is not None:
-            self._downloads.shutdown(wait=True)
-            self._downloads = None
+        for pool in (self._pool, self._downloads):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._downloads = None
         self._crt = None  # awscrt frees its client once unreferenced
         self._client.close()
 
@@ -458,18 +456,21 @@ class S3ObjectStore(ObjectStore):
         return self._downloads
 
     def _crt_client(self) -> CrtClient:
-        with _SESSIONS_LOCK:  # one awscrt client per store, however many threads use it
-            if self._crt is None:
-                self._crt = CrtClient(
-                    self.bucket,
-                    self.endpoint_url,
-                    bucket_region(self._client, self.bucket, self.endpoint_url),
-                    self._client._get_credentials,  # boto3's chain, refreshed as boto3 does
-                    self.transfer.part_size,
-                    self.transfer.max_concurrency,
-                    attempts=self.max_attempts,
-                    connect_timeout=self.connect_timeout,
-                )
+        if self._crt is None:
+            # Outside the process-wide lock: on AWS the region is a HEAD (two first calls may ask).
+            region = bucket_region(self._client, self.bucket, self.endpoint_url)
+            with _SESSIONS_LOCK:  # one awscrt client per store, however many threads use it
+                if self._crt is None:
+                    self._crt = CrtClient(
+                        self.bucket,
+                        self.endpoint_url,
+                        region,
+                        self._client._get_credentials,  # boto3's chain, refreshed as boto3 does
+                        self.transfer.part_size,
+                        self.transfer.max_concurrency,
+                        attempts=self.max_attempts,
+                        connect_timeout=self.connect_timeout,
+                    )
         return self._crt
 
     def _parts_pool(self) -> ThreadPoolExecutor:
@@ -492,9 +493,8 @@ os.register_at_fork(after_in_child=_SESSIONS_LOCK._at_fork_reinit)  # type: igno
 
 
 def _session(profile_name: str | None) -> boto3.session.Session:
-    """One boto3 session per profile and process, so that S3's service model is
-    loaded once: a client from a fresh session took 50-250 ms, from a shared one a few.
-    Credentials are the client's own, never the session's. Call with the lock held."""
+    """One boto3 session per profile and process: S3's service model loads once (a client
+    from a fresh session took 50-250 ms). Credentials are the client's. Call with the lock held."""
     if profile_name not in _SESSIONS:
         _SESSIONS[profile_name] = boto3.session.Session(profile_name=profile_name)
     return _SESSIONS[profile_name]

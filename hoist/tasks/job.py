@@ -177,7 +177,10 @@ class Job:
                 self.message.id,
             )
         if claim is Claim.FINISHED and refusal is None:
-            self.already_finished()
+            try:
+                self.already_finished()
+            except Exception as exc:  # only tidying: the earlier delivery's outcome stands
+                log.warning("%s: not tidied after its earlier delivery: %s", self.message.id, exc)
         if claim is not Claim.CLAIMED:
             return {"id": self.message.id, "outcome": claim.value}
         if refusal is not None:

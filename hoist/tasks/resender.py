@@ -68,7 +68,8 @@ PRUNE_LOOK_SECONDS = 1.0
 
 
 class Resender:
-    """Moves due entries of the deferred set back onto the broker.
+    """Moves due entries of the deferred set back onto the broker; finishes the prunes a
+    killed worker left half-way (on a thread of its own, :meth:`finish_prunes`).
 
     Parameters:
         records: the artifact records (and the deferred schedule).

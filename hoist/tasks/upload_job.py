@@ -193,11 +193,11 @@ class UploadJob(Job):
             log.debug("progress event of %s not sent: %s", self.message.id, exc)
 
     def _remove_staged(self) -> None:
-        """Delete a superseded upload's staged copy, through the same safe open as an upload.
+        """Delete the staged copy of a superseded upload, or of one an earlier delivery
+        finished (done), through the same safe open as an upload.
 
         Only a name that holds the file opened is deleted, and a path that cannot
-        be opened safely is left alone (logged): being superseded is the outcome
-        either way.
+        be opened safely is left alone (logged): the outcome stands either way.
         """
         try:
             staged = open_staged_file(self.staging_root, self.message.staged_path)
