@@ -31,9 +31,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -159,6 +160,10 @@ class AllowedStores:
     def configured(self) -> bool:
         """Whether the worker was told where it may upload (a list, or any store)."""
         return bool(self.entries) or self.any_store
+
+    def refusal_of(self, kind: str, kwargs: dict[str, Any]) -> Callable[..., str | None]:
+        """:meth:`refusal` bound to one store: how retention checks the marks it reads back."""
+        return functools.partial(self.refusal, kind, kwargs)
 
     def refusal(self, kind: str, kwargs: dict[str, Any], *object_names: str) -> str | None:
         """Why the fleet must not write ``object_names`` to this store, or None if it may."""

@@ -6,7 +6,6 @@ The steps they share are in :mod:`hoist.tasks.job`; the upload job is in
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -223,9 +222,7 @@ def retained(
         )
         store = job.ctx.store(job.spec)
         # Marks come from the state Redis: each is checked as this job's own objects were.
-        refusal = functools.partial(
-            job.ctx.settings.allowed.refusal, job.spec.kind, job.spec.kwargs
-        )
+        refusal = job.ctx.settings.allowed.refusal_of(job.spec.kind, job.spec.kwargs)
         if message.keep_last:
             keep = message.keep_last, message.keep_every
             retention.prune(store, store_id, pointer, *keep, refusal)

@@ -31,7 +31,6 @@ logged and deleted from nowhere (its mark stays for an operator).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -193,7 +192,7 @@ class Resender:
                     spec = self._allowed_spec(run, store_id, specs[store_id])
                     if spec is None:
                         continue
-                    refusal = functools.partial(self.allowed.refusal, spec.kind, spec.kwargs)
+                    refusal = self.allowed.refusal_of(spec.kind, spec.kwargs)
                     finished += len(retention.finish(self.stores(spec), store_id, refusal))
                 retention.forget_if_finished()  # marks expired with the run leave no entry
             except Exception as exc:
