@@ -25,7 +25,7 @@ from hoist.errors import (
     StoreConnectionError,
 )
 from hoist.protocol.manifest import Manifest, ManifestFile
-from hoist.stores import s3 as s3_module
+from hoist.stores import s3_session
 from hoist.stores.base import ObjectStat
 from hoist.stores.checksum import Checksum
 from hoist.stores.s3 import S3ObjectStore, S3TransferConfig
@@ -75,6 +75,9 @@ def test_a_multipart_download_is_byte_identical_and_fetched_in_parallel(
     assert len(gets) >= 3, proxy.stats.events  # one ranged GET per part at least
     assert proxy.stats.most_connections >= 2, proxy.stats.events  # and several at once
     assert leftovers(tmp_path) == ["big.bin"]
+    # A store given its endpoint builds boto3's client only if a request needs it
+    # (0.11 s of a download's start-up): awscrt's path, the HEAD included, never does.
+    assert (store._boto3 is None) == (downloader == "crt")
 
 
 def test_download_artifact_checks_the_checksum_the_store_reports(
@@ -248,7 +251,7 @@ def test_no_credentials_on_the_awscrt_path_say_so(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # A fresh boto3 session: the shared one keeps credentials an earlier test gave it.
-    monkeypatch.setattr(s3_module, "_SESSIONS", {})
+    monkeypatch.setattr(s3_session, "SESSIONS", {})
     held = ObjectStat("x", 10, Checksum.of(b"0123456789"))
     with (
         S3ObjectStore(rclone_server.bucket, endpoint_url=rclone_server.endpoint_url) as store,

@@ -20,7 +20,7 @@ from hoist.errors import (
     StoreAuthError,
     StoreConnectionError,
 )
-from hoist.stores import s3, s3_crt
+from hoist.stores import s3_crt, s3_session
 from hoist.stores.base import Verification
 from hoist.stores.checksum import Checksum, checksum_file
 from hoist.stores.s3 import S3ObjectStore, S3TransferConfig
@@ -411,10 +411,11 @@ def test_the_boto3_path_makes_no_awscrt_request(
 def test_a_child_forked_while_a_store_is_being_built_can_build_its_own() -> None:
     """Celery forks pool children while the worker's main process may be building a
     store (the resender's prunes): the child must not inherit the session lock held."""
-    with s3._SESSIONS_LOCK, s3_crt._LOOPS_LOCK:
+    with s3_session.SESSIONS_LOCK, s3_crt._LOOPS_LOCK:
         pid = os.fork()
         if pid == 0:  # the child: exit 0 only if both locks are free in it
-            free = s3._SESSIONS_LOCK.acquire(timeout=2) and s3_crt._LOOPS_LOCK.acquire(timeout=2)
+            sessions, loops = s3_session.SESSIONS_LOCK, s3_crt._LOOPS_LOCK
+            free = sessions.acquire(timeout=2) and loops.acquire(timeout=2)
             os._exit(0 if free else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

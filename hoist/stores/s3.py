@@ -38,15 +38,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import re
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-import boto3
 import botocore.exceptions as boto_errors
+from botocore.client import BaseClient
 from botocore.config import Config
 
 from hoist.errors import ChecksumMismatchError, ConfigurationError, HoistError
@@ -59,6 +57,7 @@ from hoist.stores.s3_crt import CrtClient, bucket_region, is_aws, proxied
 from hoist.stores.s3_download import RangedDownload
 from hoist.stores.s3_errors import http_status, translate_s3_error
 from hoist.stores.s3_multipart import MultipartUpload
+from hoist.stores.s3_session import SESSIONS_LOCK, credentials_of, session
 
 MiB = 1024 * 1024
 _MD5_HEX = re.compile("[0-9a-f]{32}")
@@ -177,17 +176,19 @@ class S3ObjectStore(ObjectStore):
             # IP and localhost endpoints cannot take virtual-hosted bucket names.
             s3={"addressing_style": "path" if endpoint_url else "auto"},
         )
-        with _SESSIONS_LOCK:  # a boto3 session may not make clients in two threads at once
-            self._client = _session(profile_name).client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=region_name or ("us-east-1" if endpoint_url else None),
-                aws_access_key_id=aws_access_key_id,
-                aws_secret_access_key=aws_secret_access_key,
-                aws_session_token=aws_session_token,
-                config=config,
-            )
-        # The server boto3 talks to: also AWS_ENDPOINT_URL(_S3) or a profile's endpoint_url.
+        self._profile_name, self._config, self._boto3 = profile_name, config, None
+        self._keys = {
+            "endpoint_url": endpoint_url,
+            "region_name": region_name or ("us-east-1" if endpoint_url else None),
+            "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+            "aws_session_token": aws_session_token,
+        }
+        self._credentials = credentials_of(
+            profile_name, aws_access_key_id, aws_secret_access_key, aws_session_token
+        )
+        # The server boto3 talks to: also AWS_ENDPOINT_URL(_S3) or a profile's endpoint_url,
+        # which only its client knows; with endpoint_url given, no client is built yet.
         effective = endpoint_url or self._client.meta.endpoint_url
         self.endpoint_url = None if is_aws(effective) else effective
         # awscrt's client goes around proxies: with one for this server, boto3 does it all.
@@ -215,7 +216,18 @@ class S3ObjectStore(ObjectStore):
                 pool.shutdown(wait=True)
         self._pool = self._downloads = None
         self._crt = None  # awscrt frees its client once unreferenced
-        self._client.close()
+        if self._boto3 is not None:
+            self._boto3.close()
+
+    @property
+    def _client(self) -> BaseClient:
+        """boto3's client, built at first use (a download through awscrt never needs it)."""
+        with SESSIONS_LOCK:  # a boto3 session may not make clients in two threads at once
+            if self._boto3 is None:
+                self._boto3 = session(self._profile_name).client(
+                    "s3", config=self._config, **self._keys
+                )
+        return self._boto3
 
     # ----- primitives -------------------------------------------------------
 
@@ -448,7 +460,7 @@ class S3ObjectStore(ObjectStore):
 
     def _download_pool(self) -> ThreadPoolExecutor:
         # Apart from the upload pool: a part GET never waits behind an upload's part.
-        with _SESSIONS_LOCK:  # two threads downloading at once must share one pool
+        with SESSIONS_LOCK:  # two threads downloading at once must share one pool
             if self._downloads is None:
                 self._downloads = ThreadPoolExecutor(
                     self.transfer.max_concurrency, thread_name_prefix="hoist-s3-get"
@@ -457,15 +469,18 @@ class S3ObjectStore(ObjectStore):
 
     def _crt_client(self) -> CrtClient:
         if self._crt is None:
-            # Outside the process-wide lock: on AWS the region is a HEAD (two first calls may ask).
-            region = bucket_region(self._client, self.bucket, self.endpoint_url)
-            with _SESSIONS_LOCK:  # one awscrt client per store, however many threads use it
+            # A server named by endpoint_url (not AWS) signs for the region given, as boto3 does;
+            # on AWS the region is a HEAD, asked outside the process-wide lock.
+            named = self._keys["endpoint_url"] and self.endpoint_url is not None
+            given = self._keys["region_name"] if named else None
+            region = given or bucket_region(self._client, self.bucket, self.endpoint_url)
+            with SESSIONS_LOCK:  # one awscrt client per store, however many threads use it
                 if self._crt is None:
                     self._crt = CrtClient(
                         self.bucket,
                         self.endpoint_url,
                         region,
-                        self._client._get_credentials,  # boto3's chain, refreshed as boto3 does
+                        self._credentials,  # boto3's chain, refreshed as boto3 does
                         self.transfer.part_size,
                         self.transfer.max_concurrency,
                         attempts=self.max_attempts,
@@ -483,18 +498,3 @@ class S3ObjectStore(ObjectStore):
 
 class _NameTaken(Exception):
     """A conditional PUT found the name taken (never seen outside this module)."""
-
-
-_SESSIONS: dict[str | None, boto3.session.Session] = {}
-_SESSIONS_LOCK = threading.Lock()
-# A worker's main process makes S3 calls too (the resender's prunes) while
-# Celery forks pool children: a child must not inherit the lock held.
-os.register_at_fork(after_in_child=_SESSIONS_LOCK._at_fork_reinit)  # type: ignore[attr-defined]
-
-
-def _session(profile_name: str | None) -> boto3.session.Session:
-    """One boto3 session per profile and process: S3's service model loads once (a client
-    from a fresh session took 50-250 ms). Credentials are the client's. Call with the lock held."""
-    if profile_name not in _SESSIONS:
-        _SESSIONS[profile_name] = boto3.session.Session(profile_name=profile_name)
-    return _SESSIONS[profile_name]
