@@ -42,6 +42,7 @@ from hoist.state.counters import OTHER, FleetCounters, Outcome, error_class
 from hoist.state.gauges import FleetReader
 from hoist.state.keys import DEFERRED, THROTTLED, record_key, run_key, throttle_key
 from hoist.state.records import Records
+from hoist.state.states import State
 from hoist.state.throttle import Throttle
 from hoist.stores.spec import StoreSpec
 from tests.conftest import _serve, serve_fleet
@@ -222,23 +223,28 @@ def test_an_unreachable_redis_is_up_0_not_a_failed_scrape() -> None:
 def test_counts_add_up_in_redis_and_histogram_buckets_are_cumulative(
     own_redis: RedisServer,
 ) -> None:
-    """The counting script against a real Redis: each outcome adds what it says, once."""
+    """The settle's counting against a real Redis: each outcome adds what it says, once."""
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    counters = FleetCounters(client)
+    records = Records(client)
     store = f"{time.time_ns():016x}"[-16:]
-    record = record_key(f"unit-{store}")
-    client.hset(record, "enqueued_at", 1000.0)
+    artifact = f"unit-{store}"
+    client.hset(record_key(artifact), "enqueued_at", 1000.0)
+
+    def settle(outcome: Outcome, now: float) -> None:
+        count = FleetCounters.arguments(outcome, now)
+        records.settle(artifact, "token", State.RETRYING, retry_in=60, count=count)
+
     try:
-        counters.count(record, Outcome(store, attempted=True, failed_class="TimeoutError"), 1001)
-        counters.count(record, Outcome(store, lease_wait=True), 1002)
-        counters.count(
-            record, Outcome(store, attempted=True, uploaded_bytes=300, verified=True), 1004.0
-        )
-        counters.count(record, Outcome(store, verified=True), 1100.0)  # already present
-        counters.count(record, Outcome(store), 1200.0)  # nothing: no round trip, no count
-        found = counters.read()
+        settle(Outcome(store, attempted=True, failed_class="TimeoutError"), 1001)
+        settle(Outcome(store, lease_wait=True), 1002)
+        settle(Outcome(store, attempted=True, uploaded_bytes=300, verified=True), 1004.0)
+        settle(Outcome(store, verified=True), 1100.0)  # already present
+        settle(Outcome(store), 1200.0)  # nothing to count: no arguments, no count
+        assert FleetCounters.arguments(Outcome(store), 1200.0) == []
+        found = FleetCounters(client).read()
     finally:
-        client.delete(record)
+        client.delete(record_key(artifact))
+        client.zrem(DEFERRED, artifact)
     assert found.attempts[store] == 2
     assert found.failures[(store, "TimeoutError")] == 1
     assert found.lease_waits[store] == 1

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 import redis
 
+from hoist.state.counters import BUCKETS, FleetCounters, Outcome
 from hoist.state.scripts import NAMES, register, source
 from hoist.state.states import TERMINAL_STATES, State
 from tests.services.redis import RedisServer
@@ -261,12 +262,20 @@ def settle(
     due: str,
     keep: str,
     token: str = "token-1",
+    count: Sequence[str | int] = (),
     **fields: Any,
 ) -> int:
     return int(
         script("settle")(
-            keys=[keys.record, keys.owner, keys.deferred, keys.lease_a, keys.lease_b],
-            args=[token, "a", due, keep, *pairs(fields)],
+            keys=[
+                keys.record,
+                keys.owner,
+                keys.deferred,
+                keys.counters,
+                keys.lease_a,
+                keys.lease_b,
+            ],
+            args=[token, "a", due, keep, len(count), *count, *pairs(fields)],
         )
     )
 
@@ -309,6 +318,27 @@ def test_settle_by_a_token_that_lost_the_claim_leaves_the_new_owner(
     assert settle(script, keys, "", "", state="waiting") == 1
     assert client.get(keys.owner) == "token-2"
     assert client.hget(keys.record, "state") == "waiting"
+
+
+def test_settle_counts_the_outcome_with_the_record_it_writes(
+    client: redis.Redis, keys: Keys, script: Callable[[str], Any]
+) -> None:
+    """The counts read the record as this settle leaves it, and the fields after the
+    counted arguments are still the record's."""
+    client.hset(keys.record, mapping={**initial(), "state": "uploading", "enqueued_at": 1000})
+    outcome = Outcome("ab12", attempted=True, uploaded_bytes=64, verified=True)
+    count = FleetCounters.arguments(outcome, 1003.0)
+    assert settle(script, keys, "", "120", count=count, state="done", size=64) == 1
+    assert client.hget(keys.record, "size") == "64"
+    assert client.hgetall(keys.counters) == {
+        "attempts|ab12": "1",
+        "bytes|ab12": "64",
+        **{f"verified_bucket|ab12|{b:g}": "1" for b in BUCKETS if b >= 3},
+        "verified_bucket|ab12|+Inf": "1",
+        "verified_sum|ab12": "3",
+    }
+    assert settle(script, keys, "", "120", state="done") == 1  # nothing counted: unchanged
+    assert client.hget(keys.counters, "attempts|ab12") == "1"
 
 
 # ----- raise_marker -------------------------------------------------------------

@@ -8,6 +8,7 @@ the messages and collaborators): a real ``redis-server``, a real Libcloud
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Any
 
@@ -19,7 +20,8 @@ from hoist.protocol.messages import UPLOAD_TASK
 from hoist.state.keys import owner_key
 from hoist.state.records import Records
 from hoist.state.states import Claim, State
-from hoist.tasks.job import Heartbeat, Job, LeaseLost
+from hoist.tasks.heartbeat import Heartbeat, LeaseLost
+from hoist.tasks.job import Job
 from hoist.tasks.jobs import JOBS
 from hoist.tasks.progress import PROGRESS_EVENT
 from tests.services.keys import KEYS
@@ -58,6 +60,29 @@ def test_a_heartbeat_that_cannot_renew_stops_the_transfer(world: World) -> None:
         assert heartbeat.lost.wait(1.0)
         with pytest.raises(LeaseLost, match="lost its claim"):
             heartbeat.check(1024)
+
+
+def test_the_heartbeats_of_a_process_share_one_thread(world: World) -> None:
+    """Jobs in flight at once (a threads pool) are renewed by one thread, each on its own
+    schedule, and a job that ends is renewed no more."""
+    before = {t for t in threading.enumerate() if t.name == "hoist-heartbeat"}
+    jobs = [claimed_job(world, lease_seconds=0.3) for _ in range(4)]
+    beats = [Heartbeat(job) for job in jobs]
+    for beat in beats:
+        beat.__enter__()
+    try:
+        time.sleep(1.0)  # over three lease times for every claim
+        for job in jobs:  # each still owned
+            assert world.records.claim(job.message, job.task, "second:1", 8) is Claim.BUSY
+        threads = {t for t in threading.enumerate() if t.name == "hoist-heartbeat"}
+        assert len(threads - before) <= 1 and len(threads) == 1
+    finally:
+        for beat in beats[1:]:
+            beat.__exit__(None, None, None)
+    time.sleep(0.5)  # past the lease of every job that ended: nobody renewed them
+    assert world.records.claim(jobs[1].message, jobs[1].task, "second:2", 8) is Claim.CLAIMED
+    assert world.records.claim(jobs[0].message, jobs[0].task, "second:3", 8) is Claim.BUSY
+    beats[0].__exit__(None, None, None)
 
 
 class RedisAway:

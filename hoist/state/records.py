@@ -34,6 +34,7 @@ from hoist.errors import ConfigurationError
 from hoist.protocol.messages import Message
 from hoist.protocol.redis_url import redis_client
 from hoist.settings import RankSettings, SentinelSettings
+from hoist.state.counters import COUNTERS
 from hoist.state.keys import (
     DEFERRED,
     REFUSED,
@@ -50,12 +51,7 @@ from hoist.state.keys import (
     seq_key,
 )
 from hoist.state.replicas import ReplicaWait
-from hoist.state.schedule import (
-    TAKE_GUARD_SECONDS,
-    first_look_due_ms,
-    to_ms,
-    watchdog_due_ms,
-)
+from hoist.state.schedule import TAKE_GUARD_SECONDS, first_look_due_ms, to_ms, watchdog_due_ms
 from hoist.state.scripts import register
 from hoist.state.signals import count_failure, failures
 from hoist.state.states import Claim, State
@@ -340,17 +336,18 @@ class Records:
         *,
         retry_in: float | None = None,
         release: Sequence[str] = (),
+        count: Sequence[str | int] = (),
         **fields: Any,
     ) -> None:
-        """Record an outcome and let go, in one round trip.
+        """Record an outcome, count it and let go, in one round trip.
 
-        Writes ``state`` and ``fields`` (non-scalars as JSON), resets the
-        delivery count, releases the claim if ``token`` still holds it and
-        the leases under the keys in ``release``. With ``retry_in`` the
-        artifact falls due that many seconds from now; without, it leaves
-        the deferred schedule. A terminal state gets ``finished_at`` and
-        makes the record expire after ``retention_seconds``.
-        """
+        Writes ``state`` and ``fields`` (non-scalars as JSON), resets the delivery
+        count, releases the claim if ``token`` still holds it and the leases under
+        the keys in ``release``, and adds ``count`` to the fleet's counters
+        (:meth:`~hoist.state.counters.FleetCounters.arguments`). With ``retry_in``
+        it falls due that many seconds from now; without, it leaves the deferred
+        schedule. A terminal state gets ``finished_at`` and makes the record
+        expire after ``retention_seconds``."""
         now = time.time()
         due = "" if retry_in is None else str(to_ms(now + retry_in))
         keep = str(self.retention_seconds) if state.terminal else ""
@@ -359,8 +356,8 @@ class Records:
             values += ["finished_at", now]
         for name, value in fields.items():
             values += [name, value if isinstance(value, (str, int, float)) else json.dumps(value)]
-        keys = [record_key(artifact), owner_key(artifact), DEFERRED, *release]
-        args = [token, artifact, due, keep, *values]
+        keys = [record_key(artifact), owner_key(artifact), DEFERRED, COUNTERS, *release]
+        args = [token, artifact, due, keep, len(count), *count, *values]
         if state is not State.FAILED:
             self._settle(keys=keys, args=args)
             return

@@ -3,7 +3,8 @@
 Every job (:mod:`hoist.tasks.jobs` names them) follows the same steps
 (:class:`Job`): check the message (size, signature, shape, order key, the
 fleet's allowed stores), claim the artifact's record (a duplicate delivery
-stops here), do the work under leases kept alive by a heartbeat, and settle
+stops here), do the work under leases kept alive by a heartbeat
+(:mod:`hoist.tasks.heartbeat`), and settle
 the record with an outcome: done, failed, superseded, or deferred to be sent
 again later (held back by a limit, or a transient error with backoff).
 Deferring never holds a worker slot and never leaves a message
@@ -13,7 +14,6 @@ unacknowledged in a worker's memory.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -32,12 +32,13 @@ from hoist.protocol.messages import (
 )
 from hoist.protocol.signing import verify
 from hoist.state.counters import FleetCounters, Outcome, error_class
-from hoist.state.keys import pointer_key, record_key
+from hoist.state.keys import pointer_key
 from hoist.state.leases import Leases, name_lock
 from hoist.state.schedule import backoff_delay, hold_back_delay
 from hoist.state.states import Claim, State
 from hoist.state.throttle import Throttle
 from hoist.stores.spec import StoreSpec
+from hoist.tasks.heartbeat import Heartbeat, LeaseLost
 from hoist.tasks.worker_context import WorkerContext
 
 log = logging.getLogger("hoist.worker")
@@ -68,54 +69,6 @@ def is_retryable(exc: Exception) -> bool:
     if isinstance(exc, HoistError):
         return False
     return not isinstance(exc, _CLIENT_SIDE) or isinstance(exc, OSError)
-
-
-class LeaseLost(HoistError):
-    """A heartbeat could not renew this task's claim or leases; the work stops."""
-
-
-class Heartbeat:
-    """Renews a job's claim and leases every third of a lease time, in a thread.
-
-    Parameters:
-        job: the job whose claim and leases to renew.
-    """
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="hoist-heartbeat")
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def check(self, _bytes: int = 0) -> None:
-        """A progress callback: stop the transfer once the claim is lost."""
-        if self.lost.is_set():
-            raise LeaseLost(f"{self.job.message.id}: lost its claim; another worker may take over")
-
-    def _run(self) -> None:
-        settings = self.job.ctx.settings
-        interval = settings.lease_seconds / 3
-        missed = 0
-        while not self._stop.wait(interval):
-            try:
-                alive = self.job.ctx.records.renew(self.job.message.id, self.job.token)
-                alive = self.job.leases.renew_all() and alive
-                missed = 0
-            except Exception as exc:  # Redis away: the lease survives until it expires
-                missed += 1
-                log.warning("heartbeat of %s failed: %s", self.job.message.id, exc)
-                alive = missed * interval < settings.lease_seconds
-            if not alive:
-                self.lost.set()
-                return
 
 
 class Job:
@@ -294,19 +247,24 @@ class Job:
     # ----- outcomes ---------------------------------------------------------
 
     def settle(self, state: State, retry_in: float | None = None, **fields: Any) -> dict[str, Any]:
-        # The leases go in the same round trip; the job ends here.
+        # The leases and the fleet's counters go in the same round trip; the job ends here.
         held = self.leases.forget_all()
         self.ctx.records.settle(
-            self.message.id, self.token, state, retry_in=retry_in, release=held, **fields
+            self.message.id,
+            self.token,
+            state,
+            retry_in=retry_in,
+            release=held,
+            count=self._outcome(state, fields),
+            **fields,
         )
         if state is State.FAILED:
             log.error("%s (%s) failed: %s", self.message.id, self.message.object_name, fields)
-        self._count(state, fields)
         return {"id": self.message.id, "outcome": state.value, **fields}
 
-    def _count(self, state: State, fields: dict[str, Any]) -> None:
-        """Add this settle to the fleet's counters: after the settle, so a count
-        never runs ahead of the record; a lost count is logged, never the outcome."""
+    def _outcome(self, state: State, fields: dict[str, Any]) -> list[str | int]:
+        """What this settle adds to the fleet's counters (:mod:`hoist.state.counters`), as
+        the settle's script reads it; an attempt is counted once per delivery."""
         verified = state is State.DONE and "uri" in fields
         sent = 0 if int(fields.get("already_present", 0)) else int(fields.get("size", 0))
         outcome = Outcome(
@@ -320,12 +278,7 @@ class Job:
         self._attempt_counted = self._attempt_counted or outcome.attempted
         self._failed_class = ""
         self._lease_wait = False
-        try:
-            FleetCounters(self.ctx.records.client).count(
-                record_key(self.message.id), outcome, self.ctx.clock()
-            )
-        except Exception as exc:
-            log.warning("%s: the fleet's counters were not updated: %s", self.message.id, exc)
+        return FleetCounters.arguments(outcome, self.ctx.clock())
 
     def lease_wait(self, reason: str) -> dict[str, Any]:
         """Hold back because a limit stayed full (counted as a lease wait)."""

@@ -10,7 +10,9 @@ Two things are put in front of a script's text when it is read:
 - ``TERMINAL``, a Lua table of the finished states, built from
   :data:`hoist.state.states.TERMINAL_STATES` (so that list exists once);
 - ``raise_marker``, a function shared by two scripts
-  (``raise_marker_function.lua``).
+  (``raise_marker_function.lua``);
+- ``count_outcome``, the fleet's counting, kept in a file of its own
+  (``count_outcome_function.lua``) in front of ``settle.lua``.
 """
 
 from __future__ import annotations
@@ -25,18 +27,19 @@ from hoist.state.states import TERMINAL_STATES
 
 _TERMINAL = "TERMINAL"
 _RAISE_MARKER = "raise_marker_function"
+_COUNT_OUTCOME = "count_outcome_function"
 
 # What each script needs in front of its own text.
 _PRELUDES: dict[str, tuple[str, ...]] = {
     "claim": (_TERMINAL,),
     "create": (_RAISE_MARKER,),
     "raise_marker": (_RAISE_MARKER,),
+    "settle": (_COUNT_OUTCOME,),
 }
 
 NAMES = (
     "acquire_leases",
     "claim",
-    "count_outcome",
     "create",
     "drop_mark",
     "fail_queued",
