@@ -115,12 +115,24 @@ def claim(
     keys: Keys,
     max_deliveries: int = 3,
     fields: dict[str, Any] | None = None,
-) -> str:
+    reads: tuple[str, ...] = (),
+) -> Any:
     args = [
         "token-1", 30_000, max_deliveries, NOW_MS / 1000, NOW_MS + 60_000, "a",
         *pairs({**initial(), **(fields or {})}),
     ]  # fmt: skip
-    return str(script("claim")(keys=[keys.record, keys.owner, keys.deferred], args=args))
+    result = script("claim")(keys=[keys.record, keys.owner, keys.deferred, *reads], args=args)
+    return result if reads else str(result)
+
+
+def test_a_claim_reads_the_marker_it_is_given_only_when_it_claims(
+    client: redis.Redis, keys: Keys, script: Callable[[str], Any]
+) -> None:
+    assert claim(script, keys, reads=(keys.latest,)) == ["claimed", None]  # unset
+    client.delete(keys.owner)
+    client.set(keys.latest, "0002|b")
+    assert claim(script, keys, reads=(keys.latest,)) == ["claimed", "0002|b"]
+    assert claim(script, keys, reads=(keys.latest,)) == "busy"  # no claim: nothing read
 
 
 def test_claim_creates_a_missing_record_from_the_initial_fields_and_claims_it(

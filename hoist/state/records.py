@@ -24,7 +24,6 @@ import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -54,37 +53,10 @@ from hoist.state.replicas import ReplicaWait
 from hoist.state.schedule import TAKE_GUARD_SECONDS, first_look_due_ms, to_ms, watchdog_due_ms
 from hoist.state.scripts import register
 from hoist.state.signals import count_failure, failures
-from hoist.state.states import Claim, State
+from hoist.state.states import ArtifactStatus, Claim, State
 
 DEFAULT_RETENTION_SECONDS = RankSettings.retention_seconds
 """14 days, ``HOIST_RETENTION_DAYS``' default (see :mod:`hoist.settings`)."""
-
-
-@dataclass(frozen=True)
-class ArtifactStatus:
-    """What the record says about one artifact.
-
-    Parameters:
-        id: the artifact id.
-        state: its :class:`State`.
-        fields: every field of the record, decoded.
-    """
-
-    id: str
-    state: State
-    fields: dict[str, str]
-
-    @property
-    def artifact_name(self) -> str:
-        return self.message.get("artifact_name", "")
-
-    @property
-    def message(self) -> dict[str, Any]:
-        return json.loads(self.fields.get("message", "{}"))
-
-    @property
-    def error(self) -> str:
-        return self.fields.get("error", "")
 
 
 def initial_fields(message: Message, task: str, now: float) -> dict[str, EncodableT]:
@@ -297,10 +269,19 @@ class Records:
 
         Only a claimed task may call :meth:`renew` and :meth:`settle`.
         """
+        return self.claim_reading(message, task, token, max_deliveries, "")[0]
+
+    def claim_reading(
+        self, message: Message, task: str, token: str, max_deliveries: int, marker: str
+    ) -> tuple[Claim, str | None]:
+        """:meth:`claim`, and the marker at key ``marker`` (``""``: none) as the claim
+        found it, in the same round trip: the claimed work's first read, saved a
+        round trip of its own. The marker is None when unset or not claimed."""
         now_ms = to_ms(time.time())
         now = now_ms / 1000
+        keys = [record_key(message.id), owner_key(message.id), DEFERRED]
         result = self._claim(
-            keys=[record_key(message.id), owner_key(message.id), DEFERRED],
+            keys=keys + [marker] if marker else keys,
             args=[
                 token,
                 self.lease_ms,
@@ -311,10 +292,13 @@ class Records:
                 *_pairs(initial_fields(message, task, now)),
             ],
         )
+        held = None
+        if isinstance(result, list):  # claimed, with the marker read
+            result, held = result
         claim = Claim(result)
         if claim is Claim.POISON:
             self._count_failure(message.id)
-        return claim
+        return claim, None if held is None else str(held)
 
     def renew(self, artifact: str, token: str) -> bool:
         """The heartbeat of a claim: extend it by ``lease_ms`` and push the watchdog on.

@@ -1,4 +1,4 @@
-"""The vocabulary of a record: an artifact's states and the outcomes of a claim.
+"""The vocabulary of a record: an artifact's states, the outcomes of a claim, and a status.
 
 Ranks, workers and the CLI read and write these words; the Lua scripts of
 :mod:`hoist.state.scripts` are handed :data:`TERMINAL_STATES` when they are
@@ -7,7 +7,10 @@ loaded, so the list of finished states exists only here.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class State(str, Enum):
@@ -55,3 +58,30 @@ class Claim(str, Enum):
     """Delivered too often without an outcome; marked failed."""
     MISMATCH = "mismatch"
     """The record holds another message under this id: this one is not acted on."""
+
+
+@dataclass(frozen=True)
+class ArtifactStatus:
+    """What the record says about one artifact.
+
+    Parameters:
+        id: the artifact id.
+        state: its :class:`State`.
+        fields: every field of the record, decoded.
+    """
+
+    id: str
+    state: State
+    fields: dict[str, str]
+
+    @property
+    def artifact_name(self) -> str:
+        return self.message.get("artifact_name", "")
+
+    @property
+    def message(self) -> dict[str, Any]:
+        return json.loads(self.fields.get("message", "{}"))
+
+    @property
+    def error(self) -> str:
+        return self.fields.get("error", "")

@@ -111,6 +111,7 @@ class Job:
         self.token = f"{task_id}:{uuid.uuid4().hex[:12]}"
         self.leases = Leases(ctx.records.client, self.token, ctx.settings.lease_ms)
         self.attempt: int | None = None
+        self.claimed_marker: str | None = None
         self.earlier_write = False
         # For the fleet's counters (hoist.state.counters), told at the settle.
         self._attempt_counted = False
@@ -119,8 +120,8 @@ class Job:
 
     def run(self) -> dict[str, Any]:
         refusal = self.refuse()
-        claim = self.ctx.records.claim(
-            self.message, self.task, self.token, self.ctx.settings.max_deliveries
+        claim, self.claimed_marker = self.ctx.records.claim_reading(
+            self.message, self.task, self.token, self.ctx.settings.max_deliveries, self.reads()
         )
         if claim is Claim.MISMATCH:
             log.error(
@@ -152,6 +153,11 @@ class Job:
     def refuse(self) -> str | None:
         """A reason to fail the message without doing anything, or None."""
         return None
+
+    def reads(self) -> str:
+        """The key of a marker the work reads first, read in the claim's round trip into
+        :attr:`claimed_marker` (``""``: none)."""
+        return ""
 
     def already_finished(self) -> None:
         """Called when this very message's record is finished: another delivery's outcome

@@ -21,6 +21,7 @@ from hoist.protocol.staged_file import (
     proc_fd_available,
     staged_components,
 )
+from hoist.state.keys import decode_marker, latest_key
 from hoist.state.leases import Limit, name_lock, rank_limit, store_limit
 from hoist.state.states import State
 from hoist.tasks.job import Heartbeat, Job
@@ -63,6 +64,9 @@ class UploadJob(Job):
             return str(exc)
         return None
 
+    def reads(self) -> str:
+        return latest_key(self.spec.store_id, self.message.object_name)
+
     def already_finished(self) -> None:
         # A settle whose answer a Redis restart lost leaves the record done and the
         # staged copy in place (the copy goes only after the done is recorded): the
@@ -81,7 +85,8 @@ class UploadJob(Job):
 
     def work(self) -> dict[str, Any]:
         message = self.message
-        latest = self.ctx.records.latest(self.spec.store_id, message.object_name)
+        # The newest version logged under the name, as the claim read it.
+        latest = None if self.claimed_marker is None else decode_marker(self.claimed_marker)
         if latest is not None and latest.order_key > message.order:
             self._remove_staged()
             return self.settle(State.SUPERSEDED)

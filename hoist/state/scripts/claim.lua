@@ -7,6 +7,7 @@
 -- KEYS[1]  the artifact's record (hash)
 -- KEYS[2]  the artifact's owner (string: the claiming task's token)
 -- KEYS[3]  the deferred schedule (sorted set, scores in ms since the epoch)
+-- KEYS[4]  optional: a marker the claimed work reads first (its name's newest version)
 -- ARGV[1]  the task's token
 -- ARGV[2]  the lease, ms: how long the claim lives without a heartbeat
 -- ARGV[3]  max deliveries: deliveries without an outcome before the artifact is poison
@@ -22,6 +23,8 @@
 -- owner is alive; nothing changed), 'poison' (deliveries would exceed
 -- ARGV[3]: the record is failed and leaves the schedule) or 'claimed' (the
 -- owner is set for the lease, the record is 'uploading' and the watchdog due).
+-- With KEYS[4], a claim returns {'claimed', the marker's value or false}: the
+-- work's first read, in the claim's round trip.
 local initial = {}
 for i = 7, #ARGV, 2 do initial[ARGV[i]] = ARGV[i + 1] end
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -45,4 +48,5 @@ end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'uploading', 'started_at', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+if KEYS[4] then return {'claimed', redis.call('GET', KEYS[4])} end
 return 'claimed'
