@@ -223,14 +223,25 @@ def test_transient_faults_every_artifact_lands_verified(
             sizes,
             tmp_path,
         )
+    # Each kind's first fault lands on the first request it applies to, and the
+    # first upload through the proxy is usually the logger's store check
+    # (hoist-store-check-...), not an artifact. So one artifact's first PUT is
+    # corrupted by script: a run where the random draws spare every artifact
+    # still proves that verification catches stored wrong bytes.
+    faulty_run = f"faults-{artifacts}-{stamp}"
+    script = [("PUT", f"/{faulty_run}/a001-", "corrupt_upload")]
     with FaultProxy(
-        moto_server.endpoint_url, rate=0.2, seed=seed, stall_seconds=STALL_SECONDS
+        moto_server.endpoint_url,
+        rate=0.2,
+        seed=seed,
+        stall_seconds=STALL_SECONDS,
+        script=script,
     ) as proxy:
         faulty = upload_batch(
             fleet,
             redis_server,
             s3_store(moto_server, proxy.url, verify=verify),
-            f"faults-{artifacts}-{stamp}",
+            faulty_run,
             sizes,
             tmp_path,
             proxy,
@@ -281,7 +292,10 @@ def test_transient_faults_every_artifact_lands_verified(
     caught = [
         a for a in corrupted if any("ChecksumMismatchError" in e for _, e, _ in lines.get(a, []))
     ]
-    assert corrupted, f"no corrupted object was stored, so nothing was proved: {stats.summary()}"
+    assert corrupted, (
+        f"no corrupted artifact was stored, so nothing was proved: {stats.summary()}; "
+        f"corrupted objects: {sorted(stats.corrupted_objects)}"
+    )
     for artifact in corrupted:
         assert attempts[artifact] >= 2, artifact
     # Another fault may end an attempt before its verification; most are caught by it.
