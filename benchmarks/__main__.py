@@ -31,7 +31,7 @@ from benchmarks.services import Lab
 
 BENCHMARKS = [
     "stall", "throughput", "small_files", "fleet", "memory", "checksum", "signing", "resume",
-    "redis_cost", "training_loop", "backlog",
+    "redis_cost", "redis_parser", "training_loop", "backlog",
 ]  # fmt: skip
 """Modules of this package, in the order they run (checksum reuses throughput's figure)."""
 
