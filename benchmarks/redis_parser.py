@@ -33,6 +33,8 @@ from hoist.stores.spec import StoreSpec
 NAME = "redis_parser"
 RECORDS = 5000
 RUN = "bert-large"
+TOKEN = "bench-token"
+"""The claiming task's token, as a worker's claim and settle give it."""
 
 READ = """
 import sys, time
@@ -68,11 +70,11 @@ def write_records(records: Records, count: int) -> None:
             object_name=f"{RUN}/rank3/logs/step-{seq:06d}.json",
         )
         records.create(message, UPLOAD_TASK, store_id)
-        records.claim(message, UPLOAD_TASK, "bench-token", 5)
+        records.claim(message, UPLOAD_TASK, TOKEN, 5)
         records.count_attempt(message.id, upload_started_at=1.0, bytes_sent=0)
         records.settle(
             message.id,
-            "bench-token",
+            TOKEN,
             State.DONE,
             uri=f"s3://ckpts/runs/{message.object_name}",
             size=65536,

@@ -8,7 +8,7 @@ from pathlib import Path
 import redis.connection
 import redis.utils
 
-from benchmarks.redis_parser import read_once, write_records
+from benchmarks.redis_parser import RUN, read_once, write_records
 from benchmarks.services import private_redis
 from hoist.state.records import Records
 from hoist.state.states import State
@@ -25,7 +25,7 @@ def test_both_parsers_read_every_record_the_benchmark_wrote(tmp_path: Path) -> N
     with private_redis(str(tmp_path / "redis")) as url:
         records = Records.from_url(url)
         write_records(records, 12)
-        found = records.run_artifacts("bert-large")
+        found = records.run_artifacts(RUN)
         assert [s.state for s in found] == [State.DONE] * 12
         assert found[0].fields["verified_by"] == "etag-md5"
         for parser in ("hiredis", "python"):
